@@ -1,0 +1,83 @@
+"""Admission of a request before any upstream call: whose key, within its limits, with tokens left.
+
+Key lookups and balances are cached per worker for a short time; the rate limit is one atomic
+store operation per request, bounded by a short timeout.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+from .cache import MISSING, TTLCache
+from .config import Settings
+from .errors import InsufficientQuota, InvalidApiKey, RateLimited, StoreUnavailable
+from .keys import bearer, key_hash
+from .ratelimit import Decision
+from .store import KeyRecord, Store
+
+
+class Admission:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self._keys: TTLCache[KeyRecord | None] = TTLCache(settings.key_cache_ttl)
+        self._balances: TTLCache[bool] = TTLCache(settings.balance_cache_ttl)
+        self._pepper = settings.key_pepper
+        self._defaults = settings.rate_limits
+
+    async def key(self, authorization: str | None) -> KeyRecord:
+        """The active key named by the Authorization header, or InvalidApiKey."""
+        token = bearer(authorization)
+        if token is None:
+            raise InvalidApiKey(
+                "You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'."
+                if not authorization
+                else None
+            )
+        digest = key_hash(token, self._pepper)
+        record = self._keys.get(digest)
+        if record is MISSING:
+            record = await self.store.key_by_hash(digest)
+            self._keys.put(digest, record)
+        if record is None or record.revoked_at is not None:
+            raise InvalidApiKey()
+        return record
+
+    async def limit(self, key: KeyRecord) -> Decision:
+        """Count the request in the key's windows; RateLimited when either is full."""
+        per_minute = key.per_minute or self._defaults.per_minute
+        per_hour = key.per_hour or self._defaults.per_hour
+        now = self.clock()
+        try:
+            async with asyncio.timeout(self.settings.limiter_timeout):
+                count = await self.store.hit(key.id, per_minute, per_hour, now)
+        except (TimeoutError, StoreUnavailable):
+            if self.settings.limiter_fail_open:
+                return Decision(True, per_minute, 0, per_hour, 0, now)
+            raise StoreUnavailable("Rate limits cannot be checked right now. Please retry shortly.") from None
+        decision = Decision(count.admitted, per_minute, count.minute, per_hour, count.hour, now)
+        if not count.admitted:
+            raise RateLimited(decision.message(), headers=decision.headers())
+        return decision
+
+    async def require_balance(self, account_id: str) -> None:
+        """InsufficientQuota unless the account holds an active package with tokens left."""
+        funded = self._balances.get(account_id)
+        if funded is MISSING:
+            now = self.clock()
+            funded = any(p.active_at(now) for p in await self.store.packages(account_id))
+            self._balances.put(account_id, funded)
+        if not funded:
+            raise InsufficientQuota()
+
+    def forget(self, digest: str | None = None, account_id: str | None = None) -> None:
+        """Drop cached knowledge, e.g. after an admin change made by this worker."""
+        if digest is None and account_id is None:
+            self._keys.clear()
+            self._balances.clear()
+        if digest is not None:
+            self._keys.drop(digest)
+        if account_id is not None:
+            self._balances.drop(account_id)

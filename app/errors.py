@@ -1,0 +1,153 @@
+"""The gateway's error tree and its rendering as the OpenAI error envelope.
+
+Every failure a caller can see is one of these; ``render`` turns it into status, headers and body.
+"""
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "server_error"
+    message = "The server had an error while processing your request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        super().__init__(self.message)
+
+    def envelope(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.envelope())
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_value"
+    message = "The request is invalid."
+
+
+class InvalidApiKey(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    message = "Incorrect API key provided. Pass a valid key as 'Authorization: Bearer <key>'."
+
+
+class AdminUnauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_admin_token"
+    message = "A valid admin token is required."
+
+
+class InsufficientQuota(GatewayError):
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    message = (
+        "You have no active AI Chat package with tokens left. "
+        "Top up by buying a Pro or Business package at https://zowy.ai/pricing."
+    )
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+    message = "The requested resource does not exist."
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+    message = "This method is not allowed for this endpoint."
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    message = "The request body was not received in time."
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+    message = "The request body is too large."
+
+
+class HeaderTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "headers_too_large"
+    message = "The request headers are too large."
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+    message = "Rate limit reached for requests."
+
+
+class ServerError(GatewayError):
+    pass
+
+
+class UpstreamError(GatewayError):
+    """The model provider failed or answered with something we cannot relay."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+    message = "The model backend failed to process the request. Please retry."
+
+
+class Overloaded(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+    message = "The model is currently overloaded. Please retry shortly."
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "storage_unavailable"
+    message = "The service is temporarily unavailable. Please retry shortly."
+
+
+class ShuttingDown(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+    message = "This instance is shutting down. Please retry."
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"
+    message = "The model backend did not answer in time. Please retry."

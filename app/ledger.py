@@ -1,0 +1,213 @@
+"""The per-worker ledger writer: requests hand it entries, it writes them in batches off the
+response path, and spools them to a local fsync'd file whenever the store cannot take them.
+
+Nothing is dropped: a batch is either in the store (idempotently, keyed by request id) or in a
+spool file that this or any later process replays.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from .errors import StoreUnavailable
+from .metering import LedgerEntry
+from .store import Store
+
+log = logging.getLogger("zowy.ledger")
+
+_SPOOL_SUFFIX = ".spool"
+
+
+class Spool:
+    """Append-only files of ledger entries that did not reach the store yet, one per process."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._path: Path | None = None
+        self._fd: int | None = None
+
+    def append(self, entries: list[LedgerEntry]) -> None:
+        """Write entries durably (fsync) before returning."""
+        if self._fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{_SPOOL_SUFFIX}"
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        data = b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries)
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+
+    def size(self) -> int:
+        """Bytes waiting in this directory's spool files."""
+        try:
+            return sum(p.stat().st_size for p in self.directory.glob(f"*{_SPOOL_SUFFIX}"))
+        except OSError:
+            return 0
+
+    async def replay(self, store: Store, batch: int) -> int:
+        """Move every spool file this process can lock into the store; how many entries were new."""
+        if not self.directory.exists():
+            return 0
+        added = 0
+        for path in sorted(self.directory.glob(f"*{_SPOOL_SUFFIX}")):
+            own = path == self._path
+            fd = self._fd if own else _try_lock(path)
+            if fd is None:
+                continue
+            try:
+                entries = _read_entries(path)
+                for start in range(0, len(entries), batch):
+                    added += await store.record(entries[start:start + batch])
+                if own:
+                    os.ftruncate(fd, 0)
+                else:
+                    path.unlink()
+            finally:
+                if not own:
+                    os.close(fd)
+        return added
+
+    def close(self) -> None:
+        if self._fd is not None:
+            empty = os.fstat(self._fd).st_size == 0
+            os.close(self._fd)
+            if empty and self._path is not None:
+                self._path.unlink(missing_ok=True)
+            self._fd = None
+            self._path = None
+
+
+def _try_lock(path: Path) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_entries(path: Path) -> list[LedgerEntry]:
+    entries = []
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # a torn last write; the entry was never acknowledged as spooled
+            try:
+                entries.append(LedgerEntry.from_dict(orjson.loads(line)))
+            except (orjson.JSONDecodeError, TypeError):
+                log.error("skipping an unreadable spool line in %s", path)
+    return entries
+
+
+class Meter:
+    """Queue, batch, write; spool on failure; replay when the store is back."""
+
+    def __init__(self, store: Store, spool_dir: Path, batch: int = 512, interval: float = 0.05, write_timeout: float = 10.0) -> None:
+        self.store = store
+        self.spool = Spool(spool_dir)
+        self.batch = batch
+        self.interval = interval
+        self.write_timeout = write_timeout
+        self._queue: list[LedgerEntry] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._spooled = False
+        self.written = 0
+        self.spooled = 0
+
+    def record(self, entry: LedgerEntry) -> None:
+        """Hand over one entry; never blocks, never fails."""
+        self._queue.append(entry)
+        if len(self._queue) >= self.batch:
+            self._wake.set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        """Replay what earlier processes left in the spool, then start writing."""
+        try:
+            added = await self.spool.replay(self.store, self.batch)
+            if added:
+                log.warning("replayed %d spooled ledger entries", added)
+        except StoreUnavailable:
+            self._spooled = True
+            log.error("store unavailable at start; spooled ledger entries will be replayed later")
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def _run(self) -> None:
+        last_sweep = 0.0
+        while not self._closing:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+            now = time.time()
+            if now - last_sweep > 300:
+                last_sweep = now
+                try:
+                    await self.store.sweep(now)
+                except StoreUnavailable:
+                    pass
+
+    async def flush(self) -> None:
+        """Write everything queued; on failure put it in the spool. Replays the spool when possible."""
+        while self._queue:
+            batch, self._queue = self._queue[: self.batch], self._queue[self.batch:]
+            if self._spooled:
+                self._to_spool(batch)
+                continue
+            try:
+                async with asyncio.timeout(self.write_timeout):
+                    self.written += await self.store.record(batch)
+            except (StoreUnavailable, TimeoutError):
+                log.error("store unavailable: spooling %d ledger entries", len(batch))
+                self._spooled = True
+                self._to_spool(batch)
+            except Exception:
+                log.exception("ledger write failed: spooling %d entries", len(batch))
+                self._spooled = True
+                self._to_spool(batch)
+        if self._spooled:
+            await self._replay()
+
+    def _to_spool(self, batch: list[LedgerEntry]) -> None:
+        self.spool.append(batch)
+        self.spooled += len(batch)
+
+    async def _replay(self) -> None:
+        try:
+            await self.store.ping()
+            added = await self.spool.replay(self.store, self.batch)
+        except (StoreUnavailable, TimeoutError):
+            return
+        self._spooled = False
+        self.written += added
+        log.warning("store is back: replayed %d spooled ledger entries", added)
+
+    async def close(self) -> None:
+        """Stop the writer after writing (or spooling) everything still queued."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception:
+                log.exception("ledger writer failed")
+        await self.flush()
+        self.spool.close()

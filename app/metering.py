@@ -1,0 +1,116 @@
+"""Usage accounting, pure: ledger entries, token estimates, and how a debit spreads over packages."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+OUTCOMES = ("ok", "client_disconnected", "upstream_error", "upstream_timeout", "gateway_error", "shutdown")
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    """One request that reached an upstream: what it cost and how it ended."""
+
+    request_id: str
+    account_id: str
+    key_id: str
+    model: str
+    target: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool
+    stream: bool
+    outcome: str
+    status: int
+    latency_ms: float
+    user: str | None
+    created_at: float
+    attempts: int = 1
+    debits: list[list] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LedgerEntry":
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False
+
+    @classmethod
+    def from_upstream(cls, raw: object) -> "Usage | None":
+        """Read an OpenAI ``usage`` object; None when it is missing or malformed."""
+        if not isinstance(raw, dict):
+            return None
+        prompt = raw.get("prompt_tokens")
+        completion = raw.get("completion_tokens")
+        if type(prompt) is not int or type(completion) is not int or prompt < 0 or completion < 0:
+            return None
+        total = raw.get("total_tokens")
+        if type(total) is not int or total < prompt + completion:
+            total = prompt + completion
+        return cls(prompt, completion, total)
+
+
+ZERO = Usage(0, 0, 0)
+
+
+def estimate_tokens(n_bytes: int) -> int:
+    """Rough token count of UTF-8 text: ~4 bytes a token, at least one for anything non-empty."""
+    return (n_bytes + 3) // 4
+
+
+def estimate_usage(prompt_bytes: int, completion_bytes: int) -> Usage:
+    prompt = estimate_tokens(prompt_bytes)
+    completion = estimate_tokens(completion_bytes)
+    return Usage(prompt, completion, prompt + completion, estimated=True)
+
+
+@dataclass(frozen=True, slots=True)
+class PackageBalance:
+    """What the debit rule needs to know of one package."""
+
+    id: str
+    remaining: int
+
+
+def allocate(tokens: int, active: Sequence[PackageBalance], fallback_id: str | None) -> list[list]:
+    """Spread ``tokens`` over active packages, oldest first, spilling into the next.
+
+    What no active package can hold is an overdraft on the last active package, or on
+    ``fallback_id`` (the account's newest package) when none is active. Returns
+    ``[[package_id, tokens], ...]``; empty only when the account has no package at all.
+    """
+    debits: list[list] = []
+    left = tokens
+    for package in active:
+        if left <= 0:
+            break
+        take = min(package.remaining, left)
+        if take > 0:
+            debits.append([package.id, take])
+            left -= take
+    if left > 0:
+        sink = active[-1].id if active else fallback_id
+        if sink is None:
+            return debits
+        if debits and debits[-1][0] == sink:
+            debits[-1][1] += left
+        else:
+            debits.append([sink, left])
+    return debits
+
+
+def sum_debits(entries: Iterable[LedgerEntry]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for entry in entries:
+        for package_id, tokens in entry.debits:
+            totals[package_id] = totals.get(package_id, 0) + tokens
+    return totals

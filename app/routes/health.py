@@ -1,0 +1,40 @@
+"""GET /healthz (the process answers) and /readyz (it can serve: store reachable, not draining)."""
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from ..errors import StoreUnavailable
+from ..keys import is_admin
+from ..services import Services
+
+bp = Blueprint("health")
+
+_OK = orjson.dumps({"status": "ok"})
+
+
+@bp.get("/healthz")
+async def healthz(request: Request) -> HTTPResponse:
+    return HTTPResponse(_OK, content_type="application/json")
+
+
+@bp.get("/readyz")
+async def readyz(request: Request) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    checks: dict = {"draining": services.draining}
+    try:
+        async with asyncio.timeout(services.settings.store_timeout):
+            await services.store.ping()
+        checks["store"] = "ok"
+    except (StoreUnavailable, TimeoutError):
+        checks["store"] = "unavailable"
+    if is_admin(request.headers.get("authorization"), services.settings.admin_token):
+        upstream = services.upstream
+        checks["targets"] = upstream.breaker.snapshot(upstream.targets())
+        checks["ledger"] = {"queued": services.meter.depth, "spool_bytes": services.meter.spool.size()}
+    ready = checks["store"] == "ok" and not services.draining
+    body = {"status": "ready" if ready else "unready", "checks": checks}
+    return HTTPResponse(orjson.dumps(body), status=200 if ready else 503, content_type="application/json")

@@ -1,0 +1,310 @@
+"""Request validation for chat completions: one pydantic-core pass over the raw body bytes.
+
+``parse_chat_request(body)`` returns the validated request as a plain dict or raises
+``InvalidRequest`` naming the offending field the way OpenAI does (``messages[0].content``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_core import SchemaValidator, ValidationError
+from pydantic_core import core_schema as cs
+
+from .errors import InvalidRequest
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+INT64 = 2**63 - 1
+
+
+def _opt(schema: cs.CoreSchema) -> cs.TypedDictField:
+    return cs.typed_dict_field(cs.nullable_schema(schema), required=False)
+
+
+def _req(schema: cs.CoreSchema) -> cs.TypedDictField:
+    return cs.typed_dict_field(schema, required=True)
+
+
+def _obj(fields: dict[str, cs.TypedDictField], extra: str = "forbid") -> cs.TypedDictSchema:
+    return cs.typed_dict_schema(fields, extra_behavior=extra)
+
+
+_str = cs.str_schema(strict=True)
+_bool = cs.bool_schema(strict=True)
+_any_obj = cs.dict_schema(cs.str_schema(strict=True), cs.any_schema(), strict=True)
+
+
+def _lit(*values: str) -> cs.LiteralSchema:
+    return cs.literal_schema(list(values))
+
+
+def _float(lo: float, hi: float) -> cs.FloatSchema:
+    return cs.float_schema(ge=lo, le=hi, strict=True, allow_inf_nan=False)
+
+
+def _int(lo: int, hi: int = INT64) -> cs.IntSchema:
+    return cs.int_schema(ge=lo, le=hi, strict=True)
+
+
+_text_part = _obj({"type": _req(_lit("text")), "text": _req(_str)})
+_image_part = _obj({
+    "type": _req(_lit("image_url")),
+    "image_url": _req(_obj({"url": _req(cs.str_schema(strict=True, min_length=1)), "detail": _opt(_lit("auto", "low", "high"))})),
+})
+_refusal_part = _obj({"type": _req(_lit("refusal")), "refusal": _req(_str)})
+_part = cs.tagged_union_schema(
+    {"text": _text_part, "image_url": _image_part, "refusal": _refusal_part}, discriminator="type"
+)
+_content = cs.union_schema([(_str, "@text"), (cs.list_schema(_part, strict=True), "@parts")])
+
+_function_call = _obj({"name": _req(_str), "arguments": _req(_str)})
+_tool_call = _obj({"id": _req(_str), "type": _req(_lit("function")), "function": _req(_function_call)})
+
+_message = _obj({
+    "role": _req(_lit(*ROLES)),
+    "content": _opt(_content),
+    "name": _opt(_str),
+    "tool_calls": _opt(cs.list_schema(_tool_call, strict=True)),
+    "tool_call_id": _opt(_str),
+    "refusal": _opt(_str),
+    # Fields the SDKs echo back when a previous response message is sent again.
+    "annotations": _opt(cs.list_schema(cs.any_schema(), strict=True)),
+    "audio": _opt(cs.any_schema()),
+    "function_call": _opt(cs.any_schema()),
+})
+
+_function = _obj({
+    "name": _req(cs.str_schema(strict=True, pattern=r"^[a-zA-Z0-9_-]{1,64}$")),
+    "description": _opt(_str),
+    "parameters": _opt(_any_obj),
+    "strict": _opt(_bool),
+})
+_tool = _obj({"type": _req(_lit("function")), "function": _req(_function)})
+_named_tool = _obj({"type": _req(_lit("function")), "function": _req(_obj({"name": _req(_str)}))})
+_tool_choice = cs.union_schema([(_lit("auto", "none", "required"), "@mode"), (_named_tool, "@function")])
+
+_json_schema = _obj({
+    "name": _req(cs.str_schema(strict=True, pattern=r"^[a-zA-Z0-9_-]{1,64}$")),
+    "description": _opt(_str),
+    "schema": _opt(_any_obj),
+    "strict": _opt(_bool),
+})
+_response_format = cs.tagged_union_schema(
+    {
+        "text": _obj({"type": _req(_lit("text"))}),
+        "json_object": _obj({"type": _req(_lit("json_object"))}),
+        "json_schema": _obj({"type": _req(_lit("json_schema")), "json_schema": _req(_json_schema)}),
+    },
+    discriminator="type",
+)
+
+CHAT_REQUEST_SCHEMA = _obj({
+    "model": _req(cs.str_schema(strict=True, min_length=1)),
+    "messages": _req(cs.list_schema(_message, min_length=1, strict=True)),
+    "stream": _opt(_bool),
+    "stream_options": _opt(_obj({"include_usage": _opt(_bool), "include_obfuscation": _opt(_bool)})),
+    "temperature": _opt(_float(0, 2)),
+    "top_p": _opt(_float(0, 1)),
+    "max_tokens": _opt(_int(1)),
+    "max_completion_tokens": _opt(_int(1)),
+    "n": _opt(_int(1, 128)),
+    "stop": _opt(cs.union_schema([
+        (_str, "@text"),
+        (cs.list_schema(_str, max_length=4, strict=True), "@list"),
+    ])),
+    "presence_penalty": _opt(_float(-2, 2)),
+    "frequency_penalty": _opt(_float(-2, 2)),
+    "logit_bias": _opt(cs.dict_schema(cs.str_schema(strict=True, pattern=r"^\d+$"), _float(-100, 100), strict=True)),
+    "logprobs": _opt(_bool),
+    "top_logprobs": _opt(_int(0, 20)),
+    "seed": _opt(_int(-INT64 - 1)),
+    "user": _opt(cs.str_schema(strict=True, max_length=256)),
+    "tools": _opt(cs.list_schema(_tool, max_length=128, strict=True)),
+    "tool_choice": _opt(_tool_choice),
+    "parallel_tool_calls": _opt(_bool),
+    "response_format": _opt(_response_format),
+    "metadata": _opt(cs.dict_schema(cs.str_schema(strict=True, max_length=64), cs.str_schema(strict=True, max_length=512), max_length=16, strict=True)),
+    "store": _opt(_bool),
+    "service_tier": _opt(_lit("auto", "default", "flex", "priority")),
+    "reasoning_effort": _opt(_lit("none", "minimal", "low", "medium", "high")),
+    "verbosity": _opt(_lit("low", "medium", "high")),
+    "modalities": _opt(cs.list_schema(_lit("text"), strict=True)),
+    "prompt_cache_key": _opt(_str),
+    "safety_identifier": _opt(cs.str_schema(strict=True, max_length=256)),
+})
+
+_chat_validator = SchemaValidator(CHAT_REQUEST_SCHEMA)
+
+_CONTENT_REQUIRED = frozenset(("system", "developer", "user", "tool"))
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def parse_chat_request(body: bytes) -> dict[str, Any]:
+    """Validate a chat completions body; return it as a dict or raise InvalidRequest."""
+    try:
+        request = _chat_validator.validate_json(body)
+    except ValidationError as exc:
+        raise _invalid(CHAT_REQUEST_SCHEMA, exc) from None
+    _check_messages(request["messages"])
+    if request.get("top_logprobs") is not None and not request.get("logprobs"):
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    return request
+
+
+def _check_messages(messages: list[dict]) -> None:
+    """Role rules a schema cannot say: who needs content, which parts each role may send."""
+    for i, message in enumerate(messages):
+        role = message["role"]
+        content = message.get("content")
+        if role in _CONTENT_REQUIRED and content is None:
+            raise InvalidRequest(f"Missing required parameter: 'messages[{i}].content'.", param=f"messages[{i}].content", code="missing_required_parameter")
+        if role == "assistant" and content is None and not message.get("tool_calls") and not message.get("refusal"):
+            raise InvalidRequest(
+                f"'messages[{i}]': an assistant message needs 'content' or 'tool_calls'.",
+                param=f"messages[{i}].content",
+                code="missing_required_parameter",
+            )
+        if role == "tool" and not message.get("tool_call_id"):
+            raise InvalidRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.", param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
+        if message.get("tool_calls") and role != "assistant":
+            raise InvalidRequest(f"'messages[{i}].tool_calls' is only allowed on assistant messages.", param=f"messages[{i}].tool_calls")
+        if type(content) is list:
+            allowed = _PARTS_BY_ROLE[role]
+            for j, part in enumerate(content):
+                if part["type"] not in allowed:
+                    raise InvalidRequest(
+                        f"Invalid content part type '{part['type']}' for role '{role}' at 'messages[{i}].content[{j}]'.",
+                        param=f"messages[{i}].content[{j}].type",
+                    )
+                if part["type"] == "image_url":
+                    _check_image_url(part["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url")
+
+
+_PARTS_BY_ROLE = {
+    "system": ("text",),
+    "developer": ("text",),
+    "user": ("text", "image_url"),
+    "assistant": ("text", "refusal"),
+    "tool": ("text",),
+}
+
+
+def _check_image_url(url: str, param: str) -> None:
+    head = url[:11].lower()
+    if head.startswith(("https://", "http://")):
+        return
+    if head.startswith("data:image/") and ";base64," in url[:100]:
+        return
+    raise InvalidRequest(
+        f"Invalid '{param}': expected an http(s) URL or a base64 'data:image/...' URL.", param=param
+    )
+
+
+def _invalid(schema: dict, exc: ValidationError) -> InvalidRequest:
+    """Pick the most specific error of a failed validation and phrase it as OpenAI does."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return InvalidRequest(
+            f"We could not parse the JSON body of your request ({first['ctx']['error']}). "
+            "Send a JSON object with 'Content-Type: application/json'.",
+            param="body",
+            code="invalid_json",
+        )
+    if first["type"] == "dict_type" and not first["loc"]:
+        return InvalidRequest("The request body must be a JSON object.", param="body", code="invalid_json")
+    located = [(param_of(schema, e["loc"]), e) for e in errors]
+    (param, top_level), error = max(located, key=lambda pe: (pe[0][0].count(".") + pe[0][0].count("["), not _is_type_error(pe[1])))
+    same_place = [e for (p, _), e in located if p == param]
+    kind = error["type"]
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if kind == "extra_forbidden":
+        if top_level:
+            return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+        return InvalidRequest(f"Unrecognized parameter: '{param}'.", param=param, code="unknown_parameter")
+    if len(same_place) > 1 and all(_is_type_error(e) for e in same_place):
+        expected = " or ".join(sorted({_expected(e) for e in same_place}))
+        return InvalidRequest(f"Invalid type for '{param}': expected {expected}.", param=param, code="invalid_type")
+    if kind in _TYPE_NAMES:
+        return InvalidRequest(f"Invalid type for '{param}': expected {_TYPE_NAMES[kind]}.", param=param, code="invalid_type")
+    ctx = error.get("ctx") or {}
+    if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
+        bound = next(iter(ctx.values()), "")
+        sign = {"less_than_equal": "<=", "greater_than_equal": ">=", "less_than": "<", "greater_than": ">"}[kind]
+        return InvalidRequest(f"Invalid value for '{param}': expected a value {sign} {bound}.", param=param)
+    if kind == "literal_error":
+        return InvalidRequest(f"Invalid value for '{param}': expected one of {ctx.get('expected')}.", param=param)
+    if kind == "union_tag_invalid":
+        return InvalidRequest(
+            f"Invalid value for '{param}.type': expected one of {ctx.get('expected_tags')}.",
+            param=f"{param}.type",
+        )
+    if kind == "union_tag_not_found":
+        return InvalidRequest(f"Missing required parameter: '{param}.type'.", param=f"{param}.type", code="missing_required_parameter")
+    if kind == "too_short":
+        return InvalidRequest(f"Invalid '{param}': empty array. Expected an array with minimum length 1.", param=param, code="empty_array")
+    if kind == "too_long":
+        return InvalidRequest(f"Invalid '{param}': array or object too long, at most {ctx.get('max_length')} items.", param=param, code="array_above_max_length")
+    if kind == "string_too_short":
+        return InvalidRequest(f"Invalid '{param}': empty string.", param=param)
+    if kind == "string_too_long":
+        return InvalidRequest(f"Invalid '{param}': string too long, at most {ctx.get('max_length')} characters.", param=param)
+    if kind == "string_pattern_mismatch":
+        return InvalidRequest(f"Invalid '{param}': does not match pattern {ctx.get('pattern')}.", param=param)
+    if kind == "int_from_float" or kind == "finite_number":
+        return InvalidRequest(f"Invalid type for '{param}': expected an integer.", param=param, code="invalid_type")
+    return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param)
+
+
+def _is_type_error(error: dict) -> bool:
+    return error["type"].endswith("_type") or error["type"] == "literal_error"
+
+
+def _expected(error: dict) -> str:
+    if error["type"] == "literal_error":
+        return (error.get("ctx") or {}).get("expected", "a known value")
+    return _TYPE_NAMES.get(error["type"], "a valid value")
+
+
+def param_of(schema: dict, loc: tuple) -> tuple[str, bool]:
+    """Turn a pydantic-core error location into an OpenAI ``param`` by walking the schema.
+
+    Union labels and union tags appear in ``loc`` but are not part of the caller's document.
+    Returns the param and whether it names a top-level field.
+    """
+    out: list[str] = []
+    node: dict | None = schema
+    depth = 0
+    for item in loc:
+        while node is not None and node["type"] in ("nullable", "default"):
+            node = node["schema"]
+        kind = node["type"] if node is not None else None
+        if kind == "union":
+            node = next((c[0] for c in node["choices"] if isinstance(c, tuple) and c[1] == item), None)
+            continue
+        if kind == "tagged-union":
+            node = node["choices"].get(item)
+            continue
+        depth += 1
+        if isinstance(item, int):
+            out.append(f"[{item}]")
+        else:
+            out.append(f".{item}" if out else str(item))
+        if kind == "typed-dict":
+            field = node["fields"].get(item)
+            node = field["schema"] if field else None
+        elif kind == "list":
+            node = node.get("items_schema")
+        elif kind == "dict":
+            node = node.get("values_schema")
+        else:
+            node = None
+    return "".join(out), depth == 1

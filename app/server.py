@@ -1,0 +1,107 @@
+"""The Sanic application: ``create_app(settings)`` wires routes, per-worker resources and the one
+error handler that renders every failure as the OpenAI error envelope."""
+from __future__ import annotations
+
+import logging
+import secrets
+
+from sanic import Request, Sanic
+from sanic import exceptions as sanic_errors
+from sanic.handlers import ErrorHandler
+from sanic.response import HTTPResponse
+
+from .config import Settings
+from .errors import (
+    GatewayError,
+    HeaderTooLarge,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+    StoreUnavailable,
+)
+from .routes import chat, health, models
+from .services import Services
+
+log = logging.getLogger("zowy")
+
+
+class GatewayErrorHandler(ErrorHandler):
+    """Every exception, ours or Sanic's, becomes an OpenAI-style error response."""
+
+    def response(self, request: Request | None, exception: BaseException) -> HTTPResponse:
+        error = as_gateway_error(request, exception)
+        headers = {}
+        ctx_headers = getattr(getattr(request, "ctx", None), "headers", None) if request is not None else None
+        if ctx_headers:
+            headers.update(ctx_headers)
+        headers.update(error.headers)
+        headers.setdefault("x-request-id", secrets.token_hex(12))
+        return HTTPResponse(error.body(), status=error.status, headers=headers, content_type="application/json")
+
+    def default(self, request: Request, exception: Exception) -> HTTPResponse:
+        return self.response(request, exception)
+
+
+def as_gateway_error(request: Request | None, exception: BaseException) -> GatewayError:
+    """Map Sanic's and unexpected exceptions onto the gateway's error tree."""
+    if isinstance(exception, GatewayError):
+        return exception
+    if isinstance(exception, sanic_errors.NotFound):
+        where = f"{request.method} {request.path}" if request is not None else "this URL"
+        return NotFound(f"Unknown request URL: {where}.")
+    if isinstance(exception, sanic_errors.MethodNotAllowed):
+        return MethodNotAllowed()
+    if isinstance(exception, sanic_errors.PayloadTooLarge):
+        return PayloadTooLarge()
+    if isinstance(exception, sanic_errors.RequestTimeout):
+        return RequestTimeout()
+    if isinstance(exception, sanic_errors.HeaderNotFound):
+        return InvalidRequest(str(exception) or "A required header is missing.", param="headers")
+    if isinstance(exception, sanic_errors.BadRequest):
+        text = str(exception)
+        if "header" in text.lower() and "large" in text.lower():
+            return HeaderTooLarge()
+        return InvalidRequest("The HTTP request is malformed.", param="body", code="bad_request")
+    if isinstance(exception, sanic_errors.ServiceUnavailable):
+        return StoreUnavailable("The request took too long to process.")
+    if isinstance(exception, sanic_errors.SanicException) and 400 <= (exception.status_code or 500) < 500:
+        error = InvalidRequest(str(exception) or "The request is invalid.", code="bad_request")
+        error.status = exception.status_code
+        return error
+    log.error("unhandled error", exc_info=exception)
+    return ServerError()
+
+
+def create_app(settings: Settings, name: str = "zowy") -> Sanic:
+    app = Sanic(name, error_handler=GatewayErrorHandler(), configure_logging=False)
+    longest = max((t.timeouts.total for m in settings.models.values() for t in m.targets), default=600.0)
+    app.config.update(
+        REQUEST_MAX_SIZE=settings.max_body_bytes,
+        REQUEST_TIMEOUT=60,
+        RESPONSE_TIMEOUT=longest + 30,
+        KEEP_ALIVE_TIMEOUT=75,
+        ACCESS_LOG=False,
+        MOTD=False,
+        NOISY_EXCEPTIONS=False,
+        GRACEFUL_SHUTDOWN_TIMEOUT=15.0,
+    )
+    app.ctx.settings = settings
+    for blueprint in (chat.bp, models.bp, health.bp):
+        app.blueprint(blueprint)
+
+    @app.before_server_start
+    async def start_services(app: Sanic) -> None:
+        services = Services.build(settings)
+        await services.start()
+        app.ctx.services = services
+
+    @app.after_server_stop
+    async def stop_services(app: Sanic) -> None:
+        services = getattr(app.ctx, "services", None)
+        if services is not None:
+            await services.close()
+
+    return app

@@ -1,0 +1,54 @@
+"""The resources one worker process owns: store connection, upstream pool, caches, ledger writer.
+
+Built in ``before_server_start`` (after the fork) and closed when the worker stops.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .admission import Admission
+from .config import Settings
+from .errors import StoreUnavailable
+from .ledger import Meter
+from .store import Store, open_store
+from .upstream.client import UpstreamClient
+
+log = logging.getLogger("zowy")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    upstream: UpstreamClient
+    admission: Admission
+    meter: Meter
+    draining: bool = False
+    inflight: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Services":
+        store = open_store(settings)
+        return cls(
+            settings=settings,
+            store=store,
+            upstream=UpstreamClient(settings),
+            admission=Admission(settings, store),
+            meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval),
+        )
+
+    async def start(self) -> None:
+        """Open the upstream pool and the store, then replay spooled ledger entries."""
+        await self.upstream.start()
+        try:
+            await self.store.init()
+        except StoreUnavailable:
+            log.error("store unavailable at start: serving 503s until it is back")
+        await self.meter.start()
+
+    async def close(self) -> None:
+        await self.meter.close()
+        await self.upstream.close()
+        await self.store.close()

@@ -1,0 +1,175 @@
+"""The storage contract: domain records and the operations every backend provides.
+
+Backends raise ``errors.StoreUnavailable`` when the database cannot be reached and
+``Conflict`` when a unique name is taken; nothing else from a driver escapes them.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from ..errors import GatewayError
+from ..metering import LedgerEntry
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+    message = "The resource already exists."
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    account_id: str
+    prefix: str
+    created_at: float
+    revoked_at: float | None = None
+    per_minute: int | None = None
+    per_hour: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    id: str
+    account_id: str
+    plan: str
+    tokens: int
+    used: int
+    granted_at: float
+    expires_at: float
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.tokens - self.used)
+
+    def active_at(self, now: float) -> bool:
+        return self.expires_at > now and self.used < self.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """The state of a key's two windows right after one request asked to pass."""
+
+    admitted: bool
+    minute: int
+    hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    package_id: str
+    account_id: str
+    recorded: int
+    from_ledger: int
+
+
+def active_packages(packages: list[Package], now: float) -> list[Package]:
+    """The account's usable packages at ``now``, the one to debit first at the front."""
+    return sorted((p for p in packages if p.active_at(now)), key=lambda p: (p.granted_at, p.id))
+
+
+class Store(abc.ABC):
+    """Keys, accounts, packages, the usage ledger and the rate windows."""
+
+    @abc.abstractmethod
+    async def init(self) -> None:
+        """Create tables/collections and indexes; idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+
+    # accounts
+    @abc.abstractmethod
+    async def create_account(self, account_id: str, name: str, now: float) -> Account: ...
+
+    @abc.abstractmethod
+    async def account(self, id_or_name: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def accounts(self) -> list[Account]: ...
+
+    # keys
+    @abc.abstractmethod
+    async def create_key(self, record: KeyRecord, key_hash: str) -> KeyRecord: ...
+
+    @abc.abstractmethod
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def key(self, key_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def keys(self, account_id: str) -> list[KeyRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_key(self, key_id: str, now: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def set_key_limits(self, key_id: str, per_minute: int | None, per_hour: int | None) -> bool: ...
+
+    # packages
+    @abc.abstractmethod
+    async def grant_package(self, package: Package) -> Package: ...
+
+    @abc.abstractmethod
+    async def packages(self, account_id: str) -> list[Package]: ...
+
+    # ledger
+    @abc.abstractmethod
+    async def record(self, entries: list[LedgerEntry]) -> int:
+        """Write entries and debit their packages, exactly once per ``request_id``.
+
+        Returns how many entries were new. Safe to call again with the same entries.
+        """
+
+    @abc.abstractmethod
+    async def ledger_entry(self, request_id: str) -> LedgerEntry | None: ...
+
+    @abc.abstractmethod
+    async def ledger_count(self, account_id: str | None = None) -> int: ...
+
+    @abc.abstractmethod
+    async def usage(self, account_id: str, since: float, until: float) -> list[UsageRow]:
+        """Totals by UTC day and public model."""
+
+    @abc.abstractmethod
+    async def reconcile(self) -> list[Mismatch]:
+        """Compare every package's used tokens with the ledger's debits for it."""
+
+    # rate windows
+    @abc.abstractmethod
+    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
+        """Count one request in the key's minute and hour windows, unless either is full.
+
+        One atomic operation decides; the counts returned include this request when admitted.
+        """
+
+    async def sweep(self, now: float) -> None:
+        """Drop spent rate windows (backends with native expiry need nothing)."""

@@ -1,0 +1,429 @@
+"""The embedded store: one SQLite file in WAL mode, shared safely by several worker processes.
+
+Statements run on a dedicated thread per connection, so the event loop never waits on disk or on
+another process's write lock. Every write is one short transaction.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import orjson
+
+from .. import ratelimit
+from ..errors import StoreUnavailable
+from ..metering import LedgerEntry, PackageBalance, allocate
+from .base import (
+    Account,
+    Conflict,
+    KeyRecord,
+    Mismatch,
+    Package,
+    Store,
+    UsageRow,
+    WindowCount,
+    active_packages,
+)
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    revoked_at REAL,
+    per_minute INTEGER,
+    per_hour INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
+CREATE TABLE IF NOT EXISTS packages (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    plan TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    granted_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packages_account ON packages(account_id, granted_at);
+CREATE TABLE IF NOT EXISTS ledger (
+    request_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    target TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    user TEXT,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    debits TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS ledger_account_time ON ledger(account_id, created_at);
+CREATE TABLE IF NOT EXISTS rate_windows (
+    key_id TEXT NOT NULL,
+    hour INTEGER NOT NULL,
+    hour_count INTEGER NOT NULL,
+    minute INTEGER NOT NULL,
+    minute_count INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (key_id, hour)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rate_windows_expiry ON rate_windows(expires_at);
+"""
+
+# One statement decides both windows: the row of the key's current hour carries the hour count
+# and the count of its latest minute. A request from an earlier minute (clock skew between
+# processes) is counted in the later one, which can only make the limit stricter.
+_HIT = """
+INSERT INTO rate_windows (key_id, hour, hour_count, minute, minute_count, expires_at)
+VALUES (?1, ?2, 1, ?3, 1, ?4)
+ON CONFLICT (key_id, hour) DO UPDATE SET
+    hour_count = hour_count + 1,
+    minute_count = CASE WHEN excluded.minute > minute THEN 1 ELSE minute_count + 1 END,
+    minute = MAX(minute, excluded.minute)
+WHERE hour_count < ?5 AND (excluded.minute > minute OR minute_count < ?6)
+RETURNING hour_count, minute_count
+"""
+
+_LEDGER_COLUMNS = (
+    "request_id", "account_id", "key_id", "model", "target", "prompt_tokens", "completion_tokens",
+    "total_tokens", "estimated", "stream", "outcome", "status", "latency_ms", "user", "created_at",
+    "attempts", "debits",
+)
+_INSERT_LEDGER = (
+    f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _LEDGER_COLUMNS)})"
+)
+
+
+class _Connection:
+    """A SQLite connection used only from its own thread."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._path = path
+        self._timeout = timeout
+        self._db: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+        return self._db
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._open())
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            if self._db is not None:
+                try:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._close_db()
+            raise StoreUnavailable() from exc
+
+    def _close_db(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            finally:
+                self._db = None
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_db)
+        self._executor.shutdown(wait=True)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path | str, timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        # Requests and the ledger writer get separate connections (and threads), so a ledger
+        # batch never queues in front of a request's rate-limit statement.
+        self._hot = _Connection(self.path, timeout)
+        self._bulk = _Connection(self.path, timeout)
+
+    async def init(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._bulk.run(lambda db: db.executescript(SCHEMA))
+
+    async def close(self) -> None:
+        await self._hot.close()
+        await self._bulk.close()
+
+    async def ping(self) -> None:
+        await self._hot.run(lambda db: db.execute("SELECT 1").fetchone())
+
+    # accounts
+
+    async def create_account(self, account_id: str, name: str, now: float) -> Account:
+        def run(db: sqlite3.Connection) -> Account:
+            try:
+                db.execute("INSERT INTO accounts (id, name, created_at) VALUES (?, ?, ?)", (account_id, name, now))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"An account named '{name}' already exists.", param="name") from None
+            return Account(account_id, name, now)
+
+        return await self._bulk.run(run)
+
+    async def account(self, id_or_name: str) -> Account | None:
+        row = await self._hot.run(
+            lambda db: db.execute(
+                "SELECT id, name, created_at FROM accounts WHERE id = ?1 OR name = ?1", (id_or_name,)
+            ).fetchone()
+        )
+        return Account(*row) if row else None
+
+    async def accounts(self) -> list[Account]:
+        rows = await self._hot.run(lambda db: db.execute("SELECT id, name, created_at FROM accounts ORDER BY created_at").fetchall())
+        return [Account(*r) for r in rows]
+
+    # keys
+
+    _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked_at, per_minute, per_hour"
+
+    async def create_key(self, record: KeyRecord, key_hash: str) -> KeyRecord:
+        def run(db: sqlite3.Connection) -> KeyRecord:
+            try:
+                db.execute(
+                    "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at, revoked_at, per_minute, per_hour) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (record.id, record.account_id, key_hash, record.prefix, record.created_at,
+                     record.revoked_at, record.per_minute, record.per_hour),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("The key could not be stored; create it again.") from None
+            return record
+
+        return await self._bulk.run(run)
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        row = await self._hot.run(
+            lambda db: db.execute(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        )
+        return KeyRecord(*row) if row else None
+
+    async def key(self, key_id: str) -> KeyRecord | None:
+        row = await self._hot.run(
+            lambda db: db.execute(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        )
+        return KeyRecord(*row) if row else None
+
+    async def keys(self, account_id: str) -> list[KeyRecord]:
+        rows = await self._hot.run(
+            lambda db: db.execute(
+                f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE account_id = ? ORDER BY created_at", (account_id,)
+            ).fetchall()
+        )
+        return [KeyRecord(*r) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
+            if cur.rowcount:
+                return True
+            return db.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone() is not None
+
+        return await self._bulk.run(run)
+
+    async def set_key_limits(self, key_id: str, per_minute: int | None, per_hour: int | None) -> bool:
+        cur = await self._bulk.run(
+            lambda db: db.execute(
+                "UPDATE api_keys SET per_minute = ?, per_hour = ? WHERE id = ?", (per_minute, per_hour, key_id)
+            )
+        )
+        return cur.rowcount == 1
+
+    # packages
+
+    _PACKAGE_COLUMNS = "id, account_id, plan, tokens, used, granted_at, expires_at"
+
+    async def grant_package(self, package: Package) -> Package:
+        def run(db: sqlite3.Connection) -> Package:
+            try:
+                db.execute(
+                    f"INSERT INTO packages ({self._PACKAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (package.id, package.account_id, package.plan, package.tokens, package.used,
+                     package.granted_at, package.expires_at),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("The package could not be stored: its id is taken or its account does not exist.") from None
+            return package
+
+        return await self._bulk.run(run)
+
+    async def packages(self, account_id: str) -> list[Package]:
+        rows = await self._hot.run(
+            lambda db: db.execute(
+                f"SELECT {self._PACKAGE_COLUMNS} FROM packages WHERE account_id = ? ORDER BY granted_at, id",
+                (account_id,),
+            ).fetchall()
+        )
+        return [Package(*r) for r in rows]
+
+    # ledger
+
+    async def record(self, entries: list[LedgerEntry]) -> int:
+        if not entries:
+            return 0
+        return await self._bulk.run(lambda db: self._record(db, entries))
+
+    def _record(self, db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
+        unique: dict[str, LedgerEntry] = {e.request_id: e for e in entries}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = list(unique)
+            seen: set[str] = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" for _ in chunk)
+                seen.update(r[0] for r in db.execute(f"SELECT request_id FROM ledger WHERE request_id IN ({marks})", chunk))
+            fresh = [e for rid, e in unique.items() if rid not in seen]
+            by_account: dict[str, list[LedgerEntry]] = {}
+            for entry in fresh:
+                if entry.total_tokens > 0:
+                    by_account.setdefault(entry.account_id, []).append(entry)
+            for account_id, account_entries in by_account.items():
+                self._debit(db, account_id, account_entries)
+            db.executemany(_INSERT_LEDGER, [_ledger_row(e) for e in fresh])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(fresh)
+
+    def _debit(self, db: sqlite3.Connection, account_id: str, entries: list[LedgerEntry]) -> None:
+        packages = [
+            Package(*r)
+            for r in db.execute(
+                f"SELECT {self._PACKAGE_COLUMNS} FROM packages WHERE account_id = ? ORDER BY granted_at, id",
+                (account_id,),
+            )
+        ]
+        used = {p.id: p.used for p in packages}
+        newest = packages[-1].id if packages else None
+        for entry in sorted(entries, key=lambda e: e.created_at):
+            current = [
+                PackageBalance(p.id, p.tokens - used[p.id])
+                for p in active_packages(
+                    [Package(p.id, p.account_id, p.plan, p.tokens, used[p.id], p.granted_at, p.expires_at) for p in packages],
+                    entry.created_at,
+                )
+            ]
+            entry.debits = allocate(entry.total_tokens, current, newest)
+            for package_id, tokens in entry.debits:
+                used[package_id] += tokens
+        changed = [(used[p.id], p.id) for p in packages if used[p.id] != p.used]
+        db.executemany("UPDATE packages SET used = ? WHERE id = ?", changed)
+
+    async def ledger_entry(self, request_id: str) -> LedgerEntry | None:
+        row = await self._hot.run(
+            lambda db: db.execute(
+                f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        )
+        return _ledger_entry(row) if row else None
+
+    async def ledger_count(self, account_id: str | None = None) -> int:
+        if account_id is None:
+            sql, args = "SELECT COUNT(*) FROM ledger", ()
+        else:
+            sql, args = "SELECT COUNT(*) FROM ledger WHERE account_id = ?", (account_id,)
+        row = await self._hot.run(lambda db: db.execute(sql, args).fetchone())
+        return row[0]
+
+    async def usage(self, account_id: str, since: float, until: float) -> list[UsageRow]:
+        rows = await self._hot.run(
+            lambda db: db.execute(
+                "SELECT strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, model, COUNT(*), "
+                "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens) FROM ledger "
+                "WHERE account_id = ? AND created_at >= ? AND created_at < ? GROUP BY day, model ORDER BY day, model",
+                (account_id, since, until),
+            ).fetchall()
+        )
+        return [UsageRow(*r) for r in rows]
+
+    async def reconcile(self) -> list[Mismatch]:
+        def run(db: sqlite3.Connection) -> list[Mismatch]:
+            from_ledger: dict[str, int] = {}
+            for (debits,) in db.execute("SELECT debits FROM ledger WHERE debits != '[]'"):
+                for package_id, tokens in orjson.loads(debits):
+                    from_ledger[package_id] = from_ledger.get(package_id, 0) + tokens
+            out = []
+            for package_id, account_id, used in db.execute("SELECT id, account_id, used FROM packages"):
+                expected = from_ledger.pop(package_id, 0)
+                if expected != used:
+                    out.append(Mismatch(package_id, account_id, used, expected))
+            out.extend(Mismatch(pid, "", 0, tokens) for pid, tokens in from_ledger.items())
+            return out
+
+        return await self._bulk.run(run)
+
+    # rate windows
+
+    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
+        hour = ratelimit.hour_of(now)
+        minute = ratelimit.minute_of(now)
+        expires = ratelimit.window_expiry(now)
+
+        def run(db: sqlite3.Connection) -> WindowCount:
+            row = db.execute(_HIT, (key_id, hour, minute, expires, per_hour, per_minute)).fetchone()
+            if row is not None:
+                return WindowCount(True, row[1], row[0])
+            row = db.execute(
+                "SELECT hour_count, minute, minute_count FROM rate_windows WHERE key_id = ? AND hour = ?",
+                (key_id, hour),
+            ).fetchone()
+            hour_count, last_minute, minute_count = row
+            return WindowCount(False, minute_count if last_minute >= minute else 0, hour_count)
+
+        return await self._hot.run(run)
+
+    async def sweep(self, now: float) -> None:
+        await self._bulk.run(lambda db: db.execute("DELETE FROM rate_windows WHERE expires_at < ?", (now,)))
+
+
+def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
+    return (
+        entry.request_id, entry.account_id, entry.key_id, entry.model, entry.target,
+        entry.prompt_tokens, entry.completion_tokens, entry.total_tokens, int(entry.estimated),
+        int(entry.stream), entry.outcome, entry.status, entry.latency_ms, entry.user,
+        entry.created_at, entry.attempts, orjson.dumps(entry.debits).decode(),
+    )
+
+
+def _ledger_entry(row: tuple) -> LedgerEntry:
+    values = dict(zip(_LEDGER_COLUMNS, row))
+    values["estimated"] = bool(values["estimated"])
+    values["stream"] = bool(values["stream"])
+    values["debits"] = orjson.loads(values["debits"])
+    return LedgerEntry(**values)
+

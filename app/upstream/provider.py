@@ -1,0 +1,104 @@
+"""What every provider adapter does: turn a validated request into the upstream body, and read
+the upstream's error bodies. Provider modules override only where their wire format differs."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..config import Target
+from ..errors import InvalidRequest
+
+# The value a parameter has when the caller leaves it out; sending it is the same as not sending it.
+DEFAULTS: dict[str, Any] = {
+    "temperature": 1,
+    "top_p": 1,
+    "n": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "top_logprobs": 0,
+    "parallel_tool_calls": True,
+    "store": False,
+}
+
+# Fields previous responses carry that callers echo back inside messages; only real values travel.
+_ECHOED_MESSAGE_FIELDS = ("annotations", "audio", "function_call", "refusal")
+
+
+class Provider:
+    name = "openai"
+
+    def body(self, request: dict, target: Target, guard: dict, stream: bool) -> bytes:
+        """The upstream request body for ``target``, built once, with the guard message first."""
+        body = {k: v for k, v in request.items() if v is not None}
+        body["model"] = target.model
+        body["messages"] = [guard, *self.messages(request["messages"])]
+        self.max_tokens(body, target.max_tokens_field)
+        if stream:
+            options = {"include_usage": True}
+            extra = body.get("stream_options")
+            if extra and extra.get("include_obfuscation") is not None:
+                options["include_obfuscation"] = extra["include_obfuscation"]
+            body["stream_options"] = options
+            body["stream"] = True
+        else:
+            body.pop("stream_options", None)
+            body.pop("stream", None)
+        for param, policy in target.params.items():
+            if param in body and policy != "pass":
+                self.apply_policy(body, param, policy, target)
+        return orjson.dumps(body)
+
+    def messages(self, messages: list[dict]) -> list[dict]:
+        out = messages
+        for i, message in enumerate(messages):
+            if any(k in message and not message[k] for k in _ECHOED_MESSAGE_FIELDS):
+                if out is messages:
+                    out = list(messages)
+                out[i] = {k: v for k, v in message.items() if v or k not in _ECHOED_MESSAGE_FIELDS}
+        return out
+
+    @staticmethod
+    def max_tokens(body: dict, field: str) -> None:
+        other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+        if other in body:
+            value = body.pop(other)
+            body.setdefault(field, value)
+
+    @staticmethod
+    def apply_policy(body: dict, param: str, policy: str, target: Target) -> None:
+        value = body.pop(param)
+        if policy == "reject" and param in DEFAULTS and value != DEFAULTS[param]:
+            raise InvalidRequest(
+                f"Unsupported value: '{param}' is not supported with this model. "
+                f"Leave it out{'' if param not in DEFAULTS else f' or use the default ({DEFAULTS[param]})'}.",
+                param=param,
+                code="unsupported_parameter",
+            )
+        if policy == "reject" and param not in DEFAULTS:
+            raise InvalidRequest(
+                f"Unsupported parameter: '{param}' is not supported with this model.",
+                param=param,
+                code="unsupported_parameter",
+            )
+
+    def error_reason(self, raw: bytes) -> str | None:
+        """The human-readable reason inside an upstream error body, if there is one."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return _reason(doc)
+
+
+def _reason(doc: Any) -> str | None:
+    if isinstance(doc, list) and doc:
+        return _reason(doc[0])
+    if isinstance(doc, dict):
+        error = doc.get("error", doc)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+    return None
