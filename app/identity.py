@@ -211,10 +211,14 @@ class StreamRewriter:
         return None
 
     def finish(self) -> bytes:
-        """Bytes owed to the caller when the upstream ended cleanly without ``[DONE]``."""
+        """Bytes owed to the caller when the upstream's body ended: its last events, if a held-back
+        line end completed them, and the usage chunk if one is owed."""
+        out = [e for e in map(self._event, self._framer.finish()) if e]
         if self._framer.pending().strip():
             raise MalformedUpstream("stream ended inside an event")
-        return self._usage_chunk() if self._usage_pending else b""
+        if self._usage_pending and not self.done:
+            out.append(self._usage_chunk())
+        return b"".join(out)
 
     def estimated_completion_bytes(self) -> int:
         """Roughly how much generated text was relayed: payload bytes minus per-event envelopes."""

@@ -167,7 +167,7 @@ def _check_messages(messages: list[dict]) -> None:
             raise InvalidRequest(f"Missing required parameter: 'messages[{i}].content'.", param=f"messages[{i}].content", code="missing_required_parameter")
         if role == "assistant" and content is None and not message.get("tool_calls") and not message.get("refusal"):
             raise InvalidRequest(
-                f"'messages[{i}]': an assistant message needs 'content' or 'tool_calls'.",
+                f"Missing required parameter: 'messages[{i}].content' (an assistant message needs 'content' or 'tool_calls').",
                 param=f"messages[{i}].content",
                 code="missing_required_parameter",
             )
@@ -180,7 +180,7 @@ def _check_messages(messages: list[dict]) -> None:
             for j, part in enumerate(content):
                 if part["type"] not in allowed:
                     raise InvalidRequest(
-                        f"Invalid content part type '{part['type']}' for role '{role}' at 'messages[{i}].content[{j}]'.",
+                        f"Invalid 'messages[{i}].content[{j}].type': '{part['type']}' parts are not allowed in {role} messages.",
                         param=f"messages[{i}].content[{j}].type",
                     )
                 if part["type"] == "image_url":
@@ -221,7 +221,7 @@ def _invalid(schema: dict, exc: ValidationError) -> InvalidRequest:
     if first["type"] == "dict_type" and not first["loc"]:
         return InvalidRequest("The request body must be a JSON object.", param="body", code="invalid_json")
     located = [(param_of(schema, e["loc"]), e) for e in errors]
-    (param, top_level), error = max(located, key=lambda pe: (pe[0][0].count(".") + pe[0][0].count("["), not _is_type_error(pe[1])))
+    (param, top_level), error = max(located, key=lambda pe: (pe[0][0].count(".") + pe[0][0].count("["), _rank(pe[1])))
     same_place = [e for (p, _), e in located if p == param]
     kind = error["type"]
     if kind == "missing":
@@ -264,6 +264,13 @@ def _invalid(schema: dict, exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param)
 
 
+def _rank(error: dict) -> int:
+    """Among errors at the same depth, which says most: a wrong value, then a missing field, then a type."""
+    if error["type"] in ("missing", "extra_forbidden"):
+        return 1
+    return 0 if error["type"].endswith("_type") else 2
+
+
 def _is_type_error(error: dict) -> bool:
     return error["type"].endswith("_type") or error["type"] == "literal_error"
 
@@ -292,6 +299,8 @@ def param_of(schema: dict, loc: tuple) -> tuple[str, bool]:
             continue
         if kind == "tagged-union":
             node = node["choices"].get(item)
+            continue
+        if item == "[key]":
             continue
         depth += 1
         if isinstance(item, int):

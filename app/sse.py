@@ -37,6 +37,16 @@ class EventFramer:
         self._buffer = buffer[start:]
         return events
 
+    def finish(self) -> list[bytes]:
+        """At the end of the stream: the events a held-back trailing ``\r`` completes."""
+        events = []
+        start = 0
+        for match in _BOUNDARY.finditer(self._buffer):
+            events.append(self._buffer[start:match.end()])
+            start = match.end()
+        self._buffer = self._buffer[start:]
+        return events
+
     def pending(self) -> bytes:
         """Bytes received that do not (yet) form a complete event."""
         return self._buffer

@@ -1,0 +1,1 @@
+"""Benchmark and test tooling for the gateway: fake upstream provider, load scripts."""

@@ -1,0 +1,1 @@
+"""Tests of the gateway; they mirror the app package."""

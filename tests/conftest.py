@@ -1,0 +1,112 @@
+"""Shared fixtures: fake upstreams and a gateway running as real processes on 127.0.0.1, OpenAI SDK
+clients pointed at it, and a recorder of every byte those clients receive (checked for leaks)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from tests import support
+
+# Everything the test clients receive, headers and bodies, for the leak check at session end.
+RECEIVED: list[bytes] = []
+_received_lock = threading.Lock()
+
+
+def record(data: bytes) -> None:
+    with _received_lock:
+        RECEIVED.append(data)
+
+
+class _Tee(httpx2.SyncByteStream):
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def __iter__(self):
+        for chunk in self._stream:
+            record(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class RecordingTransport(httpx2.HTTPTransport):
+    def handle_request(self, request):
+        response = super().handle_request(request)
+        record(b"\n".join(k + b": " + v for k, v in response.headers.raw))
+        response.stream = _Tee(response.stream)
+        return response
+
+
+def sdk_client(gateway: support.Gateway, key: str, **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=gateway.base_url,
+        api_key=key,
+        max_retries=0,
+        timeout=kwargs.pop("timeout", 30.0),
+        http_client=httpx2.Client(transport=RecordingTransport()),
+        **kwargs,
+    )
+
+
+def http(gateway: support.Gateway) -> httpx2.Client:
+    """A plain HTTP client to the gateway whose responses are recorded too."""
+    return httpx2.Client(base_url=gateway.url, transport=RecordingTransport(), timeout=30.0)
+
+
+def leaks(data: bytes, hosts: tuple[str, ...] = ()) -> list[str]:
+    """Upstream names or hosts found in bytes a caller received."""
+    lowered = data.lower()
+    found = [name for name in support.UPSTREAM_MODELS if name.encode() in lowered]
+    found += [h for h in hosts if h.encode() in lowered]
+    for marker in (b"fp_fake", b"system_fingerprint\":\"", b"fake-provider", b"req_upstream", b"sk-fake-provider", b"traceback"):
+        if marker in lowered:
+            found.append(marker.decode())
+    return found
+
+
+@pytest.fixture(scope="session")
+def upstreams(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("upstreams")
+    openai_up = support.start_upstream(tmp, "openai")
+    gemini_up = support.start_upstream(tmp, "gemini")
+    yield {"openai": openai_up, "gemini": gemini_up}
+    openai_up.stop()
+    gemini_up.stop()
+
+
+@pytest.fixture(scope="session")
+def models_path(tmp_path_factory, upstreams) -> Path:
+    tmp = tmp_path_factory.mktemp("models")
+    return support.models_file(tmp / "models.toml", upstreams["openai"].url, upstreams["gemini"].url)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory, models_path):
+    data_dir = tmp_path_factory.mktemp("gateway")
+    gw = support.start_gateway(data_dir, models_path)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def customer(gateway) -> support.Customer:
+    return support.new_customer(gateway)
+
+
+@pytest.fixture
+def client(gateway, customer) -> openai.OpenAI:
+    with sdk_client(gateway, customer.key) as c:
+        yield c
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_in_received_bytes():
+    """After the whole session: nothing any test client received names an upstream."""
+    yield
+    found = {name for data in RECEIVED for name in leaks(data, ("127.0.0.1:",))}
+    assert not found, f"upstream identity leaked to callers: {sorted(found)}"

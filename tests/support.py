@@ -1,0 +1,261 @@
+"""Real processes for tests: the fake upstream and gateway instances on 127.0.0.1, and the
+accounts, keys and packages tests need, made through the gateway's own operations."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY_ENV = "FAKE_PROVIDER_KEY"
+
+# Names the upstreams use; they must never reach a caller.
+UPSTREAM_MODELS = ("gemini-2.5-flash", "gpt-5.4-mini", "gemini-2.5-pro", "gemini-2.5-flash-lite")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log_file = open(log_path, "ab")
+    try:
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        log_file.close()
+
+
+def start_upstream(tmp: Path, mode: str = "openai", port: int | None = None, extra: list[str] | None = None) -> Process:
+    port = port or free_port()
+    log_path = tmp / f"upstream-{mode}-{port}.log"
+    popen = spawn(
+        [sys.executable, "-m", "bench.fake_upstream", "--host", "127.0.0.1", "--port", str(port), "--mode", mode, *(extra or [])],
+        log_path,
+    )
+    process = Process(popen, port, log_path)
+    wait_http(f"{process.url}/_fake/stats", process=popen)
+    return process
+
+
+def models_file(path: Path, openai_url: str, gemini_url: str, timeouts: dict | None = None, fallback_url: str | None = None) -> Path:
+    """A models file with the shipped shape, every target pointed at fake upstreams."""
+    timeouts = timeouts or {}
+    lines = ["[timeouts]"]
+    lines += [f"{k} = {v}" for k, v in {"connect": 2.0, "first_byte": 10.0, "idle": 5.0, "total": 30.0, **timeouts}.items()]
+    lines += [
+        "[models.zowy-1]",
+        'targets = ["gemini-flash", "gemini-flash-lite"]',
+        "[models.zowy-1-pro]",
+        'targets = ["gpt-mini"]',
+        "[models.zowy-2]",
+        'targets = ["gemini-pro", "gpt-mini"]',
+        "vision = true",
+    ]
+    gemini_params = (
+        '{ logit_bias = "drop", parallel_tool_calls = "drop", store = "drop", metadata = "drop", '
+        'service_tier = "drop", user = "drop", prompt_cache_key = "drop", safety_identifier = "drop", '
+        'verbosity = "drop", logprobs = "drop", top_logprobs = "drop" }'
+    )
+    for name, model, url in (
+        ("gemini-flash", "gemini-2.5-flash", gemini_url),
+        ("gemini-flash-lite", "gemini-2.5-flash-lite", fallback_url or gemini_url),
+        ("gemini-pro", "gemini-2.5-pro", gemini_url),
+    ):
+        lines += [
+            f"[targets.{name}]",
+            'provider = "gemini"',
+            f'base_url = "{url}/v1"',
+            f'model = "{model}"',
+            f'api_key_env = "{UPSTREAM_KEY_ENV}"',
+            f"params = {gemini_params}",
+        ]
+    lines += [
+        "[targets.gpt-mini]",
+        'provider = "openai"',
+        f'base_url = "{openai_url}/v1"',
+        'model = "gpt-5.4-mini"',
+        f'api_key_env = "{UPSTREAM_KEY_ENV}"',
+        'max_tokens_field = "max_completion_tokens"',
+        'params = { temperature = "reject", top_p = "reject", logprobs = "pass", presence_penalty = "drop", frequency_penalty = "drop", logit_bias = "drop" }',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Gateway:
+    process: Process
+    env: dict[str, str]
+    data_dir: Path
+    admin_token: str
+    extra: list[Process] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.process.url}/api/v1"
+
+    def settings(self):
+        from app.config import Settings
+
+        return Settings.from_env(self.env)
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+
+def gateway_env(data_dir: Path, models: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZOWY_")}
+    env.update(
+        {
+            UPSTREAM_KEY_ENV: "sk-fake-provider-key-1234567890",
+            "ZOWY_DATA_DIR": str(data_dir),
+            "ZOWY_MODELS_FILE": str(models),
+            "ZOWY_DEMO": "off",
+            "ZOWY_ADMIN_TOKEN": "admin-secret-token",
+            "ZOWY_METER_INTERVAL": "0.01",
+            "ZOWY_KEY_CACHE_TTL": "0.5",
+            "ZOWY_BALANCE_CACHE_TTL": "0.2",
+            "ZOWY_RETRY_BACKOFF": "0.05",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+def start_gateway(data_dir: Path, models: Path, workers: int = 1, port: int | None = None, **overrides: str) -> Gateway:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = gateway_env(data_dir, models, **overrides)
+    port = port or free_port()
+    log_path = data_dir / f"gateway-{port}.log"
+    popen = spawn(
+        [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        log_path,
+        env,
+    )
+    process = Process(popen, port, log_path)
+    try:
+        wait_http(f"{process.url}/healthz", timeout=30, process=popen)
+    except Exception:
+        process.stop()
+        raise RuntimeError(f"gateway did not start:\n{process.log()}") from None
+    return Gateway(process, env, data_dir, env["ZOWY_ADMIN_TOKEN"])
+
+
+@dataclass
+class Customer:
+    account_id: str
+    key_id: str
+    key: str
+
+
+async def _customer(settings, name: str, tokens: int | None, per_minute: int | None, per_hour: int | None) -> Customer:
+    from app import operations
+    from app.store import open_store
+
+    store = open_store(settings)
+    try:
+        await store.init()
+        account = await operations.create_account(store, name)
+        if tokens is not None:
+            await operations.grant_package(store, settings, account, "pro", tokens=tokens)
+        record, key = await operations.create_key(store, settings, account, per_minute, per_hour)
+        return Customer(account.id, record.id, key)
+    finally:
+        await store.close()
+
+
+_counter = iter(range(1, 10**9))
+
+
+def new_customer(gateway: Gateway, tokens: int | None = 2_000_000, per_minute: int | None = 10_000, per_hour: int | None = 100_000, name: str | None = None) -> Customer:
+    """An account with a package (unless tokens is None) and a key with generous limits."""
+    name = name or f"acct-{os.getpid()}-{next(_counter)}-{time.monotonic_ns()}"
+    return asyncio.run(_customer(gateway.settings(), name, tokens, per_minute, per_hour))
+
+
+def run_store(gateway: Gateway, fn):
+    """Run ``await fn(store)`` against the gateway's store from the test process."""
+    from app.store import open_store
+
+    async def go():
+        store = open_store(gateway.settings())
+        try:
+            await store.init()
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
