@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -170,7 +169,9 @@ async def _packages_list(store: Store, settings: Settings, args) -> int:
 
 async def _usage(store: Store, settings: Settings, args) -> int:
     account = await operations.find_account(store, args.account)
-    report = await operations.usage_report(store, account, _timestamp(args.since), _timestamp(args.until))
+    report = await operations.usage_report(
+        store, account, operations.parse_time(args.since, "since"), operations.parse_time(args.until, "until")
+    )
     _print(report)
     return 0
 
@@ -185,15 +186,6 @@ async def _reconcile(store: Store, settings: Settings, args) -> int:
 async def _db_init(store: Store, settings: Settings, args) -> int:
     print(f"initialised {settings.store_url.split('@')[-1]}")
     return 0
-
-
-def _timestamp(text: str | None) -> float | None:
-    if not text:
-        return None
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def serve(settings: Settings, args) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from datetime import datetime, timezone
 
 from .config import Settings
 from .errors import InvalidRequest, NotFound
@@ -128,3 +129,20 @@ async def usage_report(store: Store, account: Account, since: float | None = Non
 
 def key_view(record: KeyRecord) -> dict:
     return asdict(record)
+
+
+def parse_time(text: str | None, param: str) -> float | None:
+    """An ISO date/datetime (UTC unless it says otherwise) or epoch seconds; None when absent."""
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"'{param}' must be an ISO date or datetime, or epoch seconds.", param=param) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()

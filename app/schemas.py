@@ -317,3 +317,25 @@ def param_of(schema: dict, loc: tuple) -> tuple[str, bool]:
         else:
             node = None
     return "".join(out), depth == 1
+
+
+_limit = cs.nullable_schema(_int(1, 10**12))
+ADMIN_SCHEMAS = {
+    "account": _obj({"name": _req(cs.str_schema(strict=True, min_length=1, max_length=128))}),
+    "key": _obj({"per_minute": cs.typed_dict_field(_limit, required=False), "per_hour": cs.typed_dict_field(_limit, required=False)}),
+    "limits": _obj({"per_minute": cs.typed_dict_field(_limit, required=False), "per_hour": cs.typed_dict_field(_limit, required=False)}),
+    "package": _obj({
+        "plan": _req(_str),
+        "tokens": _opt(_int(1, 10**15)),
+        "days": _opt(_int(1, 36500)),
+    }),
+}
+_admin_validators = {name: SchemaValidator(schema) for name, schema in ADMIN_SCHEMAS.items()}
+
+
+def parse_admin_body(kind: str, body: bytes) -> dict[str, Any]:
+    """Validate an admin API body (an empty body is an empty object)."""
+    try:
+        return _admin_validators[kind].validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise _invalid(ADMIN_SCHEMAS[kind], exc) from None

@@ -22,7 +22,7 @@ from .errors import (
     ServerError,
     StoreUnavailable,
 )
-from .routes import chat, health, models
+from .routes import admin, chat, health, models, usage
 from .services import Services
 
 log = logging.getLogger("zowy")
@@ -89,7 +89,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         GRACEFUL_SHUTDOWN_TIMEOUT=15.0,
     )
     app.ctx.settings = settings
-    for blueprint in (chat.bp, models.bp, health.bp):
+    for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp):
         app.blueprint(blueprint)
 
     @app.before_server_start

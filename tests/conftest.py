@@ -93,6 +93,26 @@ def gateway(tmp_path_factory, models_path):
     gw.stop()
 
 
+@pytest.fixture(scope="session")
+def nx_server(tmp_path_factory):
+    server = support.NxServer(tmp_path_factory.mktemp("nx-gateway") / "data").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store_env(request) -> dict[str, str]:
+    """Gateway environment for each store backend: the embedded SQLite file, or MongoDB over the
+    wire (nx-27017 here; a real MongoDB when TEST_MONGO_URL is set)."""
+    if request.param == "sqlite":
+        return {}
+    import os
+    import uuid
+
+    url = os.environ.get("TEST_MONGO_URL") or request.getfixturevalue("nx_server").url
+    return {"ZOWY_MONGO_URL": url, "ZOWY_MONGO_DB": f"zowy_{uuid.uuid4().hex[:10]}"}
+
+
 @pytest.fixture
 def customer(gateway) -> support.Customer:
     return support.new_customer(gateway)

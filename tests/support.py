@@ -139,6 +139,67 @@ def models_file(path: Path, openai_url: str, gemini_url: str, timeouts: dict | N
     return path
 
 
+class NxServer:
+    """An nx-27017 (MongoDB wire protocol on SQLite) server in a child process.
+
+    ``--data-dir`` keeps one SQLite file per logical database, so a fresh database name isolates a test.
+    """
+
+    _MAIN = "import sys; from nx_27017.nx_27017 import main; sys.exit(main())"
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self, wait: float = 15.0) -> "NxServer":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir.parent / f"nx-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self._MAIN, "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-file", str(log), "--pid-file", str(self.data_dir.parent / f"nx-{self.port}.pid")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nx-27017 exited with {self.proc.returncode}; see {log}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nx-27017 did not listen on port {self.port} within {wait}s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def seconds_left_in_window(size: int) -> float:
+    return size - time.time() % size
+
+
+def wait_for_window(size: int, need: float) -> None:
+    """Sleep into the next window when fewer than ``need`` seconds are left in the current one."""
+    left = seconds_left_in_window(size)
+    if left < need:
+        time.sleep(left + 0.05)
+
+
 @dataclass
 class Gateway:
     process: Process

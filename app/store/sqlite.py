@@ -374,11 +374,17 @@ class SqliteStore(Store):
     async def reconcile(self) -> list[Mismatch]:
         def run(db: sqlite3.Connection) -> list[Mismatch]:
             from_ledger: dict[str, int] = {}
-            for (debits,) in db.execute("SELECT debits FROM ledger WHERE debits != '[]'"):
-                for package_id, tokens in orjson.loads(debits):
-                    from_ledger[package_id] = from_ledger.get(package_id, 0) + tokens
+            # One read transaction: both reads see the same snapshot while other writers commit.
+            db.execute("BEGIN")
+            try:
+                for (debits,) in db.execute("SELECT debits FROM ledger WHERE debits != '[]'"):
+                    for package_id, tokens in orjson.loads(debits):
+                        from_ledger[package_id] = from_ledger.get(package_id, 0) + tokens
+                packages = db.execute("SELECT id, account_id, used FROM packages").fetchall()
+            finally:
+                db.execute("COMMIT")
             out = []
-            for package_id, account_id, used in db.execute("SELECT id, account_id, used FROM packages"):
+            for package_id, account_id, used in packages:
                 expected = from_ledger.pop(package_id, 0)
                 if expected != used:
                     out.append(Mismatch(package_id, account_id, used, expected))

@@ -1,0 +1,68 @@
+"""The command line, run as a real process against a fresh embedded store."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import ROOT
+
+
+@pytest.fixture
+def cli(tmp_path):
+    env = {"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_DEMO": "off", "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        if ok:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    return run
+
+
+def test_key_lifecycle_and_money_commands(cli, tmp_path):
+    done = cli("keys", "create", "--account", "acme")
+    key = done.stdout.strip().splitlines()[-1]
+    assert key.startswith("zk-") and len(key) > 30
+    assert key not in (tmp_path / "zowy.db").read_bytes().decode("latin-1")
+
+    keys = json.loads(cli("keys", "list", "--account", "acme").stdout)
+    assert len(keys) == 1 and keys[0]["revoked_at"] is None
+    cli("keys", "limits", keys[0]["id"], "--per-minute", "5")
+    assert json.loads(cli("keys", "list", "--account", "acme").stdout)[0]["per_minute"] == 5
+    cli("keys", "revoke", keys[0]["id"])
+    assert json.loads(cli("keys", "list", "--account", "acme").stdout)[0]["revoked_at"] is not None
+    assert cli("keys", "revoke", "key_nope", ok=False).returncode == 1
+
+    assert json.loads(cli("accounts", "create", "globex").stdout)["name"] == "globex"
+    assert cli("accounts", "create", "globex", ok=False).returncode == 1
+    package = json.loads(cli("packages", "grant", "--account", "globex", "--plan", "pro").stdout)
+    assert package["tokens"] == 2_000_000 and package["active"]
+    assert cli("packages", "grant", "--account", "globex", "--plan", "gold", ok=False).returncode == 1
+    balance = json.loads(cli("packages", "list", "--account", "globex").stdout)
+    assert balance["remaining_tokens"] == 2_000_000
+    usage = json.loads(cli("usage", "--account", "globex", "--since", "2020-01-01").stdout)
+    assert usage["total"]["requests"] == 0
+    assert json.loads(cli("reconcile").stdout)["mismatches"] == []
+    assert "initialised" in cli("db", "init").stdout
+
+
+def test_reconcile_exits_non_zero_on_mismatch(cli, tmp_path):
+    import sqlite3
+
+    cli("accounts", "create", "acme")
+    cli("packages", "grant", "--account", "acme", "--plan", "pro")
+    with sqlite3.connect(tmp_path / "zowy.db") as db:
+        db.execute("UPDATE packages SET used = 5")
+    done = cli("reconcile", ok=False)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["mismatches"][0]["recorded"] == 5
+
+
+def test_bad_configuration_is_reported(cli, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "app", "reconcile"], cwd=ROOT, capture_output=True, text=True,
+                          env={"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_PORT": "eighty"})
+    assert done.returncode == 2 and "ZOWY_PORT" in done.stderr

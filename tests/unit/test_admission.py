@@ -1,0 +1,98 @@
+"""Admission against a real SQLite store: window rollover with an injected clock, and a store that
+cannot answer (fail closed by default, open when configured) without hanging."""
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from app.admission import Admission
+from app.config import RateLimits, Settings
+from app.errors import InsufficientQuota, InvalidApiKey, RateLimited, StoreUnavailable
+from app.keys import key_hash
+from app.store import KeyRecord, Package
+from app.store.sqlite import SqliteStore
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SqliteStore(tmp_path / "zowy.db", timeout=0.3)
+    await store.init()
+    await store.create_account("acct_1", "acme", time.time())
+    yield store
+    await store.close()
+
+
+def settings(**changes) -> Settings:
+    return Settings(rate_limits=RateLimits(2, 3), limiter_timeout=0.2, **changes)
+
+
+async def test_minute_and_hour_windows_roll_over(store):
+    clock = Clock(1_000_000 * 3600 + 10)  # 10 s into an hour
+    admission = Admission(settings(), store, clock)
+    key = KeyRecord("key_1", "acct_1", "zk-", 0.0)
+    await admission.limit(key)
+    await admission.limit(key)
+    with pytest.raises(RateLimited) as info:
+        await admission.limit(key)
+    assert info.value.headers["retry-after"] == "50"
+    clock.now += 50
+    decision = await admission.limit(key)  # a new minute
+    assert decision.minute_used == 1 and decision.hour_used == 3
+    with pytest.raises(RateLimited) as info:
+        await admission.limit(key)  # the hour is full (3)
+    assert "3 requests per hour" in info.value.message
+    clock.now += 3600
+    assert (await admission.limit(key)).hour_used == 1
+
+
+async def test_key_lookup_and_revocation(store):
+    admission = Admission(settings(key_cache_ttl=0.0), store)
+    await store.create_key(KeyRecord("key_2", "acct_1", "zk-", 0.0), key_hash("zk-secret", ""))
+    assert (await admission.key("Bearer zk-secret")).id == "key_2"
+    for header in (None, "", "Basic zk-secret", "Bearer", "Bearer zk-other", "Bearer " + "x" * 300):
+        with pytest.raises(InvalidApiKey):
+            await admission.key(header)
+    await store.revoke_key("key_2", time.time())
+    with pytest.raises(InvalidApiKey):
+        await admission.key("Bearer zk-secret")
+
+
+async def test_balance_requires_an_active_package(store):
+    admission = Admission(settings(balance_cache_ttl=0.0), store)
+    with pytest.raises(InsufficientQuota):
+        await admission.require_balance("acct_1")
+    now = time.time()
+    await store.grant_package(Package("pkg_old", "acct_1", "pro", 10, 0, now - 100, now - 1))  # expired
+    with pytest.raises(InsufficientQuota):
+        await admission.require_balance("acct_1")
+    await store.grant_package(Package("pkg_new", "acct_1", "pro", 10, 0, now, now + 100))
+    await admission.require_balance("acct_1")
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_locked_store_fails_fast(store, fail_open):
+    admission = Admission(settings(limiter_fail_open=fail_open), store)
+    key = KeyRecord("key_1", "acct_1", "zk-", 0.0)
+    blocker = sqlite3.connect(store.path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        if fail_open:
+            assert (await admission.limit(key)).admitted
+        else:
+            with pytest.raises(StoreUnavailable):
+                await admission.limit(key)
+        assert time.monotonic() - started < 0.5
+    finally:
+        blocker.rollback()
+        blocker.close()
