@@ -67,7 +67,7 @@ class StreamRewriter:
 
     __slots__ = (
         "_framer", "_public_model", "_completion_id", "_include_usage", "_swaps", "_model_token",
-        "_created", "_envelope", "usage", "events", "payload_bytes", "done", "error", "_usage_pending",
+        "_created", "_shortest", "usage", "events", "payload_bytes", "done", "error", "_usage_pending",
     )
 
     def __init__(self, public_model: str, completion_id: str, include_usage: bool) -> None:
@@ -78,7 +78,7 @@ class StreamRewriter:
         self._swaps: list[tuple[bytes, bytes]] = []
         self._model_token: bytes | None = None
         self._created = 0
-        self._envelope = 0
+        self._shortest = 0
         self._usage_pending = False
         self.usage: Usage | None = None
         self.events = 0
@@ -113,6 +113,8 @@ class StreamRewriter:
             raise MalformedUpstream("event is not a JSON object")
         self.events += 1
         self.payload_bytes += len(data)
+        if len(data) < self._shortest or not self._shortest:
+            self._shortest = len(data)
         if b'"error"' in data[:12]:
             return self._error_event(data)
         if _USAGE.search(data):
@@ -141,8 +143,6 @@ class StreamRewriter:
         self._model_token = model_token
         if type(doc.get("created")) is int:
             self._created = doc["created"]
-        if not self._envelope:
-            self._envelope = len(data)
         return bool(model_token and id_token and (fingerprint is None or fingerprint_token))
 
     def _parse(self, data: bytes) -> dict:
@@ -220,6 +220,12 @@ class StreamRewriter:
             out.append(self._usage_chunk())
         return b"".join(out)
 
-    def estimated_completion_bytes(self) -> int:
-        """Roughly how much generated text was relayed: payload bytes minus per-event envelopes."""
-        return max(self.events, self.payload_bytes - self.events * self._envelope)
+    def estimated_completion_tokens(self) -> int:
+        """Roughly how many tokens were relayed, for streams that ended without upstream usage.
+
+        A content event carries about one token; text beyond the shortest event's adds ~1 per 4 bytes.
+        """
+        if self.events <= 1:
+            return 0
+        extra = self.payload_bytes - self.events * self._shortest
+        return self.events - 1 + extra // 4

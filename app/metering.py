@@ -67,10 +67,10 @@ def estimate_tokens(n_bytes: int) -> int:
     return (n_bytes + 3) // 4
 
 
-def estimate_usage(prompt_bytes: int, completion_bytes: int) -> Usage:
+def estimate_usage(prompt_bytes: int, completion_tokens: int) -> Usage:
+    """Usage when the upstream never reported it: the prompt from its size, the completion as counted."""
     prompt = estimate_tokens(prompt_bytes)
-    completion = estimate_tokens(completion_bytes)
-    return Usage(prompt, completion, prompt + completion, estimated=True)
+    return Usage(prompt, completion_tokens, prompt + completion_tokens, estimated=True)
 
 
 @dataclass(frozen=True, slots=True)

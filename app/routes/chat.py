@@ -10,7 +10,7 @@ from sanic.response import HTTPResponse
 
 from ..errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown, UpstreamError, UpstreamTimeout
 from ..identity import MalformedUpstream, StreamRewriter, rewrite_completion
-from ..metering import LedgerEntry, Usage, estimate_usage
+from ..metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
 from ..schemas import parse_chat_request
 from ..services import Services
 from ..sse import format_event
@@ -181,9 +181,9 @@ class Metering:
         usage = self.usage
         if usage is None:
             if self.rewriter is not None:
-                usage = estimate_usage(self.prompt_bytes, self.rewriter.estimated_completion_bytes())
+                usage = estimate_usage(self.prompt_bytes, self.rewriter.estimated_completion_tokens())
             elif self.outcome in ("ok", "client_disconnected"):
-                usage = estimate_usage(self.prompt_bytes, self.response_bytes)
+                usage = estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
             else:
                 usage = Usage(0, 0, 0)
         target = self.attempts.target

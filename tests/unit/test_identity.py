@@ -121,9 +121,9 @@ def test_stream_cut_inside_an_event_is_malformed():
 def test_estimated_completion_grows_with_relayed_content():
     rewriter = StreamRewriter(PUBLIC, OURS, False)
     rewriter.feed(b"".join(openai_stream()[:2]))
-    small = rewriter.estimated_completion_bytes()
+    small = rewriter.estimated_completion_tokens()
     rewriter.feed(b"".join(openai_stream()[2:4]))
-    assert rewriter.estimated_completion_bytes() > small >= 1
+    assert rewriter.estimated_completion_tokens() > small >= 1
 
 
 def test_non_stream_rewrite():
