@@ -99,6 +99,7 @@ class Settings:
     retry_backoff: float = 0.2
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
+    drain_timeout: float = 30.0
     demo: bool = False
     demo_upstream_port: int = 8099
     log_level: str = "INFO"
@@ -161,6 +162,7 @@ class Settings:
             retry_backoff=_float(get, "ZOWY_RETRY_BACKOFF", 0.2),
             breaker_threshold=_int(get, "ZOWY_BREAKER_THRESHOLD", 5, low=1),
             breaker_cooldown=_float(get, "ZOWY_BREAKER_COOLDOWN", 30.0),
+            drain_timeout=_float(get, "ZOWY_DRAIN_TIMEOUT", 30.0),
             demo=demo,
             demo_upstream_port=demo_port,
             log_level=get("ZOWY_LOG_LEVEL", "INFO").upper(),

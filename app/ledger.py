@@ -23,6 +23,7 @@ from .store import Store
 log = logging.getLogger("zowy.ledger")
 
 _SPOOL_SUFFIX = ".spool"
+UPKEEP_INTERVAL = 60.0
 
 
 class Spool:
@@ -149,7 +150,7 @@ class Meter:
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def _run(self) -> None:
-        last_sweep = 0.0
+        last_upkeep = time.monotonic()
         while not self._closing:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.interval)
@@ -157,13 +158,21 @@ class Meter:
                 pass
             self._wake.clear()
             await self.flush()
-            now = time.time()
-            if now - last_sweep > 300:
-                last_sweep = now
-                try:
-                    await self.store.sweep(now)
-                except StoreUnavailable:
-                    pass
+            if time.monotonic() - last_upkeep > UPKEEP_INTERVAL:
+                last_upkeep = time.monotonic()
+                await self._upkeep()
+
+    async def _upkeep(self) -> None:
+        """Finish ledger writes a crashed process left half done; drop spent rate windows."""
+        try:
+            finished = await self.store.recover()
+            if finished:
+                log.warning("finished %d half-written ledger entries", finished)
+            await self.store.sweep(time.time())
+        except (StoreUnavailable, TimeoutError):
+            pass
+        except Exception:
+            log.exception("ledger upkeep failed")
 
     async def flush(self) -> None:
         """Write everything queued; on failure put it in the spool. Replays the spool when possible."""

@@ -86,7 +86,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         ACCESS_LOG=False,
         MOTD=False,
         NOISY_EXCEPTIONS=False,
-        GRACEFUL_SHUTDOWN_TIMEOUT=15.0,
+        GRACEFUL_SHUTDOWN_TIMEOUT=settings.drain_timeout,
     )
     app.ctx.settings = settings
     for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp):
@@ -97,6 +97,20 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         services = Services.build(settings)
         await services.start()
         app.ctx.services = services
+
+    @app.before_server_stop
+    async def start_draining(app: Sanic) -> None:
+        """SIGTERM: readyz turns unready; in-flight requests and streams may finish until the drain
+        deadline, and each connection closes after its current response."""
+        services = getattr(app.ctx, "services", None)
+        if services is not None:
+            services.draining = True
+            log.warning("draining: %d request(s) in flight", services.inflight)
+
+    @app.on_response
+    async def close_when_draining(request: Request, response: HTTPResponse) -> None:
+        if app.ctx.services.draining and request.stream is not None:
+            request.stream.keep_alive = False
 
     @app.after_server_stop
     async def stop_services(app: Sanic) -> None:

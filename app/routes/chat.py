@@ -8,7 +8,7 @@ import time
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..errors import GatewayError, InvalidRequest, ModelNotFound, ShuttingDown, UpstreamError, UpstreamTimeout
+from ..errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, UpstreamTimeout
 from ..identity import MalformedUpstream, StreamRewriter, rewrite_completion
 from ..metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
 from ..schemas import parse_chat_request
@@ -30,8 +30,6 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     started = time.perf_counter()
     request_id = request_id_for(request)
     headers = request.ctx.headers = {"x-request-id": request_id}
-    if services.draining:
-        raise ShuttingDown()
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("application/json"):
         raise InvalidRequest(

@@ -9,7 +9,7 @@ import abc
 from dataclasses import dataclass
 
 from ..errors import GatewayError
-from ..metering import LedgerEntry
+from ..metering import LedgerEntry, PackageBalance, allocate
 
 
 class Conflict(GatewayError):
@@ -89,6 +89,34 @@ class Mismatch:
 def active_packages(packages: list[Package], now: float) -> list[Package]:
     """The account's usable packages at ``now``, the one to debit first at the front."""
     return sorted((p for p in packages if p.active_at(now)), key=lambda p: (p.granted_at, p.id))
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What the debit rule needs of one ledger entry."""
+
+    request_id: str
+    tokens: int
+    created_at: float
+
+
+def plan_debits(packages: list[Package], charges: list[Charge]) -> tuple[dict[str, int], dict[str, list[list]]]:
+    """The debit rule, shared by every backend: each charge in time order takes from the packages
+    active at its time, oldest first. Returns the packages' new ``used`` and each charge's debits."""
+    ordered = sorted(packages, key=lambda p: (p.granted_at, p.id))
+    newest = ordered[-1].id if ordered else None
+    used = {p.id: p.used for p in ordered}
+    debits: dict[str, list[list]] = {}
+    for charge in sorted(charges, key=lambda c: c.created_at):
+        active = [
+            PackageBalance(p.id, p.tokens - used[p.id])
+            for p in ordered
+            if p.expires_at > charge.created_at and used[p.id] < p.tokens
+        ]
+        debits[charge.request_id] = allocate(charge.tokens, active, newest)
+        for package_id, tokens in debits[charge.request_id]:
+            used[package_id] += tokens
+    return used, debits
 
 
 class Store(abc.ABC):
@@ -173,3 +201,7 @@ class Store(abc.ABC):
 
     async def sweep(self, now: float) -> None:
         """Drop spent rate windows (backends with native expiry need nothing)."""
+
+    async def recover(self) -> int:
+        """Finish ledger writes a crashed writer left half done; how many it finished."""
+        return 0

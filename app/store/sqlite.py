@@ -15,9 +15,10 @@ import orjson
 
 from .. import ratelimit
 from ..errors import StoreUnavailable
-from ..metering import LedgerEntry, PackageBalance, allocate
+from ..metering import LedgerEntry
 from .base import (
     Account,
+    Charge,
     Conflict,
     KeyRecord,
     Mismatch,
@@ -25,7 +26,7 @@ from .base import (
     Store,
     UsageRow,
     WindowCount,
-    active_packages,
+    plan_debits,
 )
 
 T = TypeVar("T")
@@ -323,26 +324,12 @@ class SqliteStore(Store):
     def _debit(self, db: sqlite3.Connection, account_id: str, entries: list[LedgerEntry]) -> None:
         packages = [
             Package(*r)
-            for r in db.execute(
-                f"SELECT {self._PACKAGE_COLUMNS} FROM packages WHERE account_id = ? ORDER BY granted_at, id",
-                (account_id,),
-            )
+            for r in db.execute(f"SELECT {self._PACKAGE_COLUMNS} FROM packages WHERE account_id = ?", (account_id,))
         ]
-        used = {p.id: p.used for p in packages}
-        newest = packages[-1].id if packages else None
-        for entry in sorted(entries, key=lambda e: e.created_at):
-            current = [
-                PackageBalance(p.id, p.tokens - used[p.id])
-                for p in active_packages(
-                    [Package(p.id, p.account_id, p.plan, p.tokens, used[p.id], p.granted_at, p.expires_at) for p in packages],
-                    entry.created_at,
-                )
-            ]
-            entry.debits = allocate(entry.total_tokens, current, newest)
-            for package_id, tokens in entry.debits:
-                used[package_id] += tokens
-        changed = [(used[p.id], p.id) for p in packages if used[p.id] != p.used]
-        db.executemany("UPDATE packages SET used = ? WHERE id = ?", changed)
+        used, debits = plan_debits(packages, [Charge(e.request_id, e.total_tokens, e.created_at) for e in entries])
+        for entry in entries:
+            entry.debits = debits[entry.request_id]
+        db.executemany("UPDATE packages SET used = ? WHERE id = ?", [(used[p.id], p.id) for p in packages if used[p.id] != p.used])
 
     async def ledger_entry(self, request_id: str) -> LedgerEntry | None:
         row = await self._hot.run(
