@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 
 from sanic import Request, Sanic
 from sanic import exceptions as sanic_errors
@@ -106,6 +107,16 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         if services is not None:
             services.draining = True
             log.warning("draining: %d request(s) in flight", services.inflight)
+        # The listening socket is shared by every worker and the main process: shutting it down
+        # here refuses new connections at once (a proxy retries them elsewhere) instead of letting
+        # them queue until the last worker has drained.
+        for info in app.state.server_info:
+            listener = info.settings.get("sock")
+            if listener is not None:
+                try:
+                    listener.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     @app.on_response
     async def close_when_draining(request: Request, response: HTTPResponse) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -127,7 +128,18 @@ class _Connection:
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
             db = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            deadline = time.monotonic() + self._timeout
+            while True:
+                # Switching a new file to WAL can report "locked" without waiting on the busy
+                # handler while another process creates the schema: wait here instead.
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError:
+                    if time.monotonic() > deadline:
+                        db.close()
+                        raise
+                    time.sleep(0.02)
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             self._db = db
