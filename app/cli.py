@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,10 +19,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import operations
+from . import logs, operations
 from .config import ConfigError, Settings
 from .errors import GatewayError
 from .keys import key_hash
+from .metrics import MULTIPROC_ENV
 from .store import Store, open_store
 
 log = logging.getLogger("zowy")
@@ -197,7 +199,8 @@ def serve(settings: Settings, args) -> int:
 
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     settings = settings.with_(**changes)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
+    _metrics_dir(settings)
     demo_upstream = _start_demo(settings) if settings.demo else None
     try:
         loader = AppLoader(factory=partial(create_app, settings))
@@ -210,6 +213,14 @@ def serve(settings: Settings, args) -> int:
             demo_upstream.terminate()
             demo_upstream.wait(timeout=5)
     return 0
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """A fresh directory where this instance's workers keep their metric values (inherited by them)."""
+    directory = Path(settings.data_dir).resolve() / "metrics" / str(settings.port)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
 
 
 def _start_demo(settings: Settings) -> subprocess.Popen:

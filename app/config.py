@@ -71,6 +71,16 @@ class RateLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What one chat request may hold, beyond the body size."""
+
+    messages: int = 2048
+    text_chars: int = 2_000_000
+    tools: int = 128
+    image_url_bytes: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -84,6 +94,9 @@ class Settings:
     models: Mapping[str, PublicModel] = field(default_factory=dict)
     identity_prompt: str = DEFAULT_IDENTITY_PROMPT
     max_body_bytes: int = 16 * 1024 * 1024
+    max_header_bytes: int = 8192
+    body_timeout: float = 30.0
+    request_limits: RequestLimits = RequestLimits()
     admin_token: str = ""
     key_pepper: str = ""
     key_cache_ttl: float = 5.0
@@ -103,6 +116,9 @@ class Settings:
     demo: bool = False
     demo_upstream_port: int = 8099
     log_level: str = "INFO"
+    log_format: str = "json"
+    access_log: bool = True
+    metrics: str = "admin"
 
     @property
     def spool_dir(self) -> Path:
@@ -141,6 +157,14 @@ class Settings:
             models=models,
             identity_prompt=get("ZOWY_IDENTITY_PROMPT") or DEFAULT_IDENTITY_PROMPT,
             max_body_bytes=_int(get, "ZOWY_MAX_BODY_BYTES", 16 * 1024 * 1024, low=1024),
+            max_header_bytes=min(_int(get, "ZOWY_MAX_HEADER_BYTES", 8192, low=1024), 16384),
+            body_timeout=_float(get, "ZOWY_BODY_TIMEOUT", 30.0),
+            request_limits=RequestLimits(
+                messages=_int(get, "ZOWY_MAX_MESSAGES", 2048, low=1),
+                text_chars=_int(get, "ZOWY_MAX_TEXT_CHARS", 2_000_000, low=1),
+                tools=_int(get, "ZOWY_MAX_TOOLS", 128, low=0),
+                image_url_bytes=_int(get, "ZOWY_MAX_IMAGE_URL_BYTES", 10 * 1024 * 1024, low=1024),
+            ),
             admin_token=get("ZOWY_ADMIN_TOKEN", ""),
             key_pepper=get("ZOWY_KEY_PEPPER", ""),
             key_cache_ttl=_float(get, "ZOWY_KEY_CACHE_TTL", 5.0),
@@ -166,6 +190,9 @@ class Settings:
             demo=demo,
             demo_upstream_port=demo_port,
             log_level=get("ZOWY_LOG_LEVEL", "INFO").upper(),
+            log_format=_choice(get, "ZOWY_LOG_FORMAT", ("json", "text"), "json"),
+            access_log=_bool(get, "ZOWY_ACCESS_LOG", True),
+            metrics=_choice(get, "ZOWY_METRICS", ("admin", "public", "off"), "admin"),
         )
 
     def with_(self, **changes) -> "Settings":
@@ -253,6 +280,13 @@ def _float(get, name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not value >= 0:
         raise ConfigError(f"{name} must be >= 0, got {raw!r}")
+    return value
+
+
+def _choice(get, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 

@@ -18,6 +18,7 @@ import orjson
 
 from .errors import StoreUnavailable
 from .metering import LedgerEntry
+from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger("zowy.ledger")
@@ -114,8 +115,12 @@ def _read_entries(path: Path) -> list[LedgerEntry]:
 class Meter:
     """Queue, batch, write; spool on failure; replay when the store is back."""
 
-    def __init__(self, store: Store, spool_dir: Path, batch: int = 512, interval: float = 0.05, write_timeout: float = 10.0) -> None:
+    def __init__(
+        self, store: Store, spool_dir: Path, batch: int = 512, interval: float = 0.05,
+        write_timeout: float = 10.0, metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
+        self.metrics = metrics
         self.spool = Spool(spool_dir)
         self.batch = batch
         self.interval = interval
@@ -158,6 +163,9 @@ class Meter:
                 pass
             self._wake.clear()
             await self.flush()
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(len(self._queue))
+                self.metrics.spool_bytes.set(self.spool.size() if self._spooled else 0)
             if time.monotonic() - last_upkeep > UPKEEP_INTERVAL:
                 last_upkeep = time.monotonic()
                 await self._upkeep()

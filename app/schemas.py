@@ -10,6 +10,7 @@ from typing import Any
 from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
+from .config import RequestLimits
 from .errors import InvalidRequest
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -118,7 +119,7 @@ CHAT_REQUEST_SCHEMA = _obj({
     "top_logprobs": _opt(_int(0, 20)),
     "seed": _opt(_int(-INT64 - 1)),
     "user": _opt(cs.str_schema(strict=True, max_length=256)),
-    "tools": _opt(cs.list_schema(_tool, max_length=128, strict=True)),
+    "tools": _opt(cs.list_schema(_tool, strict=True)),
     "tool_choice": _opt(_tool_choice),
     "parallel_tool_calls": _opt(_bool),
     "response_format": _opt(_response_format),
@@ -146,20 +147,29 @@ _TYPE_NAMES = {
 }
 
 
-def parse_chat_request(body: bytes) -> dict[str, Any]:
+def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> dict[str, Any]:
     """Validate a chat completions body; return it as a dict or raise InvalidRequest."""
     try:
         request = _chat_validator.validate_json(body)
     except ValidationError as exc:
         raise _invalid(CHAT_REQUEST_SCHEMA, exc) from None
-    _check_messages(request["messages"])
+    _check_messages(request["messages"], limits)
     if request.get("top_logprobs") is not None and not request.get("logprobs"):
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    tools = request.get("tools")
+    if tools and len(tools) > limits.tools:
+        raise InvalidRequest(f"Too many tools: at most {limits.tools} are allowed.", param="tools", code="array_above_max_length")
     return request
 
 
-def _check_messages(messages: list[dict]) -> None:
-    """Role rules a schema cannot say: who needs content, which parts each role may send."""
+def _check_messages(messages: list[dict], limits: RequestLimits) -> None:
+    """Role rules a schema cannot say (who needs content, which parts each role may send), and
+    the configured size limits."""
+    if len(messages) > limits.messages:
+        raise InvalidRequest(
+            f"Too many messages: at most {limits.messages} are allowed.", param="messages", code="array_above_max_length"
+        )
+    chars = 0
     for i, message in enumerate(messages):
         role = message["role"]
         content = message.get("content")
@@ -175,16 +185,27 @@ def _check_messages(messages: list[dict]) -> None:
             raise InvalidRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.", param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
         if message.get("tool_calls") and role != "assistant":
             raise InvalidRequest(f"'messages[{i}].tool_calls' is only allowed on assistant messages.", param=f"messages[{i}].tool_calls")
-        if type(content) is list:
+        if type(content) is str:
+            chars += len(content)
+        elif type(content) is list:
             allowed = _PARTS_BY_ROLE[role]
             for j, part in enumerate(content):
-                if part["type"] not in allowed:
+                kind = part["type"]
+                if kind not in allowed:
                     raise InvalidRequest(
-                        f"Invalid 'messages[{i}].content[{j}].type': '{part['type']}' parts are not allowed in {role} messages.",
+                        f"Invalid 'messages[{i}].content[{j}].type': '{kind}' parts are not allowed in {role} messages.",
                         param=f"messages[{i}].content[{j}].type",
                     )
-                if part["type"] == "image_url":
-                    _check_image_url(part["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url")
+                if kind == "text":
+                    chars += len(part["text"])
+                elif kind == "image_url":
+                    _check_image_url(part["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url", limits)
+        if chars > limits.text_chars:
+            raise InvalidRequest(
+                f"The messages hold too much text: at most {limits.text_chars} characters are allowed.",
+                param="messages",
+                code="context_length_exceeded",
+            )
 
 
 _PARTS_BY_ROLE = {
@@ -196,11 +217,17 @@ _PARTS_BY_ROLE = {
 }
 
 
-def _check_image_url(url: str, param: str) -> None:
+def _check_image_url(url: str, param: str, limits: RequestLimits) -> None:
     head = url[:11].lower()
     if head.startswith(("https://", "http://")):
+        if len(url) > 8192:
+            raise InvalidRequest(f"Invalid '{param}': the URL is longer than 8192 characters.", param=param)
         return
     if head.startswith("data:image/") and ";base64," in url[:100]:
+        if len(url) > limits.image_url_bytes:
+            raise InvalidRequest(
+                f"Invalid '{param}': the image is larger than {limits.image_url_bytes} bytes.", param=param, code="image_too_large"
+            )
         return
     raise InvalidRequest(
         f"Invalid '{param}': expected an http(s) URL or a base64 'data:image/...' URL.", param=param

@@ -3,6 +3,7 @@ error handler that renders every failure as the OpenAI error envelope."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
 
@@ -11,6 +12,7 @@ from sanic import exceptions as sanic_errors
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 
+from . import logs
 from .config import Settings
 from .errors import (
     GatewayError,
@@ -23,6 +25,7 @@ from .errors import (
     ServerError,
     StoreUnavailable,
 )
+from .metrics import Metrics
 from .routes import admin, chat, health, models, usage
 from .services import Services
 
@@ -56,7 +59,7 @@ def as_gateway_error(request: Request | None, exception: BaseException) -> Gatew
     if isinstance(exception, sanic_errors.MethodNotAllowed):
         return MethodNotAllowed()
     if isinstance(exception, sanic_errors.PayloadTooLarge):
-        return PayloadTooLarge()
+        return HeaderTooLarge() if "header" in str(exception).lower() else PayloadTooLarge()
     if isinstance(exception, sanic_errors.RequestTimeout):
         return RequestTimeout()
     if isinstance(exception, sanic_errors.HeaderNotFound):
@@ -81,7 +84,8 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
     longest = max((t.timeouts.total for m in settings.models.values() for t in m.targets), default=600.0)
     app.config.update(
         REQUEST_MAX_SIZE=settings.max_body_bytes,
-        REQUEST_TIMEOUT=60,
+        REQUEST_TIMEOUT=settings.body_timeout,
+        REQUEST_MAX_HEADER_SIZE=settings.max_header_bytes,
         RESPONSE_TIMEOUT=longest + 30,
         KEEP_ALIVE_TIMEOUT=75,
         ACCESS_LOG=False,
@@ -95,6 +99,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
 
     @app.before_server_start
     async def start_services(app: Sanic) -> None:
+        logs.configure(settings.log_level, settings.log_format)
         services = Services.build(settings)
         await services.start()
         app.ctx.services = services
@@ -119,7 +124,9 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
                     pass
 
     @app.on_response
-    async def close_when_draining(request: Request, response: HTTPResponse) -> None:
+    async def finish_response(request: Request, response: HTTPResponse) -> None:
+        if "x-request-id" not in response.headers:
+            response.headers["x-request-id"] = secrets.token_hex(12)
         if app.ctx.services.draining and request.stream is not None:
             request.stream.keep_alive = False
 
@@ -128,5 +135,6 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         services = getattr(app.ctx, "services", None)
         if services is not None:
             await services.close()
+        Metrics.worker_stopped(os.getpid())
 
     return app

@@ -11,6 +11,7 @@ from .admission import Admission
 from .config import Settings
 from .errors import StoreUnavailable
 from .ledger import Meter
+from .metrics import Metrics
 from .store import Store, open_store
 from .upstream.client import UpstreamClient
 
@@ -24,6 +25,7 @@ class Services:
     upstream: UpstreamClient
     admission: Admission
     meter: Meter
+    metrics: Metrics
     draining: bool = False
     inflight: int = 0
     extra: dict = field(default_factory=dict)
@@ -31,12 +33,14 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         store = open_store(settings)
+        metrics = Metrics()
         return cls(
             settings=settings,
             store=store,
-            upstream=UpstreamClient(settings),
+            upstream=UpstreamClient(settings, metrics=metrics),
             admission=Admission(settings, store),
-            meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval),
+            meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics),
+            metrics=metrics,
         )
 
     async def start(self) -> None:

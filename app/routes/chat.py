@@ -2,34 +2,76 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import secrets
 import time
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..errors import GatewayError, InvalidRequest, ModelNotFound, UpstreamError, UpstreamTimeout
+from ..config import PublicModel
+from ..errors import GatewayError, InvalidRequest, ModelNotFound, RequestTimeout, UpstreamError, UpstreamTimeout
 from ..identity import MalformedUpstream, StreamRewriter, rewrite_completion
 from ..metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
 from ..schemas import parse_chat_request
 from ..services import Services
 from ..sse import format_event
-from ..upstream.client import Attempts
+from ..upstream.client import Attempts, UpstreamStream
 
 bp = Blueprint("chat")
+access_log = logging.getLogger("zowy.access")
 
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Why a request never reached an upstream, by the status it got.
+_REJECTIONS = {400: "invalid_request", 401: "invalid_api_key", 402: "insufficient_quota", 404: "model_not_found",
+               413: "too_large", 429: "rate_limited", 503: "unavailable"}
 
 
-def request_id_for(request: Request) -> str:
-    return secrets.token_hex(12)
+def client_request_id(request: Request) -> str | None:
+    """The caller's own X-Request-Id, when it is a sane token: logged and echoed, never trusted as a key."""
+    value = request.headers.get("x-request-id")
+    return value if value and _CLIENT_ID.fullmatch(value) else None
 
 
 async def chat_completions(request: Request) -> HTTPResponse | None:
     services: Services = request.app.ctx.services
-    started = time.perf_counter()
-    request_id = request_id_for(request)
-    headers = request.ctx.headers = {"x-request-id": request_id}
+    # A streaming route lifts Sanic's size limit; the body is read here under both limits.
+    request.stream.request_max_size = services.settings.max_body_bytes
+    try:
+        async with asyncio.timeout(services.settings.body_timeout):
+            await request.receive_body()
+    except TimeoutError:
+        # Answer, then drop the connection: the rest of a stalled body must not be waited for.
+        error = RequestTimeout()
+        request.stream.keep_alive = False
+        response = await request.respond(HTTPResponse(error.body(), status=error.status, content_type="application/json"))
+        await response.send(end_stream=True)
+        request.transport.close()
+        return None
+    exchange = Exchange(services, request)
+    request.ctx.headers = exchange.headers
+    services.inflight += 1
+    try:
+        return await _serve(request, services, exchange)
+    except asyncio.CancelledError:
+        exchange.fail("client_disconnected", 499)
+        raise
+    except GatewayError as exc:
+        exchange.fail(exchange.outcome_of(exc), exc.status)
+        raise
+    finally:
+        services.inflight -= 1
+        exchange.finish()
+
+
+# stream=True: the body is read by the handler, so a stalled upload meets the body timeout.
+bp.add_route(chat_completions, "/api/v1/chat/completions", methods=["POST"], name="chat_completions", stream=True)
+bp.add_route(chat_completions, "/v1/chat/completions", methods=["POST"], name="chat_completions_v1", stream=True)
+
+
+async def _serve(request: Request, services: Services, exchange: "Exchange") -> HTTPResponse | None:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("application/json"):
         raise InvalidRequest(
@@ -39,86 +81,50 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
         )
     admission = services.admission
     key = await admission.key(request.headers.get("authorization"))
-    body = parse_chat_request(request.body)
+    exchange.key_id, exchange.account_id = key.id, key.account_id
+    body = parse_chat_request(request.body, services.settings.request_limits)
     model = services.settings.models.get(body["model"])
     if model is None:
         raise ModelNotFound(
             f"The model '{body['model']}' does not exist or you do not have access to it.", param="model"
         )
+    exchange.admitted(model.id, body)
     decision = await admission.limit(key)
-    headers.update(decision.headers())
+    exchange.headers.update(decision.headers())
     await admission.require_balance(key.account_id)
+    if exchange.stream:
+        return await _stream(request, services, model, body, exchange)
+    return await _complete(services, model, body, exchange)
 
-    meter = Metering(services, request_id, key.account_id, key.id, model.id, body, started, len(request.body))
-    services.inflight += 1
+
+async def _complete(services: Services, model: PublicModel, body: dict, exchange: "Exchange") -> HTTPResponse:
+    raw = await services.upstream.complete(model, body, exchange.request_id, exchange.attempts)
+    exchange.response_bytes = len(raw)
     try:
-        if body.get("stream"):
-            return await _stream(request, services, model, body, headers, meter)
-        return await _complete(services, model, body, headers, meter)
-    finally:
-        services.inflight -= 1
-        meter.close()
-
-
-bp.add_route(chat_completions, "/api/v1/chat/completions", methods=["POST"], name="chat_completions")
-bp.add_route(chat_completions, "/v1/chat/completions", methods=["POST"], name="chat_completions_v1")
-
-
-async def _complete(services: Services, model, body: dict, headers: dict, meter: "Metering") -> HTTPResponse:
-    raw = await meter.track(services.upstream.complete(model, body, meter.request_id, meter.attempts))
-    try:
-        out, usage = rewrite_completion(raw, model.id, meter.completion_id)
+        out, exchange.usage = rewrite_completion(raw, model.id, exchange.completion_id)
     except MalformedUpstream:
-        meter.fail("upstream_error", 502)
         raise UpstreamError("The model backend sent an unreadable response.") from None
-    meter.usage = usage
-    meter.response_bytes = len(raw)
-    return HTTPResponse(out, status=200, headers=headers, content_type="application/json")
+    return HTTPResponse(out, status=200, headers=exchange.headers, content_type="application/json")
 
 
-async def _stream(request: Request, services: Services, model, body: dict, headers: dict, meter: "Metering") -> None:
+async def _stream(request: Request, services: Services, model: PublicModel, body: dict, exchange: "Exchange") -> None:
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    upstream = await meter.track(
-        services.upstream.stream(
-            model, body, meter.request_id, meter.attempts,
-            lambda: StreamRewriter(model.id, meter.completion_id, include_usage),
-        )
+    upstream = await services.upstream.stream(
+        model, body, exchange.request_id, exchange.attempts,
+        lambda: StreamRewriter(model.id, exchange.completion_id, include_usage),
     )
-    rewriter = upstream.rewriter
-    meter.rewriter = rewriter
+    exchange.rewriter = rewriter = upstream.rewriter
     clean = False
     try:
-        response = await request.respond(headers={**headers, **_STREAM_HEADERS}, content_type="text/event-stream")
+        response = await request.respond(headers={**exchange.headers, **_STREAM_HEADERS}, content_type="text/event-stream")
         await response.send(upstream.first)
-        failure: GatewayError | None = None
-        try:
-            while not rewriter.done:
-                chunk = await upstream.read()
-                if not chunk:
-                    tail = rewriter.finish()
-                    failure = UpstreamError("The model backend ended the stream early.")
-                    if tail:
-                        await response.send(tail)
-                    break
-                out = rewriter.feed(chunk)
-                if out:
-                    await response.send(out)
-                if rewriter.error is not None:
-                    failure = UpstreamError("The model backend failed while streaming the response.")
-                    break
-        except (UpstreamError, UpstreamTimeout) as exc:
-            failure = exc
-        except MalformedUpstream:
-            failure = UpstreamError("The model backend sent an unreadable event.")
-        except asyncio.CancelledError:
-            meter.fail("client_disconnected", 499)
-            raise
-        if failure is not None:
-            meter.fail("upstream_timeout" if isinstance(failure, UpstreamTimeout) else "upstream_error", failure.status)
-            await response.send(format_event(failure.body()))
-        else:
+        failure = await _relay(upstream, rewriter, response)
+        exchange.usage = rewriter.usage
+        if failure is None:
             clean = True
-        meter.usage = rewriter.usage
+        else:
+            exchange.fail(exchange.outcome_of(failure), failure.status)
+            await response.send(format_event(failure.body()))
         await response.eof()
     finally:
         if clean:
@@ -127,81 +133,138 @@ async def _stream(request: Request, services: Services, model, body: dict, heade
             upstream.close()
 
 
-class Metering:
-    """Everything needed to write the request's one ledger entry, whatever way it ends."""
+async def _relay(upstream: UpstreamStream, rewriter: StreamRewriter, response) -> GatewayError | None:
+    """Relay the rest of the stream; the failure to tell the caller about, if it broke."""
+    try:
+        while not rewriter.done:
+            chunk = await upstream.read()
+            if not chunk:
+                tail = rewriter.finish()
+                if tail:
+                    await response.send(tail)
+                return None if rewriter.done else UpstreamError("The model backend ended the stream early.")
+            out = rewriter.feed(chunk)
+            if out:
+                await response.send(out)
+            if rewriter.error is not None:
+                return UpstreamError("The model backend failed while streaming the response.")
+    except (UpstreamError, UpstreamTimeout) as exc:
+        return exc
+    except MalformedUpstream:
+        return UpstreamError("The model backend sent an unreadable event.")
+    return None
+
+
+class Exchange:
+    """One chat request from arrival to its end, whatever the end: the ledger entry (if an upstream
+    was reached), the metrics and the one access log line all come from here."""
 
     __slots__ = (
-        "services", "request_id", "completion_id", "account_id", "key_id", "model", "user", "stream",
-        "started", "prompt_bytes", "response_bytes", "attempts", "usage", "rewriter", "outcome", "status",
+        "services", "request_id", "client_id", "completion_id", "headers", "started", "prompt_bytes",
+        "account_id", "key_id", "model", "user", "stream", "attempts", "usage", "rewriter",
+        "response_bytes", "outcome", "status",
     )
 
-    def __init__(self, services: Services, request_id: str, account_id: str, key_id: str, model: str, body: dict, started: float, prompt_bytes: int) -> None:
+    def __init__(self, services: Services, request: Request) -> None:
         self.services = services
-        self.request_id = request_id
-        self.completion_id = "chatcmpl-" + request_id
-        self.account_id = account_id
-        self.key_id = key_id
-        self.model = model
-        self.user = body.get("user")
-        self.stream = bool(body.get("stream"))
-        self.started = started
-        self.prompt_bytes = prompt_bytes
-        self.response_bytes = 0
+        self.started = time.perf_counter()
+        self.request_id = secrets.token_hex(12)
+        self.completion_id = "chatcmpl-" + self.request_id
+        self.client_id = client_request_id(request)
+        self.headers = {"x-request-id": self.request_id}
+        if self.client_id:
+            self.headers["x-client-request-id"] = self.client_id
+        self.prompt_bytes = len(request.body)
+        self.account_id = self.key_id = None
+        self.model = "-"
+        self.user = None
+        self.stream = False
         self.attempts = Attempts()
         self.usage: Usage | None = None
         self.rewriter: StreamRewriter | None = None
+        self.response_bytes = 0
         self.outcome = "ok"
         self.status = 200
 
-    async def track(self, call):
-        """Await an upstream call, noting how it failed."""
-        try:
-            return await call
-        except asyncio.CancelledError:
-            self.fail("client_disconnected", 499)
-            raise
-        except UpstreamTimeout as exc:
-            self.fail("upstream_timeout", exc.status)
-            raise
-        except GatewayError as exc:
-            self.fail("upstream_error", exc.status)
-            raise
+    def admitted(self, model: str, body: dict) -> None:
+        self.model = model
+        self.user = body.get("user")
+        self.stream = bool(body.get("stream"))
+
+    def outcome_of(self, error: GatewayError) -> str:
+        if not self.attempts.count:
+            return "rejected"
+        return "upstream_timeout" if isinstance(error, UpstreamTimeout) else "upstream_error"
 
     def fail(self, outcome: str, status: int) -> None:
         if self.outcome == "ok":
             self.outcome = outcome
             self.status = status
 
-    def close(self) -> None:
-        """Hand the ledger entry to the writer, if the request reached an upstream."""
-        if not self.attempts.count:
-            return
-        usage = self.usage
-        if usage is None:
-            if self.rewriter is not None:
-                usage = estimate_usage(self.prompt_bytes, self.rewriter.estimated_completion_tokens())
-            elif self.outcome in ("ok", "client_disconnected"):
-                usage = estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
-            else:
-                usage = Usage(0, 0, 0)
-        target = self.attempts.target
-        self.services.meter.record(
-            LedgerEntry(
-                request_id=self.request_id,
-                account_id=self.account_id,
-                key_id=self.key_id,
-                model=self.model,
-                target=target.name if target else "",
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                estimated=usage.estimated,
-                stream=self.stream,
-                outcome=self.outcome,
-                status=self.status,
-                latency_ms=round((time.perf_counter() - self.started) * 1000.0, 3),
-                user=self.user,
-                created_at=time.time(),
-                attempts=self.attempts.count,
+    def _usage(self) -> Usage:
+        if self.usage is not None:
+            return self.usage
+        if self.rewriter is not None:
+            return estimate_usage(self.prompt_bytes, self.rewriter.estimated_completion_tokens())
+        if self.outcome in ("ok", "client_disconnected"):
+            return estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
+        return Usage(0, 0, 0)
+
+    def finish(self) -> None:
+        latency = time.perf_counter() - self.started
+        services = self.services
+        metrics = services.metrics
+        reached = self.attempts.count > 0
+        usage = self._usage() if reached else None
+        stream = "true" if self.stream else "false"
+        metrics.requests.labels(self.model, str(self.status), stream).inc()
+        if reached:
+            target = self.attempts.target.name if self.attempts.target else ""
+            metrics.latency.labels(self.model, stream).observe(latency)
+            if usage.prompt_tokens:
+                metrics.tokens.labels(self.model, "prompt").inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                metrics.tokens.labels(self.model, "completion").inc(usage.completion_tokens)
+            services.meter.record(
+                LedgerEntry(
+                    request_id=self.request_id,
+                    account_id=self.account_id,
+                    key_id=self.key_id,
+                    model=self.model,
+                    target=target,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                    estimated=usage.estimated,
+                    stream=self.stream,
+                    outcome=self.outcome,
+                    status=self.status,
+                    latency_ms=round(latency * 1000.0, 3),
+                    user=self.user,
+                    created_at=time.time(),
+                    attempts=self.attempts.count,
+                )
             )
-        )
+        else:
+            target = ""
+            reason = _REJECTIONS.get(self.status)
+            if reason is not None:
+                metrics.rejections.labels(reason).inc()
+        if services.settings.access_log:
+            access_log.info("request", extra={"fields": {
+                "request_id": self.request_id,
+                "client_request_id": self.client_id,
+                "key_id": self.key_id,
+                "account_id": self.account_id,
+                "model": self.model,
+                "target": target,
+                "stream": self.stream,
+                "status": self.status,
+                "outcome": self.outcome,
+                "latency_ms": round(latency * 1000.0, 3),
+                "attempts": self.attempts.count,
+                "prompt_tokens": usage.prompt_tokens if usage else 0,
+                "completion_tokens": usage.completion_tokens if usage else 0,
+                "total_tokens": usage.total_tokens if usage else 0,
+                "estimated": usage.estimated if usage else False,
+            }})

@@ -1,4 +1,5 @@
-"""GET /healthz (the process answers) and /readyz (it can serve: store reachable, not draining)."""
+"""Operations endpoints: /healthz (the process answers), /readyz (it can serve: store reachable,
+not draining) and /metrics (Prometheus)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,8 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..errors import StoreUnavailable
+from ..errors import AdminUnauthorized, NotFound, StoreUnavailable
+from ..metrics import CONTENT_TYPE
 from ..keys import is_admin
 from ..services import Services
 
@@ -38,3 +40,14 @@ async def readyz(request: Request) -> HTTPResponse:
     ready = checks["store"] == "ok" and not services.draining
     body = {"status": "ready" if ready else "unready", "checks": checks}
     return HTTPResponse(orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
+
+
+@bp.get("/metrics")
+async def metrics(request: Request) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    mode = services.settings.metrics
+    if mode == "off":
+        raise NotFound("Metrics are turned off.")
+    if mode == "admin" and not is_admin(request.headers.get("authorization"), services.settings.admin_token):
+        raise AdminUnauthorized("Metrics need the admin token (or ZOWY_METRICS=public).")
+    return HTTPResponse(services.metrics.render(), content_type=CONTENT_TYPE)

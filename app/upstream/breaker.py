@@ -44,6 +44,12 @@ class Breaker:
             state.opened_at = self._clock()
             state.probing = False
 
+    def abandon(self, target: str) -> None:
+        """An attempt ended without a verdict (cancelled); let the next one probe again."""
+        state = self._states.get(target)
+        if state is not None:
+            state.probing = False
+
     def state(self, target: str) -> str:
         state = self._states.get(target)
         if state is None or state.opened_at is None:

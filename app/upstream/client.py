@@ -16,6 +16,7 @@ import aiohttp
 from ..config import PublicModel, Settings, Target
 from ..errors import GatewayError, InvalidRequest, Overloaded, UpstreamError, UpstreamTimeout
 from ..identity import MalformedUpstream, StreamRewriter, scrub
+from ..metrics import BREAKER_STATES, Metrics
 from .breaker import Breaker
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
@@ -78,9 +79,10 @@ class UpstreamStream:
 
 
 class UpstreamClient:
-    def __init__(self, settings: Settings, breaker: Breaker | None = None) -> None:
+    def __init__(self, settings: Settings, breaker: Breaker | None = None, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.breaker = breaker or Breaker(settings.breaker_threshold, settings.breaker_cooldown)
+        self.metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
         self._guard = {"role": "system", "content": settings.identity_prompt}
 
@@ -180,13 +182,17 @@ class UpstreamClient:
                 try:
                     result = await attempt(target, deadline)
                 except _Retryable as failure:
-                    self.breaker.failure(target.name)
+                    self._outcome(target.name, failure.kind)
                     attempts.failures.append(f"{target.name}:{failure.kind}")
                     last = failure
                     continue
                 except GatewayError:
+                    self._outcome(target.name, None)  # it answered, so it is reachable
                     raise
-                self.breaker.success(target.name)
+                except BaseException:
+                    self.breaker.abandon(target.name)  # cancelled: a probe in flight proved nothing
+                    raise
+                self._outcome(target.name, None)
                 return result
             if not tried or loop.time() >= deadline:
                 break
@@ -201,6 +207,18 @@ class UpstreamClient:
         if last.kind == "status_429":
             raise Overloaded(headers=error.headers or {"retry-after": "1"})
         raise error
+
+    def _outcome(self, target: str, failure: str | None) -> None:
+        """Tell the breaker (and the metrics, when its state moves) how an attempt on ``target`` ended."""
+        before = self.breaker.state(target)
+        if failure is None:
+            self.breaker.success(target)
+        else:
+            self.metrics.upstream_errors.labels(target, failure).inc()
+            self.breaker.failure(target)
+        after = self.breaker.state(target)
+        if after != before:
+            self.metrics.breaker.labels(target).set(BREAKER_STATES[after])
 
     async def _send(
         self, target: Target, request: dict, request_id: str, stream: bool, deadline: float, attempts: Attempts
@@ -219,6 +237,7 @@ class UpstreamClient:
         timeouts = target.timeouts
         attempts.count += 1
         attempts.target = target
+        started = loop.time()
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + timeouts.connect + timeouts.first_byte)):
                 response = await self._session.post(
@@ -233,6 +252,7 @@ class UpstreamClient:
             raise _Retryable(UpstreamError(), "connect") from None
         except (aiohttp.ClientError, OSError):
             raise _Retryable(UpstreamError(), "connection") from None
+        self.metrics.ttfb.labels(target.name).observe(loop.time() - started)
         if response.status == 200:
             return response
         try:
@@ -245,6 +265,8 @@ class UpstreamClient:
         raise self._failure(target, provider, response.status, raw, response.headers.get("retry-after"))
 
     def _failure(self, target: Target, provider: Provider, status: int, raw: bytes, retry_after: str | None) -> Exception:
+        if status in (400, 401, 403, 404, 422):
+            self.metrics.upstream_errors.labels(target.name, f"status_{status}").inc()
         reason = provider.error_reason(raw)
         if status == 400 or status == 422:
             message = scrub(reason or "The model rejected the request.", (target.model, target.base_url))

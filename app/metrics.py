@@ -1,0 +1,68 @@
+"""Prometheus metrics of one worker, summed over all workers of an instance when scraped.
+
+With several workers, prometheus-client's multiprocess mode keeps each worker's values in files
+under a directory named by ``PROMETHEUS_MULTIPROC_DIR`` (set by ``serve`` before the workers
+start); any worker's ``/metrics`` reads them all.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "zowy_requests_total", "Chat completion requests by public model and HTTP status",
+            ["model", "status", "stream"], registry=r,
+        )
+        self.latency = Histogram(
+            "zowy_request_duration_seconds", "Chat completion latency, to the last byte",
+            ["model", "stream"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.ttfb = Histogram(
+            "zowy_upstream_ttfb_seconds", "Upstream time to response headers",
+            ["target"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.tokens = Counter("zowy_tokens_total", "Tokens metered", ["model", "kind"], registry=r)
+        self.rejections = Counter(
+            "zowy_rejections_total", "Requests refused before any upstream call", ["reason"], registry=r,
+        )
+        self.upstream_errors = Counter(
+            "zowy_upstream_errors_total", "Failed upstream attempts", ["target", "kind"], registry=r,
+        )
+        self.breaker = Gauge(
+            "zowy_breaker_state", "Circuit breaker per target and worker: 0 closed, 1 half open, 2 open",
+            ["target"], registry=r, multiprocess_mode="liveall",
+        )
+        self.queue_depth = Gauge(
+            "zowy_ledger_queue_depth", "Ledger entries waiting to be written",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self.spool_bytes = Gauge(
+            "zowy_ledger_spool_bytes", "Ledger entries spooled locally while the store was unavailable",
+            registry=r, multiprocess_mode="livemax",
+        )
+
+    def render(self) -> bytes:
+        directory = os.environ.get(MULTIPROC_ENV)
+        if directory:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+    @staticmethod
+    def worker_stopped(pid: int) -> None:
+        if os.environ.get(MULTIPROC_ENV):
+            multiprocess.mark_process_dead(pid)
