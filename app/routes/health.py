@@ -1,5 +1,5 @@
 """Operations endpoints: /healthz (the process answers), /readyz (it can serve: store reachable,
-not draining) and /metrics (Prometheus)."""
+not draining), /metrics (Prometheus) and /openapi.json (the API's description)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,7 @@ from sanic.response import HTTPResponse
 
 from ..errors import AdminUnauthorized, NotFound, StoreUnavailable
 from ..metrics import CONTENT_TYPE
+from ..openapi import document
 from ..keys import is_admin
 from ..services import Services
 
@@ -51,3 +52,11 @@ async def metrics(request: Request) -> HTTPResponse:
     if mode == "admin" and not is_admin(request.headers.get("authorization"), services.settings.admin_token):
         raise AdminUnauthorized("Metrics need the admin token (or ZOWY_METRICS=public).")
     return HTTPResponse(services.metrics.render(), content_type=CONTENT_TYPE)
+
+
+@bp.get("/openapi.json")
+async def openapi(request: Request) -> HTTPResponse:
+    cached = getattr(request.app.ctx, "openapi", None)
+    if cached is None:
+        cached = request.app.ctx.openapi = orjson.dumps(document(request.app.ctx.settings))
+    return HTTPResponse(cached, content_type="application/json")
