@@ -31,3 +31,28 @@ test: $(VENV)/.deps-test tests/js/node_modules
 
 clean:
 	rm -rf $(VENV) var tests/js/node_modules .pytest_cache
+
+$(VENV)/.deps-bench: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[bench,loadtest]'
+	@touch $@
+
+## bench: the side-by-side benchmark into bench/results/ (BENCH_ARGS="--with-litellm --duration 10")
+bench: $(VENV)/.deps-bench
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## bench-smoke: the seconds-long harness smoke test (what CI runs of the bench)
+bench-smoke: $(VENV)/.deps-test $(VENV)/.deps-bench
+	$(BIN)/python -m pytest tests/bench -q
+
+## loadtest: a 30 s headless locust smoke against a local gateway + fake upstream
+loadtest: $(VENV)/.deps-bench
+	$(BIN)/python -m loadtest.run_local $(LOADTEST_ARGS)
+
+## scale-test: nginx (deploy/nginx.conf) in front of 2 gateway instances x 2 workers on one store, SQLite and MongoDB (nx-27017): exact limits, unbuffered streams, SIGTERM drain (also part of `make test`)
+scale-test: $(VENV)/.deps-test
+	$(BIN)/python -m pytest tests/scale -rsx
+
+## fuzz: the long fuzz run against a live gateway (ZOWY_FUZZ_CASES generated requests, default 5000)
+ZOWY_FUZZ_CASES ?= 5000
+fuzz: $(VENV)/.deps-test
+	ZOWY_FUZZ_CASES=$(ZOWY_FUZZ_CASES) $(BIN)/python -m pytest tests/fuzz

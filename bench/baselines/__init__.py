@@ -1,0 +1,1 @@
+"""Reference systems the gateway is measured against."""

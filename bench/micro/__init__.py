@@ -1,0 +1,1 @@
+"""Micro-benchmarks of the hot path: request parse + validate, SSE relay per event."""

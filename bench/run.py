@@ -1,0 +1,420 @@
+"""The side-by-side bench: ``python -m bench.run [--with-litellm] [--duration 10] [--quick] [--out DIR]``.
+
+Starts one fake upstream and, one after another, the systems in front of it (direct, the bare Sanic
+proxy, nginx, the gateway with every feature on, LiteLLM), and measures each the same way in the
+same run: throughput at c=32 (non-stream and stream), latency at c=1, stream TTFB, CPU seconds per
+1,000 requests, RSS with N open streams. Writes ``<timestamp>.json``, ``.md`` and ``.png`` to
+``--out`` (default ``bench/results``). Load generators are pinned to one half of the CPUs, the
+system under test and the upstream to the other half.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import fidelity, machine, procs, report, systems, wrk
+from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile, rss_bytes
+from .systems import Context, System, Unavailable
+
+CONCURRENCY = 32
+ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "litellm")
+OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
+HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
+PROMPT = "You are a helpful assistant. Answer briefly."
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def bodies(work: Path, hold_chunks: int, hold_delay: float) -> dict[str, Path]:
+    def body(stream: bool, text: str) -> bytes:
+        doc = {"model": systems.PUBLIC_MODEL,
+               "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": text}]}
+        if stream:
+            doc["stream"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    files = {
+        "plain": body(False, "Say hello to the benchmark, please."),
+        "stream": body(True, "Say hello to the benchmark, please."),
+        "hold": body(True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
+    }
+    out = {}
+    for name, data in files.items():
+        path = work / f"body-{name}.json"
+        path.write_bytes(data)
+        out[name] = path
+    return out
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.gen_cpus, self.sut_cpus = cpu_plan(not args.no_pin)
+        self.work = Path(tempfile.mkdtemp(prefix="zowy-bench-"))
+        self.ctx = Context(self.work, self.sut_cpus, install=not args.no_install, log=log)
+        self.wrk = None
+        if args.generator in ("auto", "wrk"):
+            self.wrk = wrk.ensure(install=not args.no_install, log=log)
+            if self.wrk is None and args.generator == "wrk":
+                raise SystemExit("--generator wrk: wrk is not available")
+        self.bodies = bodies(self.work, args.hold_chunks, args.hold_delay)
+        self.results: dict = {}
+
+    # ------------------------------------------------------------ generators
+
+    def _preexec(self):
+        return procs.preexec(self.gen_cpus)
+
+    def loadgen(self, mode: str, system: System, body: str, *opts: str, timeout: float = 600) -> dict:
+        args = [sys.executable, "-m", "bench.loadgen", mode, "--url", system.url,
+                "--body-file", str(self.bodies[body]), *self._header_args(system), *opts]
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                             preexec_fn=self._preexec())
+        for line in out.stdout.splitlines():
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])
+        raise RuntimeError(f"load generator failed ({out.returncode}): {out.stderr[-2000:]}")
+
+    @staticmethod
+    def _header_args(system: System) -> list[str]:
+        out = []
+        for k, v in system.headers.items():
+            out += ["--header", f"{k}: {v}"]
+        return out
+
+    def _lua(self, system: System, body: str) -> Path:
+        path = self.work / f"wrk-{system.key}-{body}.lua"
+        if not path.exists():
+            wrk.script(path, self.bodies[body].read_bytes(), {"Content-Type": "application/json", **system.headers})
+        return path
+
+    def throughput(self, system: System, body: str, seconds: float, warmup: bool = False) -> dict:
+        if self.wrk:
+            return wrk.run(self.wrk, system.url, self._lua(system, body), CONCURRENCY, seconds, self.gen_cpus)
+        return self.loadgen("throughput", system, body, "--concurrency", str(CONCURRENCY),
+                            "--duration", str(seconds))
+
+    def accounted(self, system: System, run) -> dict:
+        """Run a load phase and add the CPU seconds the system, the upstream and the rest used."""
+        sys_pids = system.pids()
+        up_pids = [] if system.key == "direct" else self.ctx.upstream.pids()
+        c0, u0 = cpu_seconds(sys_pids), cpu_seconds(up_pids)
+        busy0 = machine.cpu_times()
+        ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me0 = resource.getrusage(resource.RUSAGE_SELF)
+        result = run()
+        c1, u1 = cpu_seconds(sys_pids), cpu_seconds(up_pids)
+        busy1 = machine.cpu_times()
+        ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me1 = resource.getrusage(resource.RUSAGE_SELF)
+        gen = (ch1.ru_utime + ch1.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+        me = (me1.ru_utime + me1.ru_stime) - (me0.ru_utime + me0.ru_stime)
+        ok = result.get("ok") or 0
+        cpu = {"system_s": round(c1 - c0, 3), "upstream_s": round(u1 - u0, 3) if up_pids else None,
+               "generator_s": round(gen, 3),
+               "per_1000_requests_s": round((c1 - c0) / ok * 1000, 4) if ok else None}
+        if busy0 is not None and busy1 is not None:
+            task = busy1["task"] - busy0["task"]
+            cpu["machine_task_s"] = round(task, 3)
+            cpu["irq_softirq_s"] = round(busy1["irq"] - busy0["irq"], 3)
+            cpu["steal_s"] = round(busy1["steal"] - busy0["steal"], 3)
+            cpu["other_processes_s"] = round(max(0.0, task - (c1 - c0) - (u1 - u0) - gen - me), 3)
+        result["cpu"] = cpu
+        return result
+
+    # ------------------------------------------------------------ phases
+
+    def rss(self, system: System) -> dict:
+        per = rss_bytes(system.pids())
+        return {"total_mb": round(sum(per.values()) / 2**20, 1),
+                "largest_process_mb": round(max(per.values(), default=0) / 2**20, 1),
+                "processes": {f"{pid} {cmdline(pid)[:80]}": round(v / 2**20, 1) for pid, v in per.items()}}
+
+    def open_streams(self, system: System) -> dict:
+        n = self.args.streams
+        args = [sys.executable, "-m", "bench.loadgen", "hold", "--url", system.url,
+                "--body-file", str(self.bodies["hold"]), *self._header_args(system), "--streams", str(n),
+                "--open-timeout", str(self.args.open_timeout), "--hold", "120"]
+        proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, preexec_fn=self._preexec())
+        ready = None
+        samples = []
+        try:
+            for line in proc.stdout:
+                if line.startswith("READY "):
+                    ready = json.loads(line[6:])
+                    break
+            if ready is not None:
+                for _ in range(3):
+                    time.sleep(0.5)
+                    samples.append(self.rss(system))
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            result = None
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    result = json.loads(line[7:])
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if not samples or result is None:
+            return {"error": f"hold failed: {proc.stderr.read()[-1500:] if proc.stderr else ''}"}
+        peak = max(samples, key=lambda s: s["total_mb"])
+        return {"generator": "aiohttp-loadgen", "requested": n, **{k: result[k] for k in (
+                "open", "open_at_release", "failed", "finished_early", "open_seconds")},
+                "ttfb_under_load": result["ttfb"], "rss": peak,
+                "rss_total_mb": peak["total_mb"], "rss_largest_process_mb": peak["largest_process_mb"]}
+
+    def settle(self, timeout: float = 60.0) -> dict:
+        """Wait until the upstream has no open requests left (the system passed on the disconnects)."""
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{self.ctx.upstream_port}/_fake/stats"
+        open_ = None
+        while time.monotonic() - started < timeout:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    open_ = json.loads(r.read())["open"]
+            except OSError:
+                open_ = None
+            if open_ == 0:
+                break
+            time.sleep(0.25)
+        return {"upstream_open_after": open_, "seconds": round(time.monotonic() - started, 2)}
+
+    def measure(self, system: System, full: bool = True) -> dict:
+        a = self.args
+        r: dict = {"key": system.key, "label": system.label, "info": system.info}
+        log(f"{system.key}: warm-up")
+        for body in ("plain", "stream"):
+            if a.warmup >= 1 or not self.wrk:
+                self.throughput(system, body, a.warmup)
+            else:  # wrk runs whole seconds only
+                self.loadgen("throughput", system, body, "--concurrency", str(CONCURRENCY), "--duration", str(a.warmup))
+        r["rss_idle"] = self.rss(system)
+        log(f"{system.key}: throughput c={CONCURRENCY} non-stream, {a.duration}s")
+        r["throughput"] = {"non_stream": self.accounted(system, lambda: self.throughput(system, "plain", a.duration))}
+        log(f"{system.key}: throughput c={CONCURRENCY} stream, {a.duration}s")
+        r["throughput"]["stream"] = self.accounted(system, lambda: self.throughput(system, "stream", a.duration))
+        if not full:
+            return r
+        lat = str(a.latency_duration)
+        # Latency at c=1 is paired: the direct upstream is measured right before the system, so the
+        # added latency compares two back-to-back samples, not samples minutes apart.
+        direct = systems.direct(self.ctx)
+        pairs = [(direct, "latency_c1_direct_paired"), (system, "latency_c1")] if system.key != "direct" and not a.quick else [(system, "latency_c1")]
+        log(f"{system.key}: latency c=1, {lat}s non-stream + {lat}s stream"
+            + (" (each after the same on direct)" if len(pairs) > 1 else ""))
+        for target, field in pairs:
+            r[field] = {
+                "non_stream": self.loadgen("latency", target, "plain", "--duration", lat, "--warmup", "0.3"),
+                "stream": self.loadgen("latency", target, "stream", "--duration", lat, "--warmup", "0.3"),
+            }
+        if self.wrk and not a.quick:
+            for target, field in pairs:
+                r[field + "_wrk" if field == "latency_c1" else "latency_c1_wrk_direct_paired"] = wrk.run(
+                    self.wrk, target.url, self._lua(target, "plain"), 1, max(1, int(a.latency_duration)), self.gen_cpus)
+        log(f"{system.key}: {a.streams} open streams")
+        r["open_streams"] = self.open_streams(system)
+        r["settle"] = self.settle()
+        r["alive"] = system.alive()
+        return r
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> dict:
+        a = self.args
+        wanted = a.systems
+        log(f"work dir {self.work}; CPUs: load generators {sorted(self.gen_cpus) if self.gen_cpus else 'any'}, "
+            f"systems + upstream {sorted(self.sut_cpus) if self.sut_cpus else 'any'}")
+        info = machine.info()
+        info["tools"] = {"wrk": wrk.version(self.wrk) if self.wrk else None,
+                         "nginx": systems.nginx_version(systems.nginx_binary()) if systems.nginx_binary() else None,
+                         "litellm": systems.litellm_version()}
+        out: dict = {
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": info,
+            "config": {
+                "duration_s": a.duration, "latency_duration_s": a.latency_duration, "warmup_s": a.warmup,
+                "concurrency": CONCURRENCY, "open_streams": a.streams, "quick": a.quick, "nice": a.nice,
+                "hold_directive": {"chunks": a.hold_chunks, "delay_s": a.hold_delay},
+                "throughput_generator": wrk.NAME if self.wrk else "aiohttp-loadgen",
+                "latency_generator": "aiohttp-loadgen",
+                "pinning": {"generators": sorted(self.gen_cpus) if self.gen_cpus else None,
+                            "systems_and_upstream": sorted(self.sut_cpus) if self.sut_cpus else None},
+                "payloads": {k: p.read_text() for k, p in self.bodies.items()},
+            },
+            "systems": {}, "skipped": {}, "client_comparison": {},
+        }
+        systems.start_upstream(self.ctx)
+        try:
+            for key in wanted:
+                self._one(key, out)
+                if key == "bare" and a.clients:
+                    for client in a.clients:
+                        self._one("bare-" + client, out, client=client)
+        finally:
+            if self.ctx.upstream is not None:
+                self.ctx.upstream.stop()
+        if a.micro:
+            out["micro"] = self.micro()
+        out["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        out["machine"]["loadavg_at_end"] = machine.loadavg()
+        report.analyse(out)
+        return out
+
+    def _one(self, key: str, out: dict, client: str | None = None) -> None:
+        system = None
+        try:
+            log(f"starting {key}")
+            if key == "direct":
+                system = systems.direct(self.ctx)
+            elif key.startswith("bare"):
+                system = systems.bare(self.ctx, client or "aiohttp")
+            elif key == "nginx":
+                system = systems.nginx(self.ctx)
+            elif key == "gateway":
+                tee_port = free_port()
+                system = systems.gateway(self.ctx, tee_port)
+            elif key == "litellm":
+                system = systems.litellm(self.ctx)
+            else:
+                raise SystemExit(f"unknown system {key!r}")
+            if client:
+                out["client_comparison"][client] = self.measure(system, full=False)
+                return
+            result = self.measure(system)
+            if key == "gateway":
+                log("gateway: stream fidelity check")
+                result["fidelity"] = fidelity.check(
+                    system.url, system.headers, systems.FIDELITY_MODEL, tee_port, self.ctx.upstream_port, HIDDEN)
+                if self.args.profile:
+                    result["profile"] = self.profile(system)
+            out["systems"][key] = result
+        except Unavailable as exc:
+            log(f"{key}: skipped: {exc}")
+            out["skipped"][key] = str(exc)
+        except Exception as exc:
+            log(f"{key}: FAILED: {exc}")
+            detail = traceback.format_exc()
+            if system is not None:
+                detail += "\n" + "\n".join(p.log() for p in system.procs)
+            out["skipped"][key] = f"failed: {exc}"
+            out.setdefault("errors", {})[key] = detail[-4000:]
+        finally:
+            if system is not None:
+                system.stop()
+                self.settle(timeout=30)
+
+    def profile(self, system: System) -> dict:
+        """py-spy over the gateway worker during a non-stream throughput phase (``--profile``)."""
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.path.exists(pyspy):
+            return {"error": "py-spy is not installed"}
+        pid = max(system.pids(), key=lambda p: cpu_seconds([p]))  # the busiest process: the worker
+        results = {}
+        for body in ("plain", "stream"):
+            svg = self.args.out / f"{self.stamp}-profile-{body}.txt"
+            spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(self.args.duration)),
+                                    "--rate", "250", "--format", "raw", "--output", str(svg), "--nonblocking",
+                                    "--full-filenames"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(0.5)
+            self.throughput(system, body, self.args.duration)
+            spy.wait(60)
+            results[body] = report.top_frames(svg) if svg.exists() else {"error": spy.stderr.read()[-500:]}
+            results[body]["raw_file"] = str(svg)
+        return results
+
+    def micro(self) -> dict:
+        log("micro-benchmarks")
+        target = self.work / "micro.json"
+        args = [sys.executable, "-m", "bench.micro", "--json", str(target)] + (["--quick"] if self.args.quick else [])
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                             preexec_fn=procs.preexec(self.sut_cpus))
+        if out.returncode != 0 or not target.exists():
+            return {"error": out.stderr[-2000:]}
+        return json.loads(target.read_text())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--with-litellm", action="store_true", help="also measure the LiteLLM proxy (installed on demand)")
+    p.add_argument("--duration", type=float, help="seconds of each throughput phase (default 10; --quick 1)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long run: short phases, few open streams")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON/MD/PNG go")
+    p.add_argument("--systems", help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
+    p.add_argument("--clients", help="bare-proxy client comparison: comma-separated of "
+                                     f"{','.join(OTHER_CLIENTS)}, or 'none' (default: both; none with --quick)")
+    p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto",
+                   help="throughput load generator (auto: wrk when installed or installable)")
+    p.add_argument("--streams", type=int, help="open streams for the RSS figure (default 1000; --quick 20)")
+    p.add_argument("--no-install", action="store_true", help="never apt-get/pip install wrk, nginx or LiteLLM")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the micro-benchmarks too (default: yes, except with --quick)")
+    p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
+    p.add_argument("--nice", type=int, default=None,
+                   help="niceness of every bench process (default -5 as root, else 0): on a shared "
+                        "machine, other work then disturbs the measurements less")
+    args = p.parse_args(argv)
+    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 10.0)
+    args.latency_duration = max(1.0, args.duration / 2) if not args.quick else min(args.duration, 0.5)
+    args.warmup = 0.5 if args.quick else 2.0
+    args.streams = args.streams or (20 if args.quick else 1000)
+    args.hold_chunks, args.hold_delay = (40, 0.5) if args.quick else (120, 1.0)
+    args.open_timeout = 30 if args.quick else 100
+    if args.systems:
+        args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    else:
+        args.systems = [s for s in ALL_SYSTEMS if s != "litellm" or args.with_litellm]
+    if args.with_litellm and "litellm" not in args.systems:
+        args.systems.append("litellm")
+    if args.clients is None:
+        args.clients = [] if args.quick else list(OTHER_CLIENTS)
+    elif args.clients == "none":
+        args.clients = []
+    else:
+        args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    if args.micro is None:
+        args.micro = not args.quick
+    if args.nice is None:
+        args.nice = -5 if hasattr(os, "geteuid") and os.geteuid() == 0 and not args.quick else 0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_nofile()
+    procs.NICE = args.nice
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args)
+    bench.stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    try:
+        result = bench.run()
+    finally:
+        shutil.rmtree(bench.work, ignore_errors=True) if not os.environ.get("BENCH_KEEP_WORK") else None
+    paths = report.write(result, args.out, bench.stamp)
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        log(f"wrote {kind}: {path}")
+    return 0 if result["systems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Locust load profiles for the gateway, and the tools to run them."""
