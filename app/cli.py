@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -217,7 +218,7 @@ def serve(settings: Settings, args) -> int:
 
 def _metrics_dir(settings: Settings) -> None:
     """A fresh directory where this instance's workers keep their metric values (inherited by them)."""
-    directory = Path(settings.data_dir).resolve() / "metrics" / str(settings.port)
+    directory = Path(settings.data_dir).resolve() / "metrics" / f"{socket.gethostname()}-{settings.port}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ[MULTIPROC_ENV] = str(directory)

@@ -53,13 +53,20 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str) -> tup
     return orjson.dumps(doc), Usage.from_upstream(doc.get("usage"))
 
 
+_FIELDS = {
+    key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.)*)"')
+    for key in ("id", "model", "system_fingerprint")
+}
+
+
 def _top_level_token(data: bytes, key: str, value: object) -> bytes | None:
     """The exact bytes of ``"key":"value"`` as the upstream wrote them in one event."""
     if type(value) is not str:
         return None
-    pattern = rb'"' + key.encode() + rb'"\s*:\s*' + re.escape(orjson.dumps(value))
-    match = re.search(pattern, data)
-    return match.group(0) if match else None
+    match = _FIELDS[key].search(data)
+    if match is None or orjson.loads(b'"' + match.group(1) + b'"') != value:
+        return None
+    return match.group(0)
 
 
 class StreamRewriter:

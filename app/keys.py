@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import random
 import secrets
 
 KEY_PREFIX = "zk-"
@@ -15,6 +17,16 @@ _SECRET_BYTES = 30
 
 def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+# Request ids need to be unique, not secret: a generator seeded from the OS once per process
+# (and again in a forked child) instead of a system call per request.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def request_id() -> str:
+    return f"{_ids.getrandbits(96):024x}"
 
 
 def new_key_id() -> str:

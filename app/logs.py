@@ -1,7 +1,9 @@
 """Log output: one JSON object per line (or plain text), never message content or keys."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 import time
 
@@ -39,3 +41,47 @@ def configure(level: str, fmt: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("sanic.access").disabled = True
+
+
+class AccessLog:
+    """One line per request, in the same format as the other logs, written in batches: a request
+    only appends to a list; a periodic flush makes one write for many lines."""
+
+    def __init__(self, fmt: str, fd: int = 2, interval: float = 0.1, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._json = fmt == "json"
+        self._fd = fd
+        self._interval = interval
+        self._lines: list[bytes] = []
+        self._task: asyncio.Task | None = None
+
+    def write(self, fields: dict) -> None:
+        if self._json:
+            line = orjson.dumps({"ts": round(time.time(), 3), "level": "info", "logger": "zowy.access", "msg": "request", **fields})
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+            line = f"{stamp} INFO zowy.access request {' '.join(f'{k}={v}' for k, v in fields.items())}".encode()
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        if self._lines:
+            data = b"\n".join(self._lines) + b"\n"
+            self._lines = []
+            try:
+                os.write(self._fd, data)
+            except OSError:
+                pass
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="access-log")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.flush()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.flush()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import socket
 
 from sanic import Request, Sanic
@@ -25,6 +24,7 @@ from .errors import (
     ServerError,
     StoreUnavailable,
 )
+from .keys import request_id
 from .metrics import Metrics
 from .routes import admin, chat, health, models, usage
 from .services import Services
@@ -42,7 +42,7 @@ class GatewayErrorHandler(ErrorHandler):
         if ctx_headers:
             headers.update(ctx_headers)
         headers.update(error.headers)
-        headers.setdefault("x-request-id", secrets.token_hex(12))
+        headers.setdefault("x-request-id", request_id())
         return HTTPResponse(error.body(), status=error.status, headers=headers, content_type="application/json")
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
@@ -126,7 +126,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
     @app.on_response
     async def finish_response(request: Request, response: HTTPResponse) -> None:
         if "x-request-id" not in response.headers:
-            response.headers["x-request-id"] = secrets.token_hex(12)
+            response.headers["x-request-id"] = request_id()
         if app.ctx.services.draining and request.stream is not None:
             request.stream.keep_alive = False
 

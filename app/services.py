@@ -11,6 +11,7 @@ from .admission import Admission
 from .config import Settings
 from .errors import StoreUnavailable
 from .ledger import Meter
+from .logs import AccessLog
 from .metrics import Metrics
 from .store import Store, open_store
 from .upstream.client import UpstreamClient
@@ -26,6 +27,7 @@ class Services:
     admission: Admission
     meter: Meter
     metrics: Metrics
+    access_log: AccessLog
     draining: bool = False
     inflight: int = 0
     extra: dict = field(default_factory=dict)
@@ -41,6 +43,7 @@ class Services:
             admission=Admission(settings, store),
             meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics),
             metrics=metrics,
+            access_log=AccessLog(settings.log_format, enabled=settings.access_log),
         )
 
     async def start(self) -> None:
@@ -51,8 +54,10 @@ class Services:
         except StoreUnavailable:
             log.error("store unavailable at start: serving 503s until it is back")
         await self.meter.start()
+        self.access_log.start()
 
     async def close(self) -> None:
+        await self.access_log.close()
         await self.meter.close()
         await self.upstream.close()
         await self.store.close()

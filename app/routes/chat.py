@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
-import secrets
 import time
 
 from sanic import Blueprint, Request
@@ -13,6 +11,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound, RequestTimeout, UpstreamError, UpstreamTimeout
 from ..identity import MalformedUpstream, StreamRewriter, rewrite_completion
+from ..keys import request_id
 from ..metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -20,7 +19,6 @@ from ..sse import format_event
 from ..upstream.client import Attempts, UpstreamStream
 
 bp = Blueprint("chat")
-access_log = logging.getLogger("zowy.access")
 
 _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -125,6 +123,8 @@ async def _stream(request: Request, services: Services, model: PublicModel, body
         else:
             exchange.fail(exchange.outcome_of(failure), failure.status)
             await response.send(format_event(failure.body()))
+        if services.draining:
+            request.stream.keep_alive = False  # a stream that began before SIGTERM: close after it
         await response.eof()
     finally:
         if clean:
@@ -168,7 +168,7 @@ class Exchange:
     def __init__(self, services: Services, request: Request) -> None:
         self.services = services
         self.started = time.perf_counter()
-        self.request_id = secrets.token_hex(12)
+        self.request_id = request_id()
         self.completion_id = "chatcmpl-" + self.request_id
         self.client_id = client_request_id(request)
         self.headers = {"x-request-id": self.request_id}
@@ -250,8 +250,8 @@ class Exchange:
             reason = _REJECTIONS.get(self.status)
             if reason is not None:
                 metrics.rejections.labels(reason).inc()
-        if services.settings.access_log:
-            access_log.info("request", extra={"fields": {
+        if services.access_log.enabled:
+            services.access_log.write({
                 "request_id": self.request_id,
                 "client_request_id": self.client_id,
                 "key_id": self.key_id,
@@ -267,4 +267,4 @@ class Exchange:
                 "completion_tokens": usage.completion_tokens if usage else 0,
                 "total_tokens": usage.total_tokens if usage else 0,
                 "estimated": usage.estimated if usage else False,
-            }})
+            })

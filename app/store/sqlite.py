@@ -176,12 +176,45 @@ class _Connection:
         self._executor.shutdown(wait=True)
 
 
+class _Inline:
+    """A connection used on the event loop's own thread, for the short statements of a request.
+
+    A statement that finds the file locked gives up after a few milliseconds (it changed nothing)
+    and runs again on ``fallback``'s thread with the full timeout, so the loop never waits long.
+    """
+
+    WAIT = 0.005
+
+    def __init__(self, path: Path, fallback: _Connection) -> None:
+        self._path = path
+        self._fallback = fallback
+        self._db: sqlite3.Connection | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            if self._db is None:
+                self._db = sqlite3.connect(self._path, timeout=self.WAIT, isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            return fn(self._db)
+        except sqlite3.OperationalError:
+            return await self._fallback.run(fn)
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreUnavailable() from exc
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 class SqliteStore(Store):
     def __init__(self, path: Path | str, timeout: float = 5.0) -> None:
         self.path = Path(path)
-        # Requests and the ledger writer get separate connections (and threads), so a ledger
-        # batch never queues in front of a request's rate-limit statement.
-        self._hot = _Connection(self.path, timeout)
+        # Requests and the ledger writer get separate connections, so a ledger batch never queues
+        # in front of a request's rate-limit statement; a request's statements run inline.
+        self._slow = _Connection(self.path, timeout)
+        self._hot = _Inline(self.path, self._slow)
         self._bulk = _Connection(self.path, timeout)
 
     async def init(self) -> None:
@@ -189,7 +222,8 @@ class SqliteStore(Store):
         await self._bulk.run(lambda db: db.executescript(SCHEMA))
 
     async def close(self) -> None:
-        await self._hot.close()
+        self._hot.close()
+        await self._slow.close()
         await self._bulk.close()
 
     async def ping(self) -> None:
@@ -216,7 +250,7 @@ class SqliteStore(Store):
         return Account(*row) if row else None
 
     async def accounts(self) -> list[Account]:
-        rows = await self._hot.run(lambda db: db.execute("SELECT id, name, created_at FROM accounts ORDER BY created_at").fetchall())
+        rows = await self._slow.run(lambda db: db.execute("SELECT id, name, created_at FROM accounts ORDER BY created_at").fetchall())
         return [Account(*r) for r in rows]
 
     # keys
@@ -356,11 +390,11 @@ class SqliteStore(Store):
             sql, args = "SELECT COUNT(*) FROM ledger", ()
         else:
             sql, args = "SELECT COUNT(*) FROM ledger WHERE account_id = ?", (account_id,)
-        row = await self._hot.run(lambda db: db.execute(sql, args).fetchone())
+        row = await self._slow.run(lambda db: db.execute(sql, args).fetchone())
         return row[0]
 
     async def usage(self, account_id: str, since: float, until: float) -> list[UsageRow]:
-        rows = await self._hot.run(
+        rows = await self._slow.run(
             lambda db: db.execute(
                 "SELECT strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, model, COUNT(*), "
                 "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens) FROM ledger "
