@@ -214,7 +214,7 @@ class Exchange:
         latency = time.perf_counter() - self.started
         services = self.services
         metrics = services.metrics
-        reached = self.attempts.count > 0
+        reached = self.attempts.sent > 0
         usage = self._usage() if reached else None
         stream = "true" if self.stream else "false"
         metrics.requests.labels(self.model, str(self.status), stream).inc()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import aiohttp
+from aiohttp.payload import BytesPayload
 
 from ..config import PublicModel, Settings, Target
 from ..errors import GatewayError, InvalidRequest, Overloaded, UpstreamError, UpstreamTimeout
@@ -38,11 +39,32 @@ class _Retryable(Exception):
 
 @dataclass(slots=True)
 class Attempts:
-    """What the dispatcher did for one request: for metering and logs."""
+    """What the dispatcher did for one request: for metering and logs.
+
+    ``count`` is every attempt begun; ``sent`` those whose body went out to an upstream, which is
+    what makes a request billable.
+    """
 
     count: int = 0
+    sent: int = 0
     target: Target | None = None
     failures: list[str] = field(default_factory=list)
+
+
+class _Body(BytesPayload):
+    """The request body, noting in ``attempts`` the moment it is written to the upstream."""
+
+    def __init__(self, value: bytes, attempts: Attempts) -> None:
+        super().__init__(value, content_type="application/json")
+        self._attempts = attempts
+
+    async def write(self, writer) -> None:
+        self._attempts.sent += 1
+        await super().write(writer)
+
+    async def write_with_length(self, writer, content_length: int | None) -> None:
+        self._attempts.sent += 1
+        await super().write_with_length(writer, content_length)
 
 
 class UpstreamStream:
@@ -242,7 +264,7 @@ class UpstreamClient:
             async with asyncio.timeout_at(min(deadline, loop.time() + timeouts.connect + timeouts.first_byte)):
                 response = await self._session.post(
                     target.base_url + "/chat/completions",
-                    data=body,
+                    data=_Body(body, attempts),
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
                 )

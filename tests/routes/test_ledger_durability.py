@@ -52,7 +52,11 @@ def drive(port: int, key: str, content: str, drops: list[int | None]) -> list[st
 
 
 def settle(gateway: support.Gateway, account_id: str, expected: int) -> None:
-    support.wait_until(lambda: support.run_store(gateway, lambda s: s.ledger_count(account_id)) == expected, timeout=20)
+    try:
+        support.wait_until(lambda: support.run_store(gateway, lambda s: s.ledger_count(account_id)) == expected, timeout=20)
+    except AssertionError:
+        found = support.run_store(gateway, lambda s: s.ledger_count(account_id))
+        raise AssertionError(f"ledger has {found} entries, expected {expected}") from None
     time.sleep(0.3)
     assert support.run_store(gateway, lambda s: s.ledger_count(account_id)) == expected
 

@@ -461,8 +461,9 @@ async def test_store_unavailable_is_prompt_and_recoverable(backend, request):
     else:
         import sqlite3
 
-        blocker = sqlite3.connect(backend.sqlite_path, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
+        blockers = [sqlite3.connect(path, isolation_level=None) for path in (backend.sqlite_path, store.limits_path)]
+        for blocker in blockers:
+            blocker.execute("BEGIN EXCLUSIVE")
         calls = [store.hit("key_1", 60, 1000, t0), store.record([entry("r2", "acc_1", 5, T + 2)])]
     for call in calls:
         started = time.monotonic()
@@ -473,8 +474,9 @@ async def test_store_unavailable_is_prompt_and_recoverable(backend, request):
     if server is not None:
         server.start()
     else:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+        for blocker in blockers:
+            blocker.execute("ROLLBACK")
+            blocker.close()
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -83,7 +83,7 @@ async def test_balance_requires_an_active_package(store):
 async def test_locked_store_fails_fast(store, fail_open):
     admission = Admission(settings(limiter_fail_open=fail_open), store)
     key = KeyRecord("key_1", "acct_1", "zk-", 0.0)
-    blocker = sqlite3.connect(store.path, timeout=0)
+    blocker = sqlite3.connect(store.limits_path, timeout=0)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         started = time.monotonic()
