@@ -11,6 +11,8 @@ from .schemas import ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
 def json_schema(core: dict) -> dict[str, Any]:
     """A pydantic-core schema as JSON Schema (the subset of types the validators use)."""
     kind = core["type"]
+    if kind == "function-before":
+        return json_schema(core["schema"])
     if kind == "typed-dict":
         fields = core["fields"]
         out: dict[str, Any] = {

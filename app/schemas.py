@@ -5,9 +5,10 @@
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from pydantic_core import SchemaValidator, ValidationError
+from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
 from .config import RequestLimits
@@ -25,13 +26,31 @@ def _req(schema: cs.CoreSchema) -> cs.TypedDictField:
     return cs.typed_dict_field(schema, required=True)
 
 
-def _obj(fields: dict[str, cs.TypedDictField], extra: str = "forbid") -> cs.TypedDictSchema:
-    return cs.typed_dict_schema(fields, extra_behavior=extra)
+def _obj(fields: dict[str, cs.TypedDictField], extra: str = "forbid") -> cs.CoreSchema:
+    """An object with these fields. Unknown keys are refused; when there are more keys than fields
+    (so some must be unknown) the first one is reported alone, before the object is validated, so
+    a body of a million unknown keys costs one error, not a million."""
+    schema = cs.typed_dict_schema(fields, extra_behavior=extra)
+    known = frozenset(fields)
+    limit = len(fields)
+
+    def few_enough_keys(value: Any) -> Any:
+        if type(value) is dict and len(value) > limit:
+            unknown = next(k for k in value if k not in known)
+            raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted", {"field": unknown})
+        return value
+
+    return cs.no_info_before_validator_function(few_enough_keys, schema)
+
+
+def _list(items: cs.CoreSchema, **constraints: int) -> cs.ListSchema:
+    """An array; validation stops at the first bad item, so a long bad array costs one error."""
+    return cs.list_schema(items, strict=True, fail_fast=True, **constraints)
 
 
 _str = cs.str_schema(strict=True)
 _bool = cs.bool_schema(strict=True)
-_any_obj = cs.dict_schema(cs.str_schema(strict=True), cs.any_schema(), strict=True)
+_any_obj = cs.dict_schema(cs.str_schema(strict=True), cs.any_schema(), strict=True, fail_fast=True)
 
 
 def _lit(*values: str) -> cs.LiteralSchema:
@@ -55,7 +74,7 @@ _refusal_part = _obj({"type": _req(_lit("refusal")), "refusal": _req(_str)})
 _part = cs.tagged_union_schema(
     {"text": _text_part, "image_url": _image_part, "refusal": _refusal_part}, discriminator="type"
 )
-_content = cs.union_schema([(_str, "@text"), (cs.list_schema(_part, strict=True), "@parts")])
+_content = cs.union_schema([(_str, "@text"), (_list(_part), "@parts")])
 
 _function_call = _obj({"name": _req(_str), "arguments": _req(_str)})
 _tool_call = _obj({"id": _req(_str), "type": _req(_lit("function")), "function": _req(_function_call)})
@@ -64,11 +83,11 @@ _message = _obj({
     "role": _req(_lit(*ROLES)),
     "content": _opt(_content),
     "name": _opt(_str),
-    "tool_calls": _opt(cs.list_schema(_tool_call, strict=True)),
+    "tool_calls": _opt(_list(_tool_call)),
     "tool_call_id": _opt(_str),
     "refusal": _opt(_str),
     # Fields the SDKs echo back when a previous response message is sent again.
-    "annotations": _opt(cs.list_schema(cs.any_schema(), strict=True)),
+    "annotations": _opt(_list(cs.any_schema())),
     "audio": _opt(cs.any_schema()),
     "function_call": _opt(cs.any_schema()),
 })
@@ -100,7 +119,7 @@ _response_format = cs.tagged_union_schema(
 
 CHAT_REQUEST_SCHEMA = _obj({
     "model": _req(cs.str_schema(strict=True, min_length=1)),
-    "messages": _req(cs.list_schema(_message, min_length=1, strict=True)),
+    "messages": _req(_list(_message, min_length=1)),
     "stream": _opt(_bool),
     "stream_options": _opt(_obj({"include_usage": _opt(_bool), "include_obfuscation": _opt(_bool)})),
     "temperature": _opt(_float(0, 2)),
@@ -110,25 +129,25 @@ CHAT_REQUEST_SCHEMA = _obj({
     "n": _opt(_int(1, 128)),
     "stop": _opt(cs.union_schema([
         (_str, "@text"),
-        (cs.list_schema(_str, max_length=4, strict=True), "@list"),
+        (_list(_str, max_length=4), "@list"),
     ])),
     "presence_penalty": _opt(_float(-2, 2)),
     "frequency_penalty": _opt(_float(-2, 2)),
-    "logit_bias": _opt(cs.dict_schema(cs.str_schema(strict=True, pattern=r"^\d+$"), _float(-100, 100), strict=True)),
+    "logit_bias": _opt(cs.dict_schema(cs.str_schema(strict=True, pattern=r"^\d+$"), _float(-100, 100), strict=True, fail_fast=True)),
     "logprobs": _opt(_bool),
     "top_logprobs": _opt(_int(0, 20)),
     "seed": _opt(_int(-INT64 - 1)),
     "user": _opt(cs.str_schema(strict=True, max_length=256)),
-    "tools": _opt(cs.list_schema(_tool, strict=True)),
+    "tools": _opt(_list(_tool)),
     "tool_choice": _opt(_tool_choice),
     "parallel_tool_calls": _opt(_bool),
     "response_format": _opt(_response_format),
-    "metadata": _opt(cs.dict_schema(cs.str_schema(strict=True, max_length=64), cs.str_schema(strict=True, max_length=512), max_length=16, strict=True)),
+    "metadata": _opt(cs.dict_schema(cs.str_schema(strict=True, max_length=64), cs.str_schema(strict=True, max_length=512), max_length=16, strict=True, fail_fast=True)),
     "store": _opt(_bool),
     "service_tier": _opt(_lit("auto", "default", "flex", "priority")),
     "reasoning_effort": _opt(_lit("none", "minimal", "low", "medium", "high")),
     "verbosity": _opt(_lit("low", "medium", "high")),
-    "modalities": _opt(cs.list_schema(_lit("text"), strict=True)),
+    "modalities": _opt(_list(_lit("text"))),
     "prompt_cache_key": _opt(_str),
     "safety_identifier": _opt(cs.str_schema(strict=True, max_length=256)),
 })
@@ -157,9 +176,35 @@ def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> 
     if request.get("top_logprobs") is not None and not request.get("logprobs"):
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     tools = request.get("tools")
-    if tools and len(tools) > limits.tools:
-        raise InvalidRequest(f"Too many tools: at most {limits.tools} are allowed.", param="tools", code="array_above_max_length")
+    if tools:
+        if len(tools) > limits.tools:
+            raise InvalidRequest(f"Too many tools: at most {limits.tools} are allowed.", param="tools", code="array_above_max_length")
+        for i, tool in enumerate(tools):
+            _check_free_form(tool["function"].get("parameters"), f"tools[{i}].function.parameters")
+    response_format = request.get("response_format")
+    if response_format and response_format["type"] == "json_schema":
+        _check_free_form(response_format["json_schema"].get("schema"), "response_format.json_schema.schema")
     return request
+
+
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _check_free_form(value: Any, param: str) -> None:
+    """Free-form JSON (a tool's parameters, a JSON schema) must survive being sent on: JSON has no
+    NaN or Infinity, and integers wider than 64 bits do not travel."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            _check_free_form(item, f"{param}.{key}")
+    elif kind is list:
+        for i, item in enumerate(value):
+            _check_free_form(item, f"{param}[{i}]")
+    elif kind is float:
+        if not math.isfinite(value):
+            raise InvalidRequest(f"Invalid value for '{param}': JSON numbers must be finite.", param=param)
+    elif kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        raise InvalidRequest(f"Invalid value for '{param}': integers must fit in 64 bits.", param=param)
 
 
 def _check_messages(messages: list[dict], limits: RequestLimits) -> None:
@@ -183,6 +228,9 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> None:
             )
         if role == "tool" and not message.get("tool_call_id"):
             raise InvalidRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.", param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
+        for echoed in ("audio", "function_call", "annotations"):
+            if message.get(echoed) is not None:
+                _check_free_form(message[echoed], f"messages[{i}].{echoed}")
         if message.get("tool_calls") and role != "assistant":
             raise InvalidRequest(f"'messages[{i}].tool_calls' is only allowed on assistant messages.", param=f"messages[{i}].tool_calls")
         if type(content) is str:
@@ -254,6 +302,10 @@ def _invalid(schema: dict, exc: ValidationError) -> InvalidRequest:
     if kind == "missing":
         return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     if kind == "extra_forbidden":
+        field = (error.get("ctx") or {}).get("field")
+        if field is not None:
+            top_level = not param
+            param = f"{param}.{field}" if param else str(field)
         if top_level:
             return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
         return InvalidRequest(f"Unrecognized parameter: '{param}'.", param=param, code="unknown_parameter")
@@ -318,7 +370,7 @@ def param_of(schema: dict, loc: tuple) -> tuple[str, bool]:
     node: dict | None = schema
     depth = 0
     for item in loc:
-        while node is not None and node["type"] in ("nullable", "default"):
+        while node is not None and node["type"] in ("nullable", "default", "function-before"):
             node = node["schema"]
         kind = node["type"] if node is not None else None
         if kind == "union":

@@ -2,6 +2,7 @@
 error handler that renders every failure as the OpenAI error envelope."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -49,10 +50,19 @@ class GatewayErrorHandler(ErrorHandler):
         return self.response(request, exception)
 
 
+class ClientGone(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "client_closed_request"
+    message = "The client closed the connection."
+
+
 def as_gateway_error(request: Request | None, exception: BaseException) -> GatewayError:
     """Map Sanic's and unexpected exceptions onto the gateway's error tree."""
     if isinstance(exception, GatewayError):
         return exception
+    if isinstance(exception, asyncio.CancelledError):
+        return ClientGone()  # the caller left; nobody reads this answer, and it is not an error
     if isinstance(exception, sanic_errors.NotFound):
         where = f"{request.method} {request.path}" if request is not None else "this URL"
         return NotFound(f"Unknown request URL: {where}.")

@@ -59,6 +59,9 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     except GatewayError as exc:
         exchange.fail(exchange.outcome_of(exc), exc.status)
         raise
+    except Exception:
+        exchange.fail("server_error", 500)
+        raise
     finally:
         services.inflight -= 1
         exchange.finish()

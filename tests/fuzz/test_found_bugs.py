@@ -1,5 +1,5 @@
-"""Minimal reproductions of what the fuzzer found, one test per bug. Each is a strict xfail while the
-bug is open: fix app/, remove the marker, and delete the bug's entry in ``known_bugs.py``."""
+"""Minimal reproductions of what the fuzzer found, one test per bug. A bug still open is a strict
+xfail (and has an entry in ``known_bugs.py``); the others guard their fix."""
 from __future__ import annotations
 
 import json
@@ -20,10 +20,6 @@ def chat(h, key: str, raw: bytes):
                   headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app/upstream/provider.py Provider.body: orjson.dumps raises TypeError 'Integer exceeds 64-bit range' on an integer "
-    "wider than 64 bits inside a free-form field (tools[].function.parameters, response_format.json_schema.schema, "
-    "messages[].audio/function_call/annotations) that the any-schema let through; the gateway answers 500 server_error"))
 @pytest.mark.parametrize("raw", [
     b'{"model":"zowy-1","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"maximum":' + WIDE + b"}}}]}",
     b'{"model":"zowy-1","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_schema","json_schema":{"name":"s","schema":{"x":-' + WIDE + b"}}}}",
@@ -38,10 +34,6 @@ def test_wide_integer_in_free_form_json_is_not_a_500(gateway, customer, raw):
         assert r.json()["error"]["param"], r.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app/routes/chat.py chat_completions catches only GatewayError and CancelledError: an unexpected exception "
-    "(here the 64-bit TypeError) leaves Exchange.status=200/outcome='ok', so the access log line and "
-    "zowy_requests_total{status=\"200\"} record a 500 as a success (expected: status 500, outcome 'server_error')"))
 def test_access_log_status_is_the_status_the_caller_got(gateway, customer):
     raw = b'{"model":"zowy-1","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"m":' + WIDE + b"}}}]}"
     with http(gateway) as h:
@@ -52,10 +44,6 @@ def test_access_log_status_is_the_status_the_caller_got(gateway, customer):
     assert (line["status"], line["outcome"] == "ok") == (r.status_code, r.status_code == 200), line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app/schemas.py parse_chat_request: validate_json accepts NaN, Infinity and out-of-range literals (1e309) inside "
-    "free-form fields (any-schema), and Provider.body's orjson.dumps writes them as null: the upstream silently gets "
-    "'maximum': null instead of the caller's value (expected: 400 naming the field, as JSON has no NaN/Infinity)"))
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e309"])
 def test_non_finite_numbers_in_free_form_json_are_refused(gateway, customer, literal):
     raw = (b'{"model":"zowy-1","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":'
@@ -66,10 +54,6 @@ def test_non_finite_numbers_in_free_form_json_are_refused(gateway, customer, lit
     assert r.json()["error"]["param"].startswith("tools[0].function.parameters"), r.text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app/server.py as_gateway_error: sanic.exceptions.RequestCancelled (the client closed the connection mid-request) "
-    "falls through to log.error('unhandled error') and ServerError; every dropped connection writes an error-level line "
-    "(expected: a client disconnect is not an error: no 'unhandled error' line)"))
 def test_client_disconnect_is_not_logged_as_an_unhandled_error(gateway):
     start = len(gateway.process.log())
     for data in (b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
@@ -95,12 +79,6 @@ def test_invalid_request_target_gets_a_400(gateway, target):
     assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "app/schemas.py parse_chat_request/_invalid: a body with many invalid items (messages=[1,1,...], unknown keys, "
-    "logit_bias keys) makes pydantic-core collect one error per item and _invalid turn every one into a dict and a "
-    "param (exc.errors() + param_of + max) on the event loop; ~2 MB blocks the worker for seconds, a 16 MiB body "
-    "(the default limit) for minutes, and /healthz and every other request on that worker wait (expected: stop at the "
-    "first errors, e.g. fail_fast list schemas and a cap on the errors read)"))
 def test_a_body_full_of_errors_does_not_block_the_worker(gateway, customer):
     import threading
 
