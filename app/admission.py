@@ -5,7 +5,6 @@ store operation per request, bounded by a short timeout.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Callable
 
@@ -51,9 +50,8 @@ class Admission:
         per_hour = key.per_hour or self._defaults.per_hour
         now = self.clock()
         try:
-            async with asyncio.timeout(self.settings.limiter_timeout):
-                count = await self.store.hit(key.id, per_minute, per_hour, now)
-        except (TimeoutError, StoreUnavailable):
+            count = await self.store.hit(key.id, per_minute, per_hour, now, self.settings.limiter_timeout)
+        except StoreUnavailable:
             if self.settings.limiter_fail_open:
                 return Decision(True, per_minute, 0, per_hour, 0, now)
             raise StoreUnavailable("Rate limits cannot be checked right now. Please retry shortly.") from None

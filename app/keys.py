@@ -4,7 +4,6 @@ A key is shown once at creation; the store only ever sees its HMAC-SHA256 under 
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import random
@@ -38,7 +37,7 @@ def new_id(prefix: str) -> str:
 
 
 def key_hash(key: str, pepper: str) -> str:
-    return hmac.new(pepper.encode(), key.encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(pepper.encode(), key.encode(), "sha256").hex()
 
 
 def display_prefix(key: str) -> str:

@@ -67,6 +67,7 @@ class Spool:
                 entries = _read_entries(path)
                 for start in range(0, len(entries), batch):
                     added += await store.record(entries[start:start + batch])
+                    await asyncio.sleep(0)  # let requests in between batches
                 if own:
                     os.ftruncate(fd, 0)
                 else:
@@ -189,6 +190,7 @@ class Meter:
             if self._spooled:
                 self._to_spool(batch)
                 continue
+            await asyncio.sleep(0)  # let requests in between batches
             try:
                 async with asyncio.timeout(self.write_timeout):
                     self.written += await self.store.record(batch)

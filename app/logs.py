@@ -1,7 +1,6 @@
 """Log output: one JSON object per line (or plain text), never message content or keys."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -45,15 +44,13 @@ def configure(level: str, fmt: str) -> None:
 
 class AccessLog:
     """One line per request, in the same format as the other logs, written in batches: a request
-    only appends to a list; a periodic flush makes one write for many lines."""
+    only appends to a list; the worker's periodic flush makes one write for many lines."""
 
-    def __init__(self, fmt: str, fd: int = 2, interval: float = 0.1, enabled: bool = True) -> None:
+    def __init__(self, fmt: str, fd: int = 2, enabled: bool = True) -> None:
         self.enabled = enabled
         self._json = fmt == "json"
         self._fd = fd
-        self._interval = interval
         self._lines: list[bytes] = []
-        self._task: asyncio.Task | None = None
 
     def write(self, fields: dict) -> None:
         if self._json:
@@ -72,16 +69,5 @@ class AccessLog:
             except OSError:
                 pass
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="access-log")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            self.flush()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+    def close(self) -> None:
         self.flush()

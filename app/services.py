@@ -4,6 +4,7 @@ Built in ``before_server_start`` (after the fork) and closed when the worker sto
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from .upstream.client import UpstreamClient
 
 log = logging.getLogger("zowy")
 
+FLUSH_INTERVAL = 0.2
+
 
 @dataclass
 class Services:
@@ -29,6 +32,7 @@ class Services:
     metrics: Metrics
     access_log: AccessLog
     draining: bool = False
+    _ticker: asyncio.Task | None = None
     inflight: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -54,10 +58,20 @@ class Services:
         except StoreUnavailable:
             log.error("store unavailable at start: serving 503s until it is back")
         await self.meter.start()
-        self.access_log.start()
+        self._ticker = asyncio.create_task(self._tick(), name="worker-tick")
+
+    async def _tick(self) -> None:
+        """Hand what requests accumulated (log lines, metric sums) to their outputs, in batches."""
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self.access_log.flush()
+            self.metrics.flush()
 
     async def close(self) -> None:
-        await self.access_log.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.access_log.close()
+        self.metrics.flush()
         await self.meter.close()
         await self.upstream.close()
         await self.store.close()

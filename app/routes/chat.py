@@ -36,10 +36,14 @@ def client_request_id(request: Request) -> str | None:
 async def chat_completions(request: Request) -> HTTPResponse | None:
     services: Services = request.app.ctx.services
     # A streaming route lifts Sanic's size limit; the body is read here under both limits.
-    request.stream.request_max_size = services.settings.max_body_bytes
+    http = request.stream
+    http.request_max_size = services.settings.max_body_bytes
     try:
-        async with asyncio.timeout(services.settings.body_timeout):
-            await request.receive_body()
+        if http.request_body == "chunked" or (http.request_body and http.request_bytes_left > len(http.recv_buffer)):
+            async with asyncio.timeout(services.settings.body_timeout):
+                await request.receive_body()
+        else:
+            await request.receive_body()  # already here in full: no timer needed
     except TimeoutError:
         # Answer, then drop the connection: the rest of a stalled body must not be waited for.
         error = RequestTimeout()
@@ -220,14 +224,14 @@ class Exchange:
         reached = self.attempts.sent > 0
         usage = self._usage() if reached else None
         stream = "true" if self.stream else "false"
-        metrics.requests.labels(self.model, str(self.status), stream).inc()
+        metrics.count("requests", (self.model, str(self.status), stream))
         if reached:
             target = self.attempts.target.name if self.attempts.target else ""
-            metrics.latency.labels(self.model, stream).observe(latency)
+            metrics.observe("latency", (self.model, stream), latency)
             if usage.prompt_tokens:
-                metrics.tokens.labels(self.model, "prompt").inc(usage.prompt_tokens)
+                metrics.count("tokens", (self.model, "prompt"), usage.prompt_tokens)
             if usage.completion_tokens:
-                metrics.tokens.labels(self.model, "completion").inc(usage.completion_tokens)
+                metrics.count("tokens", (self.model, "completion"), usage.completion_tokens)
             services.meter.record(
                 LedgerEntry(
                     request_id=self.request_id,
@@ -252,7 +256,7 @@ class Exchange:
             target = ""
             reason = _REJECTIONS.get(self.status)
             if reason is not None:
-                metrics.rejections.labels(reason).inc()
+                metrics.count("rejections", (reason,))
         if services.access_log.enabled:
             services.access_log.write({
                 "request_id": self.request_id,

@@ -193,10 +193,11 @@ class Store(abc.ABC):
 
     # rate windows
     @abc.abstractmethod
-    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
+    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
         """Count one request in the key's minute and hour windows, unless either is full.
 
         One atomic operation decides; the counts returned include this request when admitted.
+        Raises StoreUnavailable if the store cannot answer within ``timeout`` seconds.
         """
 
     async def sweep(self, now: float) -> None:

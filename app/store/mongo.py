@@ -544,7 +544,14 @@ class MongoStore(Store):
 
     # rate windows
 
-    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
+    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._hit(key_id, per_minute, per_hour, now)
+        except TimeoutError:
+            raise StoreUnavailable("The rate window could not be counted in time.") from None
+
+    async def _hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
         hour = ratelimit.hour_of(now)
         minute = str(ratelimit.minute_of(now) - hour * 60)
         doc_id = f"{key_id}:{hour}"

@@ -198,11 +198,13 @@ class _Inline:
         self._synchronous = synchronous
         self._db: sqlite3.Connection | None = None
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], timeout: float | None = None) -> T:
+        """Run ``fn`` now; if the file stays locked, on the fallback thread within ``timeout``."""
         try:
             if self._db is None:
                 self._db = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
                 self._db.execute(f"PRAGMA synchronous={self._synchronous}")
+                self._db.execute("PRAGMA foreign_keys=ON")
             for _ in range(self.RETRIES):
                 try:
                     return fn(self._db)
@@ -213,7 +215,13 @@ class _Inline:
         except sqlite3.Error as exc:
             self.close()
             raise StoreUnavailable() from exc
-        return await self._fallback.run(fn)
+        if timeout is None:
+            return await self._fallback.run(fn)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._fallback.run(fn)
+        except TimeoutError:
+            raise StoreUnavailable() from None
 
     def close(self) -> None:
         if self._db is not None:
@@ -224,24 +232,24 @@ class _Inline:
 class SqliteStore(Store):
     def __init__(self, path: Path | str, timeout: float = 5.0) -> None:
         self.path = Path(path)
-        # Requests and the ledger writer get separate connections, so a ledger batch never queues
-        # in front of a request's rate-limit statement; a request's statements run inline.
+        # Statements run inline on the event loop: a thread doing SQLite work next to the loop
+        # costs more in GIL hand-overs than the statements themselves. Only a locked file (and the
+        # long reports) go to a thread.
         self._slow = _Connection(self.path, timeout)
         self._hot = _Inline(self.path, self._slow)
-        self._bulk = _Connection(self.path, timeout)
         self.limits_path = self.path.with_name(self.path.stem + "-limits" + self.path.suffix)
         self._limits_slow = _Connection(self.limits_path, timeout)
         self._limits = _Inline(self.limits_path, self._limits_slow, synchronous="OFF")
 
     async def init(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._bulk.run(lambda db: db.executescript(SCHEMA))
+        await self._slow.run(lambda db: db.executescript(SCHEMA))
         await self._limits_slow.run(lambda db: db.executescript(LIMITS_SCHEMA))
 
     async def close(self) -> None:
         self._hot.close()
         self._limits.close()
-        for connection in (self._slow, self._bulk, self._limits_slow):
+        for connection in (self._slow, self._limits_slow):
             await connection.close()
 
     async def ping(self) -> None:
@@ -257,7 +265,7 @@ class SqliteStore(Store):
                 raise Conflict(f"An account named '{name}' already exists.", param="name") from None
             return Account(account_id, name, now)
 
-        return await self._bulk.run(run)
+        return await self._hot.run(run)
 
     async def account(self, id_or_name: str) -> Account | None:
         row = await self._hot.run(
@@ -288,7 +296,7 @@ class SqliteStore(Store):
                 raise Conflict("The key could not be stored; create it again.") from None
             return record
 
-        return await self._bulk.run(run)
+        return await self._hot.run(run)
 
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
         row = await self._hot.run(
@@ -317,10 +325,10 @@ class SqliteStore(Store):
                 return True
             return db.execute("SELECT 1 FROM api_keys WHERE id = ?", (key_id,)).fetchone() is not None
 
-        return await self._bulk.run(run)
+        return await self._hot.run(run)
 
     async def set_key_limits(self, key_id: str, per_minute: int | None, per_hour: int | None) -> bool:
-        cur = await self._bulk.run(
+        cur = await self._hot.run(
             lambda db: db.execute(
                 "UPDATE api_keys SET per_minute = ?, per_hour = ? WHERE id = ?", (per_minute, per_hour, key_id)
             )
@@ -343,7 +351,7 @@ class SqliteStore(Store):
                 raise Conflict("The package could not be stored: its id is taken or its account does not exist.") from None
             return package
 
-        return await self._bulk.run(run)
+        return await self._hot.run(run)
 
     async def packages(self, account_id: str) -> list[Package]:
         rows = await self._hot.run(
@@ -359,7 +367,7 @@ class SqliteStore(Store):
     async def record(self, entries: list[LedgerEntry]) -> int:
         if not entries:
             return 0
-        return await self._bulk.run(lambda db: self._record(db, entries))
+        return await self._hot.run(lambda db: self._record(db, entries))
 
     def _record(self, db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
         unique: dict[str, LedgerEntry] = {e.request_id: e for e in entries}
@@ -442,11 +450,11 @@ class SqliteStore(Store):
             out.extend(Mismatch(pid, "", 0, tokens) for pid, tokens in from_ledger.items())
             return out
 
-        return await self._bulk.run(run)
+        return await self._slow.run(run)
 
     # rate windows
 
-    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
+    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
         hour = ratelimit.hour_of(now)
         minute = ratelimit.minute_of(now)
         expires = ratelimit.window_expiry(now)
@@ -462,7 +470,7 @@ class SqliteStore(Store):
             hour_count, last_minute, minute_count = row
             return WindowCount(False, minute_count if last_minute >= minute else 0, hour_count)
 
-        return await self._limits.run(run)
+        return await self._limits.run(run, timeout)
 
     async def sweep(self, now: float) -> None:
         await self._limits_slow.run(lambda db: db.execute("DELETE FROM rate_windows WHERE expires_at < ?", (now,)))

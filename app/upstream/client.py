@@ -107,6 +107,7 @@ class UpstreamClient:
         self.metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
         self._guard = {"role": "system", "content": settings.identity_prompt}
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         per_host = max((t.max_connections for m in self.settings.models.values() for t in m.targets), default=256)
@@ -130,16 +131,19 @@ class UpstreamClient:
         """A non-stream completion's raw upstream body."""
 
         async def attempt(target: Target, deadline: float) -> bytes:
-            response = await self._send(target, request, request_id, False, deadline, attempts)
+            # One timer for the whole attempt: first the headers' deadline, then the total one.
             try:
-                async with asyncio.timeout_at(deadline):
-                    return await response.read()
+                async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)) as window:
+                    response = await self._send(target, request, request_id, False, attempts)
+                    try:
+                        window.reschedule(deadline)
+                        return await response.read()
+                    finally:
+                        response.release()
             except TimeoutError:
                 raise _Retryable(UpstreamTimeout(), "timeout") from None
             except (aiohttp.ClientError, OSError):
                 raise _Retryable(UpstreamError(), "connection") from None
-            finally:
-                response.release()
 
         return await self._dispatch(model, attempt, attempts)
 
@@ -154,12 +158,12 @@ class UpstreamClient:
         """An upstream stream, opened and peeked: its first event is already rewritten."""
 
         async def attempt(target: Target, deadline: float) -> UpstreamStream:
-            response = await self._send(target, request, request_id, True, deadline, attempts)
-            rewriter = new_rewriter()
+            response = None
             ok = False
             try:
-                loop = asyncio.get_running_loop()
-                async with asyncio.timeout_at(min(deadline, loop.time() + target.timeouts.first_byte)):
+                async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)):
+                    response = await self._send(target, request, request_id, True, attempts)
+                    rewriter = new_rewriter()
                     while True:
                         chunk = await response.content.readany()
                         if not chunk:
@@ -177,7 +181,7 @@ class UpstreamClient:
             except (aiohttp.ClientError, OSError):
                 raise _Retryable(UpstreamError(), "connection") from None
             finally:
-                if not ok:
+                if response is not None and not ok:
                     response.close()
 
         return await self._dispatch(model, attempt, attempts)
@@ -236,16 +240,16 @@ class UpstreamClient:
         if failure is None:
             self.breaker.success(target)
         else:
-            self.metrics.upstream_errors.labels(target, failure).inc()
+            self.metrics.count("upstream_errors", (target, failure))
             self.breaker.failure(target)
         after = self.breaker.state(target)
         if after != before:
             self.metrics.breaker.labels(target).set(BREAKER_STATES[after])
 
     async def _send(
-        self, target: Target, request: dict, request_id: str, stream: bool, deadline: float, attempts: Attempts
+        self, target: Target, request: dict, request_id: str, stream: bool, attempts: Attempts
     ) -> aiohttp.ClientResponse:
-        """POST to ``target``; a 200's response, or a failure mapped to ours."""
+        """POST to ``target``; a 200's response, or a failure mapped to ours. The caller bounds it in time."""
         assert self._session is not None, "client not started"
         provider = PROVIDERS[target.provider]
         body = provider.body(request, target, self._guard, stream)
@@ -255,40 +259,47 @@ class UpstreamClient:
             "Accept": "text/event-stream" if stream else "application/json",
             "X-Request-Id": request_id,
         }
-        loop = asyncio.get_running_loop()
-        timeouts = target.timeouts
         attempts.count += 1
         attempts.target = target
+        loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + timeouts.connect + timeouts.first_byte)):
-                response = await self._session.post(
-                    target.base_url + "/chat/completions",
-                    data=_Body(body, attempts),
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
-                )
-        except TimeoutError:
-            raise _Retryable(UpstreamTimeout(), "timeout") from None
+            response = await self._session.post(
+                target.base_url + "/chat/completions",
+                data=_Body(body, attempts),
+                headers=headers,
+                timeout=self._connect_timeout(target),
+            )
         except aiohttp.ClientConnectorError:
             raise _Retryable(UpstreamError(), "connect") from None
         except (aiohttp.ClientError, OSError):
             raise _Retryable(UpstreamError(), "connection") from None
-        self.metrics.ttfb.labels(target.name).observe(loop.time() - started)
+        self.metrics.observe("ttfb", (target.name,), loop.time() - started)
         if response.status == 200:
             return response
         try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + timeouts.idle)):
-                raw = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError):
             raw = b""
         finally:
             response.release()
         raise self._failure(target, provider, response.status, raw, response.headers.get("retry-after"))
 
+    def _connect_timeout(self, target: Target) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(target.name)
+        if timeout is None:
+            timeout = self._timeouts[target.name] = aiohttp.ClientTimeout(total=None, sock_connect=target.timeouts.connect)
+        return timeout
+
+    @staticmethod
+    def _first_byte_deadline(target: Target, deadline: float) -> float:
+        """The response headers must come within connect + first-byte time of the attempt's start."""
+        loop = asyncio.get_running_loop()
+        return min(deadline, loop.time() + target.timeouts.connect + target.timeouts.first_byte)
+
     def _failure(self, target: Target, provider: Provider, status: int, raw: bytes, retry_after: str | None) -> Exception:
         if status in (400, 401, 403, 404, 422):
-            self.metrics.upstream_errors.labels(target.name, f"status_{status}").inc()
+            self.metrics.count("upstream_errors", (target.name, f"status_{status}"))
         reason = provider.error_reason(raw)
         if status == 400 or status == 422:
             message = scrub(reason or "The model rejected the request.", (target.model, target.base_url))

@@ -54,6 +54,7 @@ def test_metrics_sum_over_workers(small):
     with sdk_client(small, customer.key) as client:
         for _ in range(12):
             client.with_options(max_retries=0).chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "hi"}])
+    time.sleep(0.3)  # each worker moves its sums into the shared values every 0.2 s
     for _ in range(4):  # successive scrapes land on different workers and agree
         text = scrape(small)
         assert metric(text, "zowy_requests_total", model="zowy-1", status="200") - before == 12
@@ -63,6 +64,7 @@ def test_metrics_sum_over_workers(small):
     with http(small) as h:
         h.post("/api/v1/chat/completions", json={"model": "zowy-1", "messages": []}, headers={"Authorization": f"Bearer {customer.key}"})
         h.post("/api/v1/chat/completions", json={"model": "zowy-1", "messages": []}, headers={"Authorization": "Bearer zk-no"})
+    time.sleep(0.3)
     text = scrape(small)
     assert metric(text, "zowy_rejections_total", reason="invalid_request") >= 1
     assert metric(text, "zowy_rejections_total", reason="invalid_api_key") >= 1

@@ -413,6 +413,7 @@ async def test_reconcile_during_writes_reports_nothing_false(backend, store: Sto
     async def write() -> None:
         for i in range(60):
             await writer.record([entry(f"r{i}-{j}", "acc_1", 1 + j, T + i + j / 10) for j in range(3)])
+            await asyncio.sleep(0.001)  # a store may answer without suspending; let reconcile run between writes
         done.set()
 
     async def check() -> int:
