@@ -64,7 +64,8 @@ class Bench:
         self.args = args
         self.gen_cpus, self.sut_cpus = cpu_plan(not args.no_pin)
         self.work = Path(tempfile.mkdtemp(prefix="zowy-bench-"))
-        self.ctx = Context(self.work, self.sut_cpus, install=not args.no_install, log=log)
+        self.ctx = Context(self.work, self.sut_cpus, install=not args.no_install, log=log,
+                           gateway_tree=(args.gateway_tree or ROOT).resolve())
         self.wrk = None
         if args.generator in ("auto", "wrk"):
             self.wrk = wrk.ensure(install=not args.no_install, log=log)
@@ -364,6 +365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto",
                    help="throughput load generator (auto: wrk when installed or installable)")
     p.add_argument("--streams", type=int, help="open streams for the RSS figure (default 1000; --quick 20)")
+    p.add_argument("--gateway-tree", type=Path,
+                   help="run the gateway from this source tree (a git worktree of another revision) for before/after runs")
     p.add_argument("--no-install", action="store_true", help="never apt-get/pip install wrk, nginx or LiteLLM")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,

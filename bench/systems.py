@@ -36,6 +36,7 @@ class Context:
     upstream: Proc | None = None
     upstream_port: int = 0
     log: object = print
+    gateway_tree: Path = ROOT  # the source tree the gateway runs from (another checkout: before/after)
 
     @property
     def upstream_base(self) -> str:
@@ -238,8 +239,8 @@ def gateway_env(data_dir: Path, models: Path) -> dict[str, str]:
     return env
 
 
-def cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "app", *args], env=env, cwd=ROOT, capture_output=True,
+def cli(env: dict[str, str], *args: str, tree: Path = ROOT) -> str:
+    out = subprocess.run([sys.executable, "-m", "app", *args], env=env, cwd=tree, capture_output=True,
                          text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"python -m app {' '.join(args)} failed ({out.returncode}):\n{out.stderr}{out.stdout}")
@@ -253,12 +254,13 @@ def gateway(ctx: Context, fidelity_port: int) -> System:
     models.write_text(models_toml(ctx.upstream_base, f"http://127.0.0.1:{fidelity_port}/v1",
                                   _target_takes_max_connections()))
     env = gateway_env(data, models)
+    tree = ctx.gateway_tree
     key = cli(env, "keys", "create", "--account", "bench", "--per-minute", "100000000",
-              "--per-hour", "1000000000").strip().splitlines()[-1].strip()
-    cli(env, "packages", "grant", "--account", "bench", "--plan", "business", "--tokens", "100000000000")
+              "--per-hour", "1000000000", tree=tree).strip().splitlines()[-1].strip()
+    cli(env, "packages", "grant", "--account", "bench", "--plan", "business", "--tokens", "100000000000", tree=tree)
     port = free_port()
     proc = spawn("gateway", [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], ctx.work, env=env, cpus=ctx.sut_cpus)
+                             "--workers", "1"], ctx.work, env=env, cpus=ctx.sut_cpus, cwd=tree)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
     return System("gateway", "Zowy gateway (auth+limits+metering, SQLite, 1 worker)",
                   f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {key}"},
