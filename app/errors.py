@@ -139,13 +139,6 @@ class StoreUnavailable(GatewayError):
     message = "The service is temporarily unavailable. Please retry shortly."
 
 
-class ShuttingDown(GatewayError):
-    status = 503
-    type = "server_error"
-    code = "shutting_down"
-    message = "This instance is shutting down. Please retry."
-
-
 class UpstreamTimeout(GatewayError):
     status = 504
     type = "server_error"

@@ -21,10 +21,6 @@ _URLS = re.compile(r"https?://[^\s\"'<>]+", re.IGNORECASE)
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
 
-def guard_message(prompt: str) -> dict:
-    return {"role": "system", "content": prompt}
-
-
 def scrub(text: str, names: Iterable[str] = ()) -> str:
     """Remove upstream model names, hosts and URLs from a message meant for a caller."""
     for name in names:

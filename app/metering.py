@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
-
-OUTCOMES = ("ok", "client_disconnected", "upstream_error", "upstream_timeout", "gateway_error", "shutdown")
-
+from typing import Sequence
 
 @dataclass(slots=True)
 class LedgerEntry:
@@ -106,11 +103,3 @@ def allocate(tokens: int, active: Sequence[PackageBalance], fallback_id: str | N
         else:
             debits.append([sink, left])
     return debits
-
-
-def sum_debits(entries: Iterable[LedgerEntry]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for entry in entries:
-        for package_id, tokens in entry.debits:
-            totals[package_id] = totals.get(package_id, 0) + tokens
-    return totals

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .admission import Admission
 from .config import Settings
@@ -34,7 +34,6 @@ class Services:
     draining: bool = False
     _ticker: asyncio.Task | None = None
     inflight: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":

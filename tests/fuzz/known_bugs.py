@@ -6,9 +6,6 @@ new ones. When app/ is fixed: flip the xfail and delete the entry here.
 """
 from __future__ import annotations
 
-import json
-from typing import Any
-
 # bug id -> text in the gateway's "unhandled error" log line that this bug produces
 SIGNATURES: dict[str, str] = {}
 # Bugs seen in the log (the caller gets no wrong answer, or none at all): bug id -> texts that all
