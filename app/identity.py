@@ -112,15 +112,15 @@ class StreamRewriter:
             if self._usage_pending:
                 return self._usage_chunk() + event
             return event
-        if data[:1] != b"{" or data[-1:] != b"}":
+        if not (data.startswith(b"{") and data.endswith(b"}")):
             raise MalformedUpstream("event is not a JSON object")
         self.events += 1
         self.payload_bytes += len(data)
         if len(data) < self._shortest or not self._shortest:
             self._shortest = len(data)
-        if b'"error"' in data[:12]:
+        if data.find(b'"error"', 0, 12) != -1:
             return self._error_event(data)
-        if _USAGE.search(data):
+        if b'"usage":null' not in data and _USAGE.search(data):
             return self._usage_event(data)
         token = self._model_token
         if token is None or token not in data:
