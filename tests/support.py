@@ -12,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_KEY_ENV = "FAKE_PROVIDER_KEY"
@@ -39,6 +40,21 @@ def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None 
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def wait_port(port: int, process: subprocess.Popen, timeout: float, what: str, log: Callable[[], str] = lambda: "") -> None:
+    """Wait until ``process`` listens on 127.0.0.1:``port``; fail early if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not listen on port {port} within {timeout}s:\n{log()}") from None
+            time.sleep(0.05)
 
 
 @dataclass
@@ -165,17 +181,12 @@ class NxServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nx-27017 exited with {self.proc.returncode}; see {log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nx-27017 did not listen on port {self.port} within {wait}s")
+        try:
+            wait_port(self.port, self.proc, wait, "nx-27017", lambda: f"see {log}")
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import socketserver
 import subprocess
 import threading
@@ -125,17 +124,8 @@ class Nginx:
         if check.returncode != 0:
             raise AssertionError(f"nginx -t failed for {self.conf}:\n{check.stderr}{self.error_log()}")
         self.popen = support.spawn(self._args(), self.run_dir / "stdout.log")
-        deadline = time.monotonic() + 10
-        while True:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.popen.returncode}:\n{self.error_log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not listen on {self.port}:\n{self.error_log()}") from None
-                time.sleep(0.05)
+        support.wait_port(self.port, self.popen, 10, "nginx", self.error_log)
+        return self
 
     def stop(self) -> None:
         popen, self.popen = self.popen, None
