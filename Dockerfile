@@ -17,12 +17,11 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
     && pip install -r requirements.txt
 
-# The gateway itself, plus the fake upstream that demo mode (ZOWY_DEMO=on) starts.
+# The gateway itself (demo mode's model is built in: app/demo.py).
 COPY README.md ./
 COPY app ./app
-COPY bench/__init__.py bench/fake_upstream.py ./bench/
 RUN pip install --no-deps . \
-    && python -c "import app.cli, bench.fake_upstream"
+    && python -c "import app.cli, app.demo"
 
 # ---- runtime: the virtualenv on a clean slim image, as an unprivileged user
 FROM ${PYTHON_IMAGE}

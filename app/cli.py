@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -61,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="action", required=True)
     p = keys.add_parser("create")
-    p.add_argument("--account", required=True, help="account name or id (created if absent)")
+    p.add_argument("--account", required=True, help="account name or id (create it first with 'accounts create')")
     p.add_argument("--per-minute", type=int)
     p.add_argument("--per-hour", type=int)
     p.set_defaults(handler=_keys_create)
@@ -131,7 +130,7 @@ async def _accounts_list(store: Store, settings: Settings, args) -> int:
 
 
 async def _keys_create(store: Store, settings: Settings, args) -> int:
-    account = await store.account(args.account) or await operations.create_account(store, args.account)
+    account = await operations.find_account(store, args.account)
     record, key = await operations.create_key(store, settings, account, args.per_minute, args.per_hour)
     print(f"key id: {record.id}  account: {account.name} ({account.id})")
     print("This is the only time the key is shown:")
@@ -192,7 +191,7 @@ async def _db_init(store: Store, settings: Settings, args) -> int:
 
 
 def serve(settings: Settings, args) -> int:
-    """Run the gateway with its workers; in demo mode also the bundled fake upstream."""
+    """Run the gateway with its workers; in demo mode, with the built-in demo model answering."""
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
@@ -202,17 +201,13 @@ def serve(settings: Settings, args) -> int:
     settings = settings.with_(**changes)
     logs.configure(settings.log_level, settings.log_format)
     _metrics_dir(settings)
-    demo_upstream = _start_demo(settings) if settings.demo else None
-    try:
-        loader = AppLoader(factory=partial(create_app, settings))
-        app = loader.load()
-        app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False, motd=False)
-        print(f"Zowy Gateway listening on http://{settings.host}:{settings.port} with {settings.workers} worker(s)", flush=True)
-        Sanic.serve(primary=app, app_loader=loader)
-    finally:
-        if demo_upstream is not None:
-            demo_upstream.terminate()
-            demo_upstream.wait(timeout=5)
+    if settings.demo:
+        _announce_demo(settings)
+    loader = AppLoader(factory=partial(create_app, settings))
+    app = loader.load()
+    app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False, motd=False)
+    print(f"Zowy Gateway listening on http://{settings.host}:{settings.port} with {settings.workers} worker(s)", flush=True)
+    Sanic.serve(primary=app, app_loader=loader)
     return 0
 
 
@@ -224,26 +219,20 @@ def _metrics_dir(settings: Settings) -> None:
     os.environ[MULTIPROC_ENV] = str(directory)
 
 
-def _start_demo(settings: Settings) -> subprocess.Popen:
+def _announce_demo(settings: Settings) -> None:
     log.warning(
-        "DEMO MODE: no provider API keys are configured; every model is answered by the bundled "
-        "fake upstream on 127.0.0.1:%d. Set GEMINI_API_KEY / OPENAI_API_KEY for real answers.",
-        settings.demo_upstream_port,
-    )
-    upstream = subprocess.Popen(
-        [sys.executable, "-m", "bench.fake_upstream", "--host", "127.0.0.1", "--port", str(settings.demo_upstream_port)],
-        stdout=subprocess.DEVNULL,
+        "DEMO MODE: no provider API keys are configured; every model is answered by the built-in "
+        "demo model. Set GEMINI_API_KEY / OPENAI_API_KEY for real answers."
     )
     key = asyncio.run(_demo_key(settings))
     print("=" * 72)
-    print("DEMO MODE - answers come from a local fake model, not a real one.")
+    print("DEMO MODE - answers come from a built-in demo model, not a real one.")
     print(f"Demo API key: {key}")
     print("Try:")
     print(f"  curl http://{settings.host}:{settings.port}/api/v1/chat/completions \\")
     print(f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
     print("    -d '{\"model\": \"zowy-1\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'")
     print("=" * 72, flush=True)
-    return upstream
 
 
 async def _demo_key(settings: Settings) -> str:

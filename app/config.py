@@ -1,18 +1,20 @@
 """Settings of one gateway process, read once from the environment and the models file.
 
-This is the only module that reads ``os.environ``; everything else receives a frozen ``Settings``.
+Each setting is declared once, as a field with its variable, default and bounds; ``Settings.from_env``
+reads them all in one loop. This is the only module that reads ``os.environ``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 DEFAULT_MODELS_FILE = Path(__file__).with_name("models.toml")
 
-DEFAULT_IDENTITY_PROMPT = (
+DEFAULT_PERSONA_PROMPT = (
     "You are Zowy AI, the assistant of the Zowy platform. When asked who you are, which model you "
     "are or who made you, answer that you are Zowy AI. Never name or hint at any underlying model, "
     "model family or provider.\n"
@@ -20,12 +22,19 @@ DEFAULT_IDENTITY_PROMPT = (
     "создал, отвечай, что ты Zowy AI. Никогда не называй базовые модели, их семейства и поставщиков."
 )
 
-PROVIDERS = ("openai", "gemini")
+PROVIDER_NAMES = ("openai", "gemini")
 PARAM_POLICIES = ("pass", "drop", "reject")
 
 
 class ConfigError(ValueError):
     """The environment or the models file holds something the gateway cannot run with."""
+
+
+def setting(env: str, default: Any, *, low: float | None = None, high: float | None = None,
+            choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a setting: its environment variable, default and bounds, in one place."""
+    meta = {"env": env, "low": low, "high": high, "choices": choices}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,31 @@ class Timeouts:
     first_byte: float = 60.0
     idle: float = 30.0
     total: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """When a parameter policy applies: a request field equal to one of these values."""
+
+    field: str
+    values: tuple[Any, ...]
+
+    def holds(self, request: Mapping[str, Any]) -> bool:
+        return request.get(self.field) in self.values
+
+
+@dataclass(frozen=True, slots=True)
+class ParamPolicy:
+    """What a target does with one request parameter: pass it, drop it, or reject a non-default
+    value; ``unless`` lists request conditions under which it is passed after all."""
+
+    action: str
+    unless: tuple[Condition, ...] = ()
+
+    def for_request(self, request: Mapping[str, Any]) -> str:
+        if self.unless and any(c.holds(request) for c in self.unless):
+            return "pass"
+        return self.action
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +81,7 @@ class Target:
     api_key_env: str
     api_key: str = ""
     max_tokens_field: str = "max_tokens"
-    params: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, ParamPolicy] = field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
     max_connections: int = 256
 
@@ -62,141 +96,162 @@ class PublicModel:
     created: int
     targets: tuple[Target, ...]
     vision: bool = False
+    # What admission reserves for the answer when a request names no max_tokens.
+    default_completion_tokens: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    per_minute: int = 60
-    per_hour: int = 1000
+    per_minute: int = setting("ZOWY_RATE_LIMIT_PER_MINUTE", 60, low=1)
+    per_hour: int = setting("ZOWY_RATE_LIMIT_PER_HOUR", 1000, low=1)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     """What one chat request may hold, beyond the body size."""
 
-    messages: int = 2048
-    text_chars: int = 2_000_000
-    tools: int = 128
-    image_url_bytes: int = 10 * 1024 * 1024
+    messages: int = setting("ZOWY_MAX_MESSAGES", 2048, low=1)
+    text_chars: int = setting("ZOWY_MAX_TEXT_CHARS", 2_000_000, low=1)
+    tools: int = setting("ZOWY_MAX_TOOLS", 128, low=0)
+    image_url_bytes: int = setting("ZOWY_MAX_IMAGE_URL_BYTES", 10 * 1024 * 1024, low=1024)
+    vendor_field_bytes: int = setting("ZOWY_MAX_VENDOR_FIELD_BYTES", 65536, low=256)
+
+
+@dataclass(frozen=True, slots=True)
+class Plans:
+    pro: int = setting("ZOWY_PLAN_PRO_TOKENS", 2_000_000, low=1)
+    business: int = setting("ZOWY_PLAN_BUSINESS_TOKENS", 10_000_000, low=1)
+
+    def __contains__(self, plan: object) -> bool:
+        return plan in ("pro", "business")
+
+    def __getitem__(self, plan: str) -> int:
+        if plan not in self:
+            raise KeyError(plan)
+        return getattr(self, plan)
+
+    def __iter__(self):
+        return iter(("pro", "business"))
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    data_dir: Path = Path("var")
-    sqlite_path: Path = Path("var/zowy.db")
-    mongo_url: str = ""
-    mongo_db: str = "zowy"
-    store_timeout: float = 2.0
-    models_file: Path = DEFAULT_MODELS_FILE
-    models: Mapping[str, PublicModel] = field(default_factory=dict)
-    identity_prompt: str = DEFAULT_IDENTITY_PROMPT
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_header_bytes: int = 8192
-    body_timeout: float = 30.0
+    host: str = setting("ZOWY_HOST", "127.0.0.1")
+    port: int = setting("ZOWY_PORT", 8000, low=0, high=65535)
+    workers: int = setting("ZOWY_WORKERS", 1, low=1)
+    data_dir: Path = setting("ZOWY_DATA_DIR", Path("var"))
+    sqlite_path: Path | None = setting("ZOWY_SQLITE_PATH", None)
+    mongo_url: str = setting("ZOWY_MONGO_URL", "")
+    mongo_db: str = setting("ZOWY_MONGO_DB", "zowy")
+    store_timeout: float = setting("ZOWY_STORE_TIMEOUT", 2.0, low=0.01)
+    models_file: Path = setting("ZOWY_MODELS_FILE", DEFAULT_MODELS_FILE)
+    persona_prompt: str = setting("ZOWY_IDENTITY_PROMPT", DEFAULT_PERSONA_PROMPT)
+    max_body_bytes: int = setting("ZOWY_MAX_BODY_BYTES", 16 * 1024 * 1024, low=1024)
+    max_header_bytes: int = setting("ZOWY_MAX_HEADER_BYTES", 8192, low=1024, high=16384)
+    body_timeout: float = setting("ZOWY_BODY_TIMEOUT", 30.0, low=0.01)
     request_limits: RequestLimits = RequestLimits()
-    admin_token: str = ""
-    key_pepper: str = ""
-    key_cache_ttl: float = 5.0
-    balance_cache_ttl: float = 1.0
+    admin_token: str = setting("ZOWY_ADMIN_TOKEN", "")
+    key_pepper: str = setting("ZOWY_KEY_PEPPER", "")
+    key_cache_ttl: float = setting("ZOWY_KEY_CACHE_TTL", 5.0, low=0)
+    balance_cache_ttl: float = setting("ZOWY_BALANCE_CACHE_TTL", 1.0, low=0)
     rate_limits: RateLimits = RateLimits()
-    limiter_timeout: float = 0.5
-    limiter_fail_open: bool = False
-    plans: Mapping[str, int] = field(default_factory=lambda: {"pro": 2_000_000, "business": 10_000_000})
-    package_days: int = 30
-    meter_batch: int = 512
-    meter_interval: float = 0.05
-    upstream_attempts: int = 3
-    retry_backoff: float = 0.2
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 30.0
-    drain_timeout: float = 30.0
+    limiter_timeout: float = setting("ZOWY_LIMITER_TIMEOUT", 0.5, low=0.001)
+    limiter_fail_open: bool = setting("ZOWY_LIMITER_FAIL_OPEN", False)
+    plans: Plans = Plans()
+    package_days: int = setting("ZOWY_PACKAGE_DAYS", 30, low=1)
+    meter_batch: int = setting("ZOWY_METER_BATCH", 512, low=1)
+    meter_interval: float = setting("ZOWY_METER_INTERVAL", 0.05, low=0.001)
+    upstream_attempts: int = setting("ZOWY_UPSTREAM_ATTEMPTS", 3, low=1)
+    retry_backoff: float = setting("ZOWY_RETRY_BACKOFF", 0.2, low=0)
+    breaker_min_requests: int = setting("ZOWY_BREAKER_MIN_REQUESTS", 20, low=1)
+    breaker_failure_ratio: float = setting("ZOWY_BREAKER_FAILURE_RATIO", 0.5, low=0.01, high=1)
+    breaker_window: float = setting("ZOWY_BREAKER_WINDOW", 30.0, low=1)
+    breaker_cooldown: float = setting("ZOWY_BREAKER_COOLDOWN", 30.0, low=0)
+    max_upstream_body_bytes: int = setting("ZOWY_MAX_UPSTREAM_BODY_BYTES", 32 * 1024 * 1024, low=1024)
+    drain_timeout: float = setting("ZOWY_DRAIN_TIMEOUT", 30.0, low=0)
+    demo_mode: str = setting("ZOWY_DEMO", "auto", choices=("auto", "on", "off"))
+    log_level: str = setting("ZOWY_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    log_format: str = setting("ZOWY_LOG_FORMAT", "json", choices=("json", "text"))
+    access_log: bool = setting("ZOWY_ACCESS_LOG", True)
+    metrics: str = setting("ZOWY_METRICS", "admin", choices=("admin", "public", "off"))
+    # Derived when read: the public models of the models file, and whether demo mode is on.
+    models: Mapping[str, PublicModel] = field(default_factory=dict)
     demo: bool = False
-    demo_upstream_port: int = 8099
-    log_level: str = "INFO"
-    log_format: str = "json"
-    access_log: bool = True
-    metrics: str = "admin"
 
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
 
     @property
+    def sqlite_file(self) -> Path:
+        return self.sqlite_path or self.data_dir / "zowy.db"
+
+    @property
     def store_url(self) -> str:
-        return self.mongo_url or f"sqlite:///{self.sqlite_path}"
+        return self.mongo_url or f"sqlite:///{self.sqlite_file}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from ``ZOWY_*`` variables (``os.environ`` when none given)."""
         env = os.environ if environ is None else environ
-        get = env.get
-        data_dir = Path(get("ZOWY_DATA_DIR", "var"))
-        models_file = Path(get("ZOWY_MODELS_FILE") or DEFAULT_MODELS_FILE)
-        models = load_models(models_file, env)
-        demo_mode = get("ZOWY_DEMO", "auto").lower()
-        if demo_mode not in ("auto", "on", "off"):
-            raise ConfigError("ZOWY_DEMO must be auto, on or off")
+        values = _read(cls, env)
+        models = load_models(values["models_file"], env)
         any_key = any(t.enabled for m in models.values() for t in m.targets)
-        demo = demo_mode == "on" or (demo_mode == "auto" and not any_key)
-        demo_port = _int(get, "ZOWY_DEMO_UPSTREAM_PORT", 8099)
+        demo = values["demo_mode"] == "on" or (values["demo_mode"] == "auto" and not any_key)
         if demo:
-            models = demo_models(models, f"http://127.0.0.1:{demo_port}/v1")
-        return cls(
-            host=get("ZOWY_HOST", "127.0.0.1"),
-            port=_int(get, "ZOWY_PORT", 8000),
-            workers=_int(get, "ZOWY_WORKERS", 1, low=1),
-            data_dir=data_dir,
-            sqlite_path=Path(get("ZOWY_SQLITE_PATH") or data_dir / "zowy.db"),
-            mongo_url=get("ZOWY_MONGO_URL", ""),
-            mongo_db=get("ZOWY_MONGO_DB", "zowy"),
-            store_timeout=_float(get, "ZOWY_STORE_TIMEOUT", 2.0),
-            models_file=models_file,
-            models=models,
-            identity_prompt=get("ZOWY_IDENTITY_PROMPT") or DEFAULT_IDENTITY_PROMPT,
-            max_body_bytes=_int(get, "ZOWY_MAX_BODY_BYTES", 16 * 1024 * 1024, low=1024),
-            max_header_bytes=min(_int(get, "ZOWY_MAX_HEADER_BYTES", 8192, low=1024), 16384),
-            body_timeout=_float(get, "ZOWY_BODY_TIMEOUT", 30.0),
-            request_limits=RequestLimits(
-                messages=_int(get, "ZOWY_MAX_MESSAGES", 2048, low=1),
-                text_chars=_int(get, "ZOWY_MAX_TEXT_CHARS", 2_000_000, low=1),
-                tools=_int(get, "ZOWY_MAX_TOOLS", 128, low=0),
-                image_url_bytes=_int(get, "ZOWY_MAX_IMAGE_URL_BYTES", 10 * 1024 * 1024, low=1024),
-            ),
-            admin_token=get("ZOWY_ADMIN_TOKEN", ""),
-            key_pepper=get("ZOWY_KEY_PEPPER", ""),
-            key_cache_ttl=_float(get, "ZOWY_KEY_CACHE_TTL", 5.0),
-            balance_cache_ttl=_float(get, "ZOWY_BALANCE_CACHE_TTL", 1.0),
-            rate_limits=RateLimits(
-                per_minute=_int(get, "ZOWY_RATE_LIMIT_PER_MINUTE", 60, low=1),
-                per_hour=_int(get, "ZOWY_RATE_LIMIT_PER_HOUR", 1000, low=1),
-            ),
-            limiter_timeout=_float(get, "ZOWY_LIMITER_TIMEOUT", 0.5),
-            limiter_fail_open=_bool(get, "ZOWY_LIMITER_FAIL_OPEN", False),
-            plans={
-                "pro": _int(get, "ZOWY_PLAN_PRO_TOKENS", 2_000_000, low=1),
-                "business": _int(get, "ZOWY_PLAN_BUSINESS_TOKENS", 10_000_000, low=1),
-            },
-            package_days=_int(get, "ZOWY_PACKAGE_DAYS", 30, low=1),
-            meter_batch=_int(get, "ZOWY_METER_BATCH", 512, low=1),
-            meter_interval=_float(get, "ZOWY_METER_INTERVAL", 0.05),
-            upstream_attempts=_int(get, "ZOWY_UPSTREAM_ATTEMPTS", 3, low=1),
-            retry_backoff=_float(get, "ZOWY_RETRY_BACKOFF", 0.2),
-            breaker_threshold=_int(get, "ZOWY_BREAKER_THRESHOLD", 5, low=1),
-            breaker_cooldown=_float(get, "ZOWY_BREAKER_COOLDOWN", 30.0),
-            drain_timeout=_float(get, "ZOWY_DRAIN_TIMEOUT", 30.0),
-            demo=demo,
-            demo_upstream_port=demo_port,
-            log_level=get("ZOWY_LOG_LEVEL", "INFO").upper(),
-            log_format=_choice(get, "ZOWY_LOG_FORMAT", ("json", "text"), "json"),
-            access_log=_bool(get, "ZOWY_ACCESS_LOG", True),
-            metrics=_choice(get, "ZOWY_METRICS", ("admin", "public", "off"), "admin"),
-        )
+            models = demo_models(models)
+        return cls(**values, models=models, demo=demo)
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+
+def _read(cls: type, env: Mapping[str, str]) -> dict[str, Any]:
+    """Every declared setting of ``cls`` (and of the setting groups it holds) from ``env``."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "env" in meta:
+            values[f.name] = _parse(meta, f.default, env.get(meta["env"]))
+        elif dataclasses.is_dataclass(f.default):
+            values[f.name] = type(f.default)(**_read(type(f.default), env))
+    return values
+
+
+def _parse(meta: Mapping[str, Any], default: Any, raw: str | None) -> Any:
+    name = meta["env"]
+    if raw is None or raw == "":
+        return default
+    kind = type(default)
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    if isinstance(default, Path) or default is None:
+        return Path(raw)
+    if kind in (int, float):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        if value != value:
+            raise ConfigError(f"{name} must be a number, got {raw!r}")
+        if meta["low"] is not None and value < meta["low"]:
+            raise ConfigError(f"{name} must be >= {meta['low']}, got {raw}")
+        if meta["high"] is not None and value > meta["high"]:
+            raise ConfigError(f"{name} must be <= {meta['high']}, got {raw}")
+        return value
+    choices = meta["choices"]
+    if choices:
+        value = raw.strip()
+        match = next((c for c in choices if c.lower() == value.lower()), None)
+        if match is None:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return match
+    return raw
 
 
 def load_models(path: Path, env: Mapping[str, str]) -> dict[str, PublicModel]:
@@ -212,12 +267,9 @@ def load_models(path: Path, env: Mapping[str, str]) -> dict[str, PublicModel]:
     for name, raw in doc.get("targets", {}).items():
         raw = dict(raw)
         provider = raw.pop("provider", "openai")
-        if provider not in PROVIDERS:
-            raise ConfigError(f"target {name}: provider must be one of {PROVIDERS}")
-        params = raw.pop("params", {})
-        bad = {k: v for k, v in params.items() if v not in PARAM_POLICIES}
-        if bad:
-            raise ConfigError(f"target {name}: params policies must be one of {PARAM_POLICIES}: {bad}")
+        if provider not in PROVIDER_NAMES:
+            raise ConfigError(f"target {name}: provider must be one of {PROVIDER_NAMES}")
+        params = {param: _policy(name, param, spec) for param, spec in raw.pop("params", {}).items()}
         timeouts = replace(defaults, **raw.pop("timeouts", {}))
         key_env = raw.pop("api_key_env", "")
         try:
@@ -240,63 +292,38 @@ def load_models(path: Path, env: Mapping[str, str]) -> dict[str, PublicModel]:
         missing = [n for n in names if n not in targets]
         if missing or not names:
             raise ConfigError(f"model {model_id}: unknown or no targets {missing}")
+        completion = raw.get("default_completion_tokens", 4096)
+        if type(completion) is not int or completion < 1:
+            raise ConfigError(f"model {model_id}: default_completion_tokens must be a positive integer")
         models[model_id] = PublicModel(
             id=model_id,
             created=int(raw.get("created", 1735689600)),
             targets=tuple(targets[n] for n in names),
             vision=bool(raw.get("vision", False)),
+            default_completion_tokens=completion,
         )
     return models
 
 
-def demo_models(models: Mapping[str, PublicModel], base_url: str) -> dict[str, PublicModel]:
-    """Point every target at the bundled fake upstream, keeping names and capabilities."""
+def _policy(target: str, param: str, spec: Any) -> ParamPolicy:
+    """``"drop"``, or ``{ action = "reject", unless = { reasoning_effort = ["none"] } }``."""
+    if isinstance(spec, str):
+        spec = {"action": spec}
+    if not isinstance(spec, dict) or spec.get("action") not in PARAM_POLICIES:
+        raise ConfigError(f"target {target}: params.{param} must be one of {PARAM_POLICIES} or a table with 'action'")
+    unless = spec.get("unless", {})
+    if not isinstance(unless, dict):
+        raise ConfigError(f"target {target}: params.{param}.unless must be a table of field = [values]")
+    conditions = tuple(
+        Condition(field_name, tuple(values if isinstance(values, list) else [values]))
+        for field_name, values in unless.items()
+    )
+    return ParamPolicy(spec["action"], conditions)
+
+
+def demo_models(models: Mapping[str, PublicModel]) -> dict[str, PublicModel]:
+    """Serve every target from the built-in demo model, keeping names and capabilities."""
     return {
-        mid: replace(m, targets=tuple(replace(t, base_url=base_url, api_key="demo") for t in m.targets))
+        mid: replace(m, targets=tuple(replace(t, base_url="demo:", api_key="demo") for t in m.targets))
         for mid, m in models.items()
     }
-
-
-def _int(get, name: str, default: int, low: int | None = None) -> int:
-    raw = get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if low is not None and value < low:
-        raise ConfigError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-def _float(get, name: str, default: float) -> float:
-    raw = get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= 0:
-        raise ConfigError(f"{name} must be >= 0, got {raw!r}")
-    return value
-
-
-def _choice(get, name: str, choices: tuple[str, ...], default: str) -> str:
-    value = (get(name) or default).strip().lower()
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _bool(get, name: str, default: bool) -> bool:
-    raw = get(name)
-    if raw in (None, ""):
-        return default
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")

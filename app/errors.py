@@ -56,6 +56,13 @@ class AdminUnauthorized(GatewayError):
     message = "A valid admin token is required."
 
 
+class AdminDisabled(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "admin_disabled"
+    message = "The admin API is disabled: set ZOWY_ADMIN_TOKEN to enable it."
+
+
 class InsufficientQuota(GatewayError):
     status = 402
     type = "insufficient_quota"
@@ -105,11 +112,27 @@ class HeaderTooLarge(GatewayError):
     message = "The request headers are too large."
 
 
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+    message = "The resource already exists."
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
     message = "Rate limit reached for requests."
+
+
+class ClientGone(GatewayError):
+    """The caller hung up; nobody reads this answer, and it is not the gateway's failure."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "client_closed_request"
+    message = "The client closed the connection."
 
 
 class ServerError(GatewayError):
@@ -130,6 +153,15 @@ class Overloaded(GatewayError):
     type = "server_error"
     code = "overloaded"
     message = "The model is currently overloaded. Please retry shortly."
+
+
+class StreamCut(GatewayError):
+    """A stream the gateway ended itself: it is shutting down and the drain deadline passed."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+    message = "The server is restarting and ended this response early. Please retry."
 
 
 class StoreUnavailable(GatewayError):

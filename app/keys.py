@@ -5,12 +5,11 @@ A key is shown once at creation; the store only ever sees its HMAC-SHA256 under 
 from __future__ import annotations
 
 import hmac
-import os
-import random
 import secrets
 
+from .ids import new_id
+
 KEY_PREFIX = "zk-"
-KEY_ID_PREFIX = "key_"
 _SECRET_BYTES = 30
 
 
@@ -18,22 +17,8 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
 
 
-# Request ids need to be unique, not secret: a generator seeded from the OS once per process
-# (and again in a forked child) instead of a system call per request.
-_ids = random.Random()
-os.register_at_fork(after_in_child=_ids.seed)
-
-
-def request_id() -> str:
-    return f"{_ids.getrandbits(96):024x}"
-
-
 def new_key_id() -> str:
-    return KEY_ID_PREFIX + secrets.token_hex(8)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
+    return new_id("key")
 
 
 def key_hash(key: str, pepper: str) -> str:

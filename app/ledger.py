@@ -131,8 +131,6 @@ class Meter:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._spooled = False
-        self.written = 0
-        self.spooled = 0
 
     def record(self, entry: LedgerEntry) -> None:
         """Hand over one entry; never blocks, never fails."""
@@ -193,7 +191,7 @@ class Meter:
             await asyncio.sleep(0)  # let requests in between batches
             try:
                 async with asyncio.timeout(self.write_timeout):
-                    self.written += await self.store.record(batch)
+                    await self.store.record(batch)
             except (StoreUnavailable, TimeoutError):
                 log.error("store unavailable: spooling %d ledger entries", len(batch))
                 self._spooled = True
@@ -207,7 +205,6 @@ class Meter:
 
     def _to_spool(self, batch: list[LedgerEntry]) -> None:
         self.spool.append(batch)
-        self.spooled += len(batch)
 
     async def _replay(self) -> None:
         try:
@@ -216,7 +213,6 @@ class Meter:
         except (StoreUnavailable, TimeoutError):
             return
         self._spooled = False
-        self.written += added
         log.warning("store is back: replayed %d spooled ledger entries", added)
 
     async def close(self) -> None:

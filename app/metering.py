@@ -25,6 +25,8 @@ class LedgerEntry:
     created_at: float
     attempts: int = 1
     debits: list[list] = field(default_factory=list)
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,10 +42,16 @@ class Usage:
     completion_tokens: int
     total_tokens: int
     estimated: bool = False
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
     @classmethod
     def from_upstream(cls, raw: object) -> "Usage | None":
-        """Read an OpenAI ``usage`` object; None when it is missing or malformed."""
+        """Read an OpenAI ``usage`` object; None when it is missing or malformed.
+
+        ``total_tokens`` is billed as reported: Gemini counts thinking tokens in it, beyond
+        prompt + completion. A total below their sum is taken as their sum.
+        """
         if not isinstance(raw, dict):
             return None
         prompt = raw.get("prompt_tokens")
@@ -53,15 +61,23 @@ class Usage:
         total = raw.get("total_tokens")
         if type(total) is not int or total < prompt + completion:
             total = prompt + completion
-        return cls(prompt, completion, total)
+        return cls(
+            prompt, completion, total,
+            reasoning_tokens=_detail(raw, "completion_tokens_details", "reasoning_tokens"),
+            cached_tokens=_detail(raw, "prompt_tokens_details", "cached_tokens"),
+        )
 
 
-ZERO = Usage(0, 0, 0)
+def _detail(raw: dict, group: str, name: str) -> int:
+    details = raw.get(group)
+    value = details.get(name) if type(details) is dict else None
+    return value if type(value) is int and value > 0 else 0
 
 
-def estimate_tokens(n_bytes: int) -> int:
-    """Rough token count of UTF-8 text: ~4 bytes a token, at least one for anything non-empty."""
-    return (n_bytes + 3) // 4
+def estimate_tokens(n_chars: int) -> int:
+    """Rough token count of text: ~4 characters a token, at least one for anything non-empty,
+    never more than the characters themselves."""
+    return (n_chars + 3) // 4
 
 
 def estimate_usage(prompt_bytes: int, completion_tokens: int) -> Usage:

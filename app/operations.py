@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 from .config import Settings
 from .errors import InvalidRequest, NotFound
-from .keys import display_prefix, key_hash, new_id, new_key, new_key_id
+from .ids import new_id
+from .keys import display_prefix, key_hash, new_key, new_key_id
 from .store import Account, KeyRecord, Package, Store
 from .store.base import active_packages
 

@@ -1,12 +1,15 @@
 """Request validation for chat completions: one pydantic-core pass over the raw body bytes.
 
-``parse_chat_request(body)`` returns the validated request as a plain dict or raises
-``InvalidRequest`` naming the offending field the way OpenAI does (``messages[0].content``).
+``parse_chat_request(body)`` returns the validated request as a plain dict with what was learned of
+it on the way, or raises ``InvalidRequest`` naming the offending field as OpenAI does.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
@@ -77,7 +80,14 @@ _part = cs.tagged_union_schema(
 _content = cs.union_schema([(_str, "@text"), (_list(_part), "@parts")])
 
 _function_call = _obj({"name": _req(_str), "arguments": _req(_str)})
-_tool_call = _obj({"id": _req(_str), "type": _req(_lit("function")), "function": _req(_function_call)})
+# Vendor fields a provider's answer carries and the next request must send back (Gemini's
+# ``extra_content.google.thought_signature``): any JSON object, bounded in size.
+_tool_call = _obj({
+    "id": _req(_str),
+    "type": _req(_lit("function")),
+    "function": _req(_function_call),
+    "extra_content": _opt(_any_obj),
+})
 
 _message = _obj({
     "role": _req(_lit(*ROLES)),
@@ -90,6 +100,7 @@ _message = _obj({
     "annotations": _opt(_list(cs.any_schema())),
     "audio": _opt(cs.any_schema()),
     "function_call": _opt(cs.any_schema()),
+    "extra_content": _opt(_any_obj),
 })
 
 _function = _obj({
@@ -166,13 +177,24 @@ _TYPE_NAMES = {
 }
 
 
-def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> dict[str, Any]:
-    """Validate a chat completions body; return it as a dict or raise InvalidRequest."""
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What validation learned of a request on its way: its images (where the first one is, and
+    how many bytes of the body they take) and how many characters of text it holds."""
+
+    first_image: str | None = None
+    images: int = 0
+    image_bytes: int = 0
+    text_chars: int = 0
+
+
+def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> tuple[dict[str, Any], RequestFacts]:
+    """Validate a chat completions body; return it as a dict with its facts, or raise InvalidRequest."""
     try:
         request = _chat_validator.validate_json(body)
     except ValidationError as exc:
         raise _invalid(CHAT_REQUEST_SCHEMA, exc) from None
-    _check_messages(request["messages"], limits)
+    facts = _check_messages(request["messages"], limits)
     if request.get("top_logprobs") is not None and not request.get("logprobs"):
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
     tools = request.get("tools")
@@ -184,7 +206,7 @@ def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> 
     response_format = request.get("response_format")
     if response_format and response_format["type"] == "json_schema":
         _check_free_form(response_format["json_schema"].get("schema"), "response_format.json_schema.schema")
-    return request
+    return request, facts
 
 
 _INT_RANGE = (-(2**63), 2**64 - 1)
@@ -207,14 +229,23 @@ def _check_free_form(value: Any, param: str) -> None:
         raise InvalidRequest(f"Invalid value for '{param}': integers must fit in 64 bits.", param=param)
 
 
-def _check_messages(messages: list[dict], limits: RequestLimits) -> None:
+def _check_vendor_field(value: dict, param: str, limits: RequestLimits) -> None:
+    _check_free_form(value, param)
+    if len(orjson.dumps(value)) > limits.vendor_field_bytes:
+        raise InvalidRequest(
+            f"Invalid '{param}': larger than {limits.vendor_field_bytes} bytes.", param=param, code="vendor_field_too_large"
+        )
+
+
+def _check_messages(messages: list[dict], limits: RequestLimits) -> RequestFacts:
     """Role rules a schema cannot say (who needs content, which parts each role may send), and
     the configured size limits."""
     if len(messages) > limits.messages:
         raise InvalidRequest(
             f"Too many messages: at most {limits.messages} are allowed.", param="messages", code="array_above_max_length"
         )
-    chars = 0
+    chars = images = image_bytes = 0
+    first_image = None
     for i, message in enumerate(messages):
         role = message["role"]
         content = message.get("content")
@@ -233,6 +264,16 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> None:
                 _check_free_form(message[echoed], f"messages[{i}].{echoed}")
         if message.get("tool_calls") and role != "assistant":
             raise InvalidRequest(f"'messages[{i}].tool_calls' is only allowed on assistant messages.", param=f"messages[{i}].tool_calls")
+        if message.get("extra_content") is not None:
+            if role != "assistant":
+                raise InvalidRequest(
+                    f"Unrecognized parameter: 'messages[{i}].extra_content' (only assistant messages carry it).",
+                    param=f"messages[{i}].extra_content", code="unknown_parameter",
+                )
+            _check_vendor_field(message["extra_content"], f"messages[{i}].extra_content", limits)
+        for k, call in enumerate(message.get("tool_calls") or ()):
+            if call.get("extra_content") is not None:
+                _check_vendor_field(call["extra_content"], f"messages[{i}].tool_calls[{k}].extra_content", limits)
         if type(content) is str:
             chars += len(content)
         elif type(content) is list:
@@ -247,13 +288,19 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> None:
                 if kind == "text":
                     chars += len(part["text"])
                 elif kind == "image_url":
-                    _check_image_url(part["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url", limits)
+                    url = part["image_url"]["url"]
+                    _check_image_url(url, f"messages[{i}].content[{j}].image_url.url", limits)
+                    if first_image is None:
+                        first_image = f"messages[{i}].content[{j}].type"
+                    images += 1
+                    image_bytes += len(url)
         if chars > limits.text_chars:
             raise InvalidRequest(
                 f"The messages hold too much text: at most {limits.text_chars} characters are allowed.",
                 param="messages",
                 code="context_length_exceeded",
             )
+    return RequestFacts(first_image, images, image_bytes, chars)
 
 
 _PARTS_BY_ROLE = {

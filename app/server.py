@@ -15,6 +15,7 @@ from sanic.response import HTTPResponse
 from . import logs
 from .config import Settings
 from .errors import (
+    ClientGone,
     GatewayError,
     HeaderTooLarge,
     InvalidRequest,
@@ -25,7 +26,7 @@ from .errors import (
     ServerError,
     StoreUnavailable,
 )
-from .keys import request_id
+from .ids import new_request_id
 from .metrics import Metrics
 from .routes import admin, chat, health, models, usage
 from .services import Services
@@ -43,18 +44,11 @@ class GatewayErrorHandler(ErrorHandler):
         if ctx_headers:
             headers.update(ctx_headers)
         headers.update(error.headers)
-        headers.setdefault("x-request-id", request_id())
+        headers.setdefault("x-request-id", new_request_id())
         return HTTPResponse(error.body(), status=error.status, headers=headers, content_type="application/json")
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         return self.response(request, exception)
-
-
-class ClientGone(GatewayError):
-    status = 400
-    type = "invalid_request_error"
-    code = "client_closed_request"
-    message = "The client closed the connection."
 
 
 def as_gateway_error(request: Request | None, exception: BaseException) -> GatewayError:
@@ -136,7 +130,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
     @app.on_response
     async def finish_response(request: Request, response: HTTPResponse) -> None:
         if "x-request-id" not in response.headers:
-            response.headers["x-request-id"] = request_id()
+            response.headers["x-request-id"] = new_request_id()
         if app.ctx.services.draining and request.stream is not None:
             request.stream.keep_alive = False
 

@@ -1,4 +1,5 @@
-"""The resources one worker process owns: store connection, upstream pool, caches, ledger writer.
+"""The resources one worker process owns: store connection, upstream client, caches, ledger writer,
+and the chat requests in flight.
 
 Built in ``before_server_start`` (after the fork) and closed when the worker stops.
 """
@@ -6,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .admission import Admission
 from .config import Settings
@@ -16,6 +18,10 @@ from .logs import AccessLog
 from .metrics import Metrics
 from .store import Store, open_store
 from .upstream.client import UpstreamClient
+from .upstream.mock import MockTransport
+
+if TYPE_CHECKING:
+    from .exchange import Exchange
 
 log = logging.getLogger("zowy")
 
@@ -32,22 +38,31 @@ class Services:
     metrics: Metrics
     access_log: AccessLog
     draining: bool = False
+    exchanges: set["Exchange"] = field(default_factory=set)
     _ticker: asyncio.Task | None = None
-    inflight: int = 0
 
     @classmethod
-    def build(cls, settings: Settings) -> "Services":
+    def build(cls, settings: Settings, transport=None) -> "Services":
+        """A worker's services; ``transport`` replaces the HTTP one (the demo model, unit tests)."""
+        if transport is None and settings.demo:
+            from . import demo
+
+            transport = MockTransport(demo.answer)
         store = open_store(settings)
         metrics = Metrics()
         return cls(
             settings=settings,
             store=store,
-            upstream=UpstreamClient(settings, metrics=metrics),
+            upstream=UpstreamClient(settings, transport=transport, metrics=metrics),
             admission=Admission(settings, store),
             meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics),
             metrics=metrics,
             access_log=AccessLog(settings.log_format, enabled=settings.access_log),
         )
+
+    @property
+    def inflight(self) -> int:
+        return len(self.exchanges)
 
     async def start(self) -> None:
         """Open the upstream pool and the store, then replay spooled ledger entries."""

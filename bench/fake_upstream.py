@@ -47,16 +47,24 @@ occurrences are read, later ones win); they never appear in the reply.
   refusal=1            content null, refusal "I can't help with that."
   fail_first=<n>,key=<id>   the first n requests with that key get a 503
   mode=openai|gemini   per-request mode
+  thinking=<n>         gemini: n hidden thinking tokens, counted in total_tokens only
+  calls=<n>            with a tool call: n parallel calls (all in one chunk in gemini mode)
+  no_id=1              gemini: chunks without a top-level "id" (as gemini-2.0-flash sends them)
 Events are counted from 0 in stream order: role chunk, content chunks, finish chunk,
 usage chunk (if any), ``[DONE]``; "after n events" means after the n-th was sent.
 
 Modes
   openai  error ``{"error": {"message", "type", "param", "code"}}``.
-  gemini  imitates Google's OpenAI-compatible endpoint: error bodies are a JSON list
-          ``[{"error": {"code", "message", "status"}}]``; ``model`` is ``models/<model>``;
-          no ``system_fingerprint``; short ids without ``chatcmpl-``; streamed usage rides
-          on the finish chunk (always); 400 for fields Gemini does not know
-          (:data:`GEMINI_REJECTED_FIELDS`).
+  gemini  Google's OpenAI-compatible endpoint as recorded (tests/conformance/recordings):
+          compact JSON with keys in alphabetical order; ``model`` the bare requested name; no
+          ``system_fingerprint``; a 23-character id without ``chatcmpl-``; ``role`` in every
+          delta and no ``finish_reason`` key until the last content chunk, which carries it;
+          with ``include_usage`` a running usage on every chunk, the final one on the last
+          content chunk (no chunk of its own); a tool call whole in one chunk, without
+          ``index``, with ``extra_content.google.thought_signature``; error bodies a
+          pretty-printed JSON list ``[{"error": {"code", "message", "status"}}]``; 400 for
+          fields Gemini does not know (:data:`GEMINI_REJECTED_FIELDS`), and for a gemini-3
+          model, 400 when an assistant tool call sent back lacks its thought signature.
 
 Introspection: ``/_fake/requests?n=K`` returns a JSON list of the last K (default: all)
 records ``{"path", "headers" (lowercased), "body" (parsed JSON, else text), "received_at"}``
@@ -120,6 +128,7 @@ GEMINI_REJECTED_FIELDS = frozenset(
 )
 SYSTEM_FINGERPRINT = "fp_fake123"
 TOOL_CALL_ID = "call_fake1"
+THOUGHT_SIGNATURE = "EjQKMgG+Pvb7c2lnbmF0dXJlLW9mLXRoZS1mYWtlLXVwc3RyZWFt"
 TOOL_ARGUMENTS = '{"city": "Tashkent"}'
 TOOL_ARGUMENT_PIECES = ('{"city', '": "Tash', "kent", '"}')
 REFUSAL_TEXT = "I can't help with that."
@@ -130,7 +139,7 @@ RECORDS_KEPT = 200
 _DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
 _INT_KEYS = frozenset(
     {"status", "cut", "malformed", "chunks", "size", "error_event", "fail_first", "after",
-     "content_filter", "refusal"}
+     "content_filter", "refusal", "thinking", "calls", "no_id"}
 )
 _FLOAT_KEYS = frozenset({"delay", "think"})
 _STR_KEYS = frozenset({"hang", "echo", "key", "mode"})
@@ -293,7 +302,8 @@ def _error_body(mode: str, status: int, message: str, *, param: str | None = Non
     if mode == "gemini":
         gstatus = _GEMINI_STATUS.get(status) or (
             "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
-        return orjson.dumps([{"error": {"code": status, "message": message, "status": gstatus}}])
+        doc = [{"error": {"code": status, "message": message, "status": gstatus}}]
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
     dtype, dcode, _ = _OPENAI_ERRORS.get(status) or (
         ("server_error" if status >= 500 else "invalid_request_error"), None, "")
     return orjson.dumps({"error": {"message": message, "type": type_ or dtype,
@@ -302,7 +312,7 @@ def _error_body(mode: str, status: int, message: str, *, param: str | None = Non
 
 def _new_id(mode: str) -> str:
     if mode == "gemini":
-        return secrets.token_urlsafe(16)[:20]
+        return secrets.token_urlsafe(18)[:23]
     return "chatcmpl-" + secrets.token_urlsafe(21)[:28]
 
 
@@ -554,6 +564,16 @@ class FakeUpstream:
             raise _BadRequest("top_logprobs must be an integer between 0 and 20", "top_logprobs")
         if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
             raise _BadRequest("stream_options must be an object", "stream_options")
+        if mode == "gemini" and body["model"].startswith("gemini-3"):
+            for i, m in enumerate(messages):
+                for call in (m.get("tool_calls") or []) if isinstance(m, dict) else []:
+                    google = ((call.get("extra_content") or {}).get("google") or {})
+                    if not google.get("thought_signature"):
+                        raise _BadRequest(
+                            "Function call is missing a thought_signature in functionCall parts. "
+                            f"Additional data, function call `default_api:{(call.get('function') or {}).get('name')}` , "
+                            f"position {i + 1}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures "
+                            "for more details.")
         if mode == "gemini":
             for field in body:
                 if field in GEMINI_REJECTED_FIELDS:
@@ -587,9 +607,12 @@ class FakeUpstream:
         if d.get("content_filter"):
             plan["kind"], plan["finish"], plan["pieces"] = "text", "content_filter", []
             return plan
+        plan["thinking"] = max(0, d.get("thinking", 0))
+        plan["no_id"] = bool(d.get("no_id"))
         tool = _tool_name(body, user_text)
         if tool is not None:
             plan["kind"], plan["finish"], plan["tool"] = "tool", "tool_calls", tool
+            plan["calls"] = max(1, d.get("calls", 1))
             plan["pieces"] = list(TOOL_ARGUMENT_PIECES)
             return plan
         plan["kind"], plan["finish"] = "text", "stop"
@@ -622,12 +645,14 @@ class FakeUpstream:
                 "openai-model": plan["model"]}
 
     def _completion_bytes(self, plan: dict) -> bytes:
+        if plan["mode"] == "gemini":
+            return _gemini_completion(plan)
         kind, pieces = plan["kind"], plan["pieces"]
         if kind == "tool":
             message: dict = {"role": "assistant", "content": None, "tool_calls": [{
-                "id": TOOL_CALL_ID, "type": "function",
-                "function": {"name": plan["tool"], "arguments": TOOL_ARGUMENTS}}],
-                "refusal": None}
+                "id": _call_id(TOOL_CALL_ID, i), "type": "function",
+                "function": {"name": plan["tool"], "arguments": TOOL_ARGUMENTS}}
+                for i in range(plan["calls"])], "refusal": None}
         elif kind == "refusal":
             message = {"role": "assistant", "content": None, "refusal": REFUSAL_TEXT}
         else:
@@ -639,12 +664,6 @@ class FakeUpstream:
         finish = plan["finish"]
         choices = [{"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
                    for i in range(plan["n"])]
-        if plan["mode"] == "gemini":
-            model = plan["model"]
-            return orjson.dumps({
-                "id": plan["id"], "object": "chat.completion", "created": plan["created"],
-                "model": model if model.startswith("models/") else "models/" + model,
-                "choices": choices, "usage": plan["usage"]})
         usage = dict(plan["usage"])
         usage["prompt_tokens_details"] = {"cached_tokens": 0}
         usage["completion_tokens_details"] = {"reasoning_tokens": 0}
@@ -688,11 +707,11 @@ class FakeUpstream:
     # -- stream
 
     def _events(self, plan: dict) -> list[bytes]:
-        mode, n, kind, pieces = plan["mode"], plan["n"], plan["kind"], plan["pieces"]
-        gemini = mode == "gemini"
+        if plan["mode"] == "gemini":
+            return _gemini_events(plan)
+        n, kind, pieces = plan["n"], plan["kind"], plan["pieces"]
+        gemini = False
         model = plan["model"]
-        if gemini and not model.startswith("models/"):
-            model = "models/" + model
         head = b"".join((
             b'data: {"id":', orjson.dumps(plan["id"]),
             b',"object":"chat.completion.chunk","created":', str(plan["created"]).encode(),
@@ -713,8 +732,9 @@ class FakeUpstream:
         for c in range(n):
             if kind == "tool":
                 first = {"role": "assistant", "content": None, "tool_calls": [{
-                    "index": 0, "id": TOOL_CALL_ID, "type": "function",
-                    "function": {"name": plan["tool"], "arguments": ""}}], "refusal": None}
+                    "index": i, "id": _call_id(TOOL_CALL_ID, i), "type": "function",
+                    "function": {"name": plan["tool"], "arguments": ""}} for i in range(plan["calls"])],
+                    "refusal": None}
             elif kind == "refusal":
                 first = {"role": "assistant", "content": None, "refusal": ""}
             else:
@@ -724,7 +744,8 @@ class FakeUpstream:
                                  "finish_reason": None}))
         for p in pieces:
             if kind == "tool":
-                delta: dict = {"tool_calls": [{"index": 0, "function": {"arguments": p}}]}
+                delta: dict = {"tool_calls": [{"index": i, "function": {"arguments": p}}
+                                              for i in range(plan["calls"])]}
             elif kind == "refusal":
                 delta = {"refusal": p}
             else:
@@ -784,6 +805,69 @@ class FakeUpstream:
             progress.events += 1
         await resp.write_eof()
         return resp
+
+
+def _call_id(base: str, i: int) -> str:
+    return base if i == 0 else f"{base}_{i}"
+
+
+def _gemini_usage(plan: dict, final: bool) -> dict:
+    usage = plan["usage"]
+    if not final:
+        return {"completion_tokens": 0, "prompt_tokens": usage["prompt_tokens"],
+                "total_tokens": usage["prompt_tokens"]}
+    return {"completion_tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"],
+            "total_tokens": usage["total_tokens"] + plan["thinking"]}
+
+
+def _gemini_calls(plan: dict, stream: bool) -> list[dict]:
+    """Gemini's tool calls: whole, in key order, with a thought signature and no index."""
+    return [{"extra_content": {"google": {"thought_signature": THOUGHT_SIGNATURE}},
+             "function": {"arguments": TOOL_ARGUMENTS, "name": plan["tool"]},
+             "id": _call_id(TOOL_CALL_ID, i), "type": "function"} for i in range(plan["calls"])]
+
+
+def _gemini_completion(plan: dict) -> bytes:
+    kind = plan["kind"]
+    if kind == "tool":
+        message: dict = {"role": "assistant", "tool_calls": _gemini_calls(plan, False)}
+    else:
+        text = REFUSAL_TEXT if kind == "refusal" else "".join(plan["pieces"])
+        message = {"content": text, "role": "assistant"}
+    choices = [{"finish_reason": plan["finish"], "index": i, "message": message} for i in range(plan["n"])]
+    doc = {"choices": choices, "created": plan["created"], "id": plan["id"], "model": plan["model"],
+           "object": "chat.completion", "usage": _gemini_usage(plan, True)}
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+
+def _gemini_events(plan: dict) -> list[bytes]:
+    """A Gemini stream: one chunk per piece (the tool call whole in one), the last content chunk
+    carrying finish_reason and the final usage, then [DONE]."""
+    kind, n = plan["kind"], plan["n"]
+    include_usage = plan["include_usage"]
+    if kind == "tool":
+        deltas = [{"role": "assistant", "tool_calls": _gemini_calls(plan, True)}]
+    else:
+        pieces = [REFUSAL_TEXT] if kind == "refusal" else (plan["pieces"] or [""])
+        deltas = [{"content": p, "role": "assistant"} for p in pieces]
+    events = []
+    for i, delta in enumerate(deltas):
+        last = i == len(deltas) - 1
+        choices = []
+        for c in range(n):
+            choice: dict = {"delta": delta, "index": c}
+            if last:
+                choice["finish_reason"] = plan["finish"]
+            choices.append(choice)
+        chunk: dict = {"choices": choices, "created": plan["created"], "model": plan["model"],
+                       "object": "chat.completion.chunk"}
+        if not plan["no_id"]:
+            chunk["id"] = plan["id"]
+        if include_usage:
+            chunk["usage"] = _gemini_usage(plan, last)
+        events.append(b"data: " + orjson.dumps(chunk, option=orjson.OPT_SORT_KEYS) + b"\n\n")
+    events.append(_DONE_EVENT)
+    return events
 
 
 def _split_words(text: str) -> list[str]:

@@ -38,6 +38,11 @@ class Cli:
         return out.stdout
 
     def key(self, account: str, per_minute: int | None, per_hour: int | None) -> str:
+        try:
+            self._run("accounts", "create", account)
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise
         args = ["keys", "create", "--account", account]
         if per_minute:
             args += ["--per-minute", str(per_minute)]

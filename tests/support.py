@@ -250,7 +250,7 @@ def gateway_env(data_dir: Path, models: Path, **overrides: str) -> dict[str, str
             "ZOWY_BALANCE_CACHE_TTL": "0.2",
             "ZOWY_RETRY_BACKOFF": "0.05",
             # Tests inject upstream failures on shared gateways; the breaker has its own tests.
-            "ZOWY_BREAKER_THRESHOLD": "1000000",
+            "ZOWY_BREAKER_MIN_REQUESTS": "1000000",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -24,6 +24,9 @@ def cli(tmp_path):
 
 
 def test_key_lifecycle_and_money_commands(cli, tmp_path):
+    missing = cli("keys", "create", "--account", "acme", ok=False)
+    assert missing.returncode == 1 and "acme" in missing.stderr  # never creates an account by accident
+    cli("accounts", "create", "acme")
     done = cli("keys", "create", "--account", "acme")
     key = done.stdout.strip().splitlines()[-1]
     assert key.startswith("zk-") and len(key) > 30

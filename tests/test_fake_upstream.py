@@ -472,20 +472,51 @@ async def test_gemini_errors_are_lists(http, gemini):
 
 
 async def test_gemini_non_stream_and_stream(http, gemini):
+    """The shapes of tests/conformance/recordings: sorted compact keys, bare model name, running
+    usage on every chunk with the final one on the last content chunk, whole tool calls."""
     async with await post(http, gemini, chat("hi", max_tokens=10)) as r:
-        data = await r.json()
-    assert data["model"] == "models/up-model-1"
-    assert "system_fingerprint" not in data and not data["id"].startswith("chatcmpl-")
+        raw = await r.read()
+    data = json.loads(raw)
+    assert raw.startswith(b'{"choices":[{"finish_reason":"stop","index":0,"message":{"content":')
+    assert data["model"] == "up-model-1"
+    assert "system_fingerprint" not in data and len(data["id"]) == 23
     assert data["choices"][0]["message"]["content"] == reply_text(4)
 
-    body = chat("hi", stream=True)
+    body = chat("hi", stream=True, stream_options={"include_usage": True})
     async with await post(http, gemini, body) as r:
         chunks = chunks_of(await r.read())
-    assert all(c["model"] == "models/up-model-1" and "system_fingerprint" not in c for c in chunks)
+    assert all(c["model"] == "up-model-1" and "system_fingerprint" not in c for c in chunks)
     assert all(c["choices"] for c in chunks)  # no separate choices: [] usage chunk
+    assert all("finish_reason" not in c["choices"][0] for c in chunks[:-1])
+    assert all(c["choices"][0]["delta"]["role"] == "assistant" for c in chunks)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-1]["usage"] == usage_for(body, 4)
-    assert all("usage" not in c for c in chunks[:-1])
+    assert all(c["usage"]["completion_tokens"] == 0 for c in chunks[:-1])
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    body = chat("call a tool [[fake:calls=2,thinking=30,no_id=1]]", stream=True, tools=tools,
+                stream_options={"include_usage": True})
+    async with await post(http, gemini, body) as r:
+        chunks = chunks_of(await r.read())
+    (chunk,) = chunks
+    assert "id" not in chunk
+    calls = chunk["choices"][0]["delta"]["tool_calls"]
+    assert len(calls) == 2 and all("index" not in c for c in calls)
+    assert all(c["extra_content"]["google"]["thought_signature"] for c in calls)
+    assert chunk["usage"]["total_tokens"] == usage_for(body, 4)["total_tokens"] + 30
+
+
+async def test_gemini_3_wants_thought_signatures_back(http, gemini):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    body = {"model": "gemini-3-flash", "messages": messages, "tools": tools}
+    async with await post(http, gemini, body) as r:
+        assert r.status == 400 and "thought_signature" in (await r.json())[0]["error"]["message"]
+    call["extra_content"] = {"google": {"thought_signature": "abc"}}
+    async with await post(http, gemini, body) as r:
+        assert r.status == 200
 
 
 async def test_gemini_mode_by_directive(http, upstream):

@@ -12,19 +12,12 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from .. import operations
-from ..errors import AdminUnauthorized, GatewayError
+from ..errors import AdminDisabled, AdminUnauthorized
 from ..keys import is_admin
 from ..schemas import parse_admin_body
 from ..services import Services
 
 bp = Blueprint("admin", url_prefix="/admin/v1")
-
-
-class AdminDisabled(GatewayError):
-    status = 403
-    type = "invalid_request_error"
-    code = "admin_disabled"
-    message = "The admin API is disabled: set ZOWY_ADMIN_TOKEN to enable it."
 
 
 @bp.on_request

@@ -15,4 +15,4 @@ def open_store(settings: Settings) -> Store:
         return MongoStore(settings.mongo_url, settings.mongo_db, timeout=settings.store_timeout)
     from .sqlite import SqliteStore
 
-    return SqliteStore(settings.sqlite_path, timeout=settings.store_timeout)
+    return SqliteStore(settings.sqlite_file, timeout=settings.store_timeout)

@@ -8,15 +8,8 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from ..errors import GatewayError
+from ..errors import Conflict
 from ..metering import LedgerEntry, PackageBalance, allocate
-
-
-class Conflict(GatewayError):
-    status = 409
-    type = "invalid_request_error"
-    code = "conflict"
-    message = "The resource already exists."
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,31 +1,35 @@
-"""Calls to upstream providers: one pooled client per worker, timeouts, retries and fallback.
+"""Calls to upstream providers: timeouts, retries and fallback over a transport, one per worker.
 
-The only module that imports aiohttp; its exceptions become ``errors.*`` in ``_failure`` alone.
-Retries and fallback happen only before the first byte reaches the caller.
+Retries and fallback happen only before the first byte reaches the caller. Transport exceptions
+become the gateway's errors in ``_upstream_failures``; what each attempt failed of is kept in
+``Attempts.failures`` for the access log.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
-import aiohttp
-from aiohttp.payload import BytesPayload
-
-from ..config import PublicModel, Settings, Target
-from ..errors import GatewayError, InvalidRequest, Overloaded, UpstreamError, UpstreamTimeout
-from ..identity import MalformedUpstream, StreamRewriter, scrub
+from ..config import PROVIDER_NAMES, PublicModel, Settings, Target
+from ..errors import GatewayError, InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
+from ..metering import Usage
 from ..metrics import BREAKER_STATES, Metrics
+from ..persona import guard_message, scrub
+from ..relay import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
 from .breaker import Breaker
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .provider import Provider
+from .transport import AiohttpTransport
 
 log = logging.getLogger("zowy.upstream")
 
-PROVIDERS: dict[str, Provider] = {"openai": OpenAIProvider(), "gemini": GeminiProvider()}
+ADAPTERS: dict[str, Provider] = {"openai": OpenAIProvider(), "gemini": GeminiProvider()}
+assert set(ADAPTERS) == set(PROVIDER_NAMES)
+
 _RETRYABLE_STATUS = frozenset((408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529))
 
 
@@ -39,10 +43,10 @@ class _Retryable(Exception):
 
 @dataclass(slots=True)
 class Attempts:
-    """What the dispatcher did for one request: for metering and logs.
+    """What the dispatcher did for one request, for metering and the access log.
 
     ``count`` is every attempt begun; ``sent`` those whose body went out to an upstream, which is
-    what makes a request billable.
+    what makes a request billable; ``failures`` the ``target:kind`` of each failed attempt.
     """
 
     count: int = 0
@@ -50,141 +54,236 @@ class Attempts:
     target: Target | None = None
     failures: list[str] = field(default_factory=list)
 
+    def mark_sent(self) -> None:
+        self.sent += 1
 
-class _Body(BytesPayload):
-    """The request body, noting in ``attempts`` the moment it is written to the upstream."""
 
-    def __init__(self, value: bytes, attempts: Attempts) -> None:
-        super().__init__(value, content_type="application/json")
-        self._attempts = attempts
-
-    async def write(self, writer) -> None:
-        self._attempts.sent += 1
-        await super().write(writer)
-
-    async def write_with_length(self, writer, content_length: int | None) -> None:
-        self._attempts.sent += 1
-        await super().write_with_length(writer, content_length)
+@contextmanager
+def _upstream_failures(classify: Callable[[BaseException], str | None]) -> Iterator[None]:
+    """Transport exceptions (and deadlines) of an attempt become a retryable failure of ours."""
+    try:
+        yield
+    except (_Retryable, GatewayError):
+        raise
+    except Exception as exc:
+        kind = classify(exc)
+        if kind is None:
+            raise
+        raise _Retryable(UpstreamTimeout() if kind == "timeout" else UpstreamError(), kind) from None
 
 
 class UpstreamStream:
-    """An open upstream stream whose first event has been read and rewritten."""
+    """An open upstream stream whose first event has been read. Iterate it for the bytes to send to
+    the caller; it raises a GatewayError if the stream breaks, and closes itself when it ends (the
+    connection goes back to the pool after a clean end)."""
 
-    __slots__ = ("_response", "_timeouts", "_deadline", "rewriter", "first", "target")
+    __slots__ = (
+        "_response", "_read", "_classify", "rewriter", "_first", "_idle", "_deadline", "_loop", "_timer",
+        "_last", "_timed_out", "_cut", "_open", "_ending",
+    )
 
-    def __init__(self, response: aiohttp.ClientResponse, target: Target, rewriter: StreamRewriter, first: bytes, deadline: float) -> None:
+    def __init__(self, response, rewriter: StreamRewriter, first: bytes, idle: float, deadline: float,
+                 classify: Callable[[BaseException], str | None]) -> None:
         self._response = response
-        self._timeouts = target.timeouts
-        self._deadline = deadline
+        self._read = response.content.readany
+        self._classify = classify
         self.rewriter = rewriter
-        self.first = first
-        self.target = target
+        self._first: bytes | None = first
+        self._idle = idle
+        self._deadline = deadline
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timed_out = False
+        self._cut = False
+        self._open = True
+        self._ending: GatewayError | None = None
+        self._arm()
 
-    async def read(self) -> bytes:
-        """The next raw bytes of the stream; b"" at its end. Raises on idle timeout or a broken stream."""
-        loop = asyncio.get_running_loop()
-        deadline = min(loop.time() + self._timeouts.idle, self._deadline)
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self._response.content.readany()
-        except TimeoutError:
-            raise UpstreamTimeout("The model backend stopped sending the response.") from None
-        except (aiohttp.ClientError, OSError):
-            raise UpstreamError("The model backend connection failed mid-response.") from None
+    def __aiter__(self) -> "UpstreamStream":
+        return self
 
-    def close(self) -> None:
-        """Drop the upstream connection (it cannot be reused mid-stream)."""
-        self._response.close()
+    async def __anext__(self) -> bytes:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if first:
+                return first
+        rewriter = self.rewriter
+        while not rewriter.done and self._open:
+            try:
+                chunk = await self._read()
+            except Exception as exc:
+                raise self._broken(exc) from None
+            self._last = self._loop.time()
+            try:
+                out = rewriter.feed(chunk) if chunk else rewriter.finish()
+            except MalformedUpstream:
+                raise self._fail(UpstreamError("The model backend sent an unreadable event.")) from None
+            if rewriter.error is not None:
+                raise self._fail(UpstreamError("The model backend failed while streaming the response."))
+            if not chunk and not rewriter.done:
+                # The body ended without [DONE]: what it completed goes out, then the failure.
+                self._ending = UpstreamError("The model backend ended the stream early.")
+                self.close(clean=False)
+                if out:
+                    return out
+                break
+            if out:
+                return out
+        if self._ending is not None:
+            error, self._ending = self._ending, None
+            raise error
+        self.close(clean=True)
+        raise StopAsyncIteration
 
-    def release(self) -> None:
-        self._response.release()
+    def _arm(self) -> None:
+        self._timer = self._loop.call_at(min(self._last + self._idle, self._deadline), self._check)
+
+    def _check(self) -> None:
+        """The idle timer: one per stream, moved along lazily instead of a timeout per read."""
+        now = self._loop.time()
+        if now >= self._deadline or now - self._last >= self._idle:
+            self._timed_out = True
+            self._response.close()
+        elif self._open:
+            self._arm()
+
+    def _broken(self, exc: Exception) -> GatewayError:
+        if self._cut:
+            return self._fail(StreamCut())
+        if self._timed_out:
+            return self._fail(UpstreamTimeout("The model backend stopped sending the response."))
+        if self._classify(exc) is None:
+            self.close(clean=False)
+            raise exc
+        return self._fail(UpstreamError("The model backend connection failed mid-response."))
+
+    def _fail(self, error: GatewayError) -> GatewayError:
+        self.close(clean=False)
+        return error
+
+    def cut(self) -> None:
+        """End the stream now (the drain deadline): the reader sees StreamCut."""
+        if self._open:
+            self._cut = True
+            self._response.close()
+
+    def close(self, clean: bool = False) -> None:
+        """Release the connection to the pool after a clean end, drop it otherwise; idempotent."""
+        if not self._open:
+            return
+        self._open = False
+        if self._timer is not None:
+            self._timer.cancel()
+        if clean:
+            self._response.release()
+        else:
+            self._response.close()
 
 
 class UpstreamClient:
-    def __init__(self, settings: Settings, breaker: Breaker | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, transport=None, breaker: Breaker | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.breaker = breaker or Breaker(settings.breaker_threshold, settings.breaker_cooldown)
+        per_host = max((t.max_connections for m in settings.models.values() for t in m.targets), default=256)
+        self.transport = transport if transport is not None else AiohttpTransport(per_host)
+        self.breaker = breaker or Breaker(
+            settings.breaker_min_requests, settings.breaker_failure_ratio, settings.breaker_window, settings.breaker_cooldown
+        )
         self.metrics = metrics or Metrics()
-        self._session: aiohttp.ClientSession | None = None
-        self._guard = {"role": "system", "content": settings.identity_prompt}
-        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._guard = guard_message(settings.persona_prompt)
+        self._body_cap = settings.max_upstream_body_bytes
 
     async def start(self) -> None:
-        per_host = max((t.max_connections for m in self.settings.models.values() for t in m.targets), default=256)
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=per_host, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-        )
+        await self.transport.start()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.transport.close()
 
     def targets(self) -> list[str]:
         return sorted({t.name for m in self.settings.models.values() for t in m.targets})
 
-    async def complete(self, model: PublicModel, request: dict, request_id: str, attempts: Attempts) -> bytes:
-        """A non-stream completion's raw upstream body."""
+    async def complete(self, model: PublicModel, request: dict, request_id: str, attempts: Attempts,
+                       completion_id: str) -> tuple[bytes, Usage | None, int]:
+        """A non-stream completion rewritten for the caller; its usage, and the upstream body's size."""
 
         async def attempt(target: Target, deadline: float) -> bytes:
-            # One timer for the whole attempt: first the headers' deadline, then the total one.
-            try:
+            with _upstream_failures(self.transport.failure):
+                # One timer for the whole attempt: first the headers' deadline, then the total one.
                 async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)) as window:
                     response = await self._send(target, request, request_id, False, attempts)
-                    try:
-                        window.reschedule(deadline)
-                        return await response.read()
-                    finally:
-                        response.release()
-            except TimeoutError:
-                raise _Retryable(UpstreamTimeout(), "timeout") from None
-            except (aiohttp.ClientError, OSError):
-                raise _Retryable(UpstreamError(), "connection") from None
+                    window.reschedule(deadline)
+                    return await self._body(response)
 
-        return await self._dispatch(model, attempt, attempts)
+        raw = await self._dispatch(model, attempt, attempts)
+        dialect = ADAPTERS[attempts.target.provider].dialect
+        try:
+            out, usage = rewrite_completion(raw, model.id, completion_id, dialect)
+        except MalformedUpstream:
+            raise UpstreamError("The model backend sent an unreadable response.") from None
+        return out, usage, len(raw)
 
-    async def stream(
-        self,
-        model: PublicModel,
-        request: dict,
-        request_id: str,
-        attempts: Attempts,
-        new_rewriter: Callable[[], StreamRewriter],
-    ) -> UpstreamStream:
+    async def _body(self, response) -> bytes:
+        """The whole body of a non-stream answer, up to the configured cap (502 beyond it)."""
+        parts, size = [], 0
+        try:
+            while True:
+                piece = await response.content.readany()
+                if not piece:
+                    break
+                size += len(piece)
+                if size > self._body_cap:
+                    response.close()
+                    raise UpstreamError("The model backend sent a response larger than the gateway accepts.")
+                parts.append(piece)
+        except BaseException:
+            response.close()
+            raise
+        response.release()
+        return b"".join(parts)
+
+    async def stream(self, model: PublicModel, request: dict, request_id: str, attempts: Attempts,
+                     new_rewriter: Callable[[Dialect], StreamRewriter]) -> UpstreamStream:
         """An upstream stream, opened and peeked: its first event is already rewritten."""
 
         async def attempt(target: Target, deadline: float) -> UpstreamStream:
             response = None
-            ok = False
+            opened = None
             try:
-                async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)):
-                    response = await self._send(target, request, request_id, True, attempts)
-                    rewriter = new_rewriter()
-                    while True:
-                        chunk = await response.content.readany()
-                        if not chunk:
-                            raise _Retryable(UpstreamError(), "empty_stream")
-                        first = rewriter.feed(chunk)
-                        if rewriter.error is not None:
-                            raise _Retryable(UpstreamError(), "error_event")
-                        if first or rewriter.done:
-                            ok = True
-                            return UpstreamStream(response, target, rewriter, first, deadline)
-            except TimeoutError:
-                raise _Retryable(UpstreamTimeout(), "timeout") from None
+                with _upstream_failures(self.transport.failure):
+                    async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)):
+                        response = await self._send(target, request, request_id, True, attempts)
+                        rewriter = new_rewriter(ADAPTERS[target.provider].dialect)
+                        while True:
+                            chunk = await response.content.readany()
+                            if not chunk:
+                                raise _Retryable(UpstreamError(), "empty_stream")
+                            first = rewriter.feed(chunk)
+                            if rewriter.error is not None:
+                                raise self._event_failure(target, rewriter.error)
+                            if first or rewriter.done:
+                                opened = UpstreamStream(
+                                    response, rewriter, first, target.timeouts.idle, deadline, self.transport.failure
+                                )
+                                return opened
             except MalformedUpstream:
                 raise _Retryable(UpstreamError(), "malformed") from None
-            except (aiohttp.ClientError, OSError):
-                raise _Retryable(UpstreamError(), "connection") from None
             finally:
-                if response is not None and not ok:
+                if response is not None and opened is None:
                     response.close()
 
         return await self._dispatch(model, attempt, attempts)
+
+    def _event_failure(self, target: Target, error: dict) -> Exception:
+        """An error event before anything reached the caller: a refusal of this request is final,
+        anything else may be retried."""
+        code = error.get("code")
+        status = code if type(code) is int else None
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        if status in (400, 422) and message:
+            return InvalidRequest(scrub(message, (target.model, target.base_url)), code="invalid_request")
+        return _Retryable(UpstreamError(), "error_event")
 
     async def _dispatch(self, model: PublicModel, attempt, attempts: Attempts):
         """Try the model's targets in order, then again with jittered backoff, within the deadline."""
@@ -212,8 +311,9 @@ class UpstreamClient:
                     attempts.failures.append(f"{target.name}:{failure.kind}")
                     last = failure
                     continue
-                except GatewayError:
+                except GatewayError as error:
                     self._outcome(target.name, None)  # it answered, so it is reachable
+                    attempts.failures.append(f"{target.name}:{error.code}")
                     raise
                 except BaseException:
                     self.breaker.abandon(target.name)  # cancelled: a probe in flight proved nothing
@@ -237,21 +337,16 @@ class UpstreamClient:
     def _outcome(self, target: str, failure: str | None) -> None:
         """Tell the breaker (and the metrics, when its state moves) how an attempt on ``target`` ended."""
         before = self.breaker.state(target)
-        if failure is None:
-            self.breaker.success(target)
-        else:
+        if failure is not None:
             self.metrics.count("upstream_errors", (target, failure))
-            self.breaker.failure(target)
+        self.breaker.record(target, failure)
         after = self.breaker.state(target)
         if after != before:
             self.metrics.breaker.labels(target).set(BREAKER_STATES[after])
 
-    async def _send(
-        self, target: Target, request: dict, request_id: str, stream: bool, attempts: Attempts
-    ) -> aiohttp.ClientResponse:
+    async def _send(self, target: Target, request: dict, request_id: str, stream: bool, attempts: Attempts):
         """POST to ``target``; a 200's response, or a failure mapped to ours. The caller bounds it in time."""
-        assert self._session is not None, "client not started"
-        provider = PROVIDERS[target.provider]
+        provider = ADAPTERS[target.provider]
         body = provider.body(request, target, self._guard, stream)
         headers = {
             "Authorization": f"Bearer {target.api_key}",
@@ -261,35 +356,16 @@ class UpstreamClient:
         }
         attempts.count += 1
         attempts.target = target
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            response = await self._session.post(
-                target.base_url + "/chat/completions",
-                data=_Body(body, attempts),
-                headers=headers,
-                timeout=self._connect_timeout(target),
-            )
-        except aiohttp.ClientConnectorError:
-            raise _Retryable(UpstreamError(), "connect") from None
-        except (aiohttp.ClientError, OSError):
-            raise _Retryable(UpstreamError(), "connection") from None
-        self.metrics.observe("ttfb", (target.name,), loop.time() - started)
+        started = asyncio.get_running_loop().time()
+        response = await self.transport.send(target, body, headers, attempts.mark_sent)
+        self.metrics.observe("ttfb", (target.name,), asyncio.get_running_loop().time() - started)
         if response.status == 200:
             return response
         try:
-            raw = await response.read()
-        except (aiohttp.ClientError, OSError):
+            raw = await self._body(response)
+        except GatewayError:
             raw = b""
-        finally:
-            response.release()
         raise self._failure(target, provider, response.status, raw, response.headers.get("retry-after"))
-
-    def _connect_timeout(self, target: Target) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(target.name)
-        if timeout is None:
-            timeout = self._timeouts[target.name] = aiohttp.ClientTimeout(total=None, sock_connect=target.timeouts.connect)
-        return timeout
 
     @staticmethod
     def _first_byte_deadline(target: Target, deadline: float) -> float:
@@ -316,4 +392,3 @@ class UpstreamClient:
         if status >= 500 or status in _RETRYABLE_STATUS:
             return _Retryable(UpstreamError(), f"status_{status}")
         return UpstreamError()
-

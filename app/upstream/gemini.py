@@ -1,16 +1,80 @@
-"""Google's OpenAI-compatible endpoint for Gemini.
+"""Google's OpenAI-compatible endpoint for Gemini, and how its answers differ from OpenAI's.
 
-Its differences from OpenAI: error bodies that are a JSON list (read here), ``models/``-prefixed
-model ids and usage riding on the last content chunk (both undone by the stream rewriter), and
-parameters it refuses (declared per target in the models file).
+Seen in recorded traffic (tests/conformance/recordings):
+- a streamed tool call comes whole in one chunk, ``delta.tool_calls[]`` without ``index`` (several
+  calls in one chunk for parallel calls), often with ``finish_reason`` and usage in the same chunk;
+- usage rides on the last content chunk instead of a chunk of its own with empty ``choices``;
+- ``total_tokens`` counts thinking tokens, so it exceeds prompt + completion;
+- tool calls (and, for 2.5 models, the assistant message) carry ``extra_content.google.thought_signature``,
+  which the next request must send back;
+- error bodies may be a JSON list ``[{"error": {...}}]``.
+The relay numbers the tool calls, gives each an id and ``type``, and moves the usage into its own
+chunk; vendor fields pass through both ways untouched.
 """
 from __future__ import annotations
 
+from ..relay import Dialect, StreamRewriter
 from .provider import Provider
+
+
+class GeminiDialect(Dialect):
+    markers = (b'"tool_calls"',)
+
+    def chunk(self, doc: dict, stream: StreamRewriter) -> bool:
+        choices = doc.get("choices")
+        if type(choices) is not list:
+            return False
+        changed = False
+        for choice in choices:
+            if type(choice) is not dict:
+                continue
+            if "finish_reason" not in choice:
+                choice["finish_reason"] = None
+                changed = True
+            delta = choice.get("delta")
+            calls = delta.get("tool_calls") if type(delta) is dict else None
+            if type(calls) is list:
+                seen = stream.tool_calls.setdefault(choice.get("index", 0), {})
+                delta["tool_calls"] = [_numbered(call, seen, stream.completion_id) for call in calls]
+                changed = True
+        return changed
+
+    def completion(self, doc: dict, completion_id: str) -> None:
+        for choice in doc.get("choices") or ():
+            message = choice.get("message") if type(choice) is dict else None
+            calls = message.get("tool_calls") if type(message) is dict else None
+            if type(calls) is list:
+                for i, call in enumerate(calls):
+                    if type(call) is dict:
+                        call.setdefault("type", "function")
+                        if not call.get("id"):
+                            call["id"] = _call_id(completion_id, i)
+
+
+def _call_id(completion_id: str, n: int) -> str:
+    return f"call_{completion_id[-12:]}_{n}"
+
+
+def _numbered(call: object, seen: dict[str, int], completion_id: str) -> object:
+    """A tool-call delta with an integer ``index`` stable for its call, and its id and type."""
+    if type(call) is not dict:
+        return call
+    if type(call.get("index")) is int:
+        if call.get("id"):
+            seen.setdefault(call["id"], call["index"])
+        return call
+    call_id = call.get("id") or _call_id(completion_id, len(seen))
+    index = seen.get(call_id)
+    if index is None:
+        index = seen[call_id] = len(seen)
+        return {"index": index, **call, "id": call_id, "type": call.get("type") or "function"}
+    return {"index": index, **call}
 
 
 class GeminiProvider(Provider):
     name = "gemini"
+    dialect = GeminiDialect()
+    foreign_fields = ()
 
     def body(self, request: dict, target, guard: dict, stream: bool) -> bytes:
         options = request.get("stream_options")

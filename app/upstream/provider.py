@@ -1,5 +1,6 @@
-"""What every provider adapter does: turn a validated request into the upstream body, and read
-the upstream's error bodies. Provider modules override only where their wire format differs."""
+"""What every provider adapter does: turn a validated request into the upstream body, read the
+upstream's error bodies, and name the ``Dialect`` its answers speak. Provider modules override only
+where their wire format differs from OpenAI's."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +9,7 @@ import orjson
 
 from ..config import Target
 from ..errors import InvalidRequest
+from ..relay import OPENAI, Dialect
 
 # The value a parameter has when the caller leaves it out; sending it is the same as not sending it.
 DEFAULTS: dict[str, Any] = {
@@ -28,6 +30,9 @@ _ECHOED_MESSAGE_FIELDS = ("annotations", "audio", "function_call", "refusal")
 
 class Provider:
     name = "openai"
+    dialect: Dialect = OPENAI
+    # Vendor fields of other providers' answers that this provider does not take back.
+    foreign_fields: tuple[str, ...] = ("extra_content",)
 
     def body(self, request: dict, target: Target, guard: dict, stream: bool) -> bytes:
         """The upstream request body for ``target``, built once, with the guard message first."""
@@ -46,17 +51,27 @@ class Provider:
             body.pop("stream_options", None)
             body.pop("stream", None)
         for param, policy in target.params.items():
-            if param in body and policy != "pass":
-                self.apply_policy(body, param, policy, target)
+            if param in body:
+                action = policy.for_request(request)
+                if action != "pass":
+                    self.apply_policy(body, param, action)
         return orjson.dumps(body)
 
     def messages(self, messages: list[dict]) -> list[dict]:
         out = messages
+        foreign = self.foreign_fields
         for i, message in enumerate(messages):
-            if any(k in message and not message[k] for k in _ECHOED_MESSAGE_FIELDS):
+            echoed = any(k in message and not message[k] for k in _ECHOED_MESSAGE_FIELDS)
+            alien = any(k in message for k in foreign) or (
+                message.get("tool_calls") and any(k in call for call in message["tool_calls"] for k in foreign)
+            )
+            if echoed or alien:
                 if out is messages:
                     out = list(messages)
-                out[i] = {k: v for k, v in message.items() if v or k not in _ECHOED_MESSAGE_FIELDS}
+                clean = {k: v for k, v in message.items() if k not in foreign and (v or k not in _ECHOED_MESSAGE_FIELDS)}
+                if alien and clean.get("tool_calls"):
+                    clean["tool_calls"] = [{k: v for k, v in call.items() if k not in foreign} for call in clean["tool_calls"]]
+                out[i] = clean
         return out
 
     @staticmethod
@@ -67,18 +82,20 @@ class Provider:
             body.setdefault(field, value)
 
     @staticmethod
-    def apply_policy(body: dict, param: str, policy: str, target: Target) -> None:
+    def apply_policy(body: dict, param: str, action: str) -> None:
         value = body.pop(param)
-        if policy == "reject" and param in DEFAULTS and value != DEFAULTS[param]:
+        if action != "reject":
+            return
+        if param not in DEFAULTS:
             raise InvalidRequest(
-                f"Unsupported value: '{param}' is not supported with this model. "
-                f"Leave it out{'' if param not in DEFAULTS else f' or use the default ({DEFAULTS[param]})'}.",
+                f"Unsupported parameter: '{param}' is not supported with this model.",
                 param=param,
                 code="unsupported_parameter",
             )
-        if policy == "reject" and param not in DEFAULTS:
+        if value != DEFAULTS[param]:
             raise InvalidRequest(
-                f"Unsupported parameter: '{param}' is not supported with this model.",
+                f"Unsupported value: '{param}' is not supported with this model. "
+                f"Leave it out or use the default ({DEFAULTS[param]}).",
                 param=param,
                 code="unsupported_parameter",
             )

@@ -15,7 +15,7 @@ import random
 
 import orjson
 
-from app.identity import StreamRewriter
+from app.relay import StreamRewriter
 from app.sse import EventFramer, event_data
 
 from .timing import measure

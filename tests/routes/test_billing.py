@@ -92,7 +92,7 @@ def test_ledger_entry_matches_the_request(gateway):
     completion = raw.parse()
     request_id = raw.headers["x-request-id"]
     entry = support.wait_until(lambda: support.run_store(gateway, lambda s: s.ledger_entry(request_id)))
-    want = usage_for({"messages": [{"role": "system", "content": gateway.settings().identity_prompt}, {"role": "user", "content": "bill me"}]}, 8)
+    want = usage_for({"messages": [{"role": "system", "content": gateway.settings().persona_prompt}, {"role": "user", "content": "bill me"}]}, 8)
     assert (entry.prompt_tokens, entry.completion_tokens, entry.total_tokens) == (
         want["prompt_tokens"], want["completion_tokens"], want["total_tokens"],
     )

@@ -92,7 +92,7 @@ class Outage:
         if self.kind == "mongo":
             self.nx.stop()
         else:
-            self._lock = sqlite3.connect(gateway.settings().sqlite_path, timeout=5, check_same_thread=False)
+            self._lock = sqlite3.connect(gateway.settings().sqlite_file, timeout=5, check_same_thread=False)
             self._lock.execute("BEGIN EXCLUSIVE")
 
     def end(self) -> None:

@@ -66,7 +66,7 @@ def test_metrics_sum_over_workers(small):
         h.post("/api/v1/chat/completions", json={"model": "zowy-1", "messages": []}, headers={"Authorization": "Bearer zk-no"})
     time.sleep(0.3)
     text = scrape(small)
-    assert metric(text, "zowy_rejections_total", reason="invalid_request") >= 1
+    assert metric(text, "zowy_rejections_total", reason="empty_array") >= 1  # labelled by the error code
     assert metric(text, "zowy_rejections_total", reason="invalid_api_key") >= 1
     assert "zowy_ledger_queue_depth" in text
 

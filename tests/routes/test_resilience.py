@@ -53,7 +53,7 @@ max_tokens_field = "max_completion_tokens"
     return path
 
 
-def start_rig(tmp, breaker_threshold: int) -> dict:
+def start_rig(tmp, breaker_min_requests: int) -> dict:
     primary = support.start_upstream(tmp, "openai")
     secondary = support.start_upstream(tmp, "gemini")
     dead_port = support.free_port()
@@ -61,7 +61,7 @@ def start_rig(tmp, breaker_threshold: int) -> dict:
     gateway = support.start_gateway(
         tmp / "gw", models,
         ZOWY_UPSTREAM_ATTEMPTS="3", ZOWY_RETRY_BACKOFF="0.05",
-        ZOWY_BREAKER_THRESHOLD=str(breaker_threshold), ZOWY_BREAKER_COOLDOWN=str(BREAKER_COOLDOWN),
+        ZOWY_BREAKER_MIN_REQUESTS=str(breaker_min_requests), ZOWY_BREAKER_COOLDOWN=str(BREAKER_COOLDOWN),
     )
     customer = support.new_customer(gateway)
     return {"gateway": gateway, "primary": primary, "secondary": secondary, "dead_port": dead_port,
@@ -77,14 +77,14 @@ def stop_rig(rig: dict) -> None:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     """A gateway whose breakers never open, so each test sees its own failure only."""
-    rig = start_rig(tmp_path_factory.mktemp("resilience"), breaker_threshold=1000)
+    rig = start_rig(tmp_path_factory.mktemp("resilience"), breaker_min_requests=1000)
     yield rig
     stop_rig(rig)
 
 
 @pytest.fixture
 def breaker_rig(tmp_path):
-    rig = start_rig(tmp_path, breaker_threshold=3)
+    rig = start_rig(tmp_path, breaker_min_requests=4)
     yield rig
     stop_rig(rig)
 
@@ -158,6 +158,24 @@ def test_breaker_opens_skips_and_recovers(breaker_rig):
             assert ready["checks"]["targets"]["dead"]["state"] == "closed"
         finally:
             revived.stop()
+
+
+def test_one_tenant_cannot_open_the_breaker_for_another(breaker_rig):
+    """Answers one request's content caused (a 500 for it) are not health failures: another account
+    keeps being served (tests/unit/test_breaker.py: which failures count, and the ratio)."""
+    rig = breaker_rig
+    gateway = rig["gateway"]
+    other = support.new_customer(gateway)
+    with sdk_client(gateway, rig["customer"].key) as attacker, sdk_client(gateway, other.key) as victim:
+        for _ in range(6):
+            with pytest.raises(openai.APIStatusError) as info:
+                attacker.chat.completions.create(model="zowy-1-pro", messages=[{"role": "user", "content": "[[fake:status=500]]"}])
+            assert info.value.status_code == 502
+        answers = [victim.chat.completions.create(model="zowy-1-pro", messages=[{"role": "user", "content": "hi"}]) for _ in range(20)]
+        assert all(a.choices[0].message.content for a in answers)
+        with http(gateway) as h:
+            ready = h.get("/readyz", headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
+        assert ready["checks"]["targets"]["solo"]["state"] == "closed"
 
 
 def test_no_retry_after_first_byte(rig):

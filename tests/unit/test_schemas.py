@@ -46,7 +46,7 @@ ACCEPTED = [
 
 @pytest.mark.parametrize("fields", ACCEPTED)
 def test_accepts(fields):
-    request = parse_chat_request(body(**fields))
+    request, _ = parse_chat_request(body(**fields))
     assert request["model"] == "zowy-1"
 
 

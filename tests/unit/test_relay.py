@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from app.identity import MalformedUpstream, StreamRewriter, rewrite_completion, scrub
+from app.persona import scrub
+from app.relay import MalformedUpstream, StreamRewriter, rewrite_completion
 from app.metering import Usage
 
 PUBLIC = "zowy-1"
@@ -122,7 +123,8 @@ def test_estimated_completion_grows_with_relayed_content():
     rewriter = StreamRewriter(PUBLIC, OURS, False)
     rewriter.feed(b"".join(openai_stream()[:2]))
     small = rewriter.estimated_completion_tokens()
-    rewriter.feed(b"".join(openai_stream()[2:4]))
+    more = openai_stream()[1].replace(b"Hello", b"Hello, and a much longer text than before")
+    rewriter.feed(more)
     assert rewriter.estimated_completion_tokens() > small >= 1
 
 

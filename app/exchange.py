@@ -1,0 +1,180 @@
+"""One chat request from arrival to its end, whatever the end: the ledger entry (when an upstream
+was reached), the metrics and the one access-log line all come from its record here."""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import TYPE_CHECKING
+
+from .errors import GatewayError, StreamCut, UpstreamTimeout
+from .ids import new_request_id
+from .metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
+from .upstream.client import Attempts, UpstreamStream
+
+if TYPE_CHECKING:
+    from .services import Services
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def client_request_id(value: str | None) -> str | None:
+    """The caller's own X-Request-Id, when it is a sane token: logged and echoed, never trusted as a key."""
+    return value if value and _CLIENT_ID.fullmatch(value) else None
+
+
+class Exchange:
+    """Use as ``with Exchange(...) as exchange:``; leaving the block records how it ended."""
+
+    __slots__ = (
+        "services", "request_id", "client_id", "completion_id", "headers", "started", "prompt_bytes",
+        "account_id", "key_id", "model", "user", "stream", "attempts", "usage", "upstream",
+        "response_bytes", "outcome", "status", "code",
+    )
+
+    def __init__(self, services: "Services", prompt_bytes: int, client_id: str | None) -> None:
+        self.services = services
+        self.started = time.perf_counter()
+        self.request_id = new_request_id()
+        self.completion_id = "chatcmpl-" + self.request_id
+        self.client_id = client_request_id(client_id)
+        self.headers = {"x-request-id": self.request_id}
+        if self.client_id:
+            self.headers["x-client-request-id"] = self.client_id
+        self.prompt_bytes = prompt_bytes
+        self.account_id = self.key_id = None
+        self.model = "-"
+        self.user = None
+        self.stream = False
+        self.attempts = Attempts()
+        self.usage: Usage | None = None
+        self.upstream: UpstreamStream | None = None
+        self.response_bytes = 0
+        self.outcome = "ok"
+        self.status = 200
+        self.code: str | None = None
+
+    def __enter__(self) -> "Exchange":
+        self.services.exchanges.add(self)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, asyncio.CancelledError):
+            self.fail("client_disconnected", 499)
+        elif isinstance(exc, GatewayError):
+            self.failed(exc)
+        elif exc is not None:
+            self.fail("server_error", 500, "server_error")
+        self.services.exchanges.discard(self)
+        self.finish()
+        return False
+
+    def admitted(self, model: str, body: dict) -> None:
+        self.model = model
+        self.user = body.get("user")
+        self.stream = bool(body.get("stream"))
+
+    def failed(self, error: GatewayError) -> None:
+        """The request ended with ``error`` (before or after its answer began)."""
+        if not self.attempts.count:
+            outcome = "rejected"
+        elif isinstance(error, StreamCut):
+            outcome = "cut_by_gateway"
+        elif isinstance(error, UpstreamTimeout):
+            outcome = "upstream_timeout"
+        else:
+            outcome = "upstream_error"
+        self.fail(outcome, error.status, error.code)
+
+    def fail(self, outcome: str, status: int, code: str | None = None) -> None:
+        if self.outcome == "ok":
+            self.outcome = outcome
+            self.status = status
+            self.code = code
+
+    def cut(self) -> None:
+        """The drain deadline passed: end the answer now, with an error event."""
+        if self.upstream is not None:
+            self.upstream.cut()
+
+    # the end
+
+    def finish(self) -> None:
+        latency = time.perf_counter() - self.started
+        usage = self._usage() if self.attempts.sent else None
+        if usage is not None:
+            self._meter(usage, latency)
+        self._count(usage, latency)
+        if self.services.access_log.enabled:
+            self._log(usage, latency)
+
+    def _usage(self) -> Usage:
+        if self.usage is not None:
+            return self.usage
+        if self.upstream is not None:
+            rewriter = self.upstream.rewriter
+            if rewriter.usage is not None:
+                return rewriter.usage
+            return estimate_usage(self.prompt_bytes, rewriter.estimated_completion_tokens())
+        if self.outcome in ("ok", "client_disconnected"):
+            return estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
+        return Usage(0, 0, 0)
+
+    def _meter(self, usage: Usage, latency: float) -> None:
+        target = self.attempts.target
+        self.services.meter.record(LedgerEntry(
+            request_id=self.request_id,
+            account_id=self.account_id,
+            key_id=self.key_id,
+            model=self.model,
+            target=target.name if target else "",
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            estimated=usage.estimated,
+            stream=self.stream,
+            outcome=self.outcome,
+            status=self.status,
+            latency_ms=round(latency * 1000.0, 3),
+            user=self.user,
+            created_at=time.time(),
+            attempts=self.attempts.count,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+        ))
+
+    def _count(self, usage: Usage | None, latency: float) -> None:
+        metrics = self.services.metrics
+        stream = "true" if self.stream else "false"
+        metrics.count("requests", (self.model, str(self.status), stream))
+        if usage is None:
+            if self.code is not None and self.status != 499:
+                metrics.count("rejections", (self.code,))
+            return
+        metrics.observe("latency", (self.model, stream), latency)
+        if usage.prompt_tokens:
+            metrics.count("tokens", (self.model, "prompt"), usage.prompt_tokens)
+        if usage.completion_tokens:
+            metrics.count("tokens", (self.model, "completion"), usage.completion_tokens)
+
+    def _log(self, usage: Usage | None, latency: float) -> None:
+        target = self.attempts.target
+        self.services.access_log.write({
+            "request_id": self.request_id,
+            "client_request_id": self.client_id,
+            "key_id": self.key_id,
+            "account_id": self.account_id,
+            "model": self.model,
+            "target": target.name if target and usage is not None else "",
+            "stream": self.stream,
+            "status": self.status,
+            "outcome": self.outcome,
+            "code": self.code,
+            "latency_ms": round(latency * 1000.0, 3),
+            "attempts": self.attempts.count,
+            "failures": self.attempts.failures,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "total_tokens": usage.total_tokens if usage else 0,
+            "estimated": usage.estimated if usage else False,
+        })

@@ -1,0 +1,341 @@
+"""What a caller receives of an upstream answer: the upstream's bytes with the identity fields
+swapped for ours, and provider differences turned into exact OpenAI chunks.
+
+A stream is rewritten one read at a time. The complete events of a read form one span; when the
+span needs nothing but the identity swaps (found by byte search) they are applied to it whole and
+no event is parsed. Only events that carry usage, an error, a fingerprint, a provider difference
+(``Dialect.markers``) or unknown identity are parsed, normalised and re-encoded.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+
+from .metering import Usage, estimate_tokens
+from .sse import DONE, EventFramer, event_data, format_event
+
+
+class MalformedUpstream(ValueError):
+    """The upstream sent something that is not a chat completion."""
+
+
+class Dialect:
+    """How a provider's chat completions differ from OpenAI's; OpenAI itself differs in nothing.
+
+    ``markers`` are byte strings whose presence in a stream event means ``chunk`` must see it.
+    """
+
+    markers: tuple[bytes, ...] = ()
+
+    def chunk(self, doc: dict, stream: "StreamRewriter") -> bool:
+        """Make one parsed stream chunk an exact OpenAI chunk, in place; True if it changed."""
+        return False
+
+    def completion(self, doc: dict, completion_id: str) -> None:
+        """Make one parsed non-stream answer an exact OpenAI completion, in place."""
+
+
+OPENAI = Dialect()
+
+
+def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
+                       dialect: Dialect = OPENAI) -> tuple[bytes, Usage | None]:
+    """A non-stream upstream answer with identity fields replaced; and its usage."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedUpstream("not JSON") from None
+    if type(doc) is not dict or type(doc.get("choices")) is not list:
+        raise MalformedUpstream("no choices")
+    dialect.completion(doc, completion_id)
+    doc["id"] = completion_id
+    doc["model"] = public_model
+    doc["object"] = "chat.completion"
+    doc.pop("system_fingerprint", None)
+    if type(doc.get("created")) is not int:
+        doc["created"] = int(time.time())
+    return orjson.dumps(doc), Usage.from_upstream(doc.get("usage"))
+
+
+_KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}
+# Text the caller reads, for an estimate when the upstream never reports usage.
+_TEXT = re.compile(rb'"(?:content|arguments|refusal|reasoning_content)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_FINGERPRINT = b'"system_fingerprint"'
+_NULL_FINGERPRINT = b'"system_fingerprint":null'
+_USAGE = b'"usage"'
+_NULL_USAGE = b'"usage":null'
+
+
+def top_level_token(data: bytes, key: str, value: Any) -> bytes | None:
+    """The exact bytes of ``"key":value`` where the event writes it at the top level.
+
+    Providers order keys differently (Gemini alphabetically, so a tool call's ``"id"`` comes
+    before the chunk's): the token is built from the parsed top-level value and must occur once.
+    """
+    if type(value) is not str:
+        return None
+    wanted = orjson.dumps(value)
+    found = [m for m in _KEY[key].finditer(data) if data.startswith(wanted, m.end())]
+    if len(found) != 1:
+        return None
+    start = found[0].start()
+    return data[start:found[0].end() + len(wanted)]
+
+
+class StreamRewriter:
+    """Turns upstream SSE bytes into the bytes a caller receives, one read at a time."""
+
+    __slots__ = (
+        "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
+        "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
+        "usage", "_usage_doc", "_usage_pending", "events", "text_chars", "done", "error", "tool_calls",
+    )
+
+    def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI) -> None:
+        self._public_model = public_model
+        self._completion_id = completion_id
+        self._include_usage = include_usage
+        self.dialect = dialect
+        self._markers = dialect.markers
+        self._new_model = orjson.dumps(public_model)
+        self._tail = b""
+        self._framer: EventFramer | None = None
+        self._separator = b"\n\n"
+        self._id_token: bytes | None = None
+        self._model_token: bytes | None = None
+        self._fingerprint_token: bytes | None = None
+        self._swaps: list[tuple[bytes, bytes]] = []
+        self.created = 0
+        self.usage: Usage | None = None
+        self._usage_doc: dict | None = None
+        self._usage_pending = False
+        self.events = 0
+        self.text_chars = 0
+        self.done = False
+        self.error: dict | None = None
+        # Per choice: the index given to each tool call (by its id) a dialect had to number.
+        self.tool_calls: dict[int, dict[str, int]] = {}
+
+    @property
+    def completion_id(self) -> str:
+        return self._completion_id
+
+    # reading
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send for the events ``chunk`` completes; an incomplete tail waits.
+
+        After an upstream error event ``error`` is set and nothing more is produced.
+        Raises MalformedUpstream on an event that is not a JSON object.
+        """
+        if self._framer is not None:
+            return self._events(self._framer.feed(chunk))
+        buffer = self._tail + chunk if self._tail else chunk
+        if b"\r" in buffer and not self._crlf(buffer):
+            # Mixed or lone-CR line ends: frame event by event from here on.
+            self._framer = EventFramer()
+            self._tail = b""
+            return self._events(self._framer.feed(buffer))
+        end = buffer.rfind(self._separator)
+        if end < 0:
+            self._tail = buffer
+            return b""
+        end += len(self._separator)
+        if end == len(buffer):
+            self._tail = b""
+            return self._span(buffer)
+        self._tail = buffer[end:]
+        return self._span(buffer[:end])
+
+    def _crlf(self, buffer: bytes) -> bool:
+        """Whether every line end seen is CRLF (then events end at CRLF CRLF)."""
+        crlf = buffer.count(b"\r\n")
+        if crlf != buffer.count(b"\r") - (1 if buffer.endswith(b"\r") else 0) or crlf != buffer.count(b"\n"):
+            return False
+        self._separator = b"\r\n\r\n"
+        return True
+
+    def finish(self) -> bytes:
+        """Bytes owed when the upstream body ended: events a held-back line end completed, and the
+        usage chunk if one is owed. Raises MalformedUpstream if the body ended inside an event."""
+        out = []
+        if self._framer is not None:
+            out.append(self._events(self._framer.finish()))
+            rest = self._framer.pending()
+        else:
+            rest = self._tail
+            if rest.strip() and rest.endswith((b"\n", b"\r")):
+                out.append(self._one(rest))
+                rest = b""
+        if rest.strip():
+            raise MalformedUpstream("stream ended inside an event")
+        if self._usage_pending and not self.done and self.error is None:
+            out.append(self._usage_chunk())
+        return b"".join(out)
+
+    # spans and events
+
+    def _span(self, span: bytes) -> bytes:
+        if self.done or self.error is not None:
+            return b""
+        id_token = self._id_token
+        if id_token is not None and self._plain(span):
+            n = span.count(self._separator)
+            if span.count(id_token) == n and span.count(self._model_token) == n:
+                for old, new in self._swaps:
+                    span = span.replace(old, new)
+                self.events += n
+                self._count_text(span)
+                return span
+        separator = self._separator
+        return self._events([event + separator for event in span.split(separator)[:-1]])
+
+    def _plain(self, data: bytes) -> bool:
+        """True when ``data`` holds nothing but content the identity swaps cover."""
+        if b"[DONE]" in data or b'"error"' in data:
+            return False
+        if _USAGE in data and data.count(_USAGE) != data.count(_NULL_USAGE):
+            return False
+        if _FINGERPRINT in data:
+            covered = data.count(_NULL_FINGERPRINT)
+            if self._fingerprint_token is not None:
+                covered += data.count(self._fingerprint_token)
+            if covered != data.count(_FINGERPRINT):
+                return False
+        for marker in self._markers:
+            if marker in data:
+                return False
+        return True
+
+    def _events(self, events: list[bytes]) -> bytes:
+        out = []
+        for event in events:
+            if self.done or self.error is not None:
+                break
+            if event.strip():
+                rewritten = self._one(event)
+                if rewritten:
+                    out.append(rewritten)
+        return b"".join(out)
+
+    def _one(self, event: bytes) -> bytes | None:
+        data = event_data(event)
+        if data is None:
+            return event  # a comment or a field-only event: passed on as is
+        if data == DONE:
+            self.done = True
+            if self._usage_pending:
+                return self._usage_chunk() + event
+            return event
+        if not (data.startswith(b"{") and data.endswith(b"}")):
+            raise MalformedUpstream("event is not a JSON object")
+        id_token = self._id_token
+        if (
+            id_token is not None and self._plain(data)
+            and data.count(id_token) == 1 and data.count(self._model_token) == 1
+        ):
+            for old, new in self._swaps:
+                event = event.replace(old, new)
+            self.events += 1
+            self._count_text(data)
+            return event
+        return self._parsed(event, data)
+
+    def _parsed(self, event: bytes, data: bytes) -> bytes | None:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MalformedUpstream("event is not JSON") from None
+        if type(doc) is not dict:
+            raise MalformedUpstream("event is not a JSON object")
+        if "error" in doc and not doc.get("choices"):
+            error = doc["error"]
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
+            return None
+        self.events += 1
+        self._count_text(data)
+        self._learn(doc, data)
+        changed = self.dialect.chunk(doc, self)
+        usage = doc.get("usage")
+        if usage is not None:
+            return self._usage_event(doc, usage)
+        id_token = self._id_token
+        if (
+            not changed and id_token is not None and self._plain(data)
+            and data.count(id_token) == 1 and data.count(self._model_token) == 1
+        ):
+            for old, new in self._swaps:
+                event = event.replace(old, new)
+            return event
+        return format_event(self._identity(doc))
+
+    def _learn(self, doc: dict, data: bytes) -> None:
+        """Learn the byte tokens to swap from an event that writes its identity at the top level."""
+        if type(doc.get("created")) is int:
+            self.created = doc["created"]
+        id_token = top_level_token(data, "id", doc.get("id"))
+        model_token = top_level_token(data, "model", doc.get("model"))
+        if id_token is None or model_token is None:
+            return
+        fingerprint = doc.get("system_fingerprint")
+        fingerprint_token = top_level_token(data, "system_fingerprint", fingerprint)
+        if fingerprint is not None and fingerprint_token is None:
+            return
+        self._id_token, self._model_token, self._fingerprint_token = id_token, model_token, fingerprint_token
+        self._swaps = [(id_token, b'"id":' + orjson.dumps(self._completion_id)), (model_token, b'"model":' + self._new_model)]
+        if fingerprint_token is not None:
+            self._swaps.append((fingerprint_token, _NULL_FINGERPRINT))
+
+    def _identity(self, doc: dict) -> bytes:
+        doc["id"] = self._completion_id
+        doc["model"] = self._public_model
+        doc["object"] = "chat.completion.chunk"
+        if type(doc.get("created")) is not int:
+            doc["created"] = self.created or int(time.time())
+        if "system_fingerprint" in doc:
+            doc["system_fingerprint"] = None
+        return orjson.dumps(doc)
+
+    def _usage_event(self, doc: dict, usage: Any) -> bytes | None:
+        reported = Usage.from_upstream(usage)
+        if reported is not None:
+            self.usage = reported
+            self._usage_doc = usage
+        if not doc.get("choices"):
+            if reported is None:
+                return None
+            return format_event(self._identity(doc)) if self._include_usage else None
+        # Usage riding on a content chunk (Gemini): OpenAI sends it alone, in a chunk with empty
+        # choices just before [DONE], and only when asked.
+        if self._include_usage:
+            doc["usage"] = None
+            self._usage_pending = self.usage is not None
+        else:
+            del doc["usage"]
+        return format_event(self._identity(doc))
+
+    def _usage_chunk(self) -> bytes:
+        self._usage_pending = False
+        return format_event(orjson.dumps({
+            "id": self._completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created or int(time.time()),
+            "model": self._public_model,
+            "choices": [],
+            "usage": self._usage_doc,
+        }))
+
+    def _count_text(self, data: bytes) -> None:
+        found = _TEXT.findall(data)
+        if found:
+            text = b"".join(found)
+            # An escape is several bytes for one character; \\uXXXX six.
+            self.text_chars += len(text) - 4 * text.count(b"\\u") - text.count(b"\\")
+
+    def estimated_completion_tokens(self) -> int:
+        """Tokens of the text relayed so far, for a stream that ended without upstream usage: about
+        one per four characters, at least one if any text went out, never more than the characters."""
+        return estimate_tokens(max(0, self.text_chars))

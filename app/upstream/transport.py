@@ -1,0 +1,73 @@
+"""HTTP to the upstreams over aiohttp's pooled client, one session per worker: the only module that
+imports aiohttp, and the one place its exceptions are told apart."""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import aiohttp
+from aiohttp.payload import BytesPayload
+
+from ..config import Target
+
+
+class _Body(BytesPayload):
+    """The request body, calling ``on_sent`` the moment it is written to the upstream."""
+
+    def __init__(self, value: bytes, on_sent: Callable[[], None]) -> None:
+        super().__init__(value, content_type="application/json")
+        self._on_sent = on_sent
+
+    async def write(self, writer) -> None:
+        self._on_sent()
+        await super().write(writer)
+
+    async def write_with_length(self, writer, content_length: int | None) -> None:
+        self._on_sent()
+        await super().write_with_length(writer, content_length)
+
+
+class AiohttpTransport:
+    """Sends chat requests; a response has ``status``, ``headers``, ``content.readany()``,
+    ``release()`` (back to the pool) and ``close()`` (drop the connection)."""
+
+    def __init__(self, per_host: int = 256) -> None:
+        self._per_host = per_host
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host, ttl_dns_cache=300, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, target: Target, body: bytes, headers: Mapping[str, str], on_sent: Callable[[], None]):
+        assert self._session is not None, "transport not started"
+        timeout = self._timeouts.get(target.timeouts.connect)
+        if timeout is None:
+            timeout = self._timeouts[target.timeouts.connect] = aiohttp.ClientTimeout(
+                total=None, sock_connect=target.timeouts.connect
+            )
+        return await self._session.post(
+            target.base_url + "/chat/completions", data=_Body(body, on_sent), headers=headers, timeout=timeout
+        )
+
+    @staticmethod
+    def failure(exc: BaseException) -> str | None:
+        """The kind of transport failure ``exc`` is (``connect``, ``timeout``, ``connection``), or
+        None when it is not one."""
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+            return "connect"
+        if isinstance(exc, TimeoutError):
+            return "timeout"
+        if isinstance(exc, (aiohttp.ClientError, OSError)):
+            return "connection"
+        return None
