@@ -625,8 +625,7 @@ def _debit_view(doc: dict) -> dict:
 
 
 def _ledger_entry(doc: dict) -> LedgerEntry:
-    values = {name: doc.get(name) for name in _LEDGER_FIELDS}
-    values["attempts"] = doc.get("attempts", 1)
+    values = {name: doc[name] for name in _LEDGER_FIELDS if name in doc}
     return LedgerEntry(request_id=doc["_id"], debits=[list(d) for d in doc.get("debits") or []], **values)
 
 

@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS ledger (
     user TEXT,
     created_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
-    debits TEXT NOT NULL DEFAULT '[]'
+    debits TEXT NOT NULL DEFAULT '[]',
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_account_time ON ledger(account_id, created_at);
 """
@@ -113,7 +115,12 @@ RETURNING hour_count, minute_count
 _LEDGER_COLUMNS = (
     "request_id", "account_id", "key_id", "model", "target", "prompt_tokens", "completion_tokens",
     "total_tokens", "estimated", "stream", "outcome", "status", "latency_ms", "user", "created_at",
-    "attempts", "debits",
+    "attempts", "debits", "reasoning_tokens", "cached_tokens",
+)
+# Columns added after the first release: (table, column, definition) for files made before them.
+_ADDED_COLUMNS = (
+    ("ledger", "reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("ledger", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
 )
 _INSERT_LEDGER = (
     f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) "
@@ -244,6 +251,7 @@ class SqliteStore(Store):
     async def init(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._slow.run(lambda db: db.executescript(SCHEMA))
+        await self._slow.run(_add_columns)
         await self._limits_slow.run(lambda db: db.executescript(LIMITS_SCHEMA))
 
     async def close(self) -> None:
@@ -476,12 +484,23 @@ class SqliteStore(Store):
         await self._limits_slow.run(lambda db: db.execute("DELETE FROM rate_windows WHERE expires_at < ?", (now,)))
 
 
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
+
+
 def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
     return (
         entry.request_id, entry.account_id, entry.key_id, entry.model, entry.target,
         entry.prompt_tokens, entry.completion_tokens, entry.total_tokens, int(entry.estimated),
         int(entry.stream), entry.outcome, entry.status, entry.latency_ms, entry.user,
         entry.created_at, entry.attempts, orjson.dumps(entry.debits).decode(),
+        entry.reasoning_tokens, entry.cached_tokens,
     )
 
 
