@@ -1,7 +1,9 @@
 """Admission of a request before any upstream call: whose key, within its limits, with tokens left.
 
 Key lookups and balances are cached per worker for a short time; the rate limit is one atomic
-store operation per request, bounded by a short timeout.
+store operation per admitted request, bounded by a short timeout. A key whose window the store
+found full is refused from memory until that window ends: counts only grow within a window, so
+this changes no decision, and a client retrying in a loop never reaches the store.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from .cache import MISSING, TTLCache
 from .config import Settings
 from .errors import InsufficientQuota, InvalidApiKey, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
-from .ratelimit import Decision
+from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
 from .store import KeyRecord, Store
 
 
@@ -25,6 +27,8 @@ class Admission:
         self._balances: TTLCache[bool] = TTLCache(settings.balance_cache_ttl)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
+        # key id -> (when its full window ends, the refusal the store decided)
+        self._full: dict[str, tuple[float, Decision]] = {}
 
     async def key(self, authorization: str | None) -> KeyRecord:
         """The active key named by the Authorization header, or InvalidApiKey."""
@@ -44,8 +48,22 @@ class Admission:
             raise InvalidApiKey()
         return record
 
+    def refuse_if_full(self, key: KeyRecord) -> None:
+        """RateLimited, without asking the store, while a window the store found full lasts."""
+        full = self._full.get(key.id)
+        if full is None:
+            return
+        until, decision = full
+        now = self.clock()
+        if now >= until:
+            del self._full[key.id]
+            return
+        again = Decision(False, decision.minute_limit, decision.minute_used, decision.hour_limit, decision.hour_used, now)
+        raise RateLimited(again.message(), headers=again.headers())
+
     async def limit(self, key: KeyRecord) -> Decision:
         """Count the request in the key's windows; RateLimited when either is full."""
+        self.refuse_if_full(key)
         per_minute = key.per_minute or self._defaults.per_minute
         per_hour = key.per_hour or self._defaults.per_hour
         now = self.clock()
@@ -57,6 +75,13 @@ class Admission:
             raise StoreUnavailable("Rate limits cannot be checked right now. Please retry shortly.") from None
         decision = Decision(count.admitted, per_minute, count.minute, per_hour, count.hour, now)
         if not count.admitted:
+            if count.hour >= per_hour:
+                until = float((hour_of(now) + 1) * HOUR)
+            else:
+                until = float((minute_of(now) + 1) * MINUTE)
+            if len(self._full) >= self._keys.max_size:
+                self._full.clear()
+            self._full[key.id] = (until, decision)
             raise RateLimited(decision.message(), headers=decision.headers())
         return decision
 
@@ -75,6 +100,7 @@ class Admission:
         if digest is None and account_id is None:
             self._keys.clear()
             self._balances.clear()
+            self._full.clear()
         if digest is not None:
             self._keys.drop(digest)
         if account_id is not None:

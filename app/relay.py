@@ -51,13 +51,18 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
     if type(doc) is not dict or type(doc.get("choices")) is not list:
         raise MalformedUpstream("no choices")
     dialect.completion(doc, completion_id)
-    doc["id"] = completion_id
-    doc["model"] = public_model
-    doc["object"] = "chat.completion"
-    doc.pop("system_fingerprint", None)
-    if type(doc.get("created")) is not int:
-        doc["created"] = int(time.time())
-    return orjson.dumps(doc), Usage.from_upstream(doc.get("usage"))
+    created = doc.get("created")
+    # OpenAI's key order, whatever order the upstream wrote.
+    out = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created if type(created) is int else int(time.time()),
+        "model": public_model,
+    }
+    for key, value in doc.items():
+        if key not in out and key != "system_fingerprint":
+            out[key] = value
+    return orjson.dumps(out), Usage.from_upstream(doc.get("usage"))
 
 
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}

@@ -42,6 +42,7 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     admission = services.admission
     key = await admission.key(request.headers.get("authorization"))
     exchange.key_id, exchange.account_id = key.id, key.account_id
+    admission.refuse_if_full(key)  # a retry loop against a full window costs no parsing, no store
     body, facts = parse_chat_request(request.body, services.settings.request_limits)
     model = services.settings.models.get(body["model"])
     if model is None:

@@ -96,3 +96,32 @@ async def test_locked_store_fails_fast(store, fail_open):
     finally:
         blocker.rollback()
         blocker.close()
+
+
+async def test_a_full_window_is_refused_from_memory_until_it_ends(store):
+    clock = Clock(1_000_000 * 3600 + 10)
+    admission = Admission(settings(), store, clock)
+    key = KeyRecord("key_1", "acct_1", "zk-", 0.0)
+    await admission.limit(key)
+    await admission.limit(key)
+    calls = []
+    real_hit = store.hit
+
+    async def counting_hit(*args, **kwargs):
+        calls.append(args)
+        return await real_hit(*args, **kwargs)
+
+    store.hit = counting_hit
+    with pytest.raises(RateLimited):
+        await admission.limit(key)
+    assert len(calls) == 1  # the store said full once
+    for seconds in (1, 20, 49):
+        clock.now = 1_000_000 * 3600 + 10 + seconds
+        with pytest.raises(RateLimited) as info:
+            admission.refuse_if_full(key)
+        assert info.value.headers["retry-after"] == str(50 - seconds)
+        with pytest.raises(RateLimited):
+            await admission.limit(key)
+    assert len(calls) == 1  # every refusal since came from memory
+    clock.now = 1_000_000 * 3600 + 60  # the next minute
+    assert (await admission.limit(key)).admitted and len(calls) == 2
