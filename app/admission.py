@@ -1,6 +1,7 @@
-"""Admission of a request before any upstream call: whose key, within its limits, with tokens left.
+"""Admission of a request before any upstream call: whose key, within its limits, with its cost
+reserved against the account's balance (app/reservations.py).
 
-Key lookups and balances are cached per worker for a short time; the rate limit is one atomic
+Key lookups are cached per worker for a short time; the rate limit is one atomic
 store operation per admitted request, bounded by a short timeout. A key whose window the store
 found full is refused from memory until that window ends: counts only grow within a window, so
 this changes no decision, and a client retrying in a loop never reaches the store.
@@ -12,9 +13,10 @@ from typing import Callable
 
 from .cache import MISSING, TTLCache
 from .config import Settings
-from .errors import InsufficientQuota, InvalidApiKey, RateLimited, StoreUnavailable
+from .errors import InvalidApiKey, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
 from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
+from .reservations import Reservation, Reservations
 from .store import KeyRecord, Store
 
 
@@ -24,7 +26,7 @@ class Admission:
         self.store = store
         self.clock = clock
         self._keys: TTLCache[KeyRecord | None] = TTLCache(settings.key_cache_ttl)
-        self._balances: TTLCache[bool] = TTLCache(settings.balance_cache_ttl)
+        self.reservations = Reservations(store, settings, clock)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
         # key id -> (when its full window ends, the refusal the store decided)
@@ -85,23 +87,15 @@ class Admission:
             raise RateLimited(decision.message(), headers=decision.headers())
         return decision
 
-    async def require_balance(self, account_id: str) -> None:
-        """InsufficientQuota unless the account holds an active package with tokens left."""
-        funded = self._balances.get(account_id)
-        if funded is MISSING:
-            now = self.clock()
-            funded = any(p.active_at(now) for p in await self.store.packages(account_id))
-            self._balances.put(account_id, funded)
-        if not funded:
-            raise InsufficientQuota()
+    async def reserve(self, account_id: str, need: int) -> Reservation:
+        """Reserve what the request may cost against the account's balance (InsufficientQuota if it
+        cannot be covered)."""
+        return await self.reservations.reserve(account_id, need)
 
-    def forget(self, digest: str | None = None, account_id: str | None = None) -> None:
+    def forget(self, digest: str | None = None) -> None:
         """Drop cached knowledge, e.g. after an admin change made by this worker."""
-        if digest is None and account_id is None:
+        if digest is None:
             self._keys.clear()
-            self._balances.clear()
             self._full.clear()
-        if digest is not None:
+        else:
             self._keys.drop(digest)
-        if account_id is not None:
-            self._balances.drop(account_id)

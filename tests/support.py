@@ -249,7 +249,6 @@ def gateway_env(data_dir: Path, models: Path, **overrides: str) -> dict[str, str
             "ZOWY_ADMIN_TOKEN": "admin-secret-token",
             "ZOWY_METER_INTERVAL": "0.01",
             "ZOWY_KEY_CACHE_TTL": "0.5",
-            "ZOWY_BALANCE_CACHE_TTL": "0.2",
             "ZOWY_RETRY_BACKOFF": "0.05",
             # Tests inject upstream failures on shared gateways; the breaker has its own tests.
             "ZOWY_BREAKER_MIN_REQUESTS": "1000000",

@@ -7,6 +7,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound
 from ..exchange import Exchange
+from ..metering import request_need
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -56,7 +57,9 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     exchange.admitted(model.id, body)
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
-    await admission.require_balance(key.account_id)
+    completion = body.get("max_completion_tokens") or body.get("max_tokens") or model.default_completion_tokens
+    need = request_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes, completion, body.get("n") or 1)
+    exchange.reservation = await admission.reserve(key.account_id, need)
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
