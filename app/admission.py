@@ -2,13 +2,16 @@
 reserved against the account's balance (app/reservations.py).
 
 Key lookups are cached per worker for a short time; the rate limit is one atomic
-store operation per admitted request, bounded by a short timeout. A key whose window the store
-found full is refused from memory until that window ends: counts only grow within a window, so
-this changes no decision, and a client retrying in a loop never reaches the store.
+store operation per admitted request, bounded by a short timeout — or per several, for a key whose
+windows are far from their limits (the worker counts a few ahead and admits them from memory). A
+key whose window the store found full is refused from memory until that window ends: counts only
+grow within a window, so this changes no decision, and a client retrying in a loop never reaches
+the store.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from .cache import MISSING, TTLCache
@@ -18,6 +21,16 @@ from .keys import bearer, key_hash
 from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
 from .reservations import Reservation, Reservations
 from .store import KeyRecord, Store
+
+
+@dataclass(slots=True)
+class _Slots:
+    minute: int
+    hour: int
+    left: int
+    minute_count: int
+    hour_count: int
+    limits: tuple[int, int]
 
 
 class Admission:
@@ -31,6 +44,10 @@ class Admission:
         self._defaults = settings.rate_limits
         # key id -> (when its full window ends, the refusal the store decided)
         self._full: dict[str, tuple[float, Decision]] = {}
+        # key id -> requests this worker counted in the store ahead of time, for keys far from their limits
+        self._slots: dict[str, _Slots] = {}
+        self._slice_max = settings.limiter_slice
+        self._floor = settings.limiter_floor
 
     async def key(self, authorization: str | None) -> KeyRecord:
         """The active key named by the Authorization header, or InvalidApiKey."""
@@ -69,23 +86,46 @@ class Admission:
         per_minute = key.per_minute or self._defaults.per_minute
         per_hour = key.per_hour or self._defaults.per_hour
         now = self.clock()
+        minute, hour = minute_of(now), hour_of(now)
+        slots = self._slots.get(key.id)
+        if slots is not None and slots.left and slots.minute == minute and slots.limits == (per_minute, per_hour):
+            slots.left -= 1
+            return Decision(True, per_minute, slots.minute_count - slots.left, per_hour, slots.hour_count - slots.left, now)
+        take = self._slice(slots, per_minute, per_hour, minute, hour)
         try:
-            count = await self.store.hit(key.id, per_minute, per_hour, now, self.settings.limiter_timeout)
+            count = await self.store.hit(key.id, per_minute, per_hour, now, self.settings.limiter_timeout, take)
+            if not count.admitted and take > 1:
+                take = 1
+                count = await self.store.hit(key.id, per_minute, per_hour, now, self.settings.limiter_timeout)
         except StoreUnavailable:
             if self.settings.limiter_fail_open:
                 return Decision(True, per_minute, 0, per_hour, 0, now)
             raise StoreUnavailable("Rate limits cannot be checked right now. Please retry shortly.") from None
-        decision = Decision(count.admitted, per_minute, count.minute, per_hour, count.hour, now)
+        unused = take - 1 if count.admitted else 0
+        decision = Decision(count.admitted, per_minute, count.minute - unused, per_hour, count.hour - unused, now)
         if not count.admitted:
             if count.hour >= per_hour:
-                until = float((hour_of(now) + 1) * HOUR)
+                until = float((hour + 1) * HOUR)
             else:
-                until = float((minute_of(now) + 1) * MINUTE)
+                until = float((minute + 1) * MINUTE)
             if len(self._full) >= self._keys.max_size:
                 self._full.clear()
             self._full[key.id] = (until, decision)
             raise RateLimited(decision.message(), headers=decision.headers())
+        if len(self._slots) >= self._keys.max_size:
+            self._slots.clear()
+        self._slots[key.id] = _Slots(minute, hour, unused, count.minute, count.hour, (per_minute, per_hour))
         return decision
+
+    def _slice(self, slots: "_Slots | None", per_minute: int, per_hour: int, minute: int, hour: int) -> int:
+        """How many requests to count at once: one, unless the key's last known counts leave both
+        windows far (``limiter_floor``) from their limits; then a few more, held by this worker."""
+        if slots is None or slots.hour != hour:
+            return 1
+        room = min(per_minute - (slots.minute_count if slots.minute == minute else 0), per_hour - slots.hour_count)
+        if room < self._floor:
+            return 1
+        return 1 + min(self._slice_max, room // 64)
 
     async def reserve(self, account_id: str, need: int) -> Reservation:
         """Reserve what the request may cost against the account's balance (InsufficientQuota if it
@@ -97,5 +137,6 @@ class Admission:
         if digest is None:
             self._keys.clear()
             self._full.clear()
+            self._slots.clear()
         else:
             self._keys.drop(digest)

@@ -161,6 +161,8 @@ class Settings:
     rate_limits: RateLimits = RateLimits()
     limiter_timeout: float = setting("ZOWY_LIMITER_TIMEOUT", 0.5, low=0.001)
     limiter_fail_open: bool = setting("ZOWY_LIMITER_FAIL_OPEN", False)
+    limiter_slice: int = setting("ZOWY_LIMITER_SLICE", 64, low=0)
+    limiter_floor: int = setting("ZOWY_LIMITER_FLOOR", 2048, low=1)
     plans: Plans = Plans()
     package_days: int = setting("ZOWY_PACKAGE_DAYS", 30, low=1)
     meter_batch: int = setting("ZOWY_METER_BATCH", 512, low=1)

@@ -257,10 +257,12 @@ class Store(abc.ABC):
 
     # rate windows
     @abc.abstractmethod
-    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
-        """Count one request in the key's minute and hour windows, unless either is full.
+    async def hit(
+        self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None, take: int = 1
+    ) -> WindowCount:
+        """Count ``take`` requests in the key's minute and hour windows, unless that would overfill either.
 
-        One atomic operation decides; the counts returned include this request when admitted.
+        One atomic operation decides; the counts returned include them when admitted.
         Raises StoreUnavailable if the store cannot answer within ``timeout`` seconds.
         """
 

@@ -618,14 +618,16 @@ class MongoStore(Store):
 
     # rate windows
 
-    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
+    async def hit(
+        self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None, take: int = 1
+    ) -> WindowCount:
         try:
             async with asyncio.timeout(timeout):
-                return await self._hit(key_id, per_minute, per_hour, now)
+                return await self._hit(key_id, per_minute, per_hour, now, take)
         except TimeoutError:
             raise StoreUnavailable("The rate window could not be counted in time.") from None
 
-    async def _hit(self, key_id: str, per_minute: int, per_hour: int, now: float) -> WindowCount:
+    async def _hit(self, key_id: str, per_minute: int, per_hour: int, now: float, take: int) -> WindowCount:
         hour = ratelimit.hour_of(now)
         minute = str(ratelimit.minute_of(now) - hour * 60)
         doc_id = f"{key_id}:{hour}"
@@ -638,10 +640,10 @@ class MongoStore(Store):
         query = {
             "_id": doc_id,
             "expires_at": expires,
-            "h": {"$lt": per_hour},
-            "$and": [{"$or": [{slot: {"$exists": False}}, {slot: {"$lt": per_minute}}]}],
+            "h": {"$lte": per_hour - take},
+            "$and": [{"$or": [{slot: {"$exists": False}}, {slot: {"$lte": per_minute - take}}]}],
         }
-        update = {"$inc": {"h": 1, slot: 1}}
+        update = {"$inc": {"h": take, slot: take}}
         rates = self._db.rate_windows
         with _driver_errors:
             for _ in range(3):
@@ -657,7 +659,7 @@ class MongoStore(Store):
                 hour_count = current.get("h", 0)
                 minute_count = (current.get("m") or {}).get(minute, 0)
                 # Counts only grow within a window, so a full one stays full: a final rejection.
-                if hour_count >= per_hour or minute_count >= per_minute:
+                if hour_count + take > per_hour or minute_count + take > per_minute:
                     return WindowCount(False, minute_count, hour_count)
                 # Not full, yet not counted: two first upserts raced (MongoDB), or nx-27017 swallowed
                 # a server error into None. Ask again.

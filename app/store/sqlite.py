@@ -114,15 +114,16 @@ CREATE INDEX IF NOT EXISTS rate_windows_expiry ON rate_windows(expires_at);
 
 # One statement decides both windows: the row of the key's current hour carries the hour count
 # and the count of its latest minute. A request from an earlier minute (clock skew between
-# processes) is counted in the later one, which can only make the limit stricter.
+# processes) is counted in the later one, which can only make the limit stricter. ?7 requests are
+# counted at once (at most both limits; the caller sees to it).
 _HIT = """
 INSERT INTO rate_windows (key_id, hour, hour_count, minute, minute_count, expires_at)
-VALUES (?1, ?2, 1, ?3, 1, ?4)
+VALUES (?1, ?2, ?7, ?3, ?7, ?4)
 ON CONFLICT (key_id, hour) DO UPDATE SET
-    hour_count = hour_count + 1,
-    minute_count = CASE WHEN excluded.minute > minute THEN 1 ELSE minute_count + 1 END,
+    hour_count = hour_count + ?7,
+    minute_count = CASE WHEN excluded.minute > minute THEN ?7 ELSE minute_count + ?7 END,
     minute = MAX(minute, excluded.minute)
-WHERE hour_count < ?5 AND (excluded.minute > minute OR minute_count < ?6)
+WHERE hour_count + ?7 <= ?5 AND (excluded.minute > minute OR minute_count + ?7 <= ?6)
 RETURNING hour_count, minute_count
 """
 
@@ -539,13 +540,15 @@ class SqliteStore(Store):
 
     # rate windows
 
-    async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
+    async def hit(
+        self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None, take: int = 1
+    ) -> WindowCount:
         hour = ratelimit.hour_of(now)
         minute = ratelimit.minute_of(now)
         expires = ratelimit.window_expiry(now)
 
         def run(db: sqlite3.Connection) -> WindowCount:
-            row = db.execute(_HIT, (key_id, hour, minute, expires, per_hour, per_minute)).fetchone()
+            row = db.execute(_HIT, (key_id, hour, minute, expires, per_hour, per_minute, take)).fetchone()
             if row is not None:
                 return WindowCount(True, row[1], row[0])
             row = db.execute(

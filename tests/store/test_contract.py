@@ -559,3 +559,13 @@ async def test_concurrent_leases_from_two_instances_never_exceed_the_balance(bac
     taken = await asyncio.gather(*(take(s, f"w{i}:acc_1") for i, s in enumerate([store, other] * 3)))
     assert sum(taken) == 4800  # 16 of the 60 asked fit, none beyond
     assert sum(l.tokens for l in await store.leases("acc_1")) == 4800
+
+
+async def test_hit_counts_several_at_once_within_both_limits(store: Store):
+    now = hour_start() + 5
+    assert await store.hit("key_many", 10, 100, now, take=4) == WindowCount(True, 4, 4)
+    assert await store.hit("key_many", 10, 100, now, take=6) == WindowCount(True, 10, 10)
+    refused = await store.hit("key_many", 10, 100, now, take=1)
+    assert not refused.admitted and refused.minute == 10
+    assert (await store.hit("key_many", 10, 12, now + 60, take=3)).admitted is False  # the hour has 2 left
+    assert await store.hit("key_many", 10, 12, now + 60, take=2) == WindowCount(True, 2, 12)

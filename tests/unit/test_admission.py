@@ -113,3 +113,28 @@ async def test_a_full_window_is_refused_from_memory_until_it_ends(store):
     assert len(calls) == 1  # every refusal since came from memory
     clock.now = 1_000_000 * 3600 + 60  # the next minute
     assert (await admission.limit(key)).admitted and len(calls) == 2
+
+
+async def test_a_key_far_from_its_limits_is_counted_a_few_at_a_time(store):
+    clock = Clock(1_000_000 * 3600 + 10)
+    admission = Admission(Settings(rate_limits=RateLimits(200, 10_000), limiter_slice=4, limiter_floor=50), store, clock)
+    key = KeyRecord("key_1", "acct_1", "zk-", 0.0)
+    calls = []
+    real_hit = store.hit
+
+    async def counting_hit(*args, **kwargs):
+        calls.append(args[-1] if len(args) > 5 else kwargs.get("take", 1))
+        return await real_hit(*args, **kwargs)
+
+    store.hit = counting_hit
+    admitted = 0
+    with pytest.raises(RateLimited):
+        for _ in range(1000):
+            decision = await admission.limit(key)
+            admitted += 1
+            assert decision.minute_used == admitted  # the headers count this worker's own requests
+    assert admitted == 200  # the limit, exactly
+    assert calls[0] == 1 and max(calls) == 4 and len(calls) < 150  # fewer store operations than requests
+    assert calls[-2:] == [1, 1]  # near the limit, one at a time
+    row = store._limits._db.execute("SELECT minute_count FROM rate_windows").fetchone()
+    assert row == (200,)
