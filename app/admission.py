@@ -1,16 +1,20 @@
 """Admission of a request before any upstream call: whose key, within its limits, with tokens left.
 
 Key lookups and balances are cached per worker for a short time; the rate limit is one atomic
-store operation per request, bounded by a short timeout.
+store operation per request, bounded by a short timeout. A key's own controls (expiry, IP
+allow-list, token cap) are checked from its cached record; a capped key's used tokens are read
+from the ledger at most once per ``ZOWY_KEY_USAGE_CACHE_TTL`` per worker.
 """
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Callable
 
 from .cache import MISSING, TTLCache
+from .clientip import allowed, client_address, parse_networks
 from .config import Settings
-from .errors import InsufficientQuota, InvalidApiKey, RateLimited, StoreUnavailable
+from .errors import InsufficientQuota, InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
 from .ratelimit import Decision
 from .store import KeyRecord, Store
@@ -25,9 +29,18 @@ class Admission:
         self._balances: TTLCache[bool] = TTLCache(settings.balance_cache_ttl)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
+        # [tokens used]: the ledger's sum when read, plus what this worker admitted since (the entry
+        # keeps the expiry of its read, so the ledger is read again however busy the key is).
+        self._key_tokens: TTLCache[list[int]] = TTLCache(settings.key_usage_cache_ttl)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
 
-    async def key(self, authorization: str | None) -> KeyRecord:
-        """The active key named by the Authorization header, or InvalidApiKey."""
+    def client(self, peer: str, forwarded_for: str | None) -> str:
+        """The caller's address: the peer, or the client a trusted proxy forwarded."""
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    async def key(self, authorization: str | None, peer: str | None = None, forwarded_for: str | None = None) -> KeyRecord:
+        """The active, unexpired key named by the Authorization header, or InvalidApiKey; with the
+        caller's peer address, PermissionDenied when the key's IP allow-list leaves it out."""
         token = bearer(authorization)
         if token is None:
             raise InvalidApiKey(
@@ -42,7 +55,37 @@ class Admission:
             self._keys.put(digest, record)
         if record is None or record.revoked_at is not None:
             raise InvalidApiKey()
+        if record.expires_at is not None and record.expires_at <= self.clock():
+            when = datetime.fromtimestamp(record.expires_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise InvalidApiKey(f"This API key expired at {when}. Create a new key or extend this one's expiry.")
+        if record.ips is not None and peer is not None:
+            address = self.client(peer, forwarded_for)
+            if not allowed(address, record.ips):
+                raise PermissionDenied(
+                    f"This API key may not be used from {address}: it is not in the key's IP allow-list.",
+                    code="ip_not_allowed",
+                )
         return record
+
+    async def require_key_budget(self, key: KeyRecord, need: int) -> None:
+        """InsufficientQuota when the key's token cap cannot hold this request's need.
+
+        Used tokens come from the ledger through a short per-worker cache to which this worker adds
+        what it admits, so other workers' requests within the cache lifetime may overshoot the cap.
+        """
+        cap = key.token_cap
+        if cap is None:
+            return
+        used = self._key_tokens.get(key.id)
+        if used is MISSING:
+            used = [await self.store.key_tokens(key.id)]
+            self._key_tokens.put(key.id, used)
+        if used[0] + need > cap:
+            raise InsufficientQuota(
+                f"This API key reached its token cap of {cap} tokens ({min(used[0], cap)} used). "
+                "Raise the key's cap or use another key."
+            )
+        used[0] += need
 
     async def limit(self, key: KeyRecord) -> Decision:
         """Count the request in the key's windows; RateLimited when either is full."""
@@ -75,6 +118,7 @@ class Admission:
         if digest is None and account_id is None:
             self._keys.clear()
             self._balances.clear()
+            self._key_tokens.clear()
         if digest is not None:
             self._keys.drop(digest)
         if account_id is not None:

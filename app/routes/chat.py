@@ -7,6 +7,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound
 from ..exchange import Exchange
+from ..metering import estimate_tokens
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -40,11 +41,11 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
             code="invalid_content_type",
         )
     admission = services.admission
-    key = await admission.key(request.headers.get("authorization"))
+    key = await admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
     exchange.key_id, exchange.account_id = key.id, key.account_id
     body, facts = parse_chat_request(request.body, services.settings.request_limits)
     model = services.settings.models.get(body["model"])
-    if model is None:
+    if model is None or not key.allows(model.id):
         raise ModelNotFound(f"The model '{body['model']}' does not exist or you do not have access to it.", param="model")
     if facts.first_image is not None and not model.vision:
         raise InvalidRequest(
@@ -56,6 +57,9 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
     await admission.require_balance(key.account_id)
+    if key.token_cap is not None:
+        completion = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        await admission.require_key_budget(key, max(1, estimate_tokens(facts.text_chars) + completion))
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
