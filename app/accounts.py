@@ -188,6 +188,8 @@ async def sign_in(store: Store, settings: Settings, email: object, password: obj
     token = SESSION_PREFIX + secrets.token_urlsafe(32)
     session = Session(key_hash(token, settings.key_pepper), owner.account_id, owner.id, now, now + limits.session_ttl)
     await store.create_session(session)
+    await audit.record(store, Actor(f"owner:{owner.id}", ip), "signin", owner.account_id, owner.id,
+                       after={"session_expires_at": session.expires_at})
     return SignedIn(session, token, csrf_token(settings, token), owner)
 
 

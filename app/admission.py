@@ -62,7 +62,7 @@ class Admission:
             address = self.client(peer, forwarded_for)
             if not allowed(address, record.ips):
                 raise PermissionDenied(
-                    f"This API key may not be used from {address}: it is not in the key's IP allow-list.",
+                    f"This API key may not be used from address {address}, which is not in the key's IP allow-list.",
                     code="ip_not_allowed",
                 )
         return record
