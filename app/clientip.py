@@ -32,9 +32,20 @@ def _within(address, nets: tuple[Network, ...]) -> bool:
     return any(address.version == n.version and address in n for n in nets)
 
 
+MEMO_HEADER = 256
+
+
 def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
     """The peer address, or, when the peer is a trusted proxy, the rightmost address of
     ``X-Forwarded-For`` that is not one of the trusted proxies."""
+    # Memoised per worker, so a busy client costs a dictionary lookup instead of parsing addresses
+    # on every request; headers past a usual length are not kept (the memo stays small).
+    if forwarded_for is not None and len(forwarded_for) > MEMO_HEADER:
+        return _client_address(peer, forwarded_for, trusted)
+    return _memo_client_address(peer, forwarded_for, trusted)
+
+
+def _client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
     address = _address(peer)
     if address is None or not trusted or not forwarded_for or not _within(address, trusted):
         return str(address) if address is not None else peer
@@ -49,6 +60,10 @@ def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network,
     return str(address)
 
 
+_memo_client_address = lru_cache(maxsize=65536)(_client_address)
+
+
+@lru_cache(maxsize=65536)
 def allowed(address: str, cidrs: tuple[str, ...]) -> bool:
     """Whether ``address`` falls in one of ``cidrs``."""
     parsed = _address(address)
