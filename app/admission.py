@@ -39,8 +39,8 @@ class Admission:
         return client_address(peer, forwarded_for, self.trusted_proxies)
 
     async def key(self, authorization: str | None, peer: str | None = None, forwarded_for: str | None = None) -> KeyRecord:
-        """The active, unexpired key named by the Authorization header, or InvalidApiKey; with the
-        caller's peer address, PermissionDenied when the key's IP allow-list leaves it out."""
+        """The active, unexpired key named by the Authorization header, or InvalidApiKey;
+        PermissionDenied when the key's IP allow-list leaves out the caller (an unknown caller too)."""
         token = bearer(authorization)
         if token is None:
             raise InvalidApiKey(
@@ -58,8 +58,8 @@ class Admission:
         if record.expires_at is not None and record.expires_at <= self.clock():
             when = datetime.fromtimestamp(record.expires_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             raise InvalidApiKey(f"This API key expired at {when}. Create a new key or extend this one's expiry.")
-        if record.ips is not None and peer is not None:
-            address = self.client(peer, forwarded_for)
+        if record.ips is not None:
+            address = self.client(peer or "", forwarded_for)
             if not allowed(address, record.ips):
                 raise PermissionDenied(
                     f"This API key may not be used from address {address}, which is not in the key's IP allow-list.",
