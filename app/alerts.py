@@ -222,7 +222,7 @@ class Alerts:
             "threshold_percent": threshold,
             "remaining_tokens": balance.remaining,
             "total_tokens": balance.total,
-            "package": {"id": reference.id, "plan": reference.plan, "expires_at": reference.expires_at},
+            "package": {"id": reference.id, "plan": reference.plan, "tokens": reference.tokens, "expires_at": reference.expires_at},
         }).decode()
 
     # delivery

@@ -131,7 +131,10 @@ def test_one_signed_alert_per_crossing_across_instances(pair, receiver):
                         time.time(), 300)
         assert headers["idempotency-key"] == event["id"] and headers["content-type"] == "application/json"
         assert event["type"] == "balance.low" and event["account"]["id"] == owner.customer.account_id
-        assert event["total_tokens"] == 1000 and event["remaining_tokens"] * 100 <= event["threshold_percent"] * 1000
+        assert event["package"]["tokens"] == 1000
+        # Measured when a worker looked: the package may have run dry (nothing active left) by then.
+        assert (event["remaining_tokens"], event["total_tokens"]) == (0, 0) or (
+            event["total_tokens"] == 1000 and event["remaining_tokens"] * 100 <= event["threshold_percent"] * 1000)
     assert len({d["headers"]["Idempotency-Key"] for d in delivered}) == 2
 
     with httpx2.Client(base_url=pair.first.url, timeout=30) as h:
