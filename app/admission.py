@@ -1,9 +1,12 @@
-"""Admission of a request before any upstream call: whose key, within its limits, with tokens left.
+"""Admission of a request before any upstream call: whose key, within its limits, with its cost
+reserved against the account's balance (app/reservations.py).
 
-Key lookups and balances are cached per worker for a short time; the rate limit is one atomic
-store operation per request, bounded by a short timeout. A key's own controls (expiry, IP
-allow-list, token cap) are checked from its cached record; a capped key's used tokens are read
-from the ledger at most once per ``ZOWY_KEY_USAGE_CACHE_TTL`` per worker.
+Key lookups are cached per worker for a short time; the rate limit is one atomic
+store operation per admitted request, bounded by a short timeout. A key whose window the store
+found full is refused from memory until that window ends: counts only grow within a window, so
+this changes no decision, and a client retrying in a loop never reaches the store. A key's own
+controls (expiry, IP allow-list, token cap) are checked from its cached record; a capped key's used
+tokens are read from the ledger at most once per ``ZOWY_KEY_USAGE_CACHE_TTL`` per worker.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from .clientip import allowed, client_address, parse_networks
 from .config import Settings
 from .errors import InsufficientQuota, InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
-from .ratelimit import Decision
+from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
+from .reservations import Reservation, Reservations
 from .store import KeyRecord, Store
 
 
@@ -26,9 +30,11 @@ class Admission:
         self.store = store
         self.clock = clock
         self._keys: TTLCache[KeyRecord | None] = TTLCache(settings.key_cache_ttl)
-        self._balances: TTLCache[bool] = TTLCache(settings.balance_cache_ttl)
+        self.reservations = Reservations(store, settings, clock)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
+        # key id -> (when its full window ends, the refusal the store decided)
+        self._full: dict[str, tuple[float, Decision]] = {}
         # [tokens used]: the ledger's sum when read, plus what this worker admitted since (the entry
         # keeps the expiry of its read, so the ledger is read again however busy the key is).
         self._key_tokens: TTLCache[list[int]] = TTLCache(settings.key_usage_cache_ttl)
@@ -67,6 +73,19 @@ class Admission:
                 )
         return record
 
+    def refuse_if_full(self, key: KeyRecord) -> None:
+        """RateLimited, without asking the store, while a window the store found full lasts."""
+        full = self._full.get(key.id)
+        if full is None:
+            return
+        until, decision = full
+        now = self.clock()
+        if now >= until:
+            del self._full[key.id]
+            return
+        again = Decision(False, decision.minute_limit, decision.minute_used, decision.hour_limit, decision.hour_used, now)
+        raise RateLimited(again.message(), headers=again.headers())
+
     async def require_key_budget(self, key: KeyRecord, need: int) -> None:
         """InsufficientQuota when the key's token cap cannot hold this request's need.
 
@@ -89,6 +108,7 @@ class Admission:
 
     async def limit(self, key: KeyRecord) -> Decision:
         """Count the request in the key's windows; RateLimited when either is full."""
+        self.refuse_if_full(key)
         per_minute = key.per_minute or self._defaults.per_minute
         per_hour = key.per_hour or self._defaults.per_hour
         now = self.clock()
@@ -100,26 +120,26 @@ class Admission:
             raise StoreUnavailable("Rate limits cannot be checked right now. Please retry shortly.") from None
         decision = Decision(count.admitted, per_minute, count.minute, per_hour, count.hour, now)
         if not count.admitted:
+            if count.hour >= per_hour:
+                until = float((hour_of(now) + 1) * HOUR)
+            else:
+                until = float((minute_of(now) + 1) * MINUTE)
+            if len(self._full) >= self._keys.max_size:
+                self._full.clear()
+            self._full[key.id] = (until, decision)
             raise RateLimited(decision.message(), headers=decision.headers())
         return decision
 
-    async def require_balance(self, account_id: str) -> None:
-        """InsufficientQuota unless the account holds an active package with tokens left."""
-        funded = self._balances.get(account_id)
-        if funded is MISSING:
-            now = self.clock()
-            funded = any(p.active_at(now) for p in await self.store.packages(account_id))
-            self._balances.put(account_id, funded)
-        if not funded:
-            raise InsufficientQuota()
+    async def reserve(self, account_id: str, need: int) -> Reservation:
+        """Reserve what the request may cost against the account's balance (InsufficientQuota if it
+        cannot be covered)."""
+        return await self.reservations.reserve(account_id, need)
 
-    def forget(self, digest: str | None = None, account_id: str | None = None) -> None:
+    def forget(self, digest: str | None = None) -> None:
         """Drop cached knowledge, e.g. after an admin change made by this worker."""
-        if digest is None and account_id is None:
+        if digest is None:
             self._keys.clear()
-            self._balances.clear()
+            self._full.clear()
             self._key_tokens.clear()
-        if digest is not None:
+        else:
             self._keys.drop(digest)
-        if account_id is not None:
-            self._balances.drop(account_id)

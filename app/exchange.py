@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .errors import GatewayError, StreamCut, UpstreamTimeout
 from .ids import new_request_id
 from .metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
+from .reservations import Reservation
 from .upstream.client import Attempts, UpstreamStream
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ class Exchange:
     __slots__ = (
         "services", "request_id", "client_id", "completion_id", "headers", "started", "prompt_bytes",
         "account_id", "key_id", "model", "user", "stream", "attempts", "usage", "upstream",
-        "response_bytes", "outcome", "status", "code",
+        "response_bytes", "outcome", "status", "code", "reservation",
     )
 
     def __init__(self, services: "Services", prompt_bytes: int, client_id: str | None) -> None:
@@ -53,6 +54,7 @@ class Exchange:
         self.outcome = "ok"
         self.status = 200
         self.code: str | None = None
+        self.reservation: Reservation | None = None
 
     def __enter__(self) -> "Exchange":
         self.services.exchanges.add(self)
@@ -102,8 +104,12 @@ class Exchange:
     def finish(self) -> None:
         latency = time.perf_counter() - self.started
         usage = self._usage() if self.attempts.sent else None
+        settles = 0
+        if self.reservation is not None:
+            spent = usage.total_tokens if usage is not None else 0
+            settles = self.services.admission.reservations.finish(self.reservation, spent)
         if usage is not None:
-            self._meter(usage, latency)
+            self._meter(usage, latency, settles)
         self._count(usage, latency)
         if self.services.access_log.enabled:
             self._log(usage, latency)
@@ -120,7 +126,7 @@ class Exchange:
             return estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
         return Usage(0, 0, 0)
 
-    def _meter(self, usage: Usage, latency: float) -> None:
+    def _meter(self, usage: Usage, latency: float, settles: int) -> None:
         target = self.attempts.target
         self.services.meter.record(LedgerEntry(
             request_id=self.request_id,
@@ -141,6 +147,8 @@ class Exchange:
             attempts=self.attempts.count,
             reasoning_tokens=usage.reasoning_tokens,
             cached_tokens=usage.cached_tokens,
+            lease_id=self.reservation.lease_id if self.reservation else None,
+            reserved=settles,
         ))
 
     def _count(self, usage: Usage | None, latency: float) -> None:

@@ -27,6 +27,9 @@ class LedgerEntry:
     debits: list[list] = field(default_factory=list)
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    # The balance reservation this request held, settled when the entry is written.
+    lease_id: str | None = None
+    reserved: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,3 +122,28 @@ def allocate(tokens: int, active: Sequence[PackageBalance], fallback_id: str | N
         else:
             debits.append([sink, left])
     return debits
+
+
+# What an image may cost in prompt tokens (high detail on the largest upstream tiling), reserved as such.
+IMAGE_TOKENS = 1500
+
+
+def request_need(body_bytes: int, image_bytes: int, images: int, guard_bytes: int, completion: int, choices: int = 1) -> int:
+    """The most a request is expected to cost, reserved before it goes upstream: its prompt at a
+    generous three bytes a token (images at ``IMAGE_TOKENS`` each), the guard prompt, and the
+    completion it allows (its max_tokens, or the model's default) for every choice."""
+    prompt = (body_bytes - image_bytes + guard_bytes + 2) // 3 + images * IMAGE_TOKENS
+    return prompt + completion * max(1, choices)
+
+
+def lease_size(need: int, free: int, slice_max: int, share: int, floor: int) -> int:
+    """How many tokens to lease for a request needing ``need`` when ``free`` are free: 0 when they do
+    not cover it; else ``need`` plus a slice for the requests to come, a ``share``-th of what would
+    remain, at most ``slice_max`` — and no slice at all once fewer than ``floor`` would remain, so
+    near the end of a balance every reservation is exactly a request's own."""
+    if need > free:
+        return 0
+    rest = free - need
+    if rest < floor:
+        return need
+    return need + min(slice_max, rest // share)

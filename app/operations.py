@@ -235,13 +235,20 @@ async def grant_package(
 
 
 async def balance(store: Store, account: Account) -> dict:
-    """The account's packages, which one is debited next, and what is left in all."""
+    """The account's packages, which one is debited next, and what is left in all: remaining in
+    active packages, reserved by requests in flight (or held by workers for them), available to new
+    requests, and settled (debited by the ledger) over every package."""
     now = time.time()
     packages = await store.packages(account.id)
     active = active_packages(packages, now)
+    remaining = sum(p.remaining for p in active)
+    reserved = sum(l.tokens for l in await store.leases(account.id) if l.expires_at > now)
     return {
         "account": {"id": account.id, "name": account.name},
-        "remaining_tokens": sum(p.remaining for p in active),
+        "remaining_tokens": remaining,
+        "reserved_tokens": reserved,
+        "available_tokens": max(0, remaining - reserved),
+        "settled_tokens": sum(p.used for p in packages),
         "active_package": package_view(active[0], now) if active else None,
         "packages": [package_view(p, now) for p in packages],
     }
@@ -303,3 +310,20 @@ def parse_time(text: str | None, param: str) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
+
+
+# A lease past its expiry is swept by any worker's upkeep within a minute; one that lingers longer
+# means no worker sweeps (or a clock is wrong).
+STALE_LEASE_GRACE = 300.0
+
+
+async def reconcile(store: Store) -> dict:
+    """Packages against the ledger, and reservations left past their expiry; ``ok`` when both agree."""
+    mismatches = await store.reconcile()
+    stale = await store.expired_leases(time.time() - STALE_LEASE_GRACE)
+    return {
+        "ok": not mismatches and not stale,
+        "ledger_entries": await store.ledger_count(),
+        "mismatches": [asdict(m) for m in mismatches],
+        "expired_reservations": [asdict(l) for l in stale],
+    }

@@ -51,13 +51,18 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
     if type(doc) is not dict or type(doc.get("choices")) is not list:
         raise MalformedUpstream("no choices")
     dialect.completion(doc, completion_id)
-    doc["id"] = completion_id
-    doc["model"] = public_model
-    doc["object"] = "chat.completion"
-    doc.pop("system_fingerprint", None)
-    if type(doc.get("created")) is not int:
-        doc["created"] = int(time.time())
-    return orjson.dumps(doc), Usage.from_upstream(doc.get("usage"))
+    created = doc.get("created")
+    # OpenAI's key order, whatever order the upstream wrote.
+    out = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created if type(created) is int else int(time.time()),
+        "model": public_model,
+    }
+    for key, value in doc.items():
+        if key not in out and key != "system_fingerprint":
+            out[key] = value
+    return orjson.dumps(out), Usage.from_upstream(doc.get("usage"))
 
 
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}
@@ -92,6 +97,7 @@ class StreamRewriter:
         "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
         "usage", "_usage_doc", "_usage_pending", "events", "text_chars", "done", "error", "tool_calls",
+        "_finished", "_calls",
     )
 
     def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI) -> None:
@@ -118,6 +124,10 @@ class StreamRewriter:
         self.error: dict | None = None
         # Per choice: the index given to each tool call (by its id) a dialect had to number.
         self.tool_calls: dict[int, dict[str, int]] = {}
+        # Whether a finish_reason went out, and whether tool calls did: a stream that ends without
+        # one gets a finish chunk, as OpenAI always sends.
+        self._finished = False
+        self._calls = False
 
     @property
     def completion_id(self) -> str:
@@ -167,14 +177,29 @@ class StreamRewriter:
             rest = self._framer.pending()
         else:
             rest = self._tail
-            if rest.strip() and rest.endswith((b"\n", b"\r")):
-                out.append(self._one(rest))
-                rest = b""
-        if rest.strip():
-            raise MalformedUpstream("stream ended inside an event")
+        if rest.strip() and not (self.done or self.error is not None):
+            # The body ended without the blank line after its last event: take the event if it is
+            # whole (``data: [DONE]`` or complete JSON); a cut one is malformed.
+            event = rest.rstrip(b"\r\n") + self._separator
+            if event_data(event) is not None:
+                out.append(self._one(event) or b"")
+        self._tail = b""
         if self._usage_pending and not self.done and self.error is None:
             out.append(self._usage_chunk())
         return b"".join(out)
+
+    def _closing(self) -> bytes:
+        """What OpenAI would have sent before [DONE] and the upstream did not: a finish chunk, and
+        the usage chunk when the usage rode on a content chunk."""
+        owed = b""
+        if not self._finished and self.events:
+            self._finished = True
+            owed = format_event(self._identity({
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if self._calls else "stop"}],
+            }))
+        if self._usage_pending:
+            owed += self._usage_chunk()
+        return owed
 
     # spans and events
 
@@ -189,6 +214,8 @@ class StreamRewriter:
                     span = span.replace(old, new)
                 self.events += n
                 self._count_text(span)
+                if not self._finished:
+                    self._watch(span)
                 return span
         separator = self._separator
         return self._events([event + separator for event in span.split(separator)[:-1]])
@@ -227,9 +254,8 @@ class StreamRewriter:
             return event  # a comment or a field-only event: passed on as is
         if data == DONE:
             self.done = True
-            if self._usage_pending:
-                return self._usage_chunk() + event
-            return event
+            owed = self._closing()
+            return owed + event if owed else event
         if not (data.startswith(b"{") and data.endswith(b"}")):
             raise MalformedUpstream("event is not a JSON object")
         id_token = self._id_token
@@ -241,8 +267,16 @@ class StreamRewriter:
                 event = event.replace(old, new)
             self.events += 1
             self._count_text(data)
+            if not self._finished:
+                self._watch(data)
             return event
         return self._parsed(event, data)
+
+    def _watch(self, data: bytes) -> None:
+        if b'"tool_calls"' in data:
+            self._calls = True
+        if b'"finish_reason":"' in data:
+            self._finished = True
 
     def _parsed(self, event: bytes, data: bytes) -> bytes | None:
         try:
@@ -259,6 +293,8 @@ class StreamRewriter:
         self._count_text(data)
         self._learn(doc, data)
         changed = self.dialect.chunk(doc, self)
+        if not self._finished:
+            self._watch(data)
         usage = doc.get("usage")
         if usage is not None:
             return self._usage_event(doc, usage)

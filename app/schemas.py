@@ -79,10 +79,13 @@ _part = cs.tagged_union_schema(
 )
 _content = cs.union_schema([(_str, "@text"), (_list(_part), "@parts")])
 
-_function_call = _obj({"name": _req(_str), "arguments": _req(_str)})
+# ``parsed_arguments``, ``index`` and a message's ``parsed`` are what the SDKs' own message objects
+# carry when a caller sends one back; they are accepted and never sent upstream.
+_function_call = _obj({"name": _req(_str), "arguments": _req(_str), "parsed_arguments": _opt(cs.any_schema())})
 # Vendor fields a provider's answer carries and the next request must send back (Gemini's
 # ``extra_content.google.thought_signature``): any JSON object, bounded in size.
 _tool_call = _obj({
+    "index": _opt(_int(0, 1024)),
     "id": _req(_str),
     "type": _req(_lit("function")),
     "function": _req(_function_call),
@@ -101,6 +104,8 @@ _message = _obj({
     "audio": _opt(cs.any_schema()),
     "function_call": _opt(cs.any_schema()),
     "extra_content": _opt(_any_obj),
+    "thought_signature": _opt(_str),
+    "parsed": _opt(cs.any_schema()),
 })
 
 _function = _obj({
@@ -229,7 +234,7 @@ def _check_free_form(value: Any, param: str) -> None:
         raise InvalidRequest(f"Invalid value for '{param}': integers must fit in 64 bits.", param=param)
 
 
-def _check_vendor_field(value: dict, param: str, limits: RequestLimits) -> None:
+def _check_vendor_field(value: dict | str, param: str, limits: RequestLimits) -> None:
     _check_free_form(value, param)
     if len(orjson.dumps(value)) > limits.vendor_field_bytes:
         raise InvalidRequest(
@@ -264,13 +269,14 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> RequestFacts
                 _check_free_form(message[echoed], f"messages[{i}].{echoed}")
         if message.get("tool_calls") and role != "assistant":
             raise InvalidRequest(f"'messages[{i}].tool_calls' is only allowed on assistant messages.", param=f"messages[{i}].tool_calls")
-        if message.get("extra_content") is not None:
-            if role != "assistant":
-                raise InvalidRequest(
-                    f"Unrecognized parameter: 'messages[{i}].extra_content' (only assistant messages carry it).",
-                    param=f"messages[{i}].extra_content", code="unknown_parameter",
-                )
-            _check_vendor_field(message["extra_content"], f"messages[{i}].extra_content", limits)
+        for vendor in ("extra_content", "thought_signature"):
+            if message.get(vendor) is not None:
+                if role != "assistant":
+                    raise InvalidRequest(
+                        f"Unrecognized parameter: 'messages[{i}].{vendor}' (only assistant messages carry it).",
+                        param=f"messages[{i}].{vendor}", code="unknown_parameter",
+                    )
+                _check_vendor_field(message[vendor], f"messages[{i}].{vendor}", limits)
         for k, call in enumerate(message.get("tool_calls") or ()):
             if call.get("extra_content") is not None:
                 _check_vendor_field(call["extra_content"], f"messages[{i}].tool_calls[{k}].extra_content", limits)

@@ -42,6 +42,11 @@ class Services:
     draining: bool = False
     exchanges: set["Exchange"] = field(default_factory=set)
     _ticker: asyncio.Task | None = None
+    _upkeep: asyncio.Task | None = None
+
+    @property
+    def guard_bytes(self) -> int:
+        return len(self.settings.persona_prompt.encode())
 
     @classmethod
     def build(cls, settings: Settings, transport=None) -> "Services":
@@ -80,6 +85,7 @@ class Services:
         await self.meter.start()
         await self.alerts.start()
         self._ticker = asyncio.create_task(self._tick(), name="worker-tick")
+        self._upkeep = asyncio.create_task(self._reservations(), name="reservations")
 
     async def _tick(self) -> None:
         """Hand what requests accumulated (log lines, metric sums) to their outputs, in batches."""
@@ -88,12 +94,23 @@ class Services:
             self.access_log.flush()
             self.metrics.flush()
 
+    async def _reservations(self) -> None:
+        """Give back idle reserved tokens and renew the leases in use, once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.admission.reservations.upkeep()
+            except Exception:
+                log.exception("reservation upkeep failed")
+
     async def close(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in (self._ticker, self._upkeep):
+            if task is not None:
+                task.cancel()
         self.access_log.close()
         self.metrics.flush()
         await self.meter.close()
+        await self.admission.reservations.close()
         await self.alerts.close()
         await self.upstream.close()
         await self.store.close()

@@ -149,7 +149,9 @@ def models_file(path: Path, openai_url: str, gemini_url: str, timeouts: dict | N
         'model = "gpt-5.4-mini"',
         f'api_key_env = "{UPSTREAM_KEY_ENV}"',
         'max_tokens_field = "max_completion_tokens"',
-        'params = { temperature = "reject", top_p = "reject", logprobs = "pass", presence_penalty = "drop", frequency_penalty = "drop", logit_bias = "drop" }',
+        'params = { temperature = { action = "reject", unless = { reasoning_effort = ["none"] } }, '
+        'top_p = { action = "reject", unless = { reasoning_effort = ["none"] } }, logprobs = "pass", '
+        'presence_penalty = "drop", frequency_penalty = "drop", logit_bias = "drop" }',
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -247,7 +249,6 @@ def gateway_env(data_dir: Path, models: Path, **overrides: str) -> dict[str, str
             "ZOWY_ADMIN_TOKEN": "admin-secret-token",
             "ZOWY_METER_INTERVAL": "0.01",
             "ZOWY_KEY_CACHE_TTL": "0.5",
-            "ZOWY_BALANCE_CACHE_TTL": "0.2",
             "ZOWY_RETRY_BACKOFF": "0.05",
             # Tests inject upstream failures on shared gateways; the breaker has its own tests.
             "ZOWY_BREAKER_MIN_REQUESTS": "1000000",

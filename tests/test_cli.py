@@ -46,7 +46,8 @@ def test_key_lifecycle_and_money_commands(cli, tmp_path):
     assert package["tokens"] == 2_000_000 and package["active"]
     assert cli("packages", "grant", "--account", "globex", "--plan", "gold", ok=False).returncode == 1
     balance = json.loads(cli("packages", "list", "--account", "globex").stdout)
-    assert balance["remaining_tokens"] == 2_000_000
+    assert balance["remaining_tokens"] == balance["available_tokens"] == 2_000_000
+    assert balance["reserved_tokens"] == balance["settled_tokens"] == 0
     usage = json.loads(cli("usage", "--account", "globex", "--since", "2020-01-01").stdout)
     assert usage["total"]["requests"] == 0
     assert json.loads(cli("reconcile").stdout)["mismatches"] == []
@@ -63,6 +64,21 @@ def test_reconcile_exits_non_zero_on_mismatch(cli, tmp_path):
     done = cli("reconcile", ok=False)
     assert done.returncode == 1
     assert json.loads(done.stdout)["mismatches"][0]["recorded"] == 5
+
+
+def test_reconcile_reports_reservations_left_past_their_expiry(cli, tmp_path):
+    import sqlite3
+    import time
+
+    account = json.loads(cli("accounts", "create", "acme").stdout)["id"]
+    assert json.loads(cli("reconcile").stdout)["ok"]
+    with sqlite3.connect(tmp_path / "zowy.db") as db:
+        db.execute("INSERT INTO leases (id, account_id, tokens, expires_at) VALUES ('w:x', ?, 500, ?)",
+                   (account, time.time() - 3600))
+    done = cli("reconcile", ok=False)
+    report = json.loads(done.stdout)
+    assert done.returncode == 1 and not report["ok"] and report["mismatches"] == []
+    assert [(r["id"], r["tokens"]) for r in report["expired_reservations"]] == [("w:x", 500)]
 
 
 def test_bad_configuration_is_reported(cli, tmp_path):

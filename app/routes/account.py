@@ -203,7 +203,6 @@ async def redeem(request: Request) -> HTTPResponse:
                             limits.redeem_per_minute, limits.redeem_per_hour, now, "redemption attempts")
     found = await operations.find_account(services.store, caller.session.account_id)
     package = await grants.redeem(services.store, services.settings, found, body["code"], caller.actor)
-    services.admission.forget(account_id=found.id)
     return _json({"package": operations.package_view(package, now), **await operations.balance(services.store, found)}, 201)
 
 

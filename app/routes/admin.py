@@ -104,7 +104,6 @@ async def grant_package(request: Request, account: str) -> HTTPResponse:
     package = await operations.grant_package(
         services.store, services.settings, found, body["plan"], body.get("tokens"), body.get("days"), _admin(request)
     )
-    services.admission.forget(account_id=found.id)
     return _json(operations.package_view(package, time.time()), 201)
 
 
@@ -125,9 +124,7 @@ async def usage(request: Request, account: str) -> HTTPResponse:
 
 @bp.get("/reconcile")
 async def reconcile(request: Request) -> HTTPResponse:
-    store = _services(request).store
-    mismatches = await store.reconcile()
-    return _json({"ledger_entries": await store.ledger_count(), "mismatches": [asdict(m) for m in mismatches]})
+    return _json(await operations.reconcile(_services(request).store))
 
 
 @bp.patch("/keys/<key_id>")

@@ -7,7 +7,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound
 from ..exchange import Exchange
-from ..metering import estimate_tokens
+from ..metering import estimate_tokens, request_need
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -43,6 +43,7 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     admission = services.admission
     key = await admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
     exchange.key_id, exchange.account_id = key.id, key.account_id
+    admission.refuse_if_full(key)  # a retry loop against a full window costs no parsing, no store
     body, facts = parse_chat_request(request.body, services.settings.request_limits)
     model = services.settings.models.get(body["model"])
     if model is None or not key.allows(model.id):
@@ -56,10 +57,12 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     exchange.admitted(model.id, body)
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
-    await admission.require_balance(key.account_id)
     if key.token_cap is not None:
-        completion = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        await admission.require_key_budget(key, max(1, estimate_tokens(facts.text_chars) + completion))
+        named = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        await admission.require_key_budget(key, max(1, estimate_tokens(facts.text_chars) + named))
+    completion = body.get("max_completion_tokens") or body.get("max_tokens") or model.default_completion_tokens
+    need = request_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes, completion, body.get("n") or 1)
+    exchange.reservation = await admission.reserve(key.account_id, need)
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(

@@ -33,7 +33,6 @@ async def topup(request: Request) -> HTTPResponse:
     event = parse_body("topup", request.body)
     actor = Actor("webhook:topup", services.admission.client(request.ip, request.headers.get("x-forwarded-for")))
     package, duplicate = await grants.topup(services.store, services.settings, event, actor)
-    services.admission.forget(account_id=package.account_id)
     body = {"event_id": event["event_id"], "account_id": package.account_id, "duplicate": duplicate,
             "package": operations.package_view(package, time.time())}
     return HTTPResponse(orjson.dumps(body), status=200, content_type="application/json")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import Conflict
 from ..metering import LedgerEntry, PackageBalance, allocate
@@ -64,6 +64,31 @@ class Package:
 
     def active_at(self, now: float) -> bool:
         return self.expires_at > now and self.used < self.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Tokens of an account's balance one worker holds for its requests: reserved against the
+    balance of every instance until settled by ledger entries, returned, or expired."""
+
+    id: str
+    account_id: str
+    tokens: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    granted: int
+    # What the account's balance held when asked: remaining in its active packages, and reserved by
+    # unexpired leases (this grant included); and what this lease now holds.
+    remaining: int
+    reserved: int
+    held: int
+
+    @property
+    def free(self) -> int:
+        return max(0, self.remaining - self.reserved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +248,29 @@ def active_packages(packages: list[Package], now: float) -> list[Package]:
     return sorted((p for p in packages if p.active_at(now)), key=lambda p: (p.granted_at, p.id))
 
 
+def plan_lease(
+    packages: list[Package], leases: list[Lease], lease_id: str, need: int, size: Callable[[int, int], int], now: float
+) -> tuple[int, int, int]:
+    """The lease rule, shared by every backend: how many tokens lease ``lease_id`` gets for a request
+    needing ``need`` (``size(need, free)``), and the account's remaining and reserved tokens after."""
+    remaining = sum(p.remaining for p in active_packages(packages, now))
+    reserved = sum(l.tokens for l in leases if l.expires_at > now and l.id != lease_id)
+    own = next((l.tokens for l in leases if l.id == lease_id and l.expires_at > now), 0)
+    granted = size(need, remaining - reserved - own) if need > 0 else 0
+    return granted, remaining, reserved + own + granted
+
+
+def settle_leases(leases: list[Lease], reservations: list[tuple[str | None, int]]) -> dict[str, int]:
+    """What each lease holds once new ledger entries settle their ``(lease_id, reserved)``
+    reservations (never below zero); only the leases that change."""
+    held = {l.id: l.tokens for l in leases}
+    changed: dict[str, int] = {}
+    for lease_id, reserved in reservations:
+        if lease_id in held and reserved > 0:
+            held[lease_id] = changed[lease_id] = max(0, held[lease_id] - reserved)
+    return changed
+
+
 @dataclass(frozen=True, slots=True)
 class Charge:
     """What the debit rule needs of one ledger entry."""
@@ -323,6 +371,28 @@ class Store(abc.ABC):
     async def reconcile(self) -> list[Mismatch]:
         """Compare every package's used tokens with the ledger's debits for it."""
 
+    # balance reservations
+    @abc.abstractmethod
+    async def lease(
+        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float
+    ) -> LeaseGrant:
+        """Atomically add ``size(need, free)`` tokens (``free`` = the account's remaining tokens in
+        active packages minus every unexpired lease's) to lease ``lease_id``, created if new, and
+        move its expiry to ``expires_at``. ``size`` answers 0 when ``free`` cannot cover ``need``:
+        nothing changes then. ``need`` 0 only renews the lease."""
+
+    @abc.abstractmethod
+    async def return_lease(self, account_id: str, lease_id: str, tokens: int) -> None:
+        """Give ``tokens`` of a lease back to the balance (at most what it holds)."""
+
+    @abc.abstractmethod
+    async def leases(self, account_id: str) -> list[Lease]:
+        """The account's leases, expired ones included until swept."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, before: float) -> list[Lease]:
+        """Leases of any account that expired before ``before`` and were not swept."""
+
     # rate windows
     @abc.abstractmethod
     async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
@@ -333,7 +403,7 @@ class Store(abc.ABC):
         """
 
     async def sweep(self, now: float) -> None:
-        """Drop spent rate windows and expired sessions (what a backend does not expire natively)."""
+        """Drop spent rate windows, expired leases and expired sessions."""
 
     async def recover(self) -> int:
         """Finish ledger writes a crashed writer left half done; how many it finished."""

@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -32,6 +32,8 @@ from .base import (
     Conflict,
     Invite,
     KeyRecord,
+    Lease,
+    LeaseGrant,
     LedgerQuery,
     Mismatch,
     Owner,
@@ -42,6 +44,8 @@ from .base import (
     UsageRow,
     WindowCount,
     plan_debits,
+    plan_lease,
+    settle_leases,
 )
 
 log = logging.getLogger(__name__)
@@ -130,8 +134,8 @@ INDEXES: dict[str, tuple[Index, ...]] = {
 _LEDGER_FIELDS = tuple(f for f in LedgerEntry.__dataclass_fields__ if f not in ("request_id", "debits"))
 _ACCOUNT_FIELDS = {"name": 1, "created_at": 1}
 _KEY_FIELDS = {"key_hash": 0}
-_WALLET_FIELDS = {"packages": 1, "version": 1, "inflight": 1}
-_DEBIT_FIELDS = {"account_id": 1, "total_tokens": 1, "created_at": 1}
+_WALLET_FIELDS = {"packages": 1, "version": 1, "inflight": 1, "leases": 1}
+_DEBIT_FIELDS = {"account_id": 1, "total_tokens": 1, "created_at": 1, "lease_id": 1, "reserved": 1}
 
 
 class _DriverErrors:
@@ -163,10 +167,17 @@ class _Wallet:
     version: int
     packages: list[dict]
     inflight: list[dict]
+    leases: list[dict]
 
     @classmethod
     def from_doc(cls, doc: dict) -> "_Wallet":
-        return cls(doc["_id"], doc.get("version", 0), list(doc.get("packages") or []), list(doc.get("inflight") or []))
+        return cls(
+            doc["_id"], doc.get("version", 0), list(doc.get("packages") or []), list(doc.get("inflight") or []),
+            list(doc.get("leases") or []),
+        )
+
+    def lease_records(self) -> list[Lease]:
+        return [Lease(l["id"], self.id, l["tokens"], l["expires_at"]) for l in self.leases]
 
     def inflight_ids(self) -> set[str]:
         return {item["rid"] for item in self.inflight}
@@ -225,7 +236,7 @@ class MongoStore(Store):
     # accounts
 
     async def create_account(self, account_id: str, name: str, now: float) -> Account:
-        doc = {"_id": account_id, "name": name, "created_at": now, "packages": [], "version": 0, "inflight": []}
+        doc = {"_id": account_id, "name": name, "created_at": now, "packages": [], "version": 0, "inflight": [], "leases": []}
         with _driver_errors:
             try:
                 await self._db.accounts.insert_one(doc)
@@ -430,7 +441,12 @@ class MongoStore(Store):
                 return _Debited(account_id, None, kept)
             packages, debits = _allocate(account_id, wallet.packages, todo)
             kept += [{"rid": rid, "debits": d} for rid, d in debits.items()]
-            if await self._swap(wallet, {"packages": packages, "inflight": kept}):
+            changes = {"packages": packages, "inflight": kept}
+            # Reservations leave their leases in the same swap that debits them: exactly once too.
+            settled = settle_leases(wallet.lease_records(), [(d.get("lease_id"), d.get("reserved", 0)) for d in todo])
+            if settled:
+                changes["leases"] = [{**l, "tokens": settled.get(l["id"], l["tokens"])} for l in wallet.leases]
+            if await self._swap(wallet, changes):
                 return _Debited(account_id, wallet.version + 1, kept, debits)
             await _backoff(attempt)
         raise StoreUnavailable("The account is too busy to debit; retry shortly.")
@@ -584,6 +600,66 @@ class MongoStore(Store):
             await _backoff(attempt)
         return found
 
+    # balance reservations
+
+    async def lease(
+        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float
+    ) -> LeaseGrant:
+        for attempt in range(CAS_ATTEMPTS):
+            wallet = await self._wallet(account_id)
+            if wallet is None:
+                return LeaseGrant(0, 0, 0, 0)
+            records = wallet.lease_records()
+            packages = [_package(account_id, p) for p in wallet.packages]
+            granted, remaining, reserved = plan_lease(packages, records, lease_id, need, size, now)
+            own = next((l for l in records if l.id == lease_id and l.expires_at > now), None)
+            held = (own.tokens if own is not None else 0) + granted
+            if not granted and need:
+                return LeaseGrant(0, remaining, reserved, held)
+            # Expired leases are dropped on the way (the whole array is $set, as for packages).
+            leases = [l for l in wallet.leases if l["id"] != lease_id and l["expires_at"] > now]
+            leases.append({"id": lease_id, "tokens": held, "expires_at": expires_at})
+            if await self._swap(wallet, {"leases": leases}):
+                return LeaseGrant(granted, remaining, reserved, held)
+            await _backoff(attempt)
+        raise StoreUnavailable("The account is too busy to reserve tokens; retry shortly.")
+
+    async def return_lease(self, account_id: str, lease_id: str, tokens: int) -> None:
+        for attempt in range(CAS_ATTEMPTS):
+            wallet = await self._wallet(account_id)
+            if wallet is None or not any(l["id"] == lease_id for l in wallet.leases):
+                return
+            leases = [{**l, "tokens": max(0, l["tokens"] - tokens)} if l["id"] == lease_id else l for l in wallet.leases]
+            if await self._swap(wallet, {"leases": leases}):
+                return
+            await _backoff(attempt)
+        raise StoreUnavailable("The account is too busy to return reserved tokens; retry shortly.")
+
+    async def leases(self, account_id: str) -> list[Lease]:
+        wallet = await self._wallet(account_id)
+        return sorted(wallet.lease_records(), key=lambda l: l.id) if wallet else []
+
+    async def expired_leases(self, before: float) -> list[Lease]:
+        with _driver_errors:
+            docs = await self._db.accounts.find(
+                {"leases": {"$elemMatch": {"expires_at": {"$lt": before}}}}, _WALLET_FIELDS
+            ).to_list(None)
+        return [l for d in docs for l in _Wallet.from_doc(d).lease_records() if l.expires_at < before]
+
+    async def sweep(self, now: float) -> None:
+        """Drop expired leases and sessions (rate windows expire by their TTL index)."""
+        for lease in await self.expired_leases(now):
+            for attempt in range(CAS_ATTEMPTS):
+                wallet = await self._wallet(lease.account_id)
+                if wallet is None:
+                    break
+                leases = [l for l in wallet.leases if l["expires_at"] >= now]
+                if len(leases) == len(wallet.leases) or await self._swap(wallet, {"leases": leases}):
+                    break
+                await _backoff(attempt)
+        with _driver_errors:
+            await self._db.sessions.delete_many({"expires_at": {"$lte": now}})
+
     # rate windows
 
     async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
@@ -631,10 +707,6 @@ class MongoStore(Store):
                 # a server error into None. Ask again.
         raise StoreUnavailable("The rate window could not be counted.")
 
-
-    async def sweep(self, now: float) -> None:
-        with _driver_errors:
-            await self._db.sessions.delete_many({"expires_at": {"$lte": now}})
 
     # key controls
 
@@ -918,18 +990,17 @@ def _ledger_doc(entry: LedgerEntry) -> dict:
         doc[name] = getattr(entry, name)
     doc["day"] = _day(entry.created_at)
     # Nothing to debit: written applied at once.
-    doc["state"] = PENDING if entry.total_tokens > 0 else APPLIED
+    doc["state"] = PENDING if entry.total_tokens > 0 or entry.reserved > 0 else APPLIED
     doc["debits"] = []
     return doc
 
 
 def _debit_view(doc: dict) -> dict:
-    return {k: doc[k] for k in ("_id", "account_id", "total_tokens", "created_at")}
+    return {k: doc[k] for k in ("_id", "account_id", "total_tokens", "created_at", "lease_id", "reserved")}
 
 
 def _ledger_entry(doc: dict) -> LedgerEntry:
-    values = {name: doc.get(name) for name in _LEDGER_FIELDS}
-    values["attempts"] = doc.get("attempts", 1)
+    values = {name: doc[name] for name in _LEDGER_FIELDS if name in doc}
     return LedgerEntry(request_id=doc["_id"], debits=[list(d) for d in doc.get("debits") or []], **values)
 
 

@@ -29,6 +29,8 @@ from .base import (
     Conflict,
     Invite,
     KeyRecord,
+    Lease,
+    LeaseGrant,
     LedgerQuery,
     Mismatch,
     Owner,
@@ -39,6 +41,8 @@ from .base import (
     UsageRow,
     WindowCount,
     plan_debits,
+    plan_lease,
+    settle_leases,
 )
 
 T = TypeVar("T")
@@ -92,9 +96,21 @@ CREATE TABLE IF NOT EXISTS ledger (
     user TEXT,
     created_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
-    debits TEXT NOT NULL DEFAULT '[]'
+    debits TEXT NOT NULL DEFAULT '[]',
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT,
+    reserved INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_account_time ON ledger(account_id, created_at);
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    tokens INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_account ON leases(account_id);
+CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
 CREATE INDEX IF NOT EXISTS ledger_key_tokens ON ledger(key_id, total_tokens);
 CREATE TABLE IF NOT EXISTS owners (
     id TEXT PRIMARY KEY,
@@ -181,9 +197,6 @@ CREATE INDEX IF NOT EXISTS audit_time ON audit(at, id);
 CREATE INDEX IF NOT EXISTS audit_account ON audit(account_id, at);
 """
 
-# Columns added to api_keys after its first release; init() adds them to an older file.
-_KEY_COLUMNS_ADDED = (("name", "TEXT"), ("expires_at", "REAL"), ("models", "TEXT"), ("token_cap", "INTEGER"), ("ips", "TEXT"))
-
 # Rate windows live in a file of their own: they are written on every request, and there they
 # never wait behind a ledger batch. Losing them in a power cut costs nothing, hence synchronous=OFF.
 LIMITS_SCHEMA = """
@@ -216,8 +229,21 @@ RETURNING hour_count, minute_count
 _LEDGER_COLUMNS = (
     "request_id", "account_id", "key_id", "model", "target", "prompt_tokens", "completion_tokens",
     "total_tokens", "estimated", "stream", "outcome", "status", "latency_ms", "user", "created_at",
-    "attempts", "debits",
+    "attempts", "debits", "reasoning_tokens", "cached_tokens", "lease_id", "reserved",
 )
+# Columns added after the first release: (table, column, definition) for files made before them.
+_ADDED_COLUMNS = (
+    ("ledger", "reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("ledger", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("ledger", "lease_id", "TEXT"),
+    ("ledger", "reserved", "INTEGER NOT NULL DEFAULT 0"),
+    ("api_keys", "name", "TEXT"),
+    ("api_keys", "expires_at", "REAL"),
+    ("api_keys", "models", "TEXT"),
+    ("api_keys", "token_cap", "INTEGER"),
+    ("api_keys", "ips", "TEXT"),
+)
+_LEASE_COLUMNS = "id, account_id, tokens, expires_at"
 _INSERT_LEDGER = (
     f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _LEDGER_COLUMNS)})"
@@ -347,7 +373,7 @@ class SqliteStore(Store):
     async def init(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self._slow.run(lambda db: db.executescript(SCHEMA))
-        await self._slow.run(_add_key_columns)
+        await self._slow.run(_add_columns)
         await self._limits_slow.run(lambda db: db.executescript(LIMITS_SCHEMA))
 
     async def close(self) -> None:
@@ -491,6 +517,7 @@ class SqliteStore(Store):
                     by_account.setdefault(entry.account_id, []).append(entry)
             for account_id, account_entries in by_account.items():
                 self._debit(db, account_id, account_entries)
+            self._settle(db, fresh)
             db.executemany(_INSERT_LEDGER, [_ledger_row(e) for e in fresh])
             db.execute("COMMIT")
         except BaseException:
@@ -507,6 +534,17 @@ class SqliteStore(Store):
         for entry in entries:
             entry.debits = debits[entry.request_id]
         db.executemany("UPDATE packages SET used = ? WHERE id = ?", [(used[p.id], p.id) for p in packages if used[p.id] != p.used])
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, entries: list[LedgerEntry]) -> None:
+        """Each new entry's reservation leaves its lease, in the transaction that debits it."""
+        ids = sorted({e.lease_id for e in entries if e.lease_id and e.reserved > 0})
+        if not ids:
+            return
+        marks = ",".join("?" for _ in ids)
+        leases = [Lease(*row) for row in db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id IN ({marks})", ids)]
+        settled = settle_leases(leases, [(e.lease_id, e.reserved) for e in entries])
+        db.executemany("UPDATE leases SET tokens = ? WHERE id = ?", [(t, i) for i, t in settled.items()])
 
     async def ledger_entry(self, request_id: str) -> LedgerEntry | None:
         row = await self._hot.run(
@@ -557,6 +595,54 @@ class SqliteStore(Store):
 
         return await self._slow.run(run)
 
+    # balance reservations
+
+    async def lease(
+        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float
+    ) -> LeaseGrant:
+        def run(db: sqlite3.Connection) -> LeaseGrant:
+            db.execute("BEGIN IMMEDIATE")  # outside the try: a locked file changed nothing, and is retried
+            try:
+                packages = [
+                    Package(*r)
+                    for r in db.execute(f"SELECT {self._PACKAGE_COLUMNS} FROM packages WHERE account_id = ?", (account_id,))
+                ]
+                leases = [Lease(*r) for r in db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE account_id = ?", (account_id,))]
+                granted, remaining, reserved = plan_lease(packages, leases, lease_id, need, size, now)
+                own = next((l for l in leases if l.id == lease_id), None)
+                held = (own.tokens if own is not None and own.expires_at > now else 0) + granted
+                if granted or need == 0:
+                    db.execute("DELETE FROM leases WHERE account_id = ? AND expires_at <= ? AND id != ?", (account_id, now, lease_id))
+                    db.execute(
+                        "INSERT INTO leases (id, account_id, tokens, expires_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET tokens = excluded.tokens, expires_at = excluded.expires_at",
+                        (lease_id, account_id, held, expires_at),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return LeaseGrant(granted, remaining, reserved, held)
+
+        return await self._hot.run(run)
+
+    async def return_lease(self, account_id: str, lease_id: str, tokens: int) -> None:
+        await self._hot.run(
+            lambda db: db.execute("UPDATE leases SET tokens = MAX(0, tokens - ?) WHERE id = ?", (tokens, lease_id))
+        )
+
+    async def leases(self, account_id: str) -> list[Lease]:
+        rows = await self._hot.run(
+            lambda db: db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE account_id = ? ORDER BY id", (account_id,)).fetchall()
+        )
+        return [Lease(*r) for r in rows]
+
+    async def expired_leases(self, before: float) -> list[Lease]:
+        rows = await self._slow.run(
+            lambda db: db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE expires_at < ?", (before,)).fetchall()
+        )
+        return [Lease(*r) for r in rows]
+
     # rate windows
 
     async def hit(self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None) -> WindowCount:
@@ -579,6 +665,7 @@ class SqliteStore(Store):
 
     async def sweep(self, now: float) -> None:
         await self._limits_slow.run(lambda db: db.execute("DELETE FROM rate_windows WHERE expires_at < ?", (now,)))
+        await self._slow.run(lambda db: db.execute("DELETE FROM leases WHERE expires_at < ?", (now,)))
         await self._slow.run(lambda db: db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)))
 
     # key controls
@@ -884,6 +971,7 @@ def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
         entry.prompt_tokens, entry.completion_tokens, entry.total_tokens, int(entry.estimated),
         int(entry.stream), entry.outcome, entry.status, entry.latency_ms, entry.user,
         entry.created_at, entry.attempts, orjson.dumps(entry.debits).decode(),
+        entry.reasoning_tokens, entry.cached_tokens, entry.lease_id, entry.reserved,
     )
 
 
@@ -914,15 +1002,11 @@ def _unjson(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def _add_key_columns(db: sqlite3.Connection) -> None:
-    """Bring an api_keys table of an earlier release up to date (once; concurrent starts wait)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        present = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
-        for column, kind in _KEY_COLUMNS_ADDED:
-            if column not in present:
-                db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise

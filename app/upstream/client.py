@@ -374,6 +374,7 @@ class UpstreamClient:
         return min(deadline, loop.time() + target.timeouts.connect + target.timeouts.first_byte)
 
     def _failure(self, target: Target, provider: Provider, status: int, raw: bytes, retry_after: str | None) -> Exception:
+        status = provider.error_status(status, raw)
         if status in (400, 401, 403, 404, 422):
             self.metrics.count("upstream_errors", (target.name, f"status_{status}"))
         reason = provider.error_reason(raw)

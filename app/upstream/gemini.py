@@ -1,15 +1,19 @@
 """Google's OpenAI-compatible endpoint for Gemini, and how its answers differ from OpenAI's.
 
-Seen in recorded traffic (tests/conformance/recordings):
-- a streamed tool call comes whole in one chunk, ``delta.tool_calls[]`` without ``index`` (several
-  calls in one chunk for parallel calls), often with ``finish_reason`` and usage in the same chunk;
-- usage rides on the last content chunk instead of a chunk of its own with empty ``choices``;
-- ``total_tokens`` counts thinking tokens, so it exceeds prompt + completion;
-- tool calls (and, for 2.5 models, the assistant message) carry ``extra_content.google.thought_signature``,
-  which the next request must send back;
-- error bodies may be a JSON list ``[{"error": {...}}]``.
-The relay numbers the tool calls, gives each an id and ``type``, and moves the usage into its own
-chunk; vendor fields pass through both ways untouched.
+As recorded (tests/conformance/recordings; README there cites each source):
+- compact JSON with keys in alphabetical order, so a tool call's ``"id"`` comes before the chunk's;
+- no top-level ``id`` on some models' chunks (and no ``created`` on some), ``model`` the bare name;
+- ``role`` in every delta, no ``finish_reason`` key until the last content chunk;
+- a streamed tool call whole in one chunk, ``delta.tool_calls[]`` without ``index``, its ``id``
+  ``""`` or short, with ``extra_content.google.thought_signature`` that the next request must carry
+  back (Gemini 3 refuses the call otherwise); 2.5 models put ``extra_content`` and a top-level
+  ``thought_signature`` on the assistant message;
+- with ``include_usage``, a running usage on every chunk and the final one on the last content
+  chunk, no chunk of its own; ``total_tokens`` counts thinking tokens beyond prompt + completion;
+- error bodies a JSON list ``[{"error": {"code", "message", "status"}}]``; an invalid key is a 400.
+The relay gives every tool-call delta an ``index`` (stable per call) and its first an ``id`` and
+``type``, adds ``finish_reason: null``, moves the usage into its own chunk only when asked, and
+lets vendor fields pass both ways untouched.
 """
 from __future__ import annotations
 
@@ -75,6 +79,10 @@ class GeminiProvider(Provider):
     name = "gemini"
     dialect = GeminiDialect()
     foreign_fields = ()
+
+    def error_status(self, status: int, raw: bytes) -> int:
+        # An invalid API key (ours, not the caller's) comes back as 400 INVALID_ARGUMENT.
+        return 401 if status == 400 and b"API_KEY_INVALID" in raw else status
 
     def body(self, request: dict, target, guard: dict, stream: bool) -> bytes:
         options = request.get("stream_options")

@@ -32,7 +32,7 @@ class Provider:
     name = "openai"
     dialect: Dialect = OPENAI
     # Vendor fields of other providers' answers that this provider does not take back.
-    foreign_fields: tuple[str, ...] = ("extra_content",)
+    foreign_fields: tuple[str, ...] = ("extra_content", "thought_signature")
 
     def body(self, request: dict, target: Target, guard: dict, stream: bool) -> bytes:
         """The upstream request body for ``target``, built once, with the guard message first."""
@@ -58,20 +58,21 @@ class Provider:
         return orjson.dumps(body)
 
     def messages(self, messages: list[dict]) -> list[dict]:
+        """The caller's messages as this provider takes them back: echoed empty fields, the SDKs'
+        own fields and other providers' vendor fields left out. Untouched messages are not copied."""
         out = messages
         foreign = self.foreign_fields
         for i, message in enumerate(messages):
-            echoed = any(k in message and not message[k] for k in _ECHOED_MESSAGE_FIELDS)
-            alien = any(k in message for k in foreign) or (
-                message.get("tool_calls") and any(k in call for call in message["tool_calls"] for k in foreign)
-            )
-            if echoed or alien:
+            calls = message.get("tool_calls")
+            if (
+                "parsed" in message
+                or any(k in message and not message[k] for k in _ECHOED_MESSAGE_FIELDS)
+                or any(k in message for k in foreign)
+                or (calls and any(_call_needs_cleaning(call, foreign) for call in calls))
+            ):
                 if out is messages:
                     out = list(messages)
-                clean = {k: v for k, v in message.items() if k not in foreign and (v or k not in _ECHOED_MESSAGE_FIELDS)}
-                if alien and clean.get("tool_calls"):
-                    clean["tool_calls"] = [{k: v for k, v in call.items() if k not in foreign} for call in clean["tool_calls"]]
-                out[i] = clean
+                out[i] = _cleaned(message, foreign)
         return out
 
     @staticmethod
@@ -100,6 +101,10 @@ class Provider:
                 code="unsupported_parameter",
             )
 
+    def error_status(self, status: int, raw: bytes) -> int:
+        """The status an upstream error really means (some providers answer a bad key with 400)."""
+        return status
+
     def error_reason(self, raw: bytes) -> str | None:
         """The human-readable reason inside an upstream error body, if there is one."""
         try:
@@ -107,6 +112,26 @@ class Provider:
         except orjson.JSONDecodeError:
             return None
         return _reason(doc)
+
+
+def _call_needs_cleaning(call: dict, foreign: tuple[str, ...]) -> bool:
+    return "index" in call or "parsed_arguments" in call["function"] or any(k in call for k in foreign)
+
+
+def _cleaned(message: dict, foreign: tuple[str, ...]) -> dict:
+    clean = {
+        k: v for k, v in message.items()
+        if k != "parsed" and k not in foreign and (v or k not in _ECHOED_MESSAGE_FIELDS)
+    }
+    if clean.get("tool_calls"):
+        clean["tool_calls"] = [
+            {
+                **{k: v for k, v in call.items() if k != "index" and k not in foreign},
+                "function": {k: v for k, v in call["function"].items() if k != "parsed_arguments"},
+            }
+            for call in clean["tool_calls"]
+        ]
+    return clean
 
 
 def _reason(doc: Any) -> str | None:

@@ -28,27 +28,28 @@ def ledger_settled(gateway, account_id: str, expected: int) -> int:
 
 
 def test_package_is_consumed_until_402(gateway):
-    customer = support.new_customer(gateway, tokens=600)
+    """Sequential requests: each reserves its prompt and max_tokens; the one that cannot be covered
+    gets 402 saying what is left, before any upstream call; nothing is overdrawn."""
+    customer = support.new_customer(gateway, tokens=2000)
     used = 0
     successes = 0
     with sdk_client(gateway, customer.key) as client:
         for _ in range(60):
             try:
-                r = client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "spend"}])
+                r = client.chat.completions.create(model="zowy-1", max_tokens=20, messages=[{"role": "user", "content": "spend"}])
             except openai.APIStatusError as exc:
                 assert exc.status_code == 402
                 assert exc.body["type"] == "insufficient_quota" and exc.body["code"] == "insufficient_quota"
-                assert "pricing" in exc.body["message"]
+                assert f"has {2000 - used} tokens left" in exc.body["message"]
                 break
             used += r.usage.total_tokens
             successes += 1
-            time.sleep(0.05)
+            ledger_settled(gateway, customer.account_id, successes)
         else:
             pytest.fail("the package was never exhausted")
-    assert used >= 600 and successes >= 5
-    ledger_settled(gateway, customer.account_id, successes)
+    assert successes >= 5 and used <= 2000
     packages = support.run_store(gateway, lambda s: s.packages(customer.account_id))
-    assert [p.used for p in packages] == [used]  # the last admitted request overdraws, and that is recorded
+    assert [p.used for p in packages] == [used]
     assert support.run_store(gateway, lambda s: s.reconcile()) == []
 
 

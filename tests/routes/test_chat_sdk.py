@@ -184,6 +184,25 @@ def test_vision_url_and_data_url(client):
     assert r.model == "zowy-2"
 
 
+def test_a_model_without_vision_refuses_images_like_openai(client, upstreams):
+    before = len(json.loads(urlopen_text(f"{upstreams['gemini'].url}/_fake/requests")))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/img.jpg"}},
+        ]}])
+    assert info.value.body["param"] == "messages[0].content[1].type"
+    assert "image_url is only supported by certain models" in info.value.body["message"]
+    assert len(json.loads(urlopen_text(f"{upstreams['gemini'].url}/_fake/requests"))) == before  # nothing sent
+
+
+def urlopen_text(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url) as r:
+        return r.read().decode()
+
+
 def test_json_object(client):
     r = client.chat.completions.create(
         model="zowy-1", messages=[{"role": "user", "content": "answer in json"}], response_format={"type": "json_object"},
@@ -262,6 +281,21 @@ def test_unsupported_parameter_rejected_per_target(client):
     assert info.value.body["code"] == "unsupported_parameter"
     r = client.chat.completions.create(model="zowy-1-pro", messages=[{"role": "user", "content": "hi"}], temperature=1)
     assert r.choices[0].message.content
+
+
+def test_parameter_policy_follows_the_request(client, upstreams):
+    """GPT-5.4-mini takes temperature and top_p when reasoning is off: the product page's range holds there."""
+    r = client.chat.completions.create(
+        model="zowy-1-pro", messages=[{"role": "user", "content": "hi"}], temperature=0.2, top_p=0.5, reasoning_effort="none",
+    )
+    assert r.choices[0].message.content
+    sent = last_upstream_request(upstreams["openai"])["body"]
+    assert (sent["temperature"], sent["top_p"], sent["reasoning_effort"]) == (0.2, 0.5, "none")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="zowy-1-pro", messages=[{"role": "user", "content": "hi"}], top_p=0.5, reasoning_effort="low",
+        )
+    assert info.value.body["param"] == "top_p"
 
 
 def test_gemini_quirks_dropped_params_and_model_prefix(client, upstreams):

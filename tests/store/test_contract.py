@@ -491,3 +491,71 @@ async def test_store_unavailable_is_prompt_and_recoverable(backend, request):
     assert await used(store, "acc_1") == {"pkg_a": 15}
     assert (await store.hit("key_1", 60, 1000, t0)).admitted
     assert await store.reconcile() == []
+
+
+# balance reservations
+
+def size_with_slice(slice_: int):
+    return lambda need, free: 0 if need > free else min(free, need + slice_)
+
+
+async def test_lease_grants_from_what_is_free_and_refuses_past_it(store: Store):
+    now = time.time()
+    await account_with(store, "acc_1", package("pkg_1", "acc_1", 1000, now - 10, now + DAY))
+    grant = await store.lease("acc_1", "w1:acc_1", 300, size_with_slice(100), now, now + 60)
+    assert (grant.granted, grant.remaining, grant.reserved, grant.held) == (400, 1000, 400, 400)
+    grant = await store.lease("acc_1", "w2:acc_1", 500, size_with_slice(0), now, now + 60)
+    assert (grant.granted, grant.reserved, grant.free) == (500, 900, 100)
+    refused = await store.lease("acc_1", "w2:acc_1", 200, size_with_slice(0), now, now + 60)
+    assert (refused.granted, refused.free, refused.held) == (0, 100, 500)
+    await store.return_lease("acc_1", "w1:acc_1", 150)
+    assert {l.id: l.tokens for l in await store.leases("acc_1")} == {"w1:acc_1": 250, "w2:acc_1": 500}
+    await store.return_lease("acc_1", "w1:acc_1", 10_000)  # never below zero
+    assert {l.id: l.tokens for l in await store.leases("acc_1")}["w1:acc_1"] == 0
+
+
+async def test_expired_leases_free_their_tokens_and_are_swept(store: Store):
+    now = time.time()
+    await account_with(store, "acc_1", package("pkg_1", "acc_1", 1000, now - 10, now + DAY))
+    await store.lease("acc_1", "dead:acc_1", 900, size_with_slice(0), now - 120, now - 60)
+    assert [l.id for l in await store.expired_leases(now)] == ["dead:acc_1"]
+    await store.sweep(now)
+    assert await store.leases("acc_1") == [] and await store.expired_leases(now) == []
+    await store.lease("acc_1", "dead:acc_1", 900, size_with_slice(0), now - 120, now - 60)
+    grant = await store.lease("acc_1", "live:acc_1", 900, size_with_slice(0), now, now + 60)
+    assert grant.granted == 900  # the expired lease holds nothing, and is dropped on the way
+    assert [l.id for l in await store.leases("acc_1")] == ["live:acc_1"]
+    renewed = await store.lease("acc_1", "live:acc_1", 0, size_with_slice(0), now, now + 120)
+    assert renewed.granted == 0 and renewed.held == 900
+
+
+async def test_ledger_entries_settle_their_reservations_exactly_once(backend, store: Store):
+    now = time.time()
+    await account_with(store, "acc_1", package("pkg_1", "acc_1", 1000, now - 10, now + DAY))
+    await store.lease("acc_1", "w:acc_1", 600, size_with_slice(0), now, now + 60)
+    spent = entry("r1", "acc_1", 250, now, lease_id="w:acc_1", reserved=300)
+    failed = entry("r2", "acc_1", 0, now, lease_id="w:acc_1", reserved=200, outcome="upstream_error")
+    other = await backend.store()  # another instance writing the same entries
+    await asyncio.gather(store.record([spent, failed]), other.record([spent, failed]))
+    await store.record([spent])
+    (lease,) = await store.leases("acc_1")
+    assert lease.tokens == 100  # 600 - 300 - 200, once
+    assert await used(store, "acc_1") == {"pkg_1": 250}
+    assert (await store.ledger_entry("r1")).reserved == 300
+    assert await store.reconcile() == []
+
+
+async def test_concurrent_leases_from_two_instances_never_exceed_the_balance(backend, store: Store):
+    now = time.time()
+    await account_with(store, "acc_1", package("pkg_1", "acc_1", 5000, now - 10, now + DAY))
+    other = await backend.store()
+
+    async def take(s: Store, worker: str) -> int:
+        got = 0
+        for _ in range(10):
+            got += (await s.lease("acc_1", worker, 300, size_with_slice(0), now, now + 60)).granted
+        return got
+
+    taken = await asyncio.gather(*(take(s, f"w{i}:acc_1") for i, s in enumerate([store, other] * 3)))
+    assert sum(taken) == 4800  # 16 of the 60 asked fit, none beyond
+    assert sum(l.tokens for l in await store.leases("acc_1")) == 4800

@@ -9,9 +9,9 @@ import pytest
 
 from app.admission import Admission
 from app.config import RateLimits, Settings
-from app.errors import InsufficientQuota, InvalidApiKey, RateLimited, StoreUnavailable
+from app.errors import InvalidApiKey, RateLimited, StoreUnavailable
 from app.keys import key_hash
-from app.store import KeyRecord, Package
+from app.store import KeyRecord
 from app.store.sqlite import SqliteStore
 
 
@@ -67,18 +67,6 @@ async def test_key_lookup_and_revocation(store):
         await admission.key("Bearer zk-secret")
 
 
-async def test_balance_requires_an_active_package(store):
-    admission = Admission(settings(balance_cache_ttl=0.0), store)
-    with pytest.raises(InsufficientQuota):
-        await admission.require_balance("acct_1")
-    now = time.time()
-    await store.grant_package(Package("pkg_old", "acct_1", "pro", 10, 0, now - 100, now - 1))  # expired
-    with pytest.raises(InsufficientQuota):
-        await admission.require_balance("acct_1")
-    await store.grant_package(Package("pkg_new", "acct_1", "pro", 10, 0, now, now + 100))
-    await admission.require_balance("acct_1")
-
-
 @pytest.mark.parametrize("fail_open", [False, True])
 async def test_locked_store_fails_fast(store, fail_open):
     admission = Admission(settings(limiter_fail_open=fail_open), store)
@@ -96,3 +84,32 @@ async def test_locked_store_fails_fast(store, fail_open):
     finally:
         blocker.rollback()
         blocker.close()
+
+
+async def test_a_full_window_is_refused_from_memory_until_it_ends(store):
+    clock = Clock(1_000_000 * 3600 + 10)
+    admission = Admission(settings(), store, clock)
+    key = KeyRecord("key_1", "acct_1", "zk-", 0.0)
+    await admission.limit(key)
+    await admission.limit(key)
+    calls = []
+    real_hit = store.hit
+
+    async def counting_hit(*args, **kwargs):
+        calls.append(args)
+        return await real_hit(*args, **kwargs)
+
+    store.hit = counting_hit
+    with pytest.raises(RateLimited):
+        await admission.limit(key)
+    assert len(calls) == 1  # the store said full once
+    for seconds in (1, 20, 49):
+        clock.now = 1_000_000 * 3600 + 10 + seconds
+        with pytest.raises(RateLimited) as info:
+            admission.refuse_if_full(key)
+        assert info.value.headers["retry-after"] == str(50 - seconds)
+        with pytest.raises(RateLimited):
+            await admission.limit(key)
+    assert len(calls) == 1  # every refusal since came from memory
+    clock.now = 1_000_000 * 3600 + 60  # the next minute
+    assert (await admission.limit(key)).admitted and len(calls) == 2

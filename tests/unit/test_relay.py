@@ -149,3 +149,100 @@ def test_scrub_removes_names_hosts_and_families():
     text = "Model gemini-2.5-flash at https://generativelanguage.googleapis.com/v1beta failed; try gpt-5.4-mini or models/gemini-2.5-pro"
     clean = scrub(text, ("gemini-2.5-flash", "https://generativelanguage.googleapis.com/v1beta"))
     assert "gemini" not in clean and "gpt" not in clean and "googleapis" not in clean
+
+
+# Recorded provider shapes (tests/conformance/recordings) on the byte level.
+
+GEMINI_CALL = (
+    b'data: {"choices":[{"delta":{"role":"assistant","tool_calls":[{"extra_content":{"google":{"thought_signature":"c2ln"}},'
+    b'"function":{"arguments":"{\\"a\\":1}","name":"f"},"id":"623rbkd0","type":"function"},'
+    b'{"function":{"arguments":"{}","name":"g"},"id":"","type":"function"}]},"finish_reason":"tool_calls","index":0}],'
+    b'"created":5,"id":"Z7XKaaO9Msi","model":"gemini-3-flash","object":"chat.completion.chunk",'
+    b'"usage":{"completion_tokens":3,"prompt_tokens":4,"total_tokens":19}}\n\n'
+)
+
+
+def gemini_rewriter(include_usage: bool = True) -> StreamRewriter:
+    from app.upstream.gemini import GeminiDialect
+
+    return StreamRewriter(PUBLIC, OURS, include_usage, GeminiDialect())
+
+
+def test_identity_is_learned_at_the_top_level_when_a_tool_call_id_comes_first():
+    rewriter = gemini_rewriter()
+    text = b'data: {"choices":[{"delta":{"content":"ok"},"index":0}],"created":5,"id":"Z7XKaaO9Msi","model":"gemini-3-flash","object":"chat.completion.chunk"}\n\n'
+    out = rewriter.feed(GEMINI_CALL) + rewriter.feed(text * 3) + rewriter.feed(b"data: [DONE]\n\n")
+    assert b"Z7XKaaO9Msi" not in out and b"gemini-3" not in out
+    events = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: {")]
+    assert all(e["id"] == OURS and e["model"] == PUBLIC for e in events)
+
+
+def test_gemini_tool_calls_get_an_index_an_id_and_a_type():
+    rewriter = gemini_rewriter()
+    out = rewriter.feed(GEMINI_CALL) + rewriter.feed(b"data: [DONE]\n\n")
+    first = json.loads(out.split(b"\n\n")[0][6:])
+    calls = first["choices"][0]["delta"]["tool_calls"]
+    assert [c["index"] for c in calls] == [0, 1]
+    assert calls[0]["id"] == "623rbkd0" and calls[1]["id"].startswith("call_") and calls[1]["type"] == "function"
+    assert calls[0]["extra_content"] == {"google": {"thought_signature": "c2ln"}}  # vendor fields pass
+    assert "usage" in first and first["usage"] is None  # moved to its own chunk
+    usage_chunk = json.loads(out.split(b"\n\n")[1][6:])
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] == 19  # thinking included
+    assert rewriter.usage == Usage(4, 3, 19)
+
+
+def test_a_call_seen_again_keeps_its_index():
+    from app.upstream.gemini import _numbered
+
+    seen: dict[str, int] = {}
+    assert _numbered({"id": "a", "function": {}}, seen, OURS)["index"] == 0
+    assert _numbered({"id": "b", "function": {}}, seen, OURS)["index"] == 1
+    assert _numbered({"id": "a", "function": {"arguments": "x"}}, seen, OURS)["index"] == 0
+
+
+def test_estimate_ignores_error_events_and_never_exceeds_the_text():
+    rewriter = StreamRewriter(PUBLIC, OURS, False)
+    for piece in ("Hello", ", wor", "ld! ", "Ok"):  # 14 characters
+        rewriter.feed(f'data: {{"id":"u","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{piece}"}},"finish_reason":null}}]}}\n\n'.encode())
+    rewriter.feed(b'data: {"error": {"message": "' + b"x" * 700 + b'", "type": "server_error"}}\n\n')
+    assert rewriter.error is not None
+    assert 1 <= rewriter.estimated_completion_tokens() <= 14
+
+
+def test_a_one_chunk_answer_does_not_estimate_zero():
+    rewriter = gemini_rewriter(include_usage=False)
+    rewriter.feed(b'data: {"choices":[{"delta":{"content":"Hello World","role":"assistant"},"finish_reason":"stop","index":0}],"created":1,"model":"gemini-2.0-flash","object":"chat.completion.chunk"}\n\n')
+    assert rewriter.estimated_completion_tokens() == 3
+
+
+def test_plain_content_reads_are_not_parsed(monkeypatch):
+    """After the first event, a read of ordinary content events costs byte searches and swaps only."""
+    import app.relay
+
+    events = openai_stream(include_usage=False)
+    rewriter = StreamRewriter(PUBLIC, OURS, False)
+    rewriter.feed(events[0])
+    parsed = []
+    real = app.relay.orjson.loads
+    monkeypatch.setattr(app.relay.orjson, "loads", lambda data: parsed.append(data) or real(data))
+    out = rewriter.feed(events[1] * 50)
+    assert parsed == [] and out.count(OURS.encode()) == 50
+
+
+def test_a_stream_without_finish_reason_gets_one_before_done():
+    rewriter = gemini_rewriter(include_usage=False)
+    out = rewriter.feed(GEMINI_CALL.replace(b',"finish_reason":"tool_calls"', b"")) + rewriter.feed(b"data: [DONE]\n\n")
+    events = [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+    assert events[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]
+    assert events[0]["choices"][0]["finish_reason"] is None
+
+
+def test_a_body_ending_right_after_done_without_a_blank_line():
+    rewriter = StreamRewriter(PUBLIC, OURS, False)
+    out = rewriter.feed(b"".join(openai_stream(False)[:-1]) + b"data: [DONE]")
+    out += rewriter.finish()
+    assert rewriter.done and out.endswith(b"data: [DONE]\n\n")
+    cut = StreamRewriter(PUBLIC, OURS, False)
+    cut.feed(openai_stream(False)[0] + b'data: {"id":"chatcmpl-UP42","choi')
+    with pytest.raises(MalformedUpstream):
+        cut.finish()
