@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-fast bench bench-smoke loadtest fuzz scale-test clean
+.PHONY: run test test-fast bench bench-smoke bench-compare loadtest fuzz scale-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ $(VENV)/.deps-bench: pyproject.toml | $(BIN)/python
 ## bench: the side-by-side benchmark into bench/results/ (BENCH_ARGS="--with-litellm --duration 10")
 bench: $(VENV)/.deps-bench
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+## bench-compare: the gateway of this checkout against the one of REV (default HEAD) in one run, with the bare proxy (BENCH_ARGS for more)
+REV ?= HEAD
+bench-compare: $(VENV)/.deps-bench
+	$(BIN)/python -m bench.run --systems bare,gateway,gateway@$(REV) --no-micro --clients none $(BENCH_ARGS)
 
 ## bench-smoke: the seconds-long harness smoke test (what CI runs of the bench)
 bench-smoke: $(VENV)/.deps-test $(VENV)/.deps-bench

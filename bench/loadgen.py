@@ -7,6 +7,11 @@ JSON line (prefixed ``RESULT ``) with what it measured. Modes:
               time to the first body byte (TTFB)
   hold        open ``--streams`` streams and keep them open; print ``READY {...}`` once every stream
               has its first body bytes, then hold until a line arrives on stdin (or ``--hold`` s)
+  streams     ``--streams`` workers each keep one stream going, back to back, on a lighter client
+              (asyncio + httptools, bench/streams.py); SSE ``data:`` events counted and the gaps
+              between consecutive events of a stream measured:
+              for ``--duration`` s then to their ends, or, with ``--window``, for that many seconds once
+              every stream has its first event, then cut
 Every response body is read to its end (streams included) unless the mode says otherwise.
 """
 from __future__ import annotations
@@ -20,6 +25,8 @@ import threading
 import time
 
 import aiohttp
+
+from bench import streams
 
 NAME = "aiohttp-loadgen"
 
@@ -212,7 +219,7 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen")
-    p.add_argument("mode", choices=("throughput", "latency", "hold"))
+    p.add_argument("mode", choices=("throughput", "latency", "hold", "streams"))
     p.add_argument("--url", required=True)
     p.add_argument("--body-file", required=True)
     p.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
@@ -224,6 +231,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--open-concurrency", type=int, default=64)
     p.add_argument("--open-timeout", type=float, default=120.0)
     p.add_argument("--hold", type=float, default=60.0)
+    p.add_argument("--window", type=float, default=0.0, help="streams: measure this long, then cut")
+    p.add_argument("--settle", type=float, default=1.0, help="streams --window: wait after all opened")
+    p.add_argument("--tail", type=float, default=60.0, help="streams: at most this long for the last ones")
+    p.add_argument("--spacing", type=float, default=0.0, help="streams: the upstream's seconds between events")
     return p.parse_args(argv)
 
 
@@ -235,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.header:
         name, _, value = item.partition(":")
         headers[name.strip()] = value.strip()
-    run = {"throughput": throughput, "latency": latency, "hold": hold}[args.mode]
+    run = {"throughput": throughput, "latency": latency, "hold": hold, "streams": streams.run}[args.mode]
     try:
         import uvloop
 

@@ -1,5 +1,5 @@
-"""Turn a bench run into ratios, the issue-6 targets as met / not met, and the JSON, markdown and
-PNG files under the output directory."""
+"""Turn a bench run into ratios, the targets as met / not met, before/after ratios between gateway
+variants, and the JSON, markdown and PNG files under the output directory."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,26 @@ from pathlib import Path
 ORDER = ("direct", "bare", "nginx", "gateway", "litellm")
 NAMES = {"direct": "direct (fake upstream)", "bare": "bare Sanic proxy", "nginx": "nginx",
          "gateway": "Zowy gateway", "litellm": "LiteLLM proxy"}
+
+
+def keys(out: dict) -> list[str]:
+    """Systems in report order, gateway variants (``gateway@<rev>``) right after the gateway."""
+    present = list(out["systems"]) + list(out.get("skipped", {}))
+    extra = [k for k in dict.fromkeys(present) if k not in ORDER and k.startswith("gateway@")]
+    order = []
+    for key in ORDER:
+        order.append(key)
+        if key == "gateway":
+            order += extra
+    return order
+
+
+def label_of(key: str) -> str:
+    return NAMES.get(key) or f"Zowy {key}"
+
+
+def gateway_keys(out: dict) -> list[str]:
+    return [k for k in keys(out) if (k == "gateway" or k.startswith("gateway@")) and k in out["systems"]]
 
 
 def _get(d, *path):
@@ -68,6 +88,7 @@ def analyse(out: dict) -> None:
     ratios["gateway_added_minus_bare_added_p50_ms"] = _sub(_get(g, "added", "p50_ms"), _get(b, "added", "p50_ms"))
     out["ratios"] = ratios
     out["targets"] = targets(out)
+    out["variants"] = variant_ratios(out)
 
 
 def _target(name: str, value, threshold: float, above: bool, unit: str = "", note: str = "") -> dict:
@@ -76,35 +97,95 @@ def _target(name: str, value, threshold: float, above: bool, unit: str = "", not
             "met": met, "note": note}
 
 
+def cpu_per_event(s: dict | None):
+    return _get(s, "long_streams", "cpu_per_event_us")
+
+
+def cpu_per_request_us(s: dict | None, kind: str = "non_stream"):
+    v = _get(s, "throughput", kind, "cpu", "per_1000_requests_s")
+    return round(v * 1000, 1) if v is not None else None
+
+
+def p50_c1(s: dict | None):
+    return _get(s, "latency_c1", "non_stream", "latency", "p50_ms")
+
+
+def capacity_of(s: dict | None):
+    return _get(s, "capacity", "streams")
+
+
 def targets(out: dict) -> list[dict]:
+    """This round's targets, for the gateway and each gateway variant of the run, against the bare proxy."""
+    rows = []
+    for key in gateway_keys(out):
+        rows += gateway_targets(out, key)
+    return rows
+
+
+def gateway_targets(out: dict, key: str) -> list[dict]:
     s = out["systems"]
-    g = s.get("gateway")
-    r = out["ratios"]
-    lit = "" if "litellm" in s else "LiteLLM not measured (run with --with-litellm)"
-    opened = _get(g, "open_streams", "open_at_release")
-    wanted = _get(g, "open_streams", "requested")
-    rss_note = "largest gateway process (the worker)"
-    if opened is not None and wanted and opened < wanted:
-        rss_note += f"; only {opened} of {wanted} streams were open"
-    rss_value = _get(g, "open_streams", "rss_largest_process_mb")
-    fid = _get(g, "fidelity")
-    out_t = [
-        _target("gateway throughput >= 0.8x bare proxy, non-stream (c=32)", r["gateway_over_bare"]["non_stream"], 0.8, True, "x"),
-        _target("gateway throughput >= 0.8x bare proxy, stream (c=32)", r["gateway_over_bare"]["stream"], 0.8, True, "x"),
-        _target("gateway throughput >= 40x LiteLLM, non-stream (c=32)", r["gateway_over_litellm"]["non_stream"], 40, True, "x", lit),
-        _target("gateway throughput >= 40x LiteLLM, stream (c=32)", r["gateway_over_litellm"]["stream"], 40, True, "x", lit),
-        _target("added latency p50 at c=1 <= 0.7 ms", _get(g, "added", "p50_ms"), 0.7, False, " ms", "aiohttp-loadgen, gateway p50 - direct p50"),
-        _target("added latency p99 at c=1 <= 1.5 ms", _get(g, "added", "p99_ms"), 1.5, False, " ms", "aiohttp-loadgen, gateway p99 - direct p99"),
-        _target("stream TTFB added p50 <= 1 ms", _get(g, "added", "stream_ttfb_p50_ms"), 1.0, False, " ms", "aiohttp-loadgen, c=1"),
-        {"target": "stream bytes out == bytes in except the rewritten identity tokens",
-         "value": None if fid is None else ("equal" if fid.get("met") else "different"),
-         "threshold": "equal", "met": None if fid is None else bool(fid.get("met")),
-         "note": "" if fid is None else "tokens rewritten: " + ", ".join(fid.get("rewritten", []))},
-        _target(f"RSS <= 150 MB per worker with {wanted or 1000} open streams", rss_value, 150, False, " MB", rss_note),
+    g, b = s[key], s.get("bare")
+    tag = "" if key == "gateway" else f" [{key}]"
+    ev_g, ev_b = cpu_per_event(g), cpu_per_event(b)
+    ns_g, ns_b = cpu_per_request_us(g), cpu_per_request_us(b)
+    refused = _get(g, "refusal", "cpu_per_refused_us")
+    os_ = g.get("open_streams") or {}
+    rss_note = (f"largest process grew {_f(os_.get('rss_largest_growth_mb'), 1)} MB with {os_.get('open')} streams open "
+                f"(absolute {_f(os_.get('rss_largest_process_mb'), 1)} MB)")
+    if os_.get("open") is not None and os_.get("open") != os_.get("requested"):
+        rss_note += f"; only {os_.get('open')} of {os_.get('requested')} opened"
+    cap_g, cap_b = capacity_of(g), capacity_of(b)
+    paired = _sub(_get(g, "added", "p50_ms"), _get(b, "added", "p50_ms"))
+    rows = [
+        _target(f"CPU per relayed event (long streams) <= 1.0x bare{tag}", _div(ev_g, ev_b), 1.0, False, "x",
+                f"{_f(ev_g, 1)} / {_f(ev_b, 1)} µs per event"),
+        _target(f"CPU per non-stream request <= 1.6x bare{tag}", _div(ns_g, ns_b), 1.6, False, "x",
+                f"{_f(ns_g, 0)} / {_f(ns_b, 0)} µs per request (c=32)"),
+        _target(f"10-event stream throughput >= 0.7x bare (c=32){tag}", _div(rps(g, "stream"), rps(b, "stream")),
+                0.7, True, "x", f"{_f(rps(g, 'stream'), 0)} / {_f(rps(b, 'stream'), 0)} rps"),
+        _target(f"added p50 at c=1 over bare <= 0.1 ms{tag}", _sub(p50_c1(g), p50_c1(b)), 0.1, False, " ms",
+                "gateway p50 - bare p50" + (f"; each minus its direct reference: {_f(paired, 3)} ms" if paired is not None else "")),
+        _target(f"refused (429) request CPU <= 0.4x admitted non-stream request{tag}", _div(refused, ns_g), 0.4, False, "x",
+                f"{_f(refused, 0)} / {_f(ns_g, 0)} µs per request"),
+        _target(f"RSS <= 60 MB per 1,000 open streams in a worker{tag}", os_.get("rss_per_1000_streams_mb"), 60, False,
+                " MB", rss_note),
+        {"target": f"capacity (streams held at added gap p99 <= 50 ms): gateway / bare{tag}", "value": _div(cap_g, cap_b),
+         "threshold": "reported", "met": "reported", "note": f"{_f(cap_g)} / {_f(cap_b)} streams"},
     ]
-    if opened is not None and wanted and opened < wanted and out_t[-1]["met"]:
-        out_t[-1]["met"] = False
-    return out_t
+    if os_.get("open") is not None and os_.get("open") != os_.get("requested") and rows[-2]["met"]:
+        rows[-2]["met"] = False
+    return rows
+
+
+VARIANT_METRICS = (  # (metric, value of a system, decimals shown)
+    ("rps non-stream (c=32)", lambda s: rps(s, "non_stream"), 0),
+    ("rps stream, 10 tokens (c=32)", lambda s: rps(s, "stream"), 0),
+    ("CPU µs / non-stream request", lambda s: cpu_per_request_us(s, "non_stream"), 0),
+    ("CPU µs / stream request", lambda s: cpu_per_request_us(s, "stream"), 0),
+    ("CPU µs / relayed event (long streams)", cpu_per_event, 1),
+    ("long-stream gap p99 ms", lambda s: _get(s, "long_streams", "gaps", "p99_ms"), 2),
+    ("latency p50 c=1 ms", p50_c1, 3),
+    ("latency p99 c=1 ms", lambda s: _get(s, "latency_c1", "non_stream", "latency", "p99_ms"), 3),
+    ("stream TTFB p50 c=1 ms", lambda s: _get(s, "latency_c1", "stream", "ttfb", "p50_ms"), 3),
+    ("RSS idle MB (all processes)", lambda s: _get(s, "rss_idle", "total_mb"), 1),
+    ("RSS MB per 1,000 open streams", lambda s: _get(s, "open_streams", "rss_per_1000_streams_mb"), 1),
+    ("capacity, streams", capacity_of, 0),
+    ("CPU µs / refused request", lambda s: _get(s, "refusal", "cpu_per_refused_us"), 0),
+)
+
+
+def variant_ratios(out: dict) -> dict | None:
+    """Each metric of each gateway variant, and its ratio to the first gateway of the run."""
+    gws = gateway_keys(out)
+    if len(gws) < 2:
+        return None
+    base = gws[0]
+    rows = []
+    for metric, get, digits in VARIANT_METRICS:
+        values = {k: get(out["systems"][k]) for k in gws}
+        rows.append({"metric": metric, "values": values, "digits": digits,
+                     "ratios": {k: _div(values[k], values[base]) for k in gws[1:]}})
+    return {"base": base, "others": gws[1:], "rows": rows}
 
 
 # ---------------------------------------------------------------- markdown
@@ -119,7 +200,7 @@ def _f(value, digits: int = 2, suffix: str = "") -> str:
 
 
 def _met(flag) -> str:
-    return {True: "**met**", False: "**not met**", None: "not measured"}[flag]
+    return {True: "**met**", False: "**not met**", None: "not measured", "reported": "reported"}[flag]
 
 
 def markdown(out: dict) -> str:
@@ -140,17 +221,18 @@ def markdown(out: dict) -> str:
         "Added latency = the system's percentile minus the same percentile of the direct upstream measured "
         "just before it (paired runs, shown in brackets).",
         "",
-        f"| system | rps non-stream ({gen}) | rps stream ({gen}) | p50 / p99 c=1 ms [direct] | added p50 / p99 ms "
+        f"| system | rps non-stream ({gen}) | rps stream, {cfg.get('stream_chunks', 8)} tokens ({gen}) "
+        "| p50 / p99 c=1 ms [direct] | added p50 / p99 ms "
         "| stream TTFB p50 ms | TTFB added p50 ms | CPU s / 1k req (non-stream / stream) "
         f"| RSS idle MB | RSS {cfg['open_streams']} open streams MB (all procs / largest) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for key in ORDER:
+    for key in keys(out):
         s = out["systems"].get(key)
         if s is None:
             reason = out.get("skipped", {}).get(key)
             if reason:
-                lines.append(f"| {NAMES[key]} | skipped: {reason.splitlines()[0][:160]} |||||||||")
+                lines.append(f"| {label_of(key)} | skipped: {reason.splitlines()[0][:160]} |||||||||")
             continue
         lat = _get(s, "latency_c1", "non_stream", "latency") or {}
         os_ = s.get("open_streams") or {}
@@ -160,7 +242,7 @@ def markdown(out: dict) -> str:
         if "error" in os_:
             rss_cell = "error"
         lines.append(
-            f"| {NAMES[key]} | {_f(rps(s, 'non_stream'), 0)} | {_f(rps(s, 'stream'), 0)} "
+            f"| {label_of(key)} | {_f(rps(s, 'non_stream'), 0)} | {_f(rps(s, 'stream'), 0)} "
             f"| {_f(lat.get('p50_ms'), 3)} / {_f(lat.get('p99_ms'), 3)}{_paired(s)} "
             f"| {_f(_get(s, 'added', 'p50_ms'), 3)} / {_f(_get(s, 'added', 'p99_ms'), 3)} "
             f"| {_f(_get(s, 'latency_c1', 'stream', 'ttfb', 'p50_ms'), 3)} "
@@ -172,11 +254,11 @@ def markdown(out: dict) -> str:
     if any(_get(s, "latency_c1_wrk") for s in out["systems"].values()):
         lines += ["", "Latency at c=1 measured by wrk as well (less client overhead; secondary figure):", "",
                   "| system | wrk p50 / p99 ms | added p50 / p99 ms |", "|---|---:|---:|"]
-        for key in ORDER:
+        for key in keys(out):
             s = out["systems"].get(key)
             if s and s.get("latency_c1_wrk"):
                 w = s["latency_c1_wrk"]["latency"]
-                lines.append(f"| {NAMES[key]} | {_f(w['p50_ms'], 3)} / {_f(w['p99_ms'], 3)} "
+                lines.append(f"| {label_of(key)} | {_f(w['p50_ms'], 3)} / {_f(w['p99_ms'], 3)} "
                              f"| {_f(s['added']['wrk_p50_ms'], 3)} / {_f(s['added']['wrk_p99_ms'], 3)} |")
     errors = [(key, kind, _get(s, "throughput", kind)) for key, s in out["systems"].items()
               for kind in ("non_stream", "stream") if (_get(s, "throughput", kind, "errors") or 0) > 0]
@@ -188,7 +270,7 @@ def markdown(out: dict) -> str:
               "machine (not part of this bench; when high, they compete with the generator and the numbers "
               "may be low):", "",
               "| system | system s | upstream s | generator s | other processes s |", "|---|---:|---:|---:|---:|"]
-    for key in ORDER:
+    for key in keys(out):
         s = out["systems"].get(key)
         if not s:
             continue
@@ -197,14 +279,17 @@ def markdown(out: dict) -> str:
             a = _get(s, "throughput", "non_stream", "cpu", field)
             b = _get(s, "throughput", "stream", "cpu", field)
             cells.append(f"{_f(a, 2)} / {_f(b, 2)}")
-        lines.append(f"| {NAMES[key]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label_of(key)} | " + " | ".join(cells) + " |")
     r = out["ratios"]
     lines += ["", "## Ratios", "",
               "| ratio | non-stream | stream |", "|---|---:|---:|"]
     for name, value in r.items():
         if isinstance(value, dict):
             lines.append(f"| {name.replace('_', ' ')} | {_f(value.get('non_stream'), 3)} | {_f(value.get('stream'), 3)} |")
-    lines += ["", "## Targets (issue 6)", "", "| target | value | threshold | result | note |", "|---|---:|---:|---|---|"]
+    lines += streams_markdown(out)
+    if out.get("variants"):
+        lines += variants_markdown(out["variants"])
+    lines += ["", "## Targets", "", "| target | value | threshold | result | note |", "|---|---:|---:|---|---|"]
     for t in out["targets"]:
         lines.append(f"| {t['target']} | {_f(t['value'], 3) if not isinstance(t['value'], str) else t['value']} "
                      f"| {t['threshold']} | {_met(t['met'])} | {t['note']} |")
@@ -217,9 +302,10 @@ def markdown(out: dict) -> str:
         for client, s in rows:
             lines.append(f"| {client} | {_f(rps(s, 'non_stream'), 0)} | {_f(rps(s, 'stream'), 0)} "
                          f"| {_f(_get(s, 'throughput', 'non_stream', 'cpu', 'per_1000_requests_s'), 3)} |")
-    fid = _get(out["systems"].get("gateway"), "fidelity")
-    if fid:
-        lines += ["", "## Stream fidelity", "", "```", json.dumps(fid, indent=1)[:3000], "```"]
+    for key in gateway_keys(out):
+        fid = _get(out["systems"][key], "fidelity")
+        if fid:
+            lines += ["", f"## Stream fidelity ({key})", "", "```", json.dumps(fid, indent=1)[:3000], "```"]
     micro = out.get("micro")
     if micro and "error" not in micro:
         lines += ["", micro_markdown(micro)]
@@ -239,6 +325,107 @@ def markdown(out: dict) -> str:
     if out.get("skipped"):
         lines += ["", "Skipped / failed: " + "; ".join(f"{k}: {v.splitlines()[0][:300]}" for k, v in out["skipped"].items())]
     return "\n".join(lines) + "\n"
+
+
+def streams_markdown(out: dict) -> list[str]:
+    """Long streams, RSS per open stream, refusals and capacity: one table each."""
+    cfg, systems = out["config"], out["systems"]
+    present = [k for k in keys(out) if k in systems]
+    lines = []
+    ls_cfg = cfg.get("long_streams") or {}
+    if any(systems[k].get("long_streams") for k in present):
+        lines += ["", f"## Long streams ({ls_cfg.get('streams')} concurrent, {ls_cfg.get('chunks')} tokens "
+                  f"{_f((ls_cfg.get('delay_s') or 0) * 1000, 0)} ms apart, started for {cfg['duration_s']} s)", "",
+                  "CPU per relayed event = the system's CPU seconds during the phase / the SSE `data:` events "
+                  "the clients received. Gaps: between consecutive events of a stream, as the client saw them; "
+                  "added = gap - the upstream's spacing. Offered: "
+                  f"{_f(_offered(ls_cfg), 0)} events/s; a system that delivers fewer is saturated (it shares its "
+                  "CPU with the fake upstream), and its events arrive late, several per read.", "",
+                  "| system | events received | events/s | CPU µs / event | gap p50 / p99 / max ms | added gap p99 ms "
+                  "| failed / cut streams | load generator CPU share |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for key in present:
+            r = systems[key].get("long_streams")
+            if not r:
+                continue
+            g = r.get("gaps") or {}
+            lines.append(f"| {label_of(key)} | {_f(r.get('events'))} | {_f(r.get('events_per_s'), 0)} "
+                         f"| {_f(r.get('cpu_per_event_us'), 1)} | {_f(g.get('p50_ms'), 2)} / {_f(g.get('p99_ms'), 2)} / "
+                         f"{_f(g.get('max_ms'), 1)} | {_f(g.get('added_p99_ms'), 2)} | {_f(r.get('failed'))} / "
+                         f"{_f(r.get('cut_streams'))} | {_f(r.get('client_cpu_share'), 2)} |")
+    if any(_get(systems[k], "open_streams", "rss_per_1000_streams_mb") is not None for k in present):
+        lines += ["", f"## Memory per open stream ({cfg['open_streams']} streams held open)", "",
+                  "The largest process of each system (the worker): its RSS just before the streams opened, with all "
+                  "of them open, and the growth scaled to 1,000 streams.", "",
+                  "| system | largest process before MB | with streams open MB | growth MB | MB per 1,000 open streams "
+                  "| all processes with streams open MB |", "|---|---:|---:|---:|---:|---:|"]
+        for key in present:
+            o = systems[key].get("open_streams") or {}
+            if o.get("rss_per_1000_streams_mb") is None:
+                continue
+            lines.append(f"| {label_of(key)} | {_f(_get(o, 'rss_before', 'largest_process_mb'), 1)} "
+                         f"| {_f(o.get('rss_largest_process_mb'), 1)} | {_f(o.get('rss_largest_growth_mb'), 1)} "
+                         f"| {_f(o.get('rss_per_1000_streams_mb'), 1)} | {_f(o.get('rss_total_mb'), 1)} |")
+    refusing = [k for k in present if systems[k].get("refusal")]
+    if refusing:
+        lines += ["", "## Refused requests (a key whose per-minute limit is spent, c=32 non-stream)", "",
+                  "| system | refused / s | CPU µs / refused | CPU µs / admitted non-stream | ratio | statuses before / after |",
+                  "|---|---:|---:|---:|---:|---|"]
+        for key in refusing:
+            r = systems[key]["refusal"]
+            admitted = cpu_per_request_us(systems[key])
+            lines.append(f"| {label_of(key)} | {_f(r.get('refused_per_s'), 0)} | {_f(r.get('cpu_per_refused_us'), 0)} "
+                         f"| {_f(admitted, 0)} | {_f(_div(r.get('cpu_per_refused_us'), admitted), 3)} "
+                         f"| {r.get('first_statuses')} / {r.get('status_after')} |")
+    if any(systems[k].get("capacity") for k in present):
+        lines += capacity_markdown(out, present)
+    return lines
+
+
+def _offered(ls_cfg: dict):
+    streams, delay = ls_cfg.get("streams"), ls_cfg.get("delay_s")
+    return streams / delay if streams and delay else None
+
+
+def capacity_markdown(out: dict, present: list[str]) -> list[str]:
+    c = out["config"].get("capacity") or {}
+    lines = ["", f"## Capacity (streams of {c.get('chunks')} events at {_f(1 / c['delay_s'], 0) if c.get('delay_s') else '–'}"
+             f"/s, added gap p99 <= {_f(c.get('bound_ms'), 0)} ms)", "",
+             f"Doubling from {c.get('start')} then bisection to 10 %, at most {c.get('max')} streams and "
+             f"{_f(c.get('budget_s'), 0)} s per system; each probe opens its streams, waits {_f(c.get('settle_s'), 1)} s, measures "
+             f"{_f(c.get('window_s'), 1)} s. Stopped: converged, budget (the figure is a lower bound), maximum. "
+             "A probe fails when a stream fails or does not open in time, or the added gap p99 exceeds the bound.", "",
+             "A failed probe is run once more; it counts as failed only if both fail. Per probe: streams (added gap p99 ms, "
+             "load generator CPU share, CPU s other processes on the machine used during it); ✗ = failed.", "",
+             "| system | streams held | first failed | stopped | search s | probes |",
+             "|---|---:|---:|---|---:|---|"]
+    for key in present:
+        r = out["systems"][key].get("capacity")
+        if not r:
+            continue
+        probes = ", ".join(f"{p['streams']}{'' if p['passed'] else ' ✗'} ({_f(p.get('added_p99_ms'), 1)}, "
+                           f"{_f(p.get('client_cpu_share'), 2)}, {_f(p.get('other_processes_s'), 1)})"
+                           for p in r.get("probes", []))
+        stopped = r.get("stopped", "") + (", load generator busy" if r.get("client_bound") else "")
+        lines.append(f"| {label_of(key)} | {_f(r.get('streams'))} | {_f(r.get('first_failed'))} | {stopped} "
+                     f"| {_f(r.get('seconds'), 0)} | {probes} |")
+    return lines
+
+
+def variants_markdown(v: dict) -> list[str]:
+    others = v["others"]
+    lines = ["", f"## Gateway variants (ratio = variant / {v['base']})", "",
+             f"| metric | {v['base']} | " + " | ".join(f"{k} | ratio" for k in others) + " |",
+             "|---|---:|" + "---:|---:|" * len(others)]
+    for row in v["rows"]:
+        d = row.get("digits", 3)
+        cells = [_f(_num(row["values"][v["base"]]), d)] + [
+            f"{_f(_num(row['values'][k]), d)} | {_f(row['ratios'][k], 3)}" for k in others]
+        lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _num(value):
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _paired(s: dict) -> str:
@@ -321,21 +508,21 @@ def chart(out: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    keys = [k for k in ORDER if k in out["systems"]]
-    if not keys:
+    present = [k for k in keys(out) if k in out["systems"]]
+    if not present:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.38
-    xs = range(len(keys))
+    xs = range(len(present))
     for offset, kind, label in ((-width / 2, "non_stream", "non-stream"), (width / 2, "stream", "stream")):
-        values = [rps(out["systems"][k], kind) or 0 for k in keys]
+        values = [rps(out["systems"][k], kind) or 0 for k in present]
         bars = ax1.bar([x + offset for x in xs], values, width, label=label)
         ax1.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
-    ax1.set_xticks(list(xs), [NAMES[k].replace(" ", "\n", 1) for k in keys], fontsize=8)
+    ax1.set_xticks(list(xs), [label_of(k).replace(" ", "\n", 1) for k in present], fontsize=8)
     ax1.set_ylabel("requests / s")
     ax1.set_title(f"Throughput at c={out['config']['concurrency']} ({out['config']['throughput_generator']})")
     ax1.legend()
-    lkeys = [k for k in keys if k != "direct"]
+    lkeys = [k for k in present if k != "direct"]
     metrics = (("p50_ms", "added p50 (c=1)"), ("p99_ms", "added p99 (c=1)"), ("stream_ttfb_p50_ms", "stream TTFB added p50"))
     w2 = 0.8 / len(metrics)
     raw_all = [[_get(out["systems"][k], "added", m) for k in lkeys] for m, _ in metrics]
@@ -348,7 +535,7 @@ def chart(out: dict, path: Path) -> Path | None:
         ax2.bar_label(bars, labels=["–" if v is None else f"{v:.2f}" for v in raw], fontsize=7)
     if log_scale:
         ax2.set_yscale("log")
-    ax2.set_xticks(list(range(len(lkeys))), [NAMES[k].replace(" ", "\n", 1) for k in lkeys], fontsize=8)
+    ax2.set_xticks(list(range(len(lkeys))), [label_of(k).replace(" ", "\n", 1) for k in lkeys], fontsize=8)
     ax2.set_ylabel("ms added vs direct")
     ax2.set_title("Added latency (aiohttp-loadgen)")
     ax2.legend(fontsize=8)

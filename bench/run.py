@@ -1,15 +1,17 @@
 """The side-by-side bench: ``python -m bench.run [--with-litellm] [--duration 10] [--quick] [--out DIR]``.
 
 Starts one fake upstream and, one after another, the systems in front of it (direct, the bare Sanic
-proxy, nginx, the gateway with every feature on, LiteLLM), and measures each the same way in the
-same run: throughput at c=32 (non-stream and stream), latency at c=1, stream TTFB, CPU seconds per
-1,000 requests, RSS with N open streams. Writes ``<timestamp>.json``, ``.md`` and ``.png`` to
-``--out`` (default ``bench/results``). Load generators are pinned to one half of the CPUs, the
-system under test and the upstream to the other half.
+proxy, nginx, the gateway with every feature on, gateway variants of other revisions, LiteLLM), and
+measures each the same way in the same run: throughput at c=32 (non-stream and stream), latency at
+c=1, stream TTFB, CPU seconds per 1,000 requests, RSS per 1,000 open streams, CPU per relayed event
+of long streams, stream capacity, and for the gateway the cost of a refused (429) request. Writes
+``<timestamp>.json``, ``.md`` and ``.png`` to ``--out`` (default ``bench/results``). Load generators
+are pinned to one half of the CPUs, the system under test and the upstream to the other half.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -19,11 +21,12 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import fidelity, machine, procs, report, systems, wrk
+from . import capacity, fidelity, machine, procs, report, systems, variants, wrk
 from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile, rss_bytes
 from .systems import Context, System, Unavailable
 
@@ -32,13 +35,16 @@ ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "litellm")
 OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
 HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
 PROMPT = "You are a helpful assistant. Answer briefly."
+STREAM_CHUNKS = 10  # tokens of the stream throughput phase's answers
+CAPACITY_CHUNKS, CAPACITY_DELAY = 500, 0.02  # 50 events/s per stream
+CAPACITY_BOUND_MS = 50.0  # added inter-event gap p99 a held stream may see
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def bodies(work: Path, hold_chunks: int, hold_delay: float) -> dict[str, Path]:
+def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, long_delay: float) -> dict[str, Path]:
     def body(stream: bool, text: str) -> bytes:
         doc = {"model": systems.PUBLIC_MODEL,
                "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": text}]}
@@ -48,8 +54,10 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float) -> dict[str, Path]:
 
     files = {
         "plain": body(False, "Say hello to the benchmark, please."),
-        "stream": body(True, "Say hello to the benchmark, please."),
+        "stream": body(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
         "hold": body(True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
+        "long": body(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
+        "capacity": body(True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
     }
     out = {}
     for name, data in files.items():
@@ -57,6 +65,23 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float) -> dict[str, Path]:
         path.write_bytes(data)
         out[name] = path
     return out
+
+
+def per_thousand(before: dict[int, int], peak: dict[int, int], streams: int) -> dict:
+    """What the largest process grew by while ``streams`` were open, scaled to 1,000 streams."""
+    if not peak or not streams:
+        return {"rss_per_1000_streams_mb": None}
+    pid = max(peak, key=peak.get)
+    grown = (peak[pid] - before.get(pid, 0)) / 2**20
+    return {"rss_largest_growth_mb": round(grown, 1), "rss_per_1000_streams_mb": round(grown / streams * 1000, 1)}
+
+
+def refused_count(result: dict) -> int:
+    """429 answers of a load phase: wrk counts every non-2xx/3xx as a status error, the load
+    generator counts by status code."""
+    if "statuses" in result:
+        return result["statuses"].get("429", 0)
+    return (result.get("error_detail") or {}).get("status", 0)
 
 
 class Bench:
@@ -71,7 +96,8 @@ class Bench:
             self.wrk = wrk.ensure(install=not args.no_install, log=log)
             if self.wrk is None and args.generator == "wrk":
                 raise SystemExit("--generator wrk: wrk is not available")
-        self.bodies = bodies(self.work, args.hold_chunks, args.hold_delay)
+        self.bodies = bodies(self.work, args.hold_chunks, args.hold_delay, args.long_chunks, args.long_delay)
+        self.trees = variants.Trees(self.work, self.ctx.gateway_tree)
         self.results: dict = {}
 
     # ------------------------------------------------------------ generators
@@ -108,8 +134,9 @@ class Bench:
         return self.loadgen("throughput", system, body, "--concurrency", str(CONCURRENCY),
                             "--duration", str(seconds))
 
-    def accounted(self, system: System, run) -> dict:
-        """Run a load phase and add the CPU seconds the system, the upstream and the rest used."""
+    def accounted(self, system: System, run, count=None) -> dict:
+        """Run a load phase and add the CPU seconds the system, the upstream and the rest used;
+        ``count(result)`` the units (events, refusals) to divide the system's CPU by, when not requests."""
         sys_pids = system.pids()
         up_pids = [] if system.key == "direct" else self.ctx.upstream.pids()
         c0, u0 = cpu_seconds(sys_pids), cpu_seconds(up_pids)
@@ -133,13 +160,17 @@ class Bench:
             cpu["irq_softirq_s"] = round(busy1["irq"] - busy0["irq"], 3)
             cpu["steal_s"] = round(busy1["steal"] - busy0["steal"], 3)
             cpu["other_processes_s"] = round(max(0.0, task - (c1 - c0) - (u1 - u0) - gen - me), 3)
+        if count is not None:
+            n = count(result) or 0
+            cpu["units"] = n
+            cpu["per_unit_us"] = round((c1 - c0) / n * 1e6, 3) if n else None
         result["cpu"] = cpu
         return result
 
     # ------------------------------------------------------------ phases
 
-    def rss(self, system: System) -> dict:
-        per = rss_bytes(system.pids())
+    def rss(self, system: System, per: dict[int, int] | None = None) -> dict:
+        per = rss_bytes(system.pids()) if per is None else per
         return {"total_mb": round(sum(per.values()) / 2**20, 1),
                 "largest_process_mb": round(max(per.values(), default=0) / 2**20, 1),
                 "processes": {f"{pid} {cmdline(pid)[:80]}": round(v / 2**20, 1) for pid, v in per.items()}}
@@ -149,6 +180,7 @@ class Bench:
         args = [sys.executable, "-m", "bench.loadgen", "hold", "--url", system.url,
                 "--body-file", str(self.bodies["hold"]), *self._header_args(system), "--streams", str(n),
                 "--open-timeout", str(self.args.open_timeout), "--hold", "120"]
+        before = rss_bytes(system.pids())
         proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, preexec_fn=self._preexec())
         ready = None
@@ -159,9 +191,9 @@ class Bench:
                     ready = json.loads(line[6:])
                     break
             if ready is not None:
-                for _ in range(3):
-                    time.sleep(0.5)
-                    samples.append(self.rss(system))
+                for _ in range(1 if self.args.quick else 3):
+                    time.sleep(0.3 if self.args.quick else 0.5)
+                    samples.append(rss_bytes(system.pids()))
             proc.stdin.write("go\n")
             proc.stdin.flush()
             result = None
@@ -175,11 +207,13 @@ class Bench:
                 proc.wait()
         if not samples or result is None:
             return {"error": f"hold failed: {proc.stderr.read()[-1500:] if proc.stderr else ''}"}
-        peak = max(samples, key=lambda s: s["total_mb"])
+        peak = max(samples, key=lambda per: sum(per.values()))
         return {"generator": "aiohttp-loadgen", "requested": n, **{k: result[k] for k in (
                 "open", "open_at_release", "failed", "finished_early", "open_seconds")},
-                "ttfb_under_load": result["ttfb"], "rss": peak,
-                "rss_total_mb": peak["total_mb"], "rss_largest_process_mb": peak["largest_process_mb"]}
+                "ttfb_under_load": result["ttfb"], "rss": self.rss(system, peak), "rss_before": self.rss(system, before),
+                "rss_total_mb": round(sum(peak.values()) / 2**20, 1),
+                "rss_largest_process_mb": round(max(peak.values(), default=0) / 2**20, 1),
+                **per_thousand(before, peak, ready["open"])}
 
     def settle(self, timeout: float = 60.0) -> dict:
         """Wait until the upstream has no open requests left (the system passed on the disconnects)."""
@@ -232,8 +266,77 @@ class Bench:
         log(f"{system.key}: {a.streams} open streams")
         r["open_streams"] = self.open_streams(system)
         r["settle"] = self.settle()
+        if a.long_streams:
+            log(f"{system.key}: {a.long_streams} long streams ({a.long_chunks} events {a.long_delay * 1000:g} ms apart), "
+                f"started for {a.duration}s")
+            r["long_streams"] = self.long_streams(system)
+            r["long_streams"]["settle"] = self.settle()
+        if system.limited_headers:
+            log(f"{system.key}: refused (429) requests c={CONCURRENCY}, {a.duration}s")
+            r["refusal"] = self.refusal(system)
+        if a.capacity:
+            log(f"{system.key}: capacity search (<= {a.capacity_max} streams, {a.capacity_budget:g}s budget)")
+            r["capacity"] = self.capacity(system)
         r["alive"] = system.alive()
         return r
+
+    def long_streams(self, system: System) -> dict:
+        """Many long streams: CPU per relayed event (events counted by the client) and the gaps."""
+        a = self.args
+
+        def run() -> dict:
+            return self.loadgen("streams", system, "long", "--streams", str(a.long_streams), "--duration",
+                                str(a.duration), "--spacing", str(a.long_delay), "--tail", "60")
+
+        result = self.accounted(system, run, count=lambda r: r.get("events"))
+        result["cpu_per_event_us"] = result["cpu"]["per_unit_us"]
+        return result
+
+    def refusal(self, system: System) -> dict:
+        """The limited key's minute window filled, then the same non-stream load as the throughput phase."""
+        limited = dataclasses.replace(system, key=f"{system.key}-limited", headers=system.limited_headers, owned=False)
+        first = [self.status(limited, "plain") for _ in range(3)]
+        result = self.accounted(limited, lambda: self.throughput(limited, "plain", self.args.duration),
+                                count=refused_count)
+        refused, seconds = result["cpu"]["units"], result.get("duration_s")
+        return {"first_statuses": first, "status_after": self.status(limited, "plain"), "load": result,
+                "refused": refused, "cpu_per_refused_us": result["cpu"]["per_unit_us"],
+                "refused_per_s": round(refused / seconds, 1) if seconds else None}
+
+    def status(self, system: System, body: str) -> int:
+        request = urllib.request.Request(system.url, data=self.bodies[body].read_bytes(), method="POST",
+                                         headers={"Content-Type": "application/json", **system.headers})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+                return response.status
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return exc.code
+
+    def capacity(self, system: System) -> dict:
+        a = self.args
+        settle, open_timeout = a.capacity_settle, a.capacity_open_timeout
+
+        def probe(streams: int) -> dict:
+            started = time.monotonic()
+            try:
+                result = self.accounted(system, lambda: self.loadgen(
+                    "streams", system, "capacity", "--streams", str(streams), "--window", str(a.capacity_window),
+                    "--settle", str(settle), "--spacing", str(CAPACITY_DELAY), "--open-timeout", str(open_timeout),
+                    timeout=open_timeout + settle + a.capacity_window + 60))
+                result["system_cpu_share"] = round(result["cpu"]["system_s"] / (time.monotonic() - started), 3)
+            except Exception as exc:
+                result = {"error": str(exc)[-300:]}
+            result["settle"] = self.settle()
+            gaps = result.get("gaps") or {}
+            log(f"{system.key}: capacity probe {streams} streams: ready {result.get('ready')}, failed "
+                f"{result.get('failed')}, added gap p99 {gaps.get('added_p99_ms')} ms, client CPU "
+                f"{result.get('client_cpu_share')}, system CPU {result.get('system_cpu_share')}")
+            return result
+
+        return capacity.search(probe, min(a.capacity_start, a.capacity_max), a.capacity_max, a.capacity_budget,
+                               CAPACITY_BOUND_MS)
 
     # ------------------------------------------------------------ the run
 
@@ -253,6 +356,12 @@ class Bench:
                 "duration_s": a.duration, "latency_duration_s": a.latency_duration, "warmup_s": a.warmup,
                 "concurrency": CONCURRENCY, "open_streams": a.streams, "quick": a.quick, "nice": a.nice,
                 "hold_directive": {"chunks": a.hold_chunks, "delay_s": a.hold_delay},
+                "stream_chunks": STREAM_CHUNKS,
+                "long_streams": {"streams": a.long_streams, "chunks": a.long_chunks, "delay_s": a.long_delay},
+                "capacity": {"enabled": a.capacity, "chunks": CAPACITY_CHUNKS, "delay_s": CAPACITY_DELAY,
+                             "bound_ms": CAPACITY_BOUND_MS, "max": a.capacity_max, "start": a.capacity_start,
+                             "budget_s": a.capacity_budget, "window_s": a.capacity_window,
+                             "settle_s": a.capacity_settle, "open_timeout_s": a.capacity_open_timeout},
                 "throughput_generator": wrk.NAME if self.wrk else "aiohttp-loadgen",
                 "latency_generator": "aiohttp-loadgen",
                 "pinning": {"generators": sorted(self.gen_cpus) if self.gen_cpus else None,
@@ -271,6 +380,7 @@ class Bench:
         finally:
             if self.ctx.upstream is not None:
                 self.ctx.upstream.stop()
+            self.trees.close()
         if a.micro:
             out["micro"] = self.micro()
         out["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -288,9 +398,10 @@ class Bench:
                 system = systems.bare(self.ctx, client or "aiohttp")
             elif key == "nginx":
                 system = systems.nginx(self.ctx)
-            elif key == "gateway":
+            elif variants.is_gateway(key):
                 tee_port = free_port()
-                system = systems.gateway(self.ctx, tee_port)
+                tree, tree_info = self.trees.tree(key)
+                system = systems.gateway(self.ctx, tee_port, key, tree, tree_info)
             elif key == "litellm":
                 system = systems.litellm(self.ctx)
             else:
@@ -299,11 +410,11 @@ class Bench:
                 out["client_comparison"][client] = self.measure(system, full=False)
                 return
             result = self.measure(system)
-            if key == "gateway":
-                log("gateway: stream fidelity check")
+            if variants.is_gateway(key):
+                log(f"{key}: stream fidelity check")
                 result["fidelity"] = fidelity.check(
                     system.url, system.headers, systems.FIDELITY_MODEL, tee_port, self.ctx.upstream_port, HIDDEN)
-                if self.args.profile:
+                if self.args.profile and key == "gateway":
                     result["profile"] = self.profile(system)
             out["systems"][key] = result
         except Unavailable as exc:
@@ -359,14 +470,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds of each throughput phase (default 10; --quick 1)")
     p.add_argument("--quick", action="store_true", help="a seconds-long run: short phases, few open streams")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where the JSON/MD/PNG go")
-    p.add_argument("--systems", help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
+    p.add_argument("--systems", help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}; gateway@<rev> (a git "
+                                     "revision or a directory) adds the gateway of that revision")
     p.add_argument("--clients", help="bare-proxy client comparison: comma-separated of "
                                      f"{','.join(OTHER_CLIENTS)}, or 'none' (default: both; none with --quick)")
     p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto",
                    help="throughput load generator (auto: wrk when installed or installable)")
     p.add_argument("--streams", type=int, help="open streams for the RSS figure (default 1000; --quick 20)")
     p.add_argument("--gateway-tree", type=Path,
-                   help="run the gateway from this source tree (a git worktree of another revision) for before/after runs")
+                   help="run the key 'gateway' from this source tree (see also gateway@<rev> in --systems)")
+    p.add_argument("--long-streams", type=int,
+                   help="concurrent streams of the long-stream phase (default 400; --quick 40; 0 skips it)")
+    p.add_argument("--long-chunks", type=int, default=200, help="tokens of each long stream, 10 ms apart (default 200)")
+    p.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True,
+                   help="search each system's stream capacity (default: yes)")
+    p.add_argument("--capacity-budget", type=float, help="seconds the capacity search may take per system "
+                                                         "(default 150; --quick 20)")
+    p.add_argument("--capacity-max", type=int, default=4000, help="most streams the capacity search tries")
+    p.add_argument("--capacity-start", type=int, help="first concurrency the search tries (default 50; --quick 25)")
+    p.add_argument("--capacity-window", type=float,
+                   help="seconds each capacity probe measures, once all its streams are open (default 3; --quick 1)")
     p.add_argument("--no-install", action="store_true", help="never apt-get/pip install wrk, nginx or LiteLLM")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
@@ -382,8 +505,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.streams = args.streams or (20 if args.quick else 1000)
     args.hold_chunks, args.hold_delay = (40, 0.5) if args.quick else (120, 1.0)
     args.open_timeout = 30 if args.quick else 100
+    args.long_streams = args.long_streams if args.long_streams is not None else (40 if args.quick else 400)
+    args.long_delay = 0.01
+    args.capacity_budget = args.capacity_budget if args.capacity_budget is not None else (20.0 if args.quick else 150.0)
+    args.capacity_start = args.capacity_start or (25 if args.quick else 50)
+    args.capacity_window = args.capacity_window or (1.0 if args.quick else 3.0)
+    args.capacity_settle, args.capacity_open_timeout = (0.5, 10.0) if args.quick else (1.0, 20.0)
     if args.systems:
         args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+        unknown = [s for s in args.systems if s not in ALL_SYSTEMS and not variants.is_gateway(s)]
+        if unknown:
+            p.error(f"unknown system(s) {', '.join(unknown)}: choose from {', '.join(ALL_SYSTEMS)} or gateway@<rev>")
     else:
         args.systems = [s for s in ALL_SYSTEMS if s != "litellm" or args.with_litellm]
     if args.with_litellm and "litellm" not in args.systems:

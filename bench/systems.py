@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ class System:
     procs: list[Proc]
     owned: bool = True  # stop() stops its processes (not so for "direct": the upstream is shared)
     info: dict = field(default_factory=dict)
+    limited_headers: dict[str, str] = field(default_factory=dict)  # a key whose per-minute limit is 1
 
     def pids(self) -> list[int]:
         out: list[int] = []
@@ -218,13 +220,15 @@ api_key_env = "{UPSTREAM_KEY_ENV}"
 """
 
 
-def _target_takes_max_connections() -> bool:
+def _target_takes_max_connections(tree: Path = ROOT) -> bool:
+    """Whether the gateway of ``tree`` knows a target's ``max_connections`` (older revisions do not)."""
+    code = ("from app.config import Target; "
+            "print('max_connections' in getattr(Target, '__dataclass_fields__', {}))")
     try:
-        from app.config import Target
-
-        return "max_connections" in getattr(Target, "__dataclass_fields__", {})
-    except Exception:
+        out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
         return False
+    return out.stdout.strip() == "True"
 
 
 def gateway_env(data_dir: Path, models: Path) -> dict[str, str]:
@@ -247,25 +251,39 @@ def cli(env: dict[str, str], *args: str, tree: Path = ROOT) -> str:
     return out.stdout
 
 
-def gateway(ctx: Context, fidelity_port: int) -> System:
-    data = ctx.work / "gateway"
+def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path | None = None,
+            tree_info: dict | None = None) -> System:
+    """The gateway from ``tree`` (default ``ctx.gateway_tree``), reported as ``key``; besides the
+    bench key it makes a key limited to 1 request a minute for the refusal phase."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", key)
+    tree = tree or ctx.gateway_tree
+    data = ctx.work / name
     data.mkdir(exist_ok=True)
-    models = ctx.work / "models.toml"
+    models = ctx.work / f"models-{name}.toml"
     models.write_text(models_toml(ctx.upstream_base, f"http://127.0.0.1:{fidelity_port}/v1",
-                                  _target_takes_max_connections()))
+                                  _target_takes_max_connections(tree)))
     env = gateway_env(data, models)
-    tree = ctx.gateway_tree
-    key = cli(env, "keys", "create", "--account", "bench", "--per-minute", "100000000",
-              "--per-hour", "1000000000", tree=tree).strip().splitlines()[-1].strip()
+    cli(env, "accounts", "create", "bench", tree=tree)
+    api_key = _new_key(env, tree, "100000000", "1000000000")
+    limited_key = _new_key(env, tree, "1", "100000")
     cli(env, "packages", "grant", "--account", "bench", "--plan", "business", "--tokens", "100000000000", tree=tree)
     port = free_port()
-    proc = spawn("gateway", [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1"], ctx.work, env=env, cpus=ctx.sut_cpus, cwd=tree)
+    proc = spawn(name, [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
+                        "--workers", "1"], ctx.work, env=env, cpus=ctx.sut_cpus, cwd=tree)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
-    return System("gateway", "Zowy gateway (auth+limits+metering, SQLite, 1 worker)",
-                  f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {key}"},
+    label = "Zowy gateway (auth+limits+metering, SQLite, 1 worker)"
+    if key != "gateway":
+        label = f"Zowy {key} ({(tree_info or {}).get('commit', tree)})"
+    return System(key, label, f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {api_key}"},
                   [proc], info={"models_file": str(models), "data_dir": str(data), "store": "sqlite",
-                                "workers": 1, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")}})
+                                "workers": 1, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")},
+                                **(tree_info or {})},
+                  limited_headers={"Authorization": f"Bearer {limited_key}"})
+
+
+def _new_key(env: dict[str, str], tree: Path, per_minute: str, per_hour: str) -> str:
+    out = cli(env, "keys", "create", "--account", "bench", "--per-minute", per_minute, "--per-hour", per_hour, tree=tree)
+    return out.strip().splitlines()[-1].strip()
 
 
 # ---------------------------------------------------------------- LiteLLM

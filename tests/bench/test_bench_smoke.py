@@ -1,13 +1,14 @@
-"""A seconds-long smoke of the bench harness: it starts the fake upstream, the bare proxy and the
-gateway, measures non-zero throughput, and writes its JSON and markdown files. The issue-6 targets
-are for the bench report, not for CI: nothing here asserts them."""
+"""A seconds-long smoke of the bench harness: it starts the fake upstream, the bare proxy, the
+gateway and the gateway of HEAD (a git worktree), runs every phase with tiny numbers (long streams,
+refusals, one capacity probe), and writes its JSON and markdown files. The targets are for the bench
+report, not for CI: nothing here asserts them."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 
-from bench import fidelity, report, wrk
+from bench import capacity, fidelity, report, streams, variants, wrk
 
 from tests.support import ROOT
 
@@ -15,15 +16,17 @@ from tests.support import ROOT
 def test_harness_runs_and_writes_its_files(tmp_path):
     out = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--duration", "1", "--systems", "direct,bare,gateway",
-         "--streams", "10", "--no-install", "--out", str(out)],
+        [sys.executable, "-m", "bench.run", "--quick", "--duration", "0.5", "--generator", "aiohttp",
+         "--systems", "direct,bare,gateway,gateway@HEAD",
+         "--streams", "10", "--long-streams", "4", "--long-chunks", "20", "--capacity-start", "4", "--capacity-max", "4",
+         "--capacity-window", "0.5", "--capacity-budget", "10", "--no-install", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=150,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [result_file] = list(out.glob("*.json"))
     [md_file] = list(out.glob("*.md"))
     result = json.loads(result_file.read_text())
-    assert set(result["systems"]) == {"direct", "bare", "gateway"}, result.get("skipped")
+    assert set(result["systems"]) == {"direct", "bare", "gateway", "gateway@HEAD"}, result.get("skipped")
     for key, system in result["systems"].items():
         for kind in ("non_stream", "stream"):
             assert system["throughput"][kind]["rps"] > 0, (key, kind, system["throughput"][kind])
@@ -31,11 +34,25 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert system["latency_c1"]["stream"]["ttfb"]["p50_ms"] > 0
         assert system["open_streams"]["open"] == 10, system["open_streams"]
         assert system["open_streams"]["rss_total_mb"] > 0
+        assert system["open_streams"]["rss_per_1000_streams_mb"] is not None
+        long = system["long_streams"]
+        assert long["events"] >= 4 * 20 and long["failed"] == 0, (key, long)
+        assert long["cpu_per_event_us"] > 0 and long["gaps"]["p50_ms"] >= 10, (key, long)
+        assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
     assert result["systems"]["gateway"]["fidelity"]["met"] is True, result["systems"]["gateway"]["fidelity"]
+    for key in ("gateway", "gateway@HEAD"):
+        refusal = result["systems"][key]["refusal"]
+        assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal
+    assert result["systems"]["gateway@HEAD"]["info"]["commit"], result["systems"]["gateway@HEAD"]["info"]
     assert {t["target"] for t in result["targets"]} and result["ratios"]["gateway_over_bare"]["non_stream"] > 0
+    assert result["variants"]["base"] == "gateway" and result["variants"]["others"] == ["gateway@HEAD"]
     text = md_file.read_text()
-    assert "| Zowy gateway |" in text and "## Targets (issue 6)" in text
+    for heading in ("## Targets", "## Long streams", "## Capacity", "## Refused requests", "## Gateway variants"):
+        assert heading in text, heading
+    assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "zowy-bench-" not in worktrees, worktrees
 
 
 def test_wrk_summary_is_parsed():
@@ -65,9 +82,56 @@ def test_markdown_renders_without_optional_systems():
                                          "packages": {}, "tools": {}},
         "config": {"throughput_generator": "wrk", "pinning": {"generators": [0], "systems_and_upstream": [1]},
                    "concurrency": 32, "duration_s": 1, "warmup_s": 1, "latency_duration_s": 1, "open_streams": 10},
-        "systems": {"direct": {"throughput": {"non_stream": {"rps": 100.0}, "stream": {"rps": 50.0}}}},
+        "systems": {"direct": {"throughput": {"non_stream": {"rps": 100.0}, "stream": {"rps": 50.0}}},
+                    "gateway": {"throughput": {"non_stream": {"rps": 40.0}}},
+                    "gateway@HEAD~1": {"throughput": {"non_stream": {"rps": 20.0}}}},
         "skipped": {"litellm": "not installed"},
     }
     report.analyse(out)
     text = report.markdown(out)
     assert "skipped: not installed" in text and "not measured" in text
+    assert out["variants"]["rows"][0]["ratios"]["gateway@HEAD~1"] == 0.5 and "## Gateway variants" in text
+
+
+def test_event_counter_counts_data_events_across_reads():
+    counter = streams.EventCounter()
+    assert counter.feed(b'data: {"a":1}\n\ndata: {"b"') == 1
+    assert counter.feed(b':2}\n') == 0
+    assert counter.feed(b"\n: comment\n\ndata: [DONE]\r\n\r\n") == 2
+
+
+def test_gaps_percentiles_and_added():
+    gaps = streams.Gaps()
+    for ms in range(1, 101):
+        gaps.add(0.020 + ms / 1000 / 10)
+    summary = gaps.summary(0.020)
+    assert summary["n"] == 100 and abs(summary["p99_ms"] - 29.9) < 0.06 and abs(summary["added_p99_ms"] - 9.9) < 0.06
+
+
+def test_capacity_search_doubles_then_bisects_within_the_budget():
+    held = 300
+
+    def probe(n):
+        return {"ready": n, "failed": 0, "gaps": {"added_p99_ms": 10.0 if n <= held else 80.0}}
+
+    result = capacity.search(probe, start=50, maximum=4000, budget_s=60, bound_ms=50)
+    assert [p["streams"] for p in result["probes"]][:4] == [50, 100, 200, 400]
+    assert result["stopped"] == "converged" and held - held // 10 <= result["streams"] <= held
+    assert result["first_failed"] - result["streams"] <= max(1, result["streams"] // 10)
+    ticks = iter(range(0, 1000, 7))
+    short = capacity.search(probe, start=50, maximum=4000, budget_s=20, bound_ms=50, clock=lambda: next(ticks))
+    assert short["stopped"] == "budget" and len(short["probes"]) < 4
+    assert capacity.search(probe, start=1, maximum=4, budget_s=60, bound_ms=50)["stopped"] == "maximum"
+    stalls = iter([True])
+
+    def stalled_once(n):
+        return {"ready": n, "failed": 0, "gaps": {"added_p99_ms": 300.0 if next(stalls, False) else 10.0}}
+
+    retried = capacity.search(stalled_once, start=4, maximum=8, budget_s=60, bound_ms=50)
+    assert [(p["streams"], p["passed"]) for p in retried["probes"]] == [(4, False), (4, True), (8, True)]
+    assert retried["streams"] == 8
+
+
+def test_gateway_variants_are_named_by_revision():
+    assert variants.revision_of("gateway@HEAD~3") == "HEAD~3" and variants.revision_of("gateway") is None
+    assert variants.is_gateway("gateway@abc") and not variants.is_gateway("bare")
