@@ -6,17 +6,21 @@ store operation per admitted request, bounded by a short timeout — or per seve
 windows are far from their limits (the worker counts a few ahead and admits them from memory). A
 key whose window the store found full is refused from memory until that window ends: counts only
 grow within a window, so this changes no decision, and a client retrying in a loop never reaches
-the store.
+the store. A key's own controls (expiry, IP allow-list, token cap) are checked from its cached
+record; a capped key's used tokens are read from the ledger at most once per
+``ZOWY_KEY_USAGE_CACHE_TTL`` per worker.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable
 
 from .cache import MISSING, TTLCache
+from .clientip import allowed, client_address, parse_networks
 from .config import Settings
-from .errors import InvalidApiKey, RateLimited, StoreUnavailable
+from .errors import InsufficientQuota, InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
 from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
 from .reservations import Reservation, Reservations
@@ -48,9 +52,18 @@ class Admission:
         self._slots: dict[str, _Slots] = {}
         self._slice_max = settings.limiter_slice
         self._floor = settings.limiter_floor
+        # [tokens used]: the ledger's sum when read, plus what this worker admitted since (the entry
+        # keeps the expiry of its read, so the ledger is read again however busy the key is).
+        self._key_tokens: TTLCache[list[int]] = TTLCache(settings.key_usage_cache_ttl)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
 
-    async def key(self, authorization: str | None) -> KeyRecord:
-        """The active key named by the Authorization header, or InvalidApiKey."""
+    def client(self, peer: str, forwarded_for: str | None) -> str:
+        """The caller's address: the peer, or the client a trusted proxy forwarded."""
+        return client_address(peer, forwarded_for, self.trusted_proxies)
+
+    async def key(self, authorization: str | None, peer: str | None = None, forwarded_for: str | None = None) -> KeyRecord:
+        """The active, unexpired key named by the Authorization header, or InvalidApiKey;
+        PermissionDenied when the key's IP allow-list leaves out the caller (an unknown caller too)."""
         token = bearer(authorization)
         if token is None:
             raise InvalidApiKey(
@@ -65,6 +78,16 @@ class Admission:
             self._keys.put(digest, record)
         if record is None or record.revoked_at is not None:
             raise InvalidApiKey()
+        if record.expires_at is not None and record.expires_at <= self.clock():
+            when = datetime.fromtimestamp(record.expires_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            raise InvalidApiKey(f"This API key expired at {when}. Create a new key or extend this one's expiry.")
+        if record.ips is not None:
+            address = self.client(peer or "", forwarded_for)
+            if not allowed(address, record.ips):
+                raise PermissionDenied(
+                    f"This API key may not be used from address {address}, which is not in the key's IP allow-list.",
+                    code="ip_not_allowed",
+                )
         return record
 
     def refuse_if_full(self, key: KeyRecord) -> None:
@@ -79,6 +102,26 @@ class Admission:
             return
         again = Decision(False, decision.minute_limit, decision.minute_used, decision.hour_limit, decision.hour_used, now)
         raise RateLimited(again.message(), headers=again.headers())
+
+    async def require_key_budget(self, key: KeyRecord, need: int) -> None:
+        """InsufficientQuota when the key's token cap cannot hold this request's need.
+
+        Used tokens come from the ledger through a short per-worker cache to which this worker adds
+        what it admits, so other workers' requests within the cache lifetime may overshoot the cap.
+        """
+        cap = key.token_cap
+        if cap is None:
+            return
+        used = self._key_tokens.get(key.id)
+        if used is MISSING:
+            used = [await self.store.key_tokens(key.id)]
+            self._key_tokens.put(key.id, used)
+        if used[0] + need > cap:
+            raise InsufficientQuota(
+                f"This API key reached its token cap of {cap} tokens ({min(used[0], cap)} used). "
+                "Raise the key's cap or use another key."
+            )
+        used[0] += need
 
     async def limit(self, key: KeyRecord) -> Decision:
         """Count the request in the key's windows; RateLimited when either is full."""
@@ -138,5 +181,6 @@ class Admission:
             self._keys.clear()
             self._full.clear()
             self._slots.clear()
+            self._key_tokens.clear()
         else:
             self._keys.drop(digest)

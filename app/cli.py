@@ -1,7 +1,9 @@
-"""Command line: ``python -m app serve | accounts | keys | packages | usage | reconcile | db``.
+"""Command line: ``python -m app serve | accounts | keys | packages | owners | codes | alerts | audit |
+usage | reconcile | db``.
 
-One-shot commands open the configured store, do one thing, print JSON (a new key is printed
-alone on the last line), and exit non-zero on failure.
+One-shot commands open the configured store, do one thing, print JSON (a new key or invite token is
+printed alone on the last line; new codes one a line after the batch), and exit non-zero on failure.
+Every change is written to the audit log with actor ``cli``.
 """
 from __future__ import annotations
 
@@ -19,12 +21,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import logs, operations
+from . import accounts, audit, grants, logs, operations
+from .alerts import Alerts
+from .audit import CLI
 from .config import ConfigError, Settings
-from .errors import GatewayError
+from .errors import GatewayError, InvalidRequest, NotFound
 from .keys import key_hash
 from .metrics import MULTIPROC_ENV
 from .store import Store, open_store
+from .store.base import AuditQuery
+
+_UNSET = object()
 
 log = logging.getLogger("zowy")
 
@@ -63,7 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--account", required=True, help="account name or id (create it first with 'accounts create')")
     p.add_argument("--per-minute", type=int)
     p.add_argument("--per-hour", type=int)
+    _control_flags(p)
     p.set_defaults(handler=_keys_create)
+    p = keys.add_parser("set", help="change a key's controls (only the flags given)")
+    p.add_argument("key_id")
+    _control_flags(p)
+    p.add_argument("--per-minute", default=_UNSET, help="a number, or 'default'")
+    p.add_argument("--per-hour", default=_UNSET, help="a number, or 'default'")
+    p.set_defaults(handler=_keys_set)
     p = keys.add_parser("revoke")
     p.add_argument("key_id")
     p.set_defaults(handler=_keys_revoke)
@@ -86,6 +100,49 @@ def _parser() -> argparse.ArgumentParser:
     p = packages.add_parser("list")
     p.add_argument("--account", required=True)
     p.set_defaults(handler=_packages_list)
+
+    owners = sub.add_parser("owners", help="people who sign in to run an account").add_subparsers(dest="action", required=True)
+    p = owners.add_parser("invite", help="a one-time invite token (the last line) for a new owner")
+    p.add_argument("--account", required=True)
+    p.add_argument("--email", required=True)
+    p.set_defaults(handler=_owners_invite)
+    p = owners.add_parser("create", help="an owner with a password read from stdin")
+    p.add_argument("--account", required=True)
+    p.add_argument("--email", required=True)
+    p.set_defaults(handler=_owners_create)
+    p = owners.add_parser("list")
+    p.add_argument("--account", required=True)
+    p.set_defaults(handler=_owners_list)
+
+    codes = sub.add_parser("codes", help="redemption codes").add_subparsers(dest="action", required=True)
+    p = codes.add_parser("create", help="a batch of codes, printed one a line after the batch (shown once)")
+    p.add_argument("--plan", help="pro or business")
+    p.add_argument("--tokens", type=int, help="a token amount (instead of, or overriding, the plan's)")
+    p.add_argument("--days", type=int, help="validity of the granted package")
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--expires-in-days", type=int, help="how long the codes can be redeemed")
+    p.set_defaults(handler=_codes_create)
+    p = codes.add_parser("list", help="a batch's codes and who redeemed them")
+    p.add_argument("batch_id")
+    p.set_defaults(handler=_codes_list)
+
+    alerts = sub.add_parser("alerts", help="low-balance alerts of an account").add_subparsers(dest="action", required=True)
+    p = alerts.add_parser("show")
+    p.add_argument("--account", required=True)
+    p.set_defaults(handler=_alerts_show)
+    p = alerts.add_parser("set")
+    p.add_argument("--account", required=True)
+    p.add_argument("--url", required=True, help="the receiver, or 'none' to stop alerts")
+    p.add_argument("--thresholds", help="percent of the balance left, e.g. 10,0 (the default)")
+    p.set_defaults(handler=_alerts_set)
+
+    p = sub.add_parser("audit", help="changes to money and access, newest first")
+    p.add_argument("--account")
+    p.add_argument("--action", help="e.g. package.grant, key.revoke, signin.failed")
+    p.add_argument("--since")
+    p.add_argument("--until")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(handler=_audit)
 
     p = sub.add_parser("usage", help="usage totals of an account")
     p.add_argument("--account", required=True)
@@ -119,7 +176,7 @@ def _print(value: Any) -> None:
 
 
 async def _accounts_create(store: Store, settings: Settings, args) -> int:
-    account = await operations.create_account(store, args.name)
+    account = await operations.create_account(store, args.name, CLI)
     _print({"id": account.id, "name": account.name})
     return 0
 
@@ -129,9 +186,52 @@ async def _accounts_list(store: Store, settings: Settings, args) -> int:
     return 0
 
 
+def _control_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default=_UNSET, help="a label ('' clears it)")
+    p.add_argument("--expires", default=_UNSET, help="ISO datetime (UTC) or epoch seconds, or 'never'")
+    p.add_argument("--models", default=_UNSET, help="comma-separated public models the key may use, or 'all'")
+    p.add_argument("--token-cap", default=_UNSET, help="most tokens the key may spend, or 'none'")
+    p.add_argument("--ips", default=_UNSET, help="comma-separated addresses or CIDRs the key may be used from, or 'any'")
+
+
+def _controls(args, limits: bool = False) -> dict:
+    """The key controls the flags name, as the API takes them."""
+    def listed(text: str, clear: str):
+        return None if text.strip().lower() == clear else [part.strip() for part in text.split(",") if part.strip()]
+
+    def number(text, clear: str, param: str):
+        if isinstance(text, int) or text is None:
+            return text
+        if text.strip().lower() == clear:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidRequest(f"--{param.replace('_', '-')} must be an integer or '{clear}'.", param=param) from None
+
+    given = {k: v for k, v in vars(args).items() if v is not _UNSET}
+    out: dict[str, Any] = {}
+    if "name" in given:
+        out["name"] = given["name"] or None
+    if "expires" in given:
+        out["expires_at"] = None if given["expires"].strip().lower() == "never" else given["expires"]
+    if "models" in given:
+        out["models"] = listed(given["models"], "all")
+    if "ips" in given:
+        out["ips"] = listed(given["ips"], "any")
+    if "token_cap" in given:
+        out["token_cap"] = number(given["token_cap"], "none", "token_cap")
+    for name in ("per_minute", "per_hour"):
+        if limits and name in given:
+            out[name] = number(given[name], "default", name)
+    return out
+
+
 async def _keys_create(store: Store, settings: Settings, args) -> int:
     account = await operations.find_account(store, args.account)
-    record, key = await operations.create_key(store, settings, account, args.per_minute, args.per_hour)
+    record, key = await operations.create_key(
+        store, settings, account, args.per_minute, args.per_hour, controls=_controls(args), actor=CLI
+    )
     print(f"key id: {record.id}  account: {account.name} ({account.id})")
     print("This is the only time the key is shown:")
     print(key)
@@ -139,7 +239,7 @@ async def _keys_create(store: Store, settings: Settings, args) -> int:
 
 
 async def _keys_revoke(store: Store, settings: Settings, args) -> int:
-    await operations.revoke_key(store, args.key_id)
+    await operations.revoke_key(store, args.key_id, CLI)
     print(f"revoked {args.key_id}")
     return 0
 
@@ -151,14 +251,14 @@ async def _keys_list(store: Store, settings: Settings, args) -> int:
 
 
 async def _keys_limits(store: Store, settings: Settings, args) -> int:
-    await operations.set_limits(store, args.key_id, args.per_minute, args.per_hour)
+    await operations.set_limits(store, args.key_id, args.per_minute, args.per_hour, CLI)
     _print({"id": args.key_id, "per_minute": args.per_minute, "per_hour": args.per_hour})
     return 0
 
 
 async def _packages_grant(store: Store, settings: Settings, args) -> int:
     account = await operations.find_account(store, args.account)
-    package = await operations.grant_package(store, settings, account, args.plan, args.tokens, args.days)
+    package = await operations.grant_package(store, settings, account, args.plan, args.tokens, args.days, CLI)
     _print(operations.package_view(package, time.time()))
     return 0
 
@@ -166,6 +266,90 @@ async def _packages_grant(store: Store, settings: Settings, args) -> int:
 async def _packages_list(store: Store, settings: Settings, args) -> int:
     account = await operations.find_account(store, args.account)
     _print(await operations.balance(store, account))
+    return 0
+
+
+async def _keys_set(store: Store, settings: Settings, args) -> int:
+    record = await operations.set_key_controls(store, settings, args.key_id, _controls(args, limits=True), actor=CLI)
+    _print(operations.key_view(record))
+    return 0
+
+
+async def _owners_invite(store: Store, settings: Settings, args) -> int:
+    account = await operations.find_account(store, args.account)
+    made, token = await accounts.invite(store, settings, account, args.email, CLI)
+    print(f"invite {made.id} for {made.email} to {account.name} ({account.id}), valid until "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(made.expires_at))}")
+    print("Accept with POST /api/v1/auth/invite/accept {\"token\", \"password\"}. The token, shown once:")
+    print(token)
+    return 0
+
+
+async def _owners_create(store: Store, settings: Settings, args) -> int:
+    account = await operations.find_account(store, args.account)
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    owner = await accounts.create_owner(store, settings, account, args.email, password, CLI)
+    _print(accounts.owner_view(owner))
+    return 0
+
+
+async def _owners_list(store: Store, settings: Settings, args) -> int:
+    account = await operations.find_account(store, args.account)
+    _print([accounts.owner_view(o) for o in await store.owners(account.id)])
+    return 0
+
+
+async def _codes_create(store: Store, settings: Settings, args) -> int:
+    batch = await grants.create_batch(
+        store, settings, plan=args.plan, tokens=args.tokens, days=args.days, count=args.count,
+        expires_in_days=args.expires_in_days, actor=CLI,
+    )
+    codes = batch.pop("codes")
+    _print(batch)
+    print(f"The {len(codes)} codes, shown once:")
+    print("\n".join(codes))
+    return 0
+
+
+async def _codes_list(store: Store, settings: Settings, args) -> int:
+    codes = await store.codes(args.batch_id)
+    if not codes:
+        raise NotFound(f"No code batch '{args.batch_id}'.")
+    _print([grants.code_view(c) for c in codes])
+    return 0
+
+
+async def _alerts_show(store: Store, settings: Settings, args) -> int:
+    account = await operations.find_account(store, args.account)
+    _print(await Alerts(settings, store).describe(account.id))
+    return 0
+
+
+async def _alerts_set(store: Store, settings: Settings, args) -> int:
+    account = await operations.find_account(store, args.account)
+    url = None if args.url.strip().lower() == "none" else args.url
+    thresholds = None
+    if args.thresholds:
+        try:
+            thresholds = [int(t) for t in args.thresholds.split(",")]
+        except ValueError:
+            raise InvalidRequest("--thresholds must be comma-separated integers, e.g. 10,0.") from None
+    _print(await Alerts(settings, store).configure(account.id, url, thresholds, CLI))
+    return 0
+
+
+async def _audit(store: Store, settings: Settings, args) -> int:
+    account_id = (await operations.find_account(store, args.account)).id if args.account else None
+    query = AuditQuery(
+        limit=max(1, min(args.limit, 10_000)), account_id=account_id, action=args.action,
+        since=operations.parse_time(args.since, "since"), until=operations.parse_time(args.until, "until"),
+    )
+    _print((await audit.page(store, query))["data"])
     return 0
 
 

@@ -6,6 +6,7 @@ reads them all in one loop. This is the only module that reads ``os.environ``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -135,6 +136,39 @@ class Plans:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfService:
+    """Account owners: sessions, invites, passwords, and how often they may sign in or redeem."""
+
+    session_ttl: int = setting("ZOWY_SESSION_TTL", 3600, low=60)
+    invite_days: int = setting("ZOWY_INVITE_DAYS", 7, low=1)
+    scrypt_cost: int = setting("ZOWY_SCRYPT_COST", 15, low=10, high=20)
+    signin_per_minute: int = setting("ZOWY_SIGNIN_PER_MINUTE", 10, low=1)
+    signin_per_hour: int = setting("ZOWY_SIGNIN_PER_HOUR", 60, low=1)
+    signin_ip_per_minute: int = setting("ZOWY_SIGNIN_IP_PER_MINUTE", 30, low=1)
+    signin_ip_per_hour: int = setting("ZOWY_SIGNIN_IP_PER_HOUR", 300, low=1)
+    redeem_per_minute: int = setting("ZOWY_REDEEM_PER_MINUTE", 10, low=1)
+    redeem_per_hour: int = setting("ZOWY_REDEEM_PER_HOUR", 100, low=1)
+    max_keys: int = setting("ZOWY_MAX_KEYS_PER_ACCOUNT", 100, low=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """Signed webhooks: the inbound top-up and the outbound low-balance alerts."""
+
+    topup_secret: str = setting("ZOWY_TOPUP_SECRET", "")
+    alert_secret: str = setting("ZOWY_ALERT_SECRET", "")
+    window: int = setting("ZOWY_WEBHOOK_WINDOW", 300, low=1)
+    alert_check_interval: float = setting("ZOWY_ALERT_CHECK_INTERVAL", 1.0, low=0.01)
+    alert_poll_interval: float = setting("ZOWY_ALERT_POLL_INTERVAL", 1.0, low=0.01)
+    alert_retry_base: float = setting("ZOWY_ALERT_RETRY_BASE", 5.0, low=0.01)
+    alert_retry_max: float = setting("ZOWY_ALERT_RETRY_MAX", 900.0, low=0.01)
+    alert_max_attempts: int = setting("ZOWY_ALERT_MAX_ATTEMPTS", 30, low=1)
+    alert_lease: float = setting("ZOWY_ALERT_LEASE", 60.0, low=1)
+    alert_timeout: float = setting("ZOWY_ALERT_TIMEOUT", 10.0, low=0.1)
+    alert_private_urls: bool = setting("ZOWY_ALERT_PRIVATE_URLS", False)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = setting("ZOWY_HOST", "127.0.0.1")
     port: int = setting("ZOWY_PORT", 8000, low=0, high=65535)
@@ -158,6 +192,10 @@ class Settings:
     reserve_floor: int = setting("ZOWY_RESERVE_FLOOR", 50_000, low=0)
     reserve_ttl: float = setting("ZOWY_RESERVE_TTL", 60.0, low=1)
     reserve_idle: float = setting("ZOWY_RESERVE_IDLE", 2.0, low=0)
+    key_usage_cache_ttl: float = setting("ZOWY_KEY_USAGE_CACHE_TTL", 2.0, low=0)
+    trusted_proxies: str = setting("ZOWY_TRUSTED_PROXIES", "")
+    self_service: SelfService = SelfService()
+    hooks: Hooks = Hooks()
     rate_limits: RateLimits = RateLimits()
     limiter_timeout: float = setting("ZOWY_LIMITER_TIMEOUT", 0.5, low=0.001)
     limiter_fail_open: bool = setting("ZOWY_LIMITER_FAIL_OPEN", False)
@@ -165,6 +203,7 @@ class Settings:
     limiter_floor: int = setting("ZOWY_LIMITER_FLOOR", 2048, low=1)
     plans: Plans = Plans()
     package_days: int = setting("ZOWY_PACKAGE_DAYS", 30, low=1)
+    code_days: int = setting("ZOWY_CODE_DAYS", 365, low=1)
     meter_batch: int = setting("ZOWY_METER_BATCH", 512, low=1)
     meter_interval: float = setting("ZOWY_METER_INTERVAL", 0.05, low=0.001)
     upstream_attempts: int = setting("ZOWY_UPSTREAM_ATTEMPTS", 3, low=1)
@@ -201,6 +240,11 @@ class Settings:
         """Build settings from ``ZOWY_*`` variables (``os.environ`` when none given)."""
         env = os.environ if environ is None else environ
         values = _read(cls, env)
+        for cidr in filter(None, (c.strip() for c in values["trusted_proxies"].split(","))):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"ZOWY_TRUSTED_PROXIES holds {cidr!r}, which is not an IP address or CIDR") from None
         models = load_models(values["models_file"], env)
         any_key = any(t.enabled for m in models.values() for t in m.targets)
         demo = values["demo_mode"] == "on" or (values["demo_mode"] == "auto" and not any_key)

@@ -49,6 +49,27 @@ class InvalidApiKey(GatewayError):
     message = "Incorrect API key provided. Pass a valid key as 'Authorization: Bearer <key>'."
 
 
+class InvalidSession(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_session"
+    message = "Sign in first: pass the session token as 'Authorization: Bearer <token>' or the zowy_session cookie."
+
+
+class InvalidCredentials(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_credentials"
+    message = "Incorrect email or password."
+
+
+class InvalidSignature(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_signature"
+    message = "The webhook signature is missing or does not match the body."
+
+
 class AdminUnauthorized(GatewayError):
     status = 401
     type = "invalid_request_error"
@@ -61,6 +82,20 @@ class AdminDisabled(GatewayError):
     type = "invalid_request_error"
     code = "admin_disabled"
     message = "The admin API is disabled: set ZOWY_ADMIN_TOKEN to enable it."
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+    message = "You are not allowed to do this."
+
+
+class WebhookDisabled(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "webhook_disabled"
+    message = "The top-up webhook is disabled: set ZOWY_TOPUP_SECRET to enable it."
 
 
 class InsufficientQuota(GatewayError):

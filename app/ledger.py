@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
@@ -131,6 +132,8 @@ class Meter:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._spooled = False
+        # Told of every batch the store took (low-balance alerts read the balances it moved).
+        self.on_written: Callable[[list[LedgerEntry]], None] | None = None
 
     def record(self, entry: LedgerEntry) -> None:
         """Hand over one entry; never blocks, never fails."""
@@ -192,6 +195,8 @@ class Meter:
             try:
                 async with asyncio.timeout(self.write_timeout):
                     await self.store.record(batch)
+                if self.on_written is not None:
+                    self.on_written(batch)
             except (StoreUnavailable, TimeoutError):
                 log.error("store unavailable: spooling %d ledger entries", len(batch))
                 self._spooled = True

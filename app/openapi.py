@@ -1,11 +1,11 @@
-"""The OpenAPI 3.1 document of the public and admin API, generated from the request validators so
-the two cannot drift apart."""
+"""The OpenAPI 3.1 document of the public, customer and admin API and the top-up webhook, generated
+from the request validators so the two cannot drift apart."""
 from __future__ import annotations
 
 from typing import Any
 
 from .config import Settings
-from .schemas import ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
+from .schemas import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
 
 
 def json_schema(core: dict) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def _body(name: str) -> dict:
 
 
 def _op(operation_id: str, summary: str, responses: dict, *, body: str | None = None, admin: bool = False,
-        public: bool = False, params: list[str] = ()) -> dict:
+        public: bool = False, session: bool = False, params: list[str] = (), query: list[str] = ()) -> dict:
     op: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": responses}
     if body:
         op["requestBody"] = _body(body)
@@ -107,9 +107,85 @@ def _op(operation_id: str, summary: str, responses: dict, *, body: str | None = 
         op["security"] = []
     elif admin:
         op["security"] = [{"admin": []}]
-    if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    elif session:
+        op["security"] = [{"session": []}, {"sessionCookie": [], "csrf": []}]
+    parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+    parameters += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in query]
+    if parameters:
+        op["parameters"] = parameters
     return op
+
+
+_LEDGER_QUERY = ["cursor", "limit", "model", "key", "since", "until", "outcome"]
+_CSV = {"200": {"description": "the ledger as CSV, newest first", "content": {"text/csv": {"schema": {"type": "string"}}}}}
+
+
+def _customer_paths(paths: dict) -> None:
+    """The customer API: an account owner's session, as a bearer token or a cookie (with X-CSRF-Token)."""
+    api = "/api/v1"
+    paths[f"{api}/auth/invite/accept"] = {"post": _op(
+        "acceptInvite", "Become an account owner with a one-time invite token and a password",
+        _responses("the new owner", 400, 404, 409), body="AcceptInvite", public=True)}
+    paths[f"{api}/auth/sessions"] = {"post": _op(
+        "signIn", "Sign in: a session token (also set as the zowy_session cookie) and its CSRF token",
+        _responses("the session", 400, 401, 429), body="SignIn", public=True)}
+    paths[f"{api}/auth/sessions/current"] = {"delete": _op(
+        "signOut", "Sign out (the session ends on every instance)", _responses("signed out", 401, 403), session=True)}
+    paths[f"{api}/account"] = {"get": _op(
+        "getOwnAccount", "The account's balance: tokens left, active package and its expiry",
+        _responses("balance", 401), session=True)}
+    paths[f"{api}/account/alerts"] = {
+        "get": _op("getOwnAlerts", "Low-balance alert settings and recent deliveries", _responses("alert settings", 401), session=True),
+        "put": _op("setOwnAlerts", "Set the alert receiver URL and thresholds", _responses("alert settings", 400, 401, 403),
+                   body="AlertSettings", session=True),
+    }
+    paths[f"{api}/keys"] = {
+        "get": _op("listOwnKeys", "The account's keys with their controls", _responses("keys", 401), session=True),
+        "post": _op("createOwnKey", "Create a key (returned once in 'key')", _responses("the key", 400, 401, 403),
+                    body="KeyControls", session=True),
+    }
+    paths[f"{api}/keys/{{key_id}}"] = {"patch": _op(
+        "updateOwnKey", "Change a key's controls (null clears one)", _responses("the key", 400, 401, 403, 404),
+        body="KeyControls", session=True, params=["key_id"])}
+    paths[f"{api}/keys/{{key_id}}/revoke"] = {"post": _op(
+        "revokeOwnKey", "Revoke a key", _responses("the key", 401, 403, 404), session=True, params=["key_id"])}
+    paths[f"{api}/redeem"] = {"post": _op(
+        "redeemCode", "Redeem a code into a package", _responses("the package and balance", 400, 401, 403, 404, 409, 429),
+        body="Redeem", session=True)}
+    paths[f"{api}/ledger"] = {"get": _op(
+        "ownLedger", "The account's requests, newest first, a page at a time",
+        _responses("a page of ledger entries and next_cursor", 400, 401), session=True, query=_LEDGER_QUERY)}
+    paths[f"{api}/ledger.csv"] = {"get": _op(
+        "ownLedgerCsv", "The account's requests as CSV", {**_CSV, **{k: v for k, v in _responses("", 400, 401).items() if k != "200"}},
+        session=True, query=_LEDGER_QUERY[2:])}
+
+
+def _admin_self_service_paths(paths: dict, admin: str) -> None:
+    paths[f"{admin}/keys/{{key_id}}"] = {"patch": _op(
+        "setKeyControls", "Change a key's controls: name, expiry, models, token cap, IPs, rate limits",
+        _responses("the key", 400, 401, 403, 404), body="KeyControls", admin=True, params=["key_id"])}
+    paths[f"{admin}/accounts/{{account}}/owners"] = {
+        "post": _op("createOwner", "Create an account owner with a password", _responses("the owner", 400, 401, 403, 404, 409),
+                    body="AdminOwner", admin=True, params=["account"]),
+        "get": _op("listOwners", "An account's owners", _responses("owners", 401, 403, 404), admin=True, params=["account"]),
+    }
+    paths[f"{admin}/accounts/{{account}}/invites"] = {"post": _op(
+        "inviteOwner", "A one-time invite token for a new owner", _responses("the invite and its token", 400, 401, 403, 404, 409),
+        body="AdminInvite", admin=True, params=["account"])}
+    paths[f"{admin}/accounts/{{account}}/alerts"] = {
+        "get": _op("getAlerts", "An account's alert settings and deliveries", _responses("alert settings", 401, 403, 404),
+                   admin=True, params=["account"]),
+        "put": _op("setAlerts", "Set an account's alert receiver and thresholds", _responses("alert settings", 400, 401, 403, 404),
+                   body="AlertSettings", admin=True, params=["account"]),
+    }
+    paths[f"{admin}/codes"] = {"post": _op(
+        "createCodes", "A batch of redemption codes (returned once)", _responses("the batch and its codes", 400, 401, 403),
+        body="AdminCodes", admin=True)}
+    paths[f"{admin}/codes/{{batch_id}}"] = {"get": _op(
+        "listCodes", "A batch's codes and who redeemed them", _responses("codes", 401, 403, 404), admin=True, params=["batch_id"])}
+    paths[f"{admin}/audit"] = {"get": _op(
+        "auditLog", "Changes to money and access, newest first", _responses("a page of events and next_cursor", 400, 401, 403, 404),
+        admin=True, query=["account", "action", "since", "until", "cursor", "limit"])}
 
 
 def document(settings: Settings) -> dict:
@@ -120,12 +196,14 @@ def document(settings: Settings) -> dict:
     for prefix, suffix in (("/api/v1", ""), ("/v1", "_v1")):
         paths[f"{prefix}/chat/completions"] = {"post": _op(
             f"createChatCompletion{suffix}", "Create a chat completion (stream: true for SSE)",
-            _responses("a chat.completion, or an SSE stream of chat.completion.chunk", 400, 401, 402, 404, 408, 413, 429, 500, 502, 503, 504, stream=True),
+            _responses("a chat.completion, or an SSE stream of chat.completion.chunk", 400, 401, 402, 403, 404, 408, 413, 429, 500, 502, 503, 504, stream=True),
             body="ChatCompletionRequest")}
-        paths[f"{prefix}/models"] = {"get": _op(f"listModels{suffix}", "List the public models", _responses("a list of models", 401))}
+        paths[f"{prefix}/models"] = {"get": _op(f"listModels{suffix}", "List the public models the key may use", _responses("a list of models", 401, 403))}
         paths[f"{prefix}/models/{{model_id}}"] = {"get": _op(
-            f"retrieveModel{suffix}", "Retrieve a public model", _responses("a model", 401, 404), params=["model_id"])}
-        paths[f"{prefix}/usage"] = {"get": _op(f"getUsage{suffix}", "The caller's balance and usage", _responses("balance and usage", 401))}
+            f"retrieveModel{suffix}", "Retrieve a public model", _responses("a model", 401, 403, 404), params=["model_id"])}
+        paths[f"{prefix}/usage"] = {"get": _op(
+            f"getUsage{suffix}", "The caller's balance and usage (an API key or an owner's session)", _responses("balance and usage", 401, 403),
+            query=["since", "until"])}
     paths["/healthz"] = {"get": _op("healthz", "The process answers", _responses("ok"), public=True)}
     paths["/readyz"] = {"get": _op("readyz", "Ready to serve (details with the admin token)", _responses("ready", 503), public=True)}
     paths["/metrics"] = {"get": _op("metrics", "Prometheus metrics", _responses("text exposition format", 401, 404), admin=True)}
@@ -138,7 +216,7 @@ def document(settings: Settings) -> dict:
     paths[f"{admin}/accounts/{{account}}"] = {"get": _op(
         "getAccount", "An account's balance and packages", _responses("balance", 401, 403, 404), admin=True, params=["account"])}
     paths[f"{admin}/accounts/{{account}}/keys"] = {
-        "post": _op("createKey", "Create a key (returned once)", _responses("the key", 400, 401, 403, 404), body="AdminKey", admin=True, params=["account"]),
+        "post": _op("createKey", "Create a key (returned once) with its controls", _responses("the key", 400, 401, 403, 404), body="AdminKey", admin=True, params=["account"]),
         "get": _op("listKeys", "List an account's keys", _responses("keys", 401, 403, 404), admin=True, params=["account"]),
     }
     paths[f"{admin}/keys/{{key_id}}/revoke"] = {"post": _op(
@@ -152,6 +230,11 @@ def document(settings: Settings) -> dict:
     paths[f"{admin}/accounts/{{account}}/usage"] = {"get": _op(
         "accountUsage", "Usage totals by day and model", _responses("usage", 400, 401, 403, 404), admin=True, params=["account"])}
     paths[f"{admin}/reconcile"] = {"get": _op("reconcile", "Packages against the ledger", _responses("mismatches", 401, 403), admin=True)}
+    _admin_self_service_paths(paths, admin)
+    _customer_paths(paths)
+    paths["/webhooks/topup"] = {"post": _op(
+        "topupWebhook", "A signed top-up event (X-Zowy-Timestamp, X-Zowy-Signature: v1=HMAC-SHA256); grants once per event_id",
+        _responses("the package granted, or duplicate: true for a replay", 400, 401, 403, 404, 409), body="TopupEvent", public=True)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Zowy Gateway", "version": "1", "description": "OpenAI-compatible chat completions"},
@@ -162,6 +245,10 @@ def document(settings: Settings) -> dict:
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key: zk-..."},
                 "admin": {"type": "http", "scheme": "bearer", "description": "ZOWY_ADMIN_TOKEN"},
+                "session": {"type": "http", "scheme": "bearer", "description": "An owner's session token: zs-..."},
+                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "zowy_session"},
+                "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token",
+                         "description": "With the cookie, on every call that changes something"},
             },
             "schemas": {
                 "ChatCompletionRequest": chat_request,
@@ -169,6 +256,15 @@ def document(settings: Settings) -> dict:
                 "AdminKey": json_schema(ADMIN_SCHEMAS["key"]),
                 "AdminLimits": json_schema(ADMIN_SCHEMAS["limits"]),
                 "AdminPackage": json_schema(ADMIN_SCHEMAS["package"]),
+                "KeyControls": json_schema(ADMIN_SCHEMAS["key_controls"]),
+                "AdminOwner": json_schema(ADMIN_SCHEMAS["owner"]),
+                "AdminInvite": json_schema(ADMIN_SCHEMAS["invite"]),
+                "AdminCodes": json_schema(ADMIN_SCHEMAS["codes"]),
+                "AlertSettings": json_schema(ADMIN_SCHEMAS["alerts"]),
+                "AcceptInvite": json_schema(ACCOUNT_SCHEMAS["accept_invite"]),
+                "SignIn": json_schema(ACCOUNT_SCHEMAS["sign_in"]),
+                "Redeem": json_schema(ACCOUNT_SCHEMAS["redeem"]),
+                "TopupEvent": json_schema(ACCOUNT_SCHEMAS["topup"]),
                 "Error": _ERROR,
             },
         },

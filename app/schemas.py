@@ -452,22 +452,63 @@ def param_of(schema: dict, loc: tuple) -> tuple[str, bool]:
 
 
 _limit = cs.nullable_schema(_int(1, 10**12))
+_moment = cs.union_schema([(_float(0, 1e11), "@epoch"), (cs.str_schema(strict=True, min_length=1, max_length=64), "@iso")])
+_short = cs.str_schema(strict=True, min_length=1, max_length=256)
+# A key's controls: null clears one (no expiry, every model, no cap, any address, default limits).
+_KEY_CONTROLS = {
+    "name": _opt(cs.str_schema(strict=True, min_length=1, max_length=64)),
+    "expires_at": _opt(_moment),
+    "models": _opt(_list(cs.str_schema(strict=True, min_length=1, max_length=128), min_length=1, max_length=64)),
+    "token_cap": _opt(_int(1, 10**15)),
+    "ips": _opt(_list(cs.str_schema(strict=True, min_length=1, max_length=64), min_length=1, max_length=64)),
+    "per_minute": cs.typed_dict_field(_limit, required=False),
+    "per_hour": cs.typed_dict_field(_limit, required=False),
+}
+_grant = {"plan": _opt(_str), "tokens": _opt(_int(1, 10**15)), "days": _opt(_int(1, 36500))}
+_email = cs.str_schema(strict=True, min_length=3, max_length=254)
+_password = cs.str_schema(strict=True, min_length=1, max_length=1024)
+_alerts = _obj({
+    "url": cs.typed_dict_field(cs.nullable_schema(cs.str_schema(strict=True, min_length=1, max_length=2048)), required=True),
+    "thresholds": _opt(_list(_int(0, 100), min_length=1, max_length=8)),
+})
+
 ADMIN_SCHEMAS = {
     "account": _obj({"name": _req(cs.str_schema(strict=True, min_length=1, max_length=128))}),
-    "key": _obj({"per_minute": cs.typed_dict_field(_limit, required=False), "per_hour": cs.typed_dict_field(_limit, required=False)}),
+    "key": _obj(_KEY_CONTROLS),
     "limits": _obj({"per_minute": cs.typed_dict_field(_limit, required=False), "per_hour": cs.typed_dict_field(_limit, required=False)}),
     "package": _obj({
         "plan": _req(_str),
         "tokens": _opt(_int(1, 10**15)),
         "days": _opt(_int(1, 36500)),
     }),
+    "key_controls": _obj(_KEY_CONTROLS),
+    "invite": _obj({"email": _req(_email)}),
+    "owner": _obj({"email": _req(_email), "password": _req(_password)}),
+    "codes": _obj({**_grant, "count": _req(_int(1, 10_000)), "expires_in_days": _opt(_int(1, 36500))}),
+    "alerts": _alerts,
 }
-_admin_validators = {name: SchemaValidator(schema) for name, schema in ADMIN_SCHEMAS.items()}
+# Bodies of the customer API (an owner's session) and of the top-up webhook.
+ACCOUNT_SCHEMAS = {
+    "accept_invite": _obj({"token": _req(_short), "password": _req(_password)}),
+    "sign_in": _obj({"email": _req(_email), "password": _req(_password)}),
+    "redeem": _obj({"code": _req(cs.str_schema(strict=True, min_length=1, max_length=64))}),
+    "topup": _obj({
+        "event_id": _req(cs.str_schema(strict=True, min_length=1, max_length=200)),
+        "account": _req(cs.str_schema(strict=True, min_length=1, max_length=128)),
+        **_grant,
+        "metadata": _opt(_any_obj),
+    }),
+}
+_SCHEMAS = {**ADMIN_SCHEMAS, **ACCOUNT_SCHEMAS}
+_admin_validators = {name: SchemaValidator(schema) for name, schema in _SCHEMAS.items()}
 
 
-def parse_admin_body(kind: str, body: bytes) -> dict[str, Any]:
-    """Validate an admin API body (an empty body is an empty object)."""
+def parse_body(kind: str, body: bytes) -> dict[str, Any]:
+    """Validate a JSON API body of the admin or customer API (an empty body is an empty object)."""
     try:
         return _admin_validators[kind].validate_json(body or b"{}")
     except ValidationError as exc:
-        raise _invalid(ADMIN_SCHEMAS[kind], exc) from None
+        raise _invalid(_SCHEMAS[kind], exc) from None
+
+
+parse_admin_body = parse_body

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .ids import new_request_id
 from .metrics import Metrics
-from .routes import admin, chat, health, models, usage
+from .routes import account, admin, chat, health, models, usage, webhooks
 from .services import Services
 
 log = logging.getLogger("zowy")
@@ -98,7 +98,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         GRACEFUL_SHUTDOWN_TIMEOUT=settings.drain_timeout,
     )
     app.ctx.settings = settings
-    for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp):
+    for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, webhooks.bp):
         app.blueprint(blueprint)
 
     @app.before_server_start

@@ -1,5 +1,5 @@
 """The resources one worker process owns: store connection, upstream client, caches, ledger writer,
-and the chat requests in flight.
+low-balance alerts, and the chat requests in flight.
 
 Built in ``before_server_start`` (after the fork) and closed when the worker stops.
 """
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .admission import Admission
+from .alerts import Alerts
 from .config import Settings
 from .errors import StoreUnavailable
 from .ledger import Meter
@@ -37,6 +38,7 @@ class Services:
     meter: Meter
     metrics: Metrics
     access_log: AccessLog
+    alerts: Alerts
     draining: bool = False
     exchanges: set["Exchange"] = field(default_factory=set)
     _ticker: asyncio.Task | None = None
@@ -55,14 +57,18 @@ class Services:
             transport = MockTransport(demo.answer)
         store = open_store(settings)
         metrics = Metrics()
+        meter = Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics)
+        alerts = Alerts(settings, store)
+        meter.on_written = alerts.written
         return cls(
             settings=settings,
             store=store,
             upstream=UpstreamClient(settings, transport=transport, metrics=metrics),
             admission=Admission(settings, store),
-            meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics),
+            meter=meter,
             metrics=metrics,
             access_log=AccessLog(settings.log_format, enabled=settings.access_log),
+            alerts=alerts,
         )
 
     @property
@@ -77,6 +83,7 @@ class Services:
         except StoreUnavailable:
             log.error("store unavailable at start: serving 503s until it is back")
         await self.meter.start()
+        await self.alerts.start()
         self._ticker = asyncio.create_task(self._tick(), name="worker-tick")
         self._upkeep = asyncio.create_task(self._reservations(), name="reservations")
 
@@ -104,5 +111,6 @@ class Services:
         self.metrics.flush()
         await self.meter.close()
         await self.admission.reservations.close()
+        await self.alerts.close()
         await self.upstream.close()
         await self.store.close()

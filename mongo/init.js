@@ -15,10 +15,37 @@ const INDEXES = {
   ],
   "ledger": [
     {"key": {"account_id": 1, "created_at": 1}, "name": "account_created"},
-    {"key": {"state": 1}, "name": "pending", "partialFilterExpression": {"state": "pending"}}
+    {"key": {"state": 1}, "name": "pending", "partialFilterExpression": {"state": "pending"}},
+    {"key": {"key_id": 1, "total_tokens": 1}, "name": "key_tokens"}
   ],
   "rate_windows": [
     {"key": {"expires_at": 1}, "name": "expires_at_ttl", "expireAfterSeconds": 0}
+  ],
+  "owners": [
+    {"key": {"email": 1}, "name": "email_unique", "unique": true},
+    {"key": {"account_id": 1}, "name": "account_id"}
+  ],
+  "invites": [
+    {"key": {"token_hash": 1}, "name": "token_hash_unique", "unique": true}
+  ],
+  "sessions": [
+    {"key": {"expires_at": 1}, "name": "expires_at"}
+  ],
+  "codes": [
+    {"key": {"code_hash": 1}, "name": "code_hash_unique", "unique": true},
+    {"key": {"batch_id": 1}, "name": "batch_id"}
+  ],
+  "topups": [
+    {"key": {"account_id": 1}, "name": "account_id"}
+  ],
+  "alert_settings": [],
+  "alert_outbox": [
+    {"key": {"state": 1, "next_at": 1}, "name": "due"},
+    {"key": {"account_id": 1, "created_at": 1}, "name": "account_created"}
+  ],
+  "audit": [
+    {"key": {"at": 1}, "name": "at"},
+    {"key": {"account_id": 1, "at": 1}, "name": "account_at"}
   ]
 };
 // END INDEXES

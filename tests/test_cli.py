@@ -85,3 +85,51 @@ def test_bad_configuration_is_reported(cli, tmp_path):
     done = subprocess.run([sys.executable, "-m", "app", "reconcile"], cwd=ROOT, capture_output=True, text=True,
                           env={"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_PORT": "eighty"})
     assert done.returncode == 2 and "ZOWY_PORT" in done.stderr
+
+
+def test_key_controls_owners_codes_alerts_and_audit(cli, tmp_path):
+    import subprocess as sp
+
+    cli("accounts", "create", "acme")
+    done = cli("keys", "create", "--account", "acme", "--name", "ci", "--models", "zowy-1,zowy-2",
+               "--token-cap", "5000", "--ips", "10.0.0.0/8", "--expires", "2099-01-01")
+    key_id = done.stdout.split()[2]
+    [key] = json.loads(cli("keys", "list", "--account", "acme").stdout)
+    assert (key["id"], key["name"], key["models"], key["token_cap"], key["ips"]) == (key_id, "ci", ["zowy-1", "zowy-2"], 5000, ["10.0.0.0/8"])
+    assert key["expires_at"] == 4070908800.0 and key["status"] == "active"
+    changed = json.loads(cli("keys", "set", key_id, "--models", "all", "--token-cap", "none", "--per-minute", "7").stdout)
+    assert changed["models"] is None and changed["token_cap"] is None and changed["per_minute"] == 7 and changed["name"] == "ci"
+    bad = cli("keys", "set", key_id, "--models", "zowy-9", ok=False)
+    assert bad.returncode == 1 and "zowy-9" in bad.stderr
+    assert cli("keys", "set", "key_nope", "--name", "x", ok=False).returncode == 1
+
+    invite = cli("owners", "invite", "--account", "acme", "--email", "ann@example.com")
+    assert invite.stdout.strip().splitlines()[-1].startswith("zi-")
+    made = sp.run([sys.executable, "-m", "app", "owners", "create", "--account", "acme", "--email", "bob@example.com"],
+                  cwd=ROOT, env={"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_DEMO": "off", "ZOWY_SCRYPT_COST": "10", "PATH": "/usr/bin:/bin"},
+                  input="a long enough password\n", capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert [o["email"] for o in json.loads(cli("owners", "list", "--account", "acme").stdout)] == ["bob@example.com"]
+    assert cli("owners", "invite", "--account", "nobody", "--email", "x@example.com", ok=False).returncode == 1
+
+    out = cli("codes", "create", "--plan", "pro", "--count", "3", "--days", "5").stdout
+    codes = [line for line in out.splitlines() if line.startswith("ZOWY-")]
+    batch = json.loads(out[: out.index("The 3 codes")])
+    assert len(codes) == 3 and batch["tokens"] == 2_000_000 and batch["days"] == 5
+    listed = json.loads(cli("codes", "list", batch["batch_id"]).stdout)
+    assert len(listed) == 3 and all(c["redeemed_by"] is None for c in listed)
+    assert not any(code in (tmp_path / "zowy.db").read_bytes().decode("latin-1") for code in codes)
+    assert cli("codes", "create", "--count", "3", ok=False).returncode == 1
+
+    off = cli("alerts", "set", "--account", "acme", "--url", "https://hooks.example.com/x", ok=False)
+    assert off.returncode == 1 and "ZOWY_ALERT_SECRET" in off.stderr
+    shown = json.loads(cli("alerts", "show", "--account", "acme").stdout)
+    assert shown["url"] is None and shown["thresholds"] == [10, 0]
+
+    events = json.loads(cli("audit", "--account", "acme").stdout)
+    actions = [e["action"] for e in events]
+    assert {"account.create", "key.create", "key.controls", "invite.create", "owner.create"} <= set(actions)
+    assert all(e["actor"] == "cli" for e in events)
+    controls = next(e for e in events if e["action"] == "key.controls")
+    assert controls["before"]["models"] == ["zowy-1", "zowy-2"] and controls["after"]["models"] is None
+    assert json.loads(cli("audit", "--action", "codes.create").stdout)[0]["target"] == batch["batch_id"]

@@ -1,6 +1,8 @@
-"""The operator API under /admin/v1: accounts, keys, packages, usage and reconcile.
+"""The operator API under /admin/v1: accounts, owners and invites, keys and their controls,
+packages, redemption codes, alerts, usage, the audit log and reconcile.
 
 Every call needs ``Authorization: Bearer $ZOWY_ADMIN_TOKEN``; with no token configured the API is off.
+Every change is written to the audit log with actor ``admin`` and the caller's address.
 """
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import operations
-from ..errors import AdminDisabled, AdminUnauthorized
+from .. import accounts, audit, grants, operations, pages
+from ..audit import Actor
+from ..errors import AdminDisabled, AdminUnauthorized, NotFound
 from ..keys import is_admin
 from ..schemas import parse_admin_body
 from ..services import Services
+from ..store.base import AuditQuery
 
 bp = Blueprint("admin", url_prefix="/admin/v1")
 
@@ -37,10 +41,14 @@ def _services(request: Request) -> Services:
     return request.app.ctx.services
 
 
+def _admin(request: Request) -> Actor:
+    return Actor("admin", _services(request).admission.client(request.ip, request.headers.get("x-forwarded-for")))
+
+
 @bp.post("/accounts")
 async def create_account(request: Request) -> HTTPResponse:
     body = parse_admin_body("account", request.body)
-    account = await operations.create_account(_services(request).store, body["name"])
+    account = await operations.create_account(_services(request).store, body["name"], _admin(request))
     return _json(asdict(account), 201)
 
 
@@ -60,8 +68,10 @@ async def create_key(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("key", request.body)
     services = _services(request)
     found = await operations.find_account(services.store, account)
+    controls = {k: v for k, v in body.items() if k not in ("per_minute", "per_hour")}
     record, key = await operations.create_key(
-        services.store, services.settings, found, body.get("per_minute"), body.get("per_hour")
+        services.store, services.settings, found, body.get("per_minute"), body.get("per_hour"),
+        controls=controls, actor=_admin(request),
     )
     return _json({**operations.key_view(record), "key": key}, 201)
 
@@ -75,14 +85,14 @@ async def list_keys(request: Request, account: str) -> HTTPResponse:
 
 @bp.post("/keys/<key_id>/revoke")
 async def revoke_key(request: Request, key_id: str) -> HTTPResponse:
-    await operations.revoke_key(_services(request).store, key_id)
+    await operations.revoke_key(_services(request).store, key_id, _admin(request))
     return _json({"id": key_id, "revoked": True})
 
 
 @bp.put("/keys/<key_id>/limits")
 async def set_limits(request: Request, key_id: str) -> HTTPResponse:
     body = parse_admin_body("limits", request.body)
-    await operations.set_limits(_services(request).store, key_id, body.get("per_minute"), body.get("per_hour"))
+    await operations.set_limits(_services(request).store, key_id, body.get("per_minute"), body.get("per_hour"), _admin(request))
     return _json({"id": key_id, "per_minute": body.get("per_minute"), "per_hour": body.get("per_hour")})
 
 
@@ -92,7 +102,7 @@ async def grant_package(request: Request, account: str) -> HTTPResponse:
     services = _services(request)
     found = await operations.find_account(services.store, account)
     package = await operations.grant_package(
-        services.store, services.settings, found, body["plan"], body.get("tokens"), body.get("days")
+        services.store, services.settings, found, body["plan"], body.get("tokens"), body.get("days"), _admin(request)
     )
     return _json(operations.package_view(package, time.time()), 201)
 
@@ -115,3 +125,90 @@ async def usage(request: Request, account: str) -> HTTPResponse:
 @bp.get("/reconcile")
 async def reconcile(request: Request) -> HTTPResponse:
     return _json(await operations.reconcile(_services(request).store))
+
+
+@bp.patch("/keys/<key_id>")
+async def set_key_controls(request: Request, key_id: str) -> HTTPResponse:
+    body = parse_admin_body("key_controls", request.body)
+    services = _services(request)
+    record = await operations.set_key_controls(services.store, services.settings, key_id, body, actor=_admin(request))
+    return _json(operations.key_view(record))
+
+
+@bp.post("/accounts/<account>/owners")
+async def create_owner(request: Request, account: str) -> HTTPResponse:
+    body = parse_admin_body("owner", request.body)
+    services = _services(request)
+    found = await operations.find_account(services.store, account)
+    owner = await accounts.create_owner(services.store, services.settings, found, body["email"], body["password"], _admin(request))
+    return _json(accounts.owner_view(owner), 201)
+
+
+@bp.get("/accounts/<account>/owners")
+async def list_owners(request: Request, account: str) -> HTTPResponse:
+    store = _services(request).store
+    found = await operations.find_account(store, account)
+    return _json({"data": [accounts.owner_view(o) for o in await store.owners(found.id)]})
+
+
+@bp.post("/accounts/<account>/invites")
+async def invite_owner(request: Request, account: str) -> HTTPResponse:
+    body = parse_admin_body("invite", request.body)
+    services = _services(request)
+    found = await operations.find_account(services.store, account)
+    made, token = await accounts.invite(services.store, services.settings, found, body["email"], _admin(request))
+    return _json({"id": made.id, "account_id": made.account_id, "email": made.email, "created_at": made.created_at,
+                  "expires_at": made.expires_at, "token": token, "accept": "POST /api/v1/auth/invite/accept"}, 201)
+
+
+@bp.post("/codes")
+async def create_codes(request: Request) -> HTTPResponse:
+    body = parse_admin_body("codes", request.body)
+    services = _services(request)
+    batch = await grants.create_batch(
+        services.store, services.settings, plan=body.get("plan"), tokens=body.get("tokens"), days=body.get("days"),
+        count=body["count"], expires_in_days=body.get("expires_in_days"), actor=_admin(request),
+    )
+    return _json(batch, 201)
+
+
+@bp.get("/codes/<batch_id>")
+async def list_codes(request: Request, batch_id: str) -> HTTPResponse:
+    codes = await _services(request).store.codes(batch_id)
+    if not codes:
+        raise NotFound(f"No code batch '{batch_id}'.", param="batch_id", code="batch_not_found")
+    redeemed = sum(1 for c in codes if c.redeemed_by is not None)
+    return _json({"batch_id": batch_id, "count": len(codes), "redeemed": redeemed, "data": [grants.code_view(c) for c in codes]})
+
+
+@bp.get("/accounts/<account>/alerts")
+async def get_alerts(request: Request, account: str) -> HTTPResponse:
+    services = _services(request)
+    found = await operations.find_account(services.store, account)
+    return _json(await services.alerts.describe(found.id))
+
+
+@bp.put("/accounts/<account>/alerts")
+async def put_alerts(request: Request, account: str) -> HTTPResponse:
+    body = parse_admin_body("alerts", request.body)
+    services = _services(request)
+    found = await operations.find_account(services.store, account)
+    return _json(await services.alerts.configure(found.id, body["url"], body.get("thresholds"), _admin(request)))
+
+
+@bp.get("/audit")
+async def audit_log(request: Request) -> HTTPResponse:
+    store = _services(request).store
+    args = request.args
+    account_id = None
+    if args.get("account"):
+        account_id = (await operations.find_account(store, args.get("account"))).id
+    query = AuditQuery(
+        limit=pages.limit(args.get("limit")),
+        after=pages.after(args.get("cursor")),
+        account_id=account_id,
+        action=args.get("action") or None,
+        since=operations.parse_time(args.get("since"), "since"),
+        until=operations.parse_time(args.get("until"), "until"),
+    )
+    return _json(await audit.page(store, query))

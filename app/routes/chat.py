@@ -9,7 +9,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound
 from ..exchange import Exchange
-from ..metering import request_need
+from ..metering import estimate_tokens, request_need
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -43,12 +43,12 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
             code="invalid_content_type",
         )
     admission = services.admission
-    key = await admission.key(request.headers.get("authorization"))
+    key = await admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
     exchange.key_id, exchange.account_id = key.id, key.account_id
     admission.refuse_if_full(key)  # a retry loop against a full window costs no parsing, no store
     body, facts = parse_chat_request(request.body, services.settings.request_limits)
     model = services.settings.models.get(body["model"])
-    if model is None:
+    if model is None or not key.allows(model.id):
         raise ModelNotFound(f"The model '{body['model']}' does not exist or you do not have access to it.", param="model")
     if facts.first_image is not None and not model.vision:
         raise InvalidRequest(
@@ -59,6 +59,9 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     exchange.admitted(model.id, body)
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
+    if key.token_cap is not None:
+        named = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        await admission.require_key_budget(key, max(1, estimate_tokens(facts.text_chars) + named))
     completion = body.get("max_completion_tokens") or body.get("max_tokens") or model.default_completion_tokens
     need = request_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes, completion, body.get("n") or 1)
     exchange.reservation = await admission.reserve(key.account_id, need)

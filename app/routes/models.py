@@ -1,4 +1,5 @@
-"""GET /api/v1/models and /api/v1/models/{id}: the public models, in OpenAI's list/retrieve shape."""
+"""GET /api/v1/models and /api/v1/models/{id}: the public models the key may use, in OpenAI's
+list/retrieve shape."""
 from __future__ import annotations
 
 import orjson
@@ -18,16 +19,16 @@ def model_object(model: PublicModel) -> dict:
 
 async def list_models(request: Request) -> HTTPResponse:
     services: Services = request.app.ctx.services
-    await services.admission.key(request.headers.get("authorization"))
-    data = [model_object(m) for m in services.settings.models.values()]
+    key = await services.admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
+    data = [model_object(m) for m in services.settings.models.values() if key.allows(m.id)]
     return HTTPResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
 
 async def retrieve_model(request: Request, model_id: str) -> HTTPResponse:
     services: Services = request.app.ctx.services
-    await services.admission.key(request.headers.get("authorization"))
+    key = await services.admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
     model = services.settings.models.get(model_id)
-    if model is None:
+    if model is None or not key.allows(model.id):
         raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
     return HTTPResponse(orjson.dumps(model_object(model)), content_type="application/json")
 

@@ -1,21 +1,29 @@
-"""GET /api/v1/usage: the caller's balance, active package and usage totals."""
+"""GET /api/v1/usage: the caller's balance, active package and usage totals; the caller is an API
+key or an account owner's session."""
 from __future__ import annotations
 
 import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import operations
+from .. import accounts, operations
+from ..keys import bearer
 from ..services import Services
+from .account import signed_in
 
 bp = Blueprint("usage")
 
 
 async def usage(request: Request) -> HTTPResponse:
     services: Services = request.app.ctx.services
-    key = await services.admission.key(request.headers.get("authorization"))
+    header = request.headers.get("authorization")
+    token = bearer(header)
+    if (token or "").startswith(accounts.SESSION_PREFIX) or (header is None and request.cookies.get(accounts.SESSION_COOKIE)):
+        account_id = (await signed_in(request)).session.account_id
+    else:
+        account_id = (await services.admission.key(header, request.ip, request.headers.get("x-forwarded-for"))).account_id
     store = services.store
-    account = await operations.find_account(store, key.account_id)
+    account = await operations.find_account(store, account_id)
     since = operations.parse_time(request.args.get("since"), "since")
     until = operations.parse_time(request.args.get("until"), "until")
     body = await operations.balance(store, account)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ..errors import Conflict
 from ..metering import LedgerEntry, PackageBalance, allocate
@@ -29,10 +29,23 @@ class KeyRecord:
     revoked_at: float | None = None
     per_minute: int | None = None
     per_hour: int | None = None
+    name: str | None = None
+    expires_at: float | None = None
+    models: tuple[str, ...] | None = None
+    token_cap: int | None = None
+    ips: tuple[str, ...] | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def allows(self, model_id: str) -> bool:
+        """Whether the key's model allow-list (none: every model) holds ``model_id``."""
+        return self.models is None or model_id in self.models
+
+
+# What an operator (or, within its rights, the account's owner) may change on a key.
+KEY_CONTROLS = ("name", "expires_at", "models", "token_cap", "ips", "per_minute", "per_hour")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +116,131 @@ class Mismatch:
     account_id: str
     recorded: int
     from_ledger: int
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """A person who signs in to run an account."""
+
+    id: str
+    account_id: str
+    email: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    id: str
+    account_id: str
+    email: str
+    created_at: float
+    expires_at: float
+    accepted_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A signed-in owner; the store knows it by the hash of its bearer token."""
+
+    token_hash: str
+    account_id: str
+    owner_id: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A redemption code (stored by hash): what it grants, until when, and who redeemed it."""
+
+    id: str
+    batch_id: str
+    plan: str
+    tokens: int
+    days: int
+    created_at: float
+    expires_at: float
+    redeemed_at: float | None = None
+    redeemed_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topup:
+    """A top-up event as first received: the event id is unique, the package id derived from it."""
+
+    event_id: str
+    account_id: str
+    package_id: str
+    plan: str
+    tokens: int
+    days: int
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    account_id: str
+    url: str | None
+    thresholds: tuple[int, ...]
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One low-balance webhook in the outbox; its id is unique per account, package and threshold."""
+
+    id: str
+    account_id: str
+    url: str
+    body: str
+    created_at: float
+    next_at: float
+    attempts: int = 0
+    delivered_at: float | None = None
+    failed_at: float | None = None
+    last_error: str | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One change to money or access: who, when, what, and the value before and after."""
+
+    id: str
+    at: float
+    actor: str
+    action: str
+    account_id: str | None = None
+    target: str | None = None
+    before: Any = None
+    after: Any = None
+    ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerQuery:
+    """A page of an account's ledger, newest first; ``after`` is the last (created_at, request_id) seen."""
+
+    limit: int = 100
+    after: tuple[float, str] | None = None
+    since: float | None = None
+    until: float | None = None
+    model: str | None = None
+    key_id: str | None = None
+    outcome: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """A page of the audit log, newest first; ``after`` is the last (at, id) seen."""
+
+    limit: int = 100
+    after: tuple[float, str] | None = None
+    account_id: str | None = None
+    action: str | None = None
+    since: float | None = None
+    until: float | None = None
 
 
 def active_packages(packages: list[Package], now: float) -> list[Package]:
@@ -267,8 +405,109 @@ class Store(abc.ABC):
         """
 
     async def sweep(self, now: float) -> None:
-        """Drop spent rate windows and expired leases."""
+        """Drop spent rate windows, expired leases and expired sessions."""
 
     async def recover(self) -> int:
         """Finish ledger writes a crashed writer left half done; how many it finished."""
         return 0
+
+    # key controls
+
+    @abc.abstractmethod
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
+        """Set some of ``KEY_CONTROLS`` on a key; the key as it is now, or None when there is none."""
+
+    @abc.abstractmethod
+    async def key_tokens(self, key_id: str) -> int:
+        """Total tokens the ledger holds for a key."""
+
+    @abc.abstractmethod
+    async def ledger_page(self, account_id: str, query: LedgerQuery) -> list[LedgerEntry]:
+        """An account's ledger entries matching ``query``, newest first."""
+
+    # owners, invites, sessions
+
+    @abc.abstractmethod
+    async def create_owner(self, owner: Owner, password_hash: str) -> Owner:
+        """Conflict when the email is taken."""
+
+    @abc.abstractmethod
+    async def owner_login(self, email: str) -> tuple[Owner, str] | None:
+        """The owner signing in with ``email`` and the stored password hash."""
+
+    @abc.abstractmethod
+    async def owners(self, account_id: str) -> list[Owner]: ...
+
+    @abc.abstractmethod
+    async def create_invite(self, invite: Invite, token_hash: str) -> Invite: ...
+
+    @abc.abstractmethod
+    async def claim_invite(self, token_hash: str, now: float) -> Invite | None:
+        """Mark an unexpired, unused invite accepted; the invite only for the one caller that did."""
+
+    @abc.abstractmethod
+    async def create_session(self, session: Session) -> Session: ...
+
+    @abc.abstractmethod
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        """The unexpired session of a token hash."""
+
+    @abc.abstractmethod
+    async def delete_session(self, token_hash: str) -> bool: ...
+
+    # redemption codes and top-ups
+
+    @abc.abstractmethod
+    async def create_codes(self, codes: list[tuple[Code, str]]) -> None:
+        """Store codes with their hashes."""
+
+    @abc.abstractmethod
+    async def code_by_hash(self, code_hash: str) -> Code | None: ...
+
+    @abc.abstractmethod
+    async def codes(self, batch_id: str) -> list[Code]: ...
+
+    @abc.abstractmethod
+    async def claim_code(self, code_id: str, account_id: str, now: float) -> bool:
+        """Mark an unexpired, unredeemed code redeemed by ``account_id``; True for the one caller that did."""
+
+    @abc.abstractmethod
+    async def record_topup(self, topup: Topup) -> tuple[Topup, bool]:
+        """Store a top-up event unless its id is known; the stored event and whether it is new."""
+
+    # low-balance alerts
+
+    @abc.abstractmethod
+    async def alert_settings(self, account_id: str) -> AlertSettings | None: ...
+
+    @abc.abstractmethod
+    async def set_alert_settings(self, settings: AlertSettings) -> None: ...
+
+    @abc.abstractmethod
+    async def enqueue_alert(self, alert: Alert) -> bool:
+        """Add an alert to the outbox unless its id is there; whether it was added."""
+
+    @abc.abstractmethod
+    async def claim_alerts(self, owner: str, now: float, lease: float, limit: int) -> list[Alert]:
+        """Lease up to ``limit`` due, undelivered alerts whose lease is free or expired; counts an attempt."""
+
+    @abc.abstractmethod
+    async def finish_alert(self, alert_id: str, owner: str, now: float) -> bool:
+        """Mark an alert delivered, if ``owner`` still holds its lease."""
+
+    @abc.abstractmethod
+    async def retry_alert(self, alert_id: str, owner: str, next_at: float, error: str, give_up: bool = False) -> bool:
+        """Release the lease and try again at ``next_at`` (or mark failed), if ``owner`` holds the lease."""
+
+    @abc.abstractmethod
+    async def alerts(self, account_id: str, limit: int = 50) -> list[Alert]:
+        """An account's outbox, newest first."""
+
+    # audit log
+
+    @abc.abstractmethod
+    async def append_audit(self, event: AuditEvent) -> None: ...
+
+    @abc.abstractmethod
+    async def audit(self, query: AuditQuery) -> list[AuditEvent]:
+        """Audit events matching ``query``, newest first."""

@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -21,15 +21,26 @@ from .. import ratelimit
 from ..errors import StoreUnavailable
 from ..metering import LedgerEntry
 from .base import (
+    KEY_CONTROLS,
     Account,
+    Alert,
+    AlertSettings,
+    AuditEvent,
+    AuditQuery,
     Charge,
+    Code,
     Conflict,
+    Invite,
     KeyRecord,
     Lease,
     LeaseGrant,
+    LedgerQuery,
     Mismatch,
+    Owner,
     Package,
+    Session,
     Store,
+    Topup,
     UsageRow,
     WindowCount,
     plan_debits,
@@ -42,6 +53,8 @@ log = logging.getLogger(__name__)
 DUPLICATE_KEY = 11000
 PENDING = "pending"
 APPLIED = "applied"
+DELIVERED = "delivered"
+FAILED = "failed"
 CAS_ATTEMPTS = 40
 RECOVERY_CHUNK = 1000
 
@@ -84,9 +97,37 @@ INDEXES: dict[str, tuple[Index, ...]] = {
         Index("account_created", (("account_id", 1), ("created_at", 1))),
         # Only pending entries are ever looked up by state (nx-27017 ignores the partial filter).
         Index("pending", (("state", 1),), partial={"state": PENDING}),
+        # A key's used tokens (its cap) from the index alone.
+        Index("key_tokens", (("key_id", 1), ("total_tokens", 1))),
     ),
     "rate_windows": (
         Index("expires_at_ttl", (("expires_at", 1),), expire_after=0),
+    ),
+    "owners": (
+        Index("email_unique", (("email", 1),), unique=True),
+        Index("account_id", (("account_id", 1),)),
+    ),
+    "invites": (
+        Index("token_hash_unique", (("token_hash", 1),), unique=True),
+    ),
+    "sessions": (
+        Index("expires_at", (("expires_at", 1),)),
+    ),
+    "codes": (
+        Index("code_hash_unique", (("code_hash", 1),), unique=True),
+        Index("batch_id", (("batch_id", 1),)),
+    ),
+    "topups": (
+        Index("account_id", (("account_id", 1),)),
+    ),
+    "alert_settings": (),
+    "alert_outbox": (
+        Index("due", (("state", 1), ("next_at", 1))),
+        Index("account_created", (("account_id", 1), ("created_at", 1))),
+    ),
+    "audit": (
+        Index("at", (("at", 1),)),
+        Index("account_at", (("account_id", 1), ("at", 1))),
     ),
 }
 
@@ -225,6 +266,7 @@ class MongoStore(Store):
             "_id": record.id, "account_id": record.account_id, "key_hash": key_hash, "prefix": record.prefix,
             "created_at": record.created_at, "revoked_at": record.revoked_at,
             "per_minute": record.per_minute, "per_hour": record.per_hour,
+            **{name: _stored(getattr(record, name)) for name in ("name", "expires_at", "models", "token_cap", "ips")},
         }
         with _driver_errors:
             if await self._db.accounts.count_documents({"_id": record.account_id}, limit=1) == 0:
@@ -605,7 +647,7 @@ class MongoStore(Store):
         return [l for d in docs for l in _Wallet.from_doc(d).lease_records() if l.expires_at < before]
 
     async def sweep(self, now: float) -> None:
-        """Drop expired leases (rate windows expire by their TTL index)."""
+        """Drop expired leases and sessions (rate windows expire by their TTL index)."""
         for lease in await self.expired_leases(now):
             for attempt in range(CAS_ATTEMPTS):
                 wallet = await self._wallet(lease.account_id)
@@ -615,6 +657,8 @@ class MongoStore(Store):
                 if len(leases) == len(wallet.leases) or await self._swap(wallet, {"leases": leases}):
                     break
                 await _backoff(attempt)
+        with _driver_errors:
+            await self._db.sessions.delete_many({"expires_at": {"$lte": now}})
 
     # rate windows
 
@@ -666,15 +710,272 @@ class MongoStore(Store):
         raise StoreUnavailable("The rate window could not be counted.")
 
 
+    # key controls
+
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
+        fields = {name: _stored(value) for name, value in changes.items() if name in KEY_CONTROLS}
+        with _driver_errors:
+            if fields:
+                await self._db.api_keys.update_one({"_id": key_id}, {"$set": fields})
+            doc = await self._db.api_keys.find_one({"_id": key_id}, _KEY_FIELDS)
+        return _key(doc) if doc else None
+
+    async def key_tokens(self, key_id: str) -> int:
+        with _driver_errors:
+            cursor = await self._db.ledger.aggregate([
+                {"$match": {"key_id": key_id}},
+                {"$group": {"_id": None, "tokens": {"$sum": "$total_tokens"}}},
+            ])
+            rows = await cursor.to_list(1)
+        return int(rows[0]["tokens"]) if rows else 0
+
+    async def ledger_page(self, account_id: str, query: LedgerQuery) -> list[LedgerEntry]:
+        match: dict[str, Any] = {"account_id": account_id}
+        for name, value in (("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome)):
+            if value is not None:
+                match[name] = value
+        span = {op: v for op, v in (("$gte", query.since), ("$lt", query.until)) if v is not None}
+        if span:
+            match["created_at"] = span
+        if query.after is not None:
+            at, rid = query.after
+            match["$and"] = [{"$or": [{"created_at": {"$lt": at}}, {"created_at": at, "_id": {"$lt": rid}}]}]
+        with _driver_errors:
+            docs = await self._db.ledger.find(match).sort([("created_at", -1), ("_id", -1)]).limit(query.limit).to_list(None)
+        return [_ledger_entry(d) for d in docs]
+
+    # owners, invites, sessions
+
+    async def create_owner(self, owner: Owner, password_hash: str) -> Owner:
+        doc = {"_id": owner.id, "account_id": owner.account_id, "email": owner.email,
+               "password": password_hash, "created_at": owner.created_at}
+        with _driver_errors:
+            if await self._db.accounts.count_documents({"_id": owner.account_id}, limit=1) == 0:
+                raise Conflict(f"The owner could not be stored: there is no account '{owner.account_id}'.")
+            try:
+                await self._db.owners.insert_one(doc)
+            except DuplicateKeyError:
+                raise Conflict(f"An owner with email '{owner.email}' already exists.", param="email") from None
+        return owner
+
+    async def owner_login(self, email: str) -> tuple[Owner, str] | None:
+        with _driver_errors:
+            doc = await self._db.owners.find_one({"email": email})
+        return (_owner(doc), doc["password"]) if doc else None
+
+    async def owners(self, account_id: str) -> list[Owner]:
+        with _driver_errors:
+            docs = await self._db.owners.find({"account_id": account_id}, {"password": 0}).sort(
+                [("created_at", 1), ("_id", 1)]
+            ).to_list(None)
+        return [_owner(d) for d in docs]
+
+    async def create_invite(self, invite: Invite, token_hash: str) -> Invite:
+        doc = {"_id": invite.id, "token_hash": token_hash, "account_id": invite.account_id, "email": invite.email,
+               "created_at": invite.created_at, "expires_at": invite.expires_at, "accepted_at": invite.accepted_at}
+        with _driver_errors:
+            if await self._db.accounts.count_documents({"_id": invite.account_id}, limit=1) == 0:
+                raise Conflict(f"The invite could not be stored: there is no account '{invite.account_id}'.")
+            try:
+                await self._db.invites.insert_one(doc)
+            except DuplicateKeyError:
+                raise Conflict("The invite could not be stored; create it again.") from None
+        return invite
+
+    async def claim_invite(self, token_hash: str, now: float) -> Invite | None:
+        with _driver_errors:
+            doc = await self._db.invites.find_one({"token_hash": token_hash})
+            if doc is None or doc.get("accepted_at") is not None or doc["expires_at"] <= now:
+                return None
+            # update_one and its count, not find_one_and_update: nx-27017 answers None for errors too.
+            result = await self._db.invites.update_one(
+                {"_id": doc["_id"], "accepted_at": None, "expires_at": {"$gt": now}}, {"$set": {"accepted_at": now}}
+            )
+        if result.modified_count != 1:
+            return None
+        return Invite(doc["_id"], doc["account_id"], doc["email"], doc["created_at"], doc["expires_at"], now)
+
+    async def create_session(self, session: Session) -> Session:
+        doc = {"_id": session.token_hash, "account_id": session.account_id, "owner_id": session.owner_id,
+               "created_at": session.created_at, "expires_at": session.expires_at}
+        with _driver_errors:
+            await self._db.sessions.insert_one(doc)
+        return session
+
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        with _driver_errors:
+            doc = await self._db.sessions.find_one({"_id": token_hash, "expires_at": {"$gt": now}})
+        if doc is None:
+            return None
+        return Session(doc["_id"], doc["account_id"], doc["owner_id"], doc["created_at"], doc["expires_at"])
+
+    async def delete_session(self, token_hash: str) -> bool:
+        with _driver_errors:
+            result = await self._db.sessions.delete_one({"_id": token_hash})
+        return result.deleted_count == 1
+
+    # redemption codes and top-ups
+
+    async def create_codes(self, codes: list[tuple[Code, str]]) -> None:
+        docs = [{"_id": c.id, "code_hash": h, "batch_id": c.batch_id, "plan": c.plan, "tokens": c.tokens,
+                 "days": c.days, "created_at": c.created_at, "expires_at": c.expires_at,
+                 "redeemed_at": c.redeemed_at, "redeemed_by": c.redeemed_by} for c, h in codes]
+        if not docs:
+            return
+        with _driver_errors:
+            try:
+                await self._db.codes.insert_many(docs, ordered=True)
+            except (BulkWriteError, DuplicateKeyError):
+                raise Conflict("The codes could not be stored; create the batch again.") from None
+
+    async def code_by_hash(self, code_hash: str) -> Code | None:
+        with _driver_errors:
+            doc = await self._db.codes.find_one({"code_hash": code_hash})
+        return _code(doc) if doc else None
+
+    async def codes(self, batch_id: str) -> list[Code]:
+        with _driver_errors:
+            docs = await self._db.codes.find({"batch_id": batch_id}).sort([("created_at", 1), ("_id", 1)]).to_list(None)
+        return [_code(d) for d in docs]
+
+    async def claim_code(self, code_id: str, account_id: str, now: float) -> bool:
+        with _driver_errors:
+            result = await self._db.codes.update_one(
+                {"_id": code_id, "redeemed_at": None, "expires_at": {"$gt": now}},
+                {"$set": {"redeemed_at": now, "redeemed_by": account_id}},
+            )
+        return result.modified_count == 1
+
+    async def record_topup(self, topup: Topup) -> tuple[Topup, bool]:
+        doc = {"_id": topup.event_id, "account_id": topup.account_id, "package_id": topup.package_id,
+               "plan": topup.plan, "tokens": topup.tokens, "days": topup.days, "received_at": topup.received_at}
+        with _driver_errors:
+            try:
+                await self._db.topups.insert_one(doc)
+                return topup, True
+            except DuplicateKeyError:
+                pass
+            stored = await self._db.topups.find_one({"_id": topup.event_id})
+        if stored is None:
+            raise StoreUnavailable("The top-up could not be read back; retry shortly.")
+        return Topup(stored["_id"], stored["account_id"], stored["package_id"], stored["plan"], stored["tokens"],
+                     stored["days"], stored["received_at"]), False
+
+    # low-balance alerts
+
+    async def alert_settings(self, account_id: str) -> AlertSettings | None:
+        with _driver_errors:
+            doc = await self._db.alert_settings.find_one({"_id": account_id})
+        if doc is None:
+            return None
+        return AlertSettings(doc["_id"], doc.get("url"), tuple(doc.get("thresholds") or ()), doc["updated_at"])
+
+    async def set_alert_settings(self, settings: AlertSettings) -> None:
+        doc = {"url": settings.url, "thresholds": list(settings.thresholds), "updated_at": settings.updated_at}
+        with _driver_errors:
+            # Insert, else update: nx-27017's upserts do not take _id from the filter.
+            try:
+                await self._db.alert_settings.insert_one({"_id": settings.account_id, **doc})
+            except DuplicateKeyError:
+                await self._db.alert_settings.update_one({"_id": settings.account_id}, {"$set": doc})
+
+    async def enqueue_alert(self, alert: Alert) -> bool:
+        with _driver_errors:
+            try:
+                await self._db.alert_outbox.insert_one(_alert_doc(alert))
+            except DuplicateKeyError:
+                return False
+        return True
+
+    async def claim_alerts(self, owner: str, now: float, lease: float, limit: int) -> list[Alert]:
+        # "state" and a free lease of 0.0 rather than null fields: nx-27017's queries never match null.
+        due = {"state": PENDING, "next_at": {"$lte": now}, "lease_until": {"$lt": now}}
+        lease_until = now + lease
+        claimed = []
+        with _driver_errors:
+            candidates = await self._db.alert_outbox.find(due).sort([("next_at", 1)]).limit(limit).to_list(None)
+            for doc in candidates:
+                # One conditional update per alert: only one lease lands while the last one is free or expired.
+                result = await self._db.alert_outbox.update_one(
+                    {"_id": doc["_id"], **due},
+                    {"$set": {"lease_owner": owner, "lease_until": lease_until}, "$inc": {"attempts": 1}},
+                )
+                if result.modified_count == 1:
+                    doc.update(lease_owner=owner, lease_until=lease_until, attempts=doc.get("attempts", 0) + 1)
+                    claimed.append(_alert(doc))
+        return claimed
+
+    async def finish_alert(self, alert_id: str, owner: str, now: float) -> bool:
+        with _driver_errors:
+            result = await self._db.alert_outbox.update_one(
+                {"_id": alert_id, "lease_owner": owner, "state": PENDING},
+                {"$set": {"state": DELIVERED, "delivered_at": now, "lease_owner": None, "lease_until": 0.0, "last_error": None}},
+            )
+        return result.modified_count == 1
+
+    async def retry_alert(self, alert_id: str, owner: str, next_at: float, error: str, give_up: bool = False) -> bool:
+        changes = {"next_at": next_at, "last_error": error, "lease_owner": None, "lease_until": 0.0}
+        if give_up:
+            changes.update(state=FAILED, failed_at=next_at)
+        with _driver_errors:
+            result = await self._db.alert_outbox.update_one(
+                {"_id": alert_id, "lease_owner": owner, "state": PENDING}, {"$set": changes}
+            )
+        return result.modified_count == 1
+
+    async def alerts(self, account_id: str, limit: int = 50) -> list[Alert]:
+        with _driver_errors:
+            docs = await self._db.alert_outbox.find({"account_id": account_id}).sort(
+                [("created_at", -1), ("_id", -1)]
+            ).limit(limit).to_list(None)
+        return [_alert(d) for d in docs]
+
+    # audit log
+
+    async def append_audit(self, event: AuditEvent) -> None:
+        doc = {"_id": event.id, "at": event.at, "actor": event.actor, "action": event.action,
+               "account_id": event.account_id, "target": event.target, "before": event.before,
+               "after": event.after, "ip": event.ip}
+        with _driver_errors:
+            await self._db.audit.insert_one(doc)
+
+    async def audit(self, query: AuditQuery) -> list[AuditEvent]:
+        match: dict[str, Any] = {}
+        for name, value in (("account_id", query.account_id), ("action", query.action)):
+            if value is not None:
+                match[name] = value
+        span = {op: v for op, v in (("$gte", query.since), ("$lt", query.until)) if v is not None}
+        if span:
+            match["at"] = span
+        if query.after is not None:
+            at, event_id = query.after
+            match["$and"] = [{"$or": [{"at": {"$lt": at}}, {"at": at, "_id": {"$lt": event_id}}]}]
+        with _driver_errors:
+            docs = await self._db.audit.find(match).sort([("at", -1), ("_id", -1)]).limit(query.limit).to_list(None)
+        return [
+            AuditEvent(d["_id"], d["at"], d["actor"], d["action"], d.get("account_id"), d.get("target"),
+                       d.get("before"), d.get("after"), d.get("ip"))
+            for d in docs
+        ]
+
+
 def _account(doc: dict) -> Account:
     return Account(doc["_id"], doc["name"], doc["created_at"])
 
 
 def _key(doc: dict) -> KeyRecord:
+    models, ips = doc.get("models"), doc.get("ips")
     return KeyRecord(
         doc["_id"], doc["account_id"], doc["prefix"], doc["created_at"],
         doc.get("revoked_at"), doc.get("per_minute"), doc.get("per_hour"),
+        doc.get("name"), doc.get("expires_at"),
+        tuple(models) if models is not None else None, doc.get("token_cap"),
+        tuple(ips) if ips is not None else None,
     )
+
+
+def _stored(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _package(account_id: str, raw: dict) -> Package:
@@ -721,3 +1022,30 @@ def _add(totals: dict[str, int], debits: Iterable[Iterable]) -> None:
 
 async def _backoff(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))
+
+
+def _owner(doc: dict) -> Owner:
+    return Owner(doc["_id"], doc["account_id"], doc["email"], doc["created_at"])
+
+
+def _code(doc: dict) -> Code:
+    return Code(doc["_id"], doc["batch_id"], doc["plan"], doc["tokens"], doc["days"], doc["created_at"],
+                doc["expires_at"], doc.get("redeemed_at"), doc.get("redeemed_by"))
+
+
+_ALERT_FIELDS = ("account_id", "url", "body", "created_at", "next_at", "attempts", "delivered_at", "failed_at",
+                 "last_error", "lease_owner", "lease_until")
+
+
+def _alert_doc(alert: Alert) -> dict:
+    doc = {"_id": alert.id, **{name: getattr(alert, name) for name in _ALERT_FIELDS}}
+    doc["state"] = DELIVERED if alert.delivered_at is not None else FAILED if alert.failed_at is not None else PENDING
+    doc["lease_until"] = alert.lease_until or 0.0
+    return doc
+
+
+def _alert(doc: dict) -> Alert:
+    values = {name: doc.get(name) for name in _ALERT_FIELDS}
+    values["attempts"] = doc.get("attempts", 0)
+    values["lease_until"] = doc.get("lease_until") or None
+    return Alert(doc["_id"], **values)

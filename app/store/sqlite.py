@@ -10,7 +10,7 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
 
@@ -18,15 +18,26 @@ from .. import ratelimit
 from ..errors import StoreUnavailable
 from ..metering import LedgerEntry
 from .base import (
+    KEY_CONTROLS,
     Account,
+    Alert,
+    AlertSettings,
+    AuditEvent,
+    AuditQuery,
     Charge,
+    Code,
     Conflict,
+    Invite,
     KeyRecord,
     Lease,
     LeaseGrant,
+    LedgerQuery,
     Mismatch,
+    Owner,
     Package,
+    Session,
     Store,
+    Topup,
     UsageRow,
     WindowCount,
     plan_debits,
@@ -50,7 +61,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     revoked_at REAL,
     per_minute INTEGER,
-    per_hour INTEGER
+    per_hour INTEGER,
+    name TEXT,
+    expires_at REAL,
+    models TEXT,
+    token_cap INTEGER,
+    ips TEXT
 );
 CREATE INDEX IF NOT EXISTS api_keys_account ON api_keys(account_id);
 CREATE TABLE IF NOT EXISTS packages (
@@ -95,6 +111,90 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_account ON leases(account_id);
 CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
+CREATE INDEX IF NOT EXISTS ledger_key_tokens ON ledger(key_id, total_tokens);
+CREATE TABLE IF NOT EXISTS owners (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    email TEXT NOT NULL UNIQUE,
+    password TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS owners_account ON owners(account_id);
+CREATE TABLE IF NOT EXISTS invites (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    email TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    accepted_at REAL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
+CREATE TABLE IF NOT EXISTS codes (
+    id TEXT PRIMARY KEY,
+    code_hash TEXT NOT NULL UNIQUE,
+    batch_id TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    days INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    redeemed_at REAL,
+    redeemed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS codes_batch ON codes(batch_id);
+CREATE TABLE IF NOT EXISTS topups (
+    event_id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    package_id TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    days INTEGER NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS topups_account ON topups(account_id);
+CREATE TABLE IF NOT EXISTS alert_settings (
+    account_id TEXT PRIMARY KEY,
+    url TEXT,
+    thresholds TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    next_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivered_at REAL,
+    failed_at REAL,
+    last_error TEXT,
+    lease_owner TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox(next_at) WHERE delivered_at IS NULL AND failed_at IS NULL;
+CREATE INDEX IF NOT EXISTS alert_outbox_account ON alert_outbox(account_id, created_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    account_id TEXT,
+    target TEXT,
+    before TEXT,
+    after TEXT,
+    ip TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_time ON audit(at, id);
+CREATE INDEX IF NOT EXISTS audit_account ON audit(account_id, at);
 """
 
 # Rate windows live in a file of their own: they are written on every request, and there they
@@ -138,6 +238,11 @@ _ADDED_COLUMNS = (
     ("ledger", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("ledger", "lease_id", "TEXT"),
     ("ledger", "reserved", "INTEGER NOT NULL DEFAULT 0"),
+    ("api_keys", "name", "TEXT"),
+    ("api_keys", "expires_at", "REAL"),
+    ("api_keys", "models", "TEXT"),
+    ("api_keys", "token_cap", "INTEGER"),
+    ("api_keys", "ips", "TEXT"),
 )
 _LEASE_COLUMNS = "id, account_id, tokens, expires_at"
 _INSERT_LEDGER = (
@@ -307,16 +412,17 @@ class SqliteStore(Store):
 
     # keys
 
-    _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked_at, per_minute, per_hour"
+    _KEY_COLUMNS = "id, account_id, prefix, created_at, revoked_at, per_minute, per_hour, name, expires_at, models, token_cap, ips"
 
     async def create_key(self, record: KeyRecord, key_hash: str) -> KeyRecord:
         def run(db: sqlite3.Connection) -> KeyRecord:
             try:
                 db.execute(
-                    "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at, revoked_at, per_minute, per_hour) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO api_keys (id, account_id, key_hash, prefix, created_at, revoked_at, per_minute, per_hour, "
+                    "name, expires_at, models, token_cap, ips) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (record.id, record.account_id, key_hash, record.prefix, record.created_at,
-                     record.revoked_at, record.per_minute, record.per_hour),
+                     record.revoked_at, record.per_minute, record.per_hour, record.name, record.expires_at,
+                     _json_list(record.models), record.token_cap, _json_list(record.ips)),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict("The key could not be stored; create it again.") from None
@@ -328,13 +434,13 @@ class SqliteStore(Store):
         row = await self._hot.run(
             lambda db: db.execute(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
         )
-        return KeyRecord(*row) if row else None
+        return _key(row) if row else None
 
     async def key(self, key_id: str) -> KeyRecord | None:
         row = await self._hot.run(
             lambda db: db.execute(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         )
-        return KeyRecord(*row) if row else None
+        return _key(row) if row else None
 
     async def keys(self, account_id: str) -> list[KeyRecord]:
         rows = await self._hot.run(
@@ -342,7 +448,7 @@ class SqliteStore(Store):
                 f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE account_id = ? ORDER BY created_at", (account_id,)
             ).fetchall()
         )
-        return [KeyRecord(*r) for r in rows]
+        return [_key(r) for r in rows]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         def run(db: sqlite3.Connection) -> bool:
@@ -563,16 +669,303 @@ class SqliteStore(Store):
     async def sweep(self, now: float) -> None:
         await self._limits_slow.run(lambda db: db.execute("DELETE FROM rate_windows WHERE expires_at < ?", (now,)))
         await self._slow.run(lambda db: db.execute("DELETE FROM leases WHERE expires_at < ?", (now,)))
+        await self._slow.run(lambda db: db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)))
 
+    # key controls
 
-def _add_columns(db: sqlite3.Connection) -> None:
-    for table, column, definition in _ADDED_COLUMNS:
-        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+    async def update_key(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
+        columns = [c for c in changes if c in KEY_CONTROLS]
+        values = [_json_list(changes[c]) if c in ("models", "ips") else changes[c] for c in columns]
+
+        def run(db: sqlite3.Connection) -> KeyRecord | None:
+            if columns:
+                sets = ", ".join(f"{c} = ?" for c in columns)
+                db.execute(f"UPDATE api_keys SET {sets} WHERE id = ?", (*values, key_id))
+            row = db.execute(f"SELECT {self._KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            return _key(row) if row else None
+
+        return await self._hot.run(run)
+
+    async def key_tokens(self, key_id: str) -> int:
+        row = await self._hot.run(
+            lambda db: db.execute("SELECT COALESCE(SUM(total_tokens), 0) FROM ledger WHERE key_id = ?", (key_id,)).fetchone()
+        )
+        return row[0]
+
+    async def ledger_page(self, account_id: str, query: LedgerQuery) -> list[LedgerEntry]:
+        where, args = ["account_id = ?"], [account_id]
+        for column, value in (("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("created_at < ?")
+            args.append(query.until)
+        if query.after is not None:
+            where.append("(created_at < ? OR (created_at = ? AND request_id < ?))")
+            args += [query.after[0], query.after[0], query.after[1]]
+        sql = (
+            f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, request_id DESC LIMIT ?"
+        )
+        rows = await self._slow.run(lambda db: db.execute(sql, (*args, query.limit)).fetchall())
+        return [_ledger_entry(r) for r in rows]
+
+    # owners, invites, sessions
+
+    async def create_owner(self, owner: Owner, password_hash: str) -> Owner:
+        def run(db: sqlite3.Connection) -> Owner:
             try:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):
-                    raise
+                db.execute(
+                    "INSERT INTO owners (id, account_id, email, password, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (owner.id, owner.account_id, owner.email, password_hash, owner.created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"An owner with email '{owner.email}' already exists.", param="email") from None
+            return owner
+
+        return await self._hot.run(run)
+
+    async def owner_login(self, email: str) -> tuple[Owner, str] | None:
+        row = await self._hot.run(
+            lambda db: db.execute(
+                "SELECT id, account_id, email, created_at, password FROM owners WHERE email = ?", (email,)
+            ).fetchone()
+        )
+        return (Owner(*row[:4]), row[4]) if row else None
+
+    async def owners(self, account_id: str) -> list[Owner]:
+        rows = await self._hot.run(
+            lambda db: db.execute(
+                "SELECT id, account_id, email, created_at FROM owners WHERE account_id = ? ORDER BY created_at, id",
+                (account_id,),
+            ).fetchall()
+        )
+        return [Owner(*r) for r in rows]
+
+    async def create_invite(self, invite: Invite, token_hash: str) -> Invite:
+        def run(db: sqlite3.Connection) -> Invite:
+            try:
+                db.execute(
+                    "INSERT INTO invites (id, token_hash, account_id, email, created_at, expires_at, accepted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (invite.id, token_hash, invite.account_id, invite.email, invite.created_at, invite.expires_at, invite.accepted_at),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("The invite could not be stored; create it again.") from None
+            return invite
+
+        return await self._hot.run(run)
+
+    async def claim_invite(self, token_hash: str, now: float) -> Invite | None:
+        row = await self._hot.run(
+            lambda db: db.execute(
+                "UPDATE invites SET accepted_at = ? WHERE token_hash = ? AND accepted_at IS NULL AND expires_at > ? "
+                "RETURNING id, account_id, email, created_at, expires_at, accepted_at",
+                (now, token_hash, now),
+            ).fetchone()
+        )
+        return Invite(*row) if row else None
+
+    async def create_session(self, session: Session) -> Session:
+        await self._hot.run(
+            lambda db: db.execute(
+                "INSERT INTO sessions (token_hash, account_id, owner_id, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (session.token_hash, session.account_id, session.owner_id, session.created_at, session.expires_at),
+            )
+        )
+        return session
+
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        row = await self._hot.run(
+            lambda db: db.execute(
+                "SELECT token_hash, account_id, owner_id, created_at, expires_at FROM sessions "
+                "WHERE token_hash = ? AND expires_at > ?",
+                (token_hash, now),
+            ).fetchone()
+        )
+        return Session(*row) if row else None
+
+    async def delete_session(self, token_hash: str) -> bool:
+        cur = await self._hot.run(lambda db: db.execute("DELETE FROM sessions WHERE token_hash = ?", (token_hash,)))
+        return cur.rowcount == 1
+
+    # redemption codes and top-ups
+
+    _CODE_COLUMNS = "id, batch_id, plan, tokens, days, created_at, expires_at, redeemed_at, redeemed_by"
+
+    async def create_codes(self, codes: list[tuple[Code, str]]) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    f"INSERT INTO codes ({self._CODE_COLUMNS}, code_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(c.id, c.batch_id, c.plan, c.tokens, c.days, c.created_at, c.expires_at, c.redeemed_at,
+                      c.redeemed_by, h) for c, h in codes],
+                )
+                db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
+                raise Conflict("The codes could not be stored; create the batch again.") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._slow.run(run)
+
+    async def code_by_hash(self, code_hash: str) -> Code | None:
+        row = await self._hot.run(
+            lambda db: db.execute(f"SELECT {self._CODE_COLUMNS} FROM codes WHERE code_hash = ?", (code_hash,)).fetchone()
+        )
+        return Code(*row) if row else None
+
+    async def codes(self, batch_id: str) -> list[Code]:
+        rows = await self._slow.run(
+            lambda db: db.execute(
+                f"SELECT {self._CODE_COLUMNS} FROM codes WHERE batch_id = ? ORDER BY created_at, id", (batch_id,)
+            ).fetchall()
+        )
+        return [Code(*r) for r in rows]
+
+    async def claim_code(self, code_id: str, account_id: str, now: float) -> bool:
+        cur = await self._hot.run(
+            lambda db: db.execute(
+                "UPDATE codes SET redeemed_at = ?, redeemed_by = ? WHERE id = ? AND redeemed_at IS NULL AND expires_at > ?",
+                (now, account_id, code_id, now),
+            )
+        )
+        return cur.rowcount == 1
+
+    async def record_topup(self, topup: Topup) -> tuple[Topup, bool]:
+        def run(db: sqlite3.Connection) -> tuple[Topup, bool]:
+            cur = db.execute(
+                "INSERT INTO topups (event_id, account_id, package_id, plan, tokens, days, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                (topup.event_id, topup.account_id, topup.package_id, topup.plan, topup.tokens, topup.days, topup.received_at),
+            )
+            if cur.rowcount == 1:
+                return topup, True
+            row = db.execute(
+                "SELECT event_id, account_id, package_id, plan, tokens, days, received_at FROM topups WHERE event_id = ?",
+                (topup.event_id,),
+            ).fetchone()
+            return Topup(*row), False
+
+        return await self._hot.run(run)
+
+    # low-balance alerts
+
+    async def alert_settings(self, account_id: str) -> AlertSettings | None:
+        row = await self._hot.run(
+            lambda db: db.execute(
+                "SELECT account_id, url, thresholds, updated_at FROM alert_settings WHERE account_id = ?", (account_id,)
+            ).fetchone()
+        )
+        return AlertSettings(row[0], row[1], tuple(orjson.loads(row[2])), row[3]) if row else None
+
+    async def set_alert_settings(self, settings: AlertSettings) -> None:
+        await self._hot.run(
+            lambda db: db.execute(
+                "INSERT INTO alert_settings (account_id, url, thresholds, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (account_id) DO UPDATE SET url = excluded.url, thresholds = excluded.thresholds, "
+                "updated_at = excluded.updated_at",
+                (settings.account_id, settings.url, orjson.dumps(list(settings.thresholds)).decode(), settings.updated_at),
+            )
+        )
+
+    _ALERT_COLUMNS = (
+        "id, account_id, url, body, created_at, next_at, attempts, delivered_at, failed_at, last_error, lease_owner, lease_until"
+    )
+
+    async def enqueue_alert(self, alert: Alert) -> bool:
+        cur = await self._hot.run(
+            lambda db: db.execute(
+                f"INSERT INTO alert_outbox ({self._ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (alert.id, alert.account_id, alert.url, alert.body, alert.created_at, alert.next_at, alert.attempts,
+                 alert.delivered_at, alert.failed_at, alert.last_error, alert.lease_owner, alert.lease_until),
+            )
+        )
+        return cur.rowcount == 1
+
+    async def claim_alerts(self, owner: str, now: float, lease: float, limit: int) -> list[Alert]:
+        rows = await self._hot.run(
+            lambda db: db.execute(
+                "UPDATE alert_outbox SET lease_owner = ?, lease_until = ?, attempts = attempts + 1 WHERE id IN ("
+                "SELECT id FROM alert_outbox WHERE delivered_at IS NULL AND failed_at IS NULL AND next_at <= ? "
+                "AND (lease_until IS NULL OR lease_until < ?) ORDER BY next_at LIMIT ?) "
+                f"RETURNING {self._ALERT_COLUMNS}",
+                (owner, now + lease, now, now, limit),
+            ).fetchall()
+        )
+        return [Alert(*r) for r in rows]
+
+    async def finish_alert(self, alert_id: str, owner: str, now: float) -> bool:
+        cur = await self._hot.run(
+            lambda db: db.execute(
+                "UPDATE alert_outbox SET delivered_at = ?, lease_owner = NULL, lease_until = NULL, last_error = NULL "
+                "WHERE id = ? AND lease_owner = ? AND delivered_at IS NULL",
+                (now, alert_id, owner),
+            )
+        )
+        return cur.rowcount == 1
+
+    async def retry_alert(self, alert_id: str, owner: str, next_at: float, error: str, give_up: bool = False) -> bool:
+        cur = await self._hot.run(
+            lambda db: db.execute(
+                "UPDATE alert_outbox SET next_at = ?, last_error = ?, failed_at = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ? AND delivered_at IS NULL",
+                (next_at, error, next_at if give_up else None, alert_id, owner),
+            )
+        )
+        return cur.rowcount == 1
+
+    async def alerts(self, account_id: str, limit: int = 50) -> list[Alert]:
+        rows = await self._hot.run(
+            lambda db: db.execute(
+                f"SELECT {self._ALERT_COLUMNS} FROM alert_outbox WHERE account_id = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                (account_id, limit),
+            ).fetchall()
+        )
+        return [Alert(*r) for r in rows]
+
+    # audit log
+
+    async def append_audit(self, event: AuditEvent) -> None:
+        await self._hot.run(
+            lambda db: db.execute(
+                "INSERT INTO audit (id, at, actor, action, account_id, target, before, after, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event.id, event.at, event.actor, event.action, event.account_id, event.target,
+                 _json(event.before), _json(event.after), event.ip),
+            )
+        )
+
+    async def audit(self, query: AuditQuery) -> list[AuditEvent]:
+        where, args = ["1 = 1"], []
+        for column, value in (("account_id", query.account_id), ("action", query.action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.since is not None:
+            where.append("at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("at < ?")
+            args.append(query.until)
+        if query.after is not None:
+            where.append("(at < ? OR (at = ? AND id < ?))")
+            args += [query.after[0], query.after[0], query.after[1]]
+        sql = (
+            "SELECT id, at, actor, action, account_id, target, before, after, ip FROM audit "
+            f"WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC LIMIT ?"
+        )
+        rows = await self._slow.run(lambda db: db.execute(sql, (*args, query.limit)).fetchall())
+        return [
+            AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], _unjson(r[6]), _unjson(r[7]), r[8]) for r in rows
+        ]
 
 
 def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
@@ -592,3 +985,31 @@ def _ledger_entry(row: tuple) -> LedgerEntry:
     values["debits"] = orjson.loads(values["debits"])
     return LedgerEntry(**values)
 
+
+def _key(row: tuple) -> KeyRecord:
+    values = list(row)
+    for i in (9, 11):  # models, ips: JSON lists
+        values[i] = tuple(orjson.loads(values[i])) if values[i] is not None else None
+    return KeyRecord(*values)
+
+
+def _json_list(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(list(value)).decode()
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _unjson(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise

@@ -113,6 +113,12 @@ ROUTES = (
     "/admin/v1/accounts/{account}/packages", "/admin/v1/accounts/{account}/usage?since={junk}&until={junk}",
     "/admin/v1/keys/{key}/revoke", "/admin/v1/keys/{key}/limits", "/admin/v1/reconcile", "/admin/v1/reconcile?x={junk}",
     "/api/v1/../admin/v1/accounts", "/static/../../etc/passwd", "/api/v1/models?{junk}={junk}",
+    "/api/v1/auth/invite/accept", "/api/v1/auth/sessions", "/api/v1/auth/sessions/current", "/api/v1/account",
+    "/api/v1/account/alerts", "/api/v1/keys", "/api/v1/keys/{key}", "/api/v1/keys/{key}/revoke", "/api/v1/redeem",
+    "/api/v1/ledger?cursor={junk}&limit={junk}&since={junk}", "/api/v1/ledger.csv?until={junk}", "/webhooks/topup",
+    "/admin/v1/keys/{key}", "/admin/v1/accounts/{account}/owners", "/admin/v1/accounts/{account}/invites",
+    "/admin/v1/accounts/{account}/alerts", "/admin/v1/codes", "/admin/v1/codes/{junk}",
+    "/admin/v1/audit?account={account}&cursor={junk}&limit={junk}&since={junk}",
 )
 TIMES = ("0", "-1", "1e308", "1e400", "nan", "inf", "-inf", "2024-01-01", "2024-13-45", "0001-01-01T00:00:00+23:59",
          "9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59.999999+00:00", "2024-01-01T00:00:00Z", "1_000", "0x10", "", " ",
@@ -163,6 +169,14 @@ ADMIN_BODIES = {
     "AdminKey": ("POST", "/admin/v1/accounts/{account}/keys"),
     "AdminLimits": ("PUT", "/admin/v1/keys/{key}/limits"),
     "AdminPackage": ("POST", "/admin/v1/accounts/{account}/packages"),
+    "KeyControls": ("PATCH", "/admin/v1/keys/{key}"),
+    "AdminOwner": ("POST", "/admin/v1/accounts/{account}/owners"),
+    "AdminInvite": ("POST", "/admin/v1/accounts/{account}/invites"),
+    "AdminCodes": ("POST", "/admin/v1/codes"),
+    "AlertSettings": ("PUT", "/admin/v1/accounts/{account}/alerts"),
+    # Public bodies: the admin token they carry is ignored.
+    "SignIn": ("POST", "/api/v1/auth/sessions"),
+    "AcceptInvite": ("POST", "/api/v1/auth/invite/accept"),
 }
 
 

@@ -63,7 +63,7 @@ def test_init_js_runs_and_creates_them(tmp_path):
     assert calls[0] == ["getSiblingDB", "zowy_prod"]
     created = [c[1] for c in calls if c[0] == "createCollection"]
     assert created == [c for c in INDEXES if c != "accounts"]
-    made = {}
+    made: dict = {collection: [] for collection in created}  # a collection may have no index of its own
     for _, collection, key, options in (c for c in calls if c[0] == "createIndex"):
         made.setdefault(collection, []).append({"key": key, **options})
     assert ordered(made) == expected()

@@ -1,0 +1,38 @@
+"""POST /webhooks/topup: a payment provider's signed top-up event grants a package, once per event_id.
+
+Off (403) unless ZOWY_TOPUP_SECRET is set. A bad signature, a stale timestamp, an unknown account or
+an invalid body changes nothing and gets a 4xx naming what was wrong.
+"""
+from __future__ import annotations
+
+import time
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from .. import grants, operations, webhooks
+from ..audit import Actor
+from ..errors import WebhookDisabled
+from ..schemas import parse_body
+from ..services import Services
+
+bp = Blueprint("webhooks")
+
+
+@bp.post("/webhooks/topup")
+async def topup(request: Request) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    hooks = services.settings.hooks
+    if not hooks.topup_secret:
+        raise WebhookDisabled()
+    webhooks.verify(
+        hooks.topup_secret, request.headers.get(webhooks.TIMESTAMP_HEADER), request.headers.get(webhooks.SIGNATURE_HEADER),
+        request.body, time.time(), hooks.window,
+    )
+    event = parse_body("topup", request.body)
+    actor = Actor("webhook:topup", services.admission.client(request.ip, request.headers.get("x-forwarded-for")))
+    package, duplicate = await grants.topup(services.store, services.settings, event, actor)
+    body = {"event_id": event["event_id"], "account_id": package.account_id, "duplicate": duplicate,
+            "package": operations.package_view(package, time.time())}
+    return HTTPResponse(orjson.dumps(body), status=200, content_type="application/json")
