@@ -48,11 +48,15 @@ class Balance:
     total: int
     reference: Package | None
 
-    def crossed(self, thresholds: Iterable[int]) -> list[int]:
-        """Thresholds (percent of ``total`` left) at or below which the balance now is."""
+    def crossed(self, thresholds: Iterable[int], empty_below: int = 1) -> list[int]:
+        """Thresholds (percent of ``total`` left) at or below which the balance now is; 0 % means
+        fewer than ``empty_below`` tokens left."""
         if self.reference is None:
             return []
-        return sorted((t for t in thresholds if self.remaining * 100 <= t * self.total), reverse=True)
+        return sorted(
+            (t for t in thresholds if (self.remaining * 100 <= t * self.total if t else self.remaining < empty_below)),
+            reverse=True,
+        )
 
 
 def balance_of(packages: list[Package], now: float) -> Balance:
@@ -201,7 +205,7 @@ class Alerts:
         now = self.clock()
         balance = balance_of(await self.store.packages(account_id), now)
         made = []
-        for threshold in balance.crossed(chosen.thresholds):
+        for threshold in balance.crossed(chosen.thresholds, self.settings.hooks.alert_empty_below):
             aid = alert_id(account_id, balance.reference.id, threshold)
             if self._known.get(aid) is not MISSING:
                 continue

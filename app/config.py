@@ -166,6 +166,9 @@ class Hooks:
     alert_lease: float = setting("ZOWY_ALERT_LEASE", 60.0, low=1)
     alert_timeout: float = setting("ZOWY_ALERT_TIMEOUT", 10.0, low=0.1)
     alert_private_urls: bool = setting("ZOWY_ALERT_PRIVATE_URLS", False)
+    # "0 %" fires once a balance can no longer cover a default answer: with reservations a balance
+    # is rarely spent to the last token.
+    alert_empty_below: int = setting("ZOWY_ALERT_EMPTY_BELOW", 4096, low=1)
 
 
 @dataclass(frozen=True, slots=True)

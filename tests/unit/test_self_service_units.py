@@ -124,4 +124,7 @@ def test_thresholds_crossed_by_the_active_balance():
     expired = balance_of([package("a", 1000, 0, 1, expires=NOW - 1)], NOW)
     assert expired.reference.id == "a" and expired.crossed((10,)) == [10]
     assert Balance(0, 0, None).crossed((10, 0)) == []
+    # "0 %" is a balance that cannot cover a default answer any more.
+    low = balance_of([package("a", 100_000, 97_000, 1)], NOW)
+    assert low.crossed((10, 0), empty_below=4096) == [10, 0] and low.crossed((10, 0), empty_below=2000) == [10]
     assert alert_id("acct_1", "b", 10) == alert_id("acct_1", "b", 10) != alert_id("acct_1", "b", 0)
