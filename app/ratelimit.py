@@ -65,17 +65,27 @@ class Decision:
         return self.minute_reset
 
     def headers(self) -> dict[str, str]:
-        if self.hour_binding:
-            limit, left, reset = self.hour_limit, self.hour_left, self.hour_reset
+        # Every chat response carries these: computed without the properties above.
+        now = self.now
+        minute_left = self.minute_limit - self.minute_used
+        hour_left = self.hour_limit - self.hour_used
+        if minute_left < 0:
+            minute_left = 0
+        if hour_left < 0:
+            hour_left = 0
+        hour_reset = HOUR - now % HOUR
+        hour_text = duration(hour_reset)
+        if hour_left < minute_left or (hour_left == minute_left == 0 and self.hour_used >= self.hour_limit):
+            limit, left, reset_text = self.hour_limit, hour_left, hour_text
         else:
-            limit, left, reset = self.minute_limit, self.minute_left, self.minute_reset
+            limit, left, reset_text = self.minute_limit, minute_left, duration(MINUTE - now % MINUTE)
         headers = {
             "x-ratelimit-limit-requests": str(limit),
             "x-ratelimit-remaining-requests": str(left),
-            "x-ratelimit-reset-requests": duration(reset),
+            "x-ratelimit-reset-requests": reset_text,
             "x-ratelimit-limit-requests-hour": str(self.hour_limit),
-            "x-ratelimit-remaining-requests-hour": str(self.hour_left),
-            "x-ratelimit-reset-requests-hour": duration(self.hour_reset),
+            "x-ratelimit-remaining-requests-hour": str(hour_left),
+            "x-ratelimit-reset-requests-hour": hour_text,
         }
         if not self.admitted:
             wait = self.retry_after
