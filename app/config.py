@@ -183,6 +183,10 @@ class Settings:
         return self.data_dir / "spool"
 
     @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
+
+    @property
     def sqlite_file(self) -> Path:
         return self.sqlite_path or self.data_dir / "zowy.db"
 

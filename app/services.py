@@ -1,5 +1,5 @@
-"""The resources one worker process owns: store connection, upstream client, caches, ledger writer,
-and the chat requests in flight.
+"""The resources one worker process owns: store connection, upstream client, caches, ledger writer
+and journal, and the chat requests in flight.
 
 Built in ``before_server_start`` (after the fork) and closed when the worker stops.
 """
@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .admission import Admission
 from .config import Settings
 from .errors import StoreUnavailable
+from .journal import Journal
 from .ledger import Meter
 from .logs import AccessLog
 from .metrics import Metrics
@@ -35,6 +38,7 @@ class Services:
     upstream: UpstreamClient
     admission: Admission
     meter: Meter
+    journal: Journal
     metrics: Metrics
     access_log: AccessLog
     draining: bool = False
@@ -50,12 +54,16 @@ class Services:
             transport = MockTransport(demo.answer)
         store = open_store(settings)
         metrics = Metrics()
+        # Names this process's journal and spool files: its pid, and randomness for pid reuse.
+        journal = Journal(settings.journal_dir, f"{os.getpid()}-{secrets.token_hex(4)}")
         return cls(
             settings=settings,
             store=store,
             upstream=UpstreamClient(settings, transport=transport, metrics=metrics),
             admission=Admission(settings, store),
-            meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics),
+            meter=Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics,
+                        journal=journal),
+            journal=journal,
             metrics=metrics,
             access_log=AccessLog(settings.log_format, enabled=settings.access_log),
         )
