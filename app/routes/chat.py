@@ -1,11 +1,13 @@
 """POST /api/v1/chat/completions: admit, validate, relay, meter."""
 from __future__ import annotations
 
+import asyncio
+
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ..config import PublicModel
-from ..errors import GatewayError, InvalidRequest, ModelNotFound
+from ..errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ..exchange import Exchange
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
@@ -24,7 +26,13 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
         return None
     with Exchange(services, len(request.body), request.headers.get("x-request-id")) as exchange:
         request.ctx.headers = exchange.headers
-        return await _serve(request, services, exchange)
+        try:
+            return await _serve(request, services, exchange)
+        except asyncio.CancelledError:
+            if not exchange.was_cut or exchange.upstream is not None:
+                raise
+            asyncio.current_task().uncancel()  # the drain deadline, not the caller: answer 503
+            raise StreamCut() from None
 
 
 # stream=True: the body is read by the handler, so a stalled upload meets the body timeout.
@@ -56,12 +64,22 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
     await admission.require_balance(key.account_id)
+    _still_wanted(request)
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
         model, body, exchange.request_id, exchange.attempts, exchange.completion_id
     )
     return HTTPResponse(out, status=200, headers=exchange.headers, content_type="application/json")
+
+
+def _still_wanted(request: Request) -> None:
+    """A caller who hung up during admission gets no upstream call, even where a store driver
+    swallowed the task's cancellation."""
+    task = asyncio.current_task()
+    conn_info = request.conn_info
+    if (conn_info is not None and conn_info.lost) or (task is not None and task.cancelling()):
+        raise asyncio.CancelledError()
 
 
 async def _stream(request: Request, services: Services, model: PublicModel, body: dict, exchange: Exchange) -> None:
