@@ -14,7 +14,6 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -97,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="ISO date or datetime (UTC), default now")
     p.set_defaults(handler=_usage)
 
-    p = sub.add_parser("reconcile", help="check every package's used tokens against the ledger")
+    p = sub.add_parser("reconcile", help="bill what crashed workers left, then check every package against the ledger")
     p.set_defaults(handler=_reconcile)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(dest="action", required=True)
@@ -183,10 +182,9 @@ async def _usage(store: Store, settings: Settings, args) -> int:
 
 
 async def _reconcile(store: Store, settings: Settings, args) -> int:
-    mismatches = await store.reconcile()
-    count = await store.ledger_count()
-    _print({"ledger_entries": count, "mismatches": [asdict(m) for m in mismatches]})
-    return 1 if mismatches else 0
+    report = await operations.reconcile(store, settings)
+    _print(report)
+    return 0 if report["ok"] else 1
 
 
 async def _db_init(store: Store, settings: Settings, args) -> int:

@@ -151,7 +151,9 @@ def document(settings: Settings) -> dict:
     }
     paths[f"{admin}/accounts/{{account}}/usage"] = {"get": _op(
         "accountUsage", "Usage totals by day and model", _responses("usage", 400, 401, 403, 404), admin=True, params=["account"])}
-    paths[f"{admin}/reconcile"] = {"get": _op("reconcile", "Packages against the ledger", _responses("mismatches", 401, 403), admin=True)}
+    paths[f"{admin}/reconcile"] = {"get": _op(
+        "reconcile", "Bill what crashed workers left, then packages against the ledger",
+        _responses("ok, ledger_entries, worker_lost, recovered, journal, mismatches", 401, 403), admin=True)}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Zowy Gateway", "version": "1", "description": "OpenAI-compatible chat completions"},

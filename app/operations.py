@@ -1,14 +1,17 @@
 """Operator actions shared by the CLI and the admin API: accounts, keys, packages, usage."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 
+from . import journal
 from .config import Settings
 from .errors import InvalidRequest, NotFound
 from .ids import new_id
 from .keys import display_prefix, key_hash, new_key, new_key_id
+from .ledger import Spool
 from .store import Account, KeyRecord, Package, Store
 from .store.base import active_packages
 
@@ -147,3 +150,21 @@ def parse_time(text: str | None, param: str) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
+
+
+async def reconcile(store: Store, settings: Settings) -> dict:
+    """Finish what crashed processes of this data directory left (spooled entries, journal records
+    of requests a dead worker held, billed by estimate), then check every package against the
+    ledger. ``ok`` is false on a mismatch or a journal record that could not be billed yet."""
+    recovered = await Spool(settings.spool_dir, f"{os.getpid()}-reconcile").replay(store, settings.meter_batch)
+    recovered += await journal.recover(settings.journal_dir, store, settings.spool_dir, settings.meter_batch)
+    mismatches = await store.reconcile()
+    records = journal.census(settings.journal_dir)
+    return {
+        "ok": not mismatches and not records.unrecovered,
+        "ledger_entries": await store.ledger_count(),
+        "worker_lost": await store.ledger_count(outcome=journal.LOST_OUTCOME),
+        "recovered": recovered,
+        "journal": {"in_flight": records.in_flight, "unrecovered": records.unrecovered},
+        "mismatches": [asdict(m) for m in mismatches],
+    }

@@ -115,6 +115,5 @@ async def usage(request: Request, account: str) -> HTTPResponse:
 
 @bp.get("/reconcile")
 async def reconcile(request: Request) -> HTTPResponse:
-    store = _services(request).store
-    mismatches = await store.reconcile()
-    return _json({"ledger_entries": await store.ledger_count(), "mismatches": [asdict(m) for m in mismatches]})
+    services = _services(request)
+    return _json(await operations.reconcile(services.store, services.settings))
