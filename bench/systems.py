@@ -255,6 +255,7 @@ def gateway(ctx: Context, fidelity_port: int) -> System:
                                   _target_takes_max_connections()))
     env = gateway_env(data, models)
     tree = ctx.gateway_tree
+    cli(env, "accounts", "create", "bench", tree=tree)
     key = cli(env, "keys", "create", "--account", "bench", "--per-minute", "100000000",
               "--per-hour", "1000000000", tree=tree).strip().splitlines()[-1].strip()
     cli(env, "packages", "grant", "--account", "bench", "--plan", "business", "--tokens", "100000000000", tree=tree)
