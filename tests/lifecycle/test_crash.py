@@ -105,3 +105,34 @@ def test_both_workers_killed_are_replaced(tmp_path, models_path, instances):
     assert len(after) == 2 and not set(after) & set(before)
     print(f"\n[crash] both workers killed: a request sent at once was answered after {time.monotonic() - started:.2f} s")
     assert gateway.stop() == 0
+
+
+def test_an_instance_killed_whole_is_billed_at_its_next_start(tmp_path, models_path, upstreams, instances):
+    """SIGKILL to every process at once (a cgroup kill after the stop grace): the next start on the
+    same data directory bills every request the upstream received from the journals."""
+    gateway = instances(tmp_path / "gw", models_path, workers=2)
+    support.wait_all_workers(gateway)
+    customer = support.new_customer(gateway)
+    marker = f"whole-{uuid.uuid4().hex[:8]}"
+    port = gateway.process.port
+
+    async def load():
+        bodies = [support.chat_body(f"{marker} {i} [[fake:chunks=40,delay=0.05]]", stream=i % 2 == 0) for i in range(30)]
+        return await asyncio.gather(*(support.raw_chat(port, customer.key, b) for b in bodies))
+
+    thread = threading.Thread(target=lambda: asyncio.run(load()))
+    thread.start()
+    support.wait_until(lambda: len(support.upstream_request_ids(upstreams["openai"], marker)) == 30, timeout=10)
+    for pid, _ in support.session_processes(gateway.process.popen.pid):
+        os.kill(pid, signal.SIGKILL)
+    thread.join(30)
+    gateway.process.popen.wait(5)
+    assert support.run_store(gateway, lambda s: s.ledger_count(customer.account_id)) == 0
+
+    again = instances(tmp_path / "gw", models_path, workers=2)
+    ids = support.upstream_request_ids(upstreams["openai"], marker)
+    entries = support.wait_until(lambda: (e := _ledger(again, ids)) and len(e) == len(ids) and e, timeout=20)
+    assert {e.outcome for e in entries.values()} == {"worker_lost"}
+    settings = again.settings()
+    report = support.run_store(again, lambda store: operations.reconcile(store, settings))
+    assert report["ok"] and report["recovered"] == 0 and report["worker_lost"] == 30, report
