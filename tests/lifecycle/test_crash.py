@@ -77,14 +77,16 @@ def test_kill_9_of_a_worker_under_load(tmp_path, models_path, upstreams, store_e
     lost = [e for e in entries.values() if e.outcome == "worker_lost"]
     assert lost, "the killed worker held no request"
     assert all(e.estimated and e.total_tokens > 0 and e.prompt_tokens == e.total_tokens for e in lost)
-    answered = sum(1 for status, _ in results if status == 200)
+    complete = sum(
+        1 for status, raw in results
+        if status == 200 and (support.sse_events(raw)[-1:] == [b"[DONE]"] or b'"chat.completion"' in support.response_body(raw)))
     settings = gateway.settings()
     report = support.run_store(gateway, lambda store: operations.reconcile(store, settings))
     assert report["ok"] and report["journal"]["unrecovered"] == 0 and report["worker_lost"] >= len(lost), report
     gateway.stop()
     assert "Task was destroyed" not in gateway.process.log()
     print(f"\n[crash:{kind}] kill -9 of 1 of 2 workers under load: {len(ids)} requests reached the upstream, "
-          f"{answered} answered, {len(lost)} billed by estimate as worker_lost, every one in the ledger; "
+          f"{complete} answered in full, {len(lost)} billed by estimate as worker_lost, every one in the ledger; "
           f"unready for {max(t for t, s, _ in seen if s != 200):.2f} s, then replaced")
 
 
