@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-fast bench bench-smoke bench-compare loadtest fuzz scale-test clean
+.PHONY: run test test-fast bench bench-smoke bench-compare loadtest fuzz scale-test soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,3 +61,8 @@ scale-test: $(VENV)/.deps-test
 ZOWY_FUZZ_CASES ?= 5000
 fuzz: $(VENV)/.deps-test
 	ZOWY_FUZZ_CASES=$(ZOWY_FUZZ_CASES) $(BIN)/python -m pytest tests/fuzz
+
+## soak: the process lifecycle tests (stop at any moment, worker crashes) ZOWY_LIFECYCLE_ROUNDS times over (default 10)
+ZOWY_LIFECYCLE_ROUNDS ?= 10
+soak: $(VENV)/.deps-test
+	ZOWY_LIFECYCLE_ROUNDS=$(ZOWY_LIFECYCLE_ROUNDS) $(BIN)/python -m pytest tests/lifecycle -o timeout=0

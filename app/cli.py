@@ -16,8 +16,6 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -39,6 +37,10 @@ log = logging.getLogger("zowy")
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "serve" and args.worker_of is not None:
+        from .worker import main as worker
+
+        return worker()
     try:
         settings = Settings.from_env(environ)
     except ConfigError as exc:
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host")
     serve_p.add_argument("--port", type=int)
     serve_p.add_argument("--workers", type=int)
+    serve_p.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
 
     accounts = sub.add_parser("accounts", help="manage accounts").add_subparsers(dest="action", required=True)
     p = accounts.add_parser("create")
@@ -150,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="ISO date or datetime (UTC), default now")
     p.set_defaults(handler=_usage)
 
-    p = sub.add_parser("reconcile", help="check every package's used tokens against the ledger, and that no reservation outlived its expiry")
+    p = sub.add_parser("reconcile", help="bill what crashed workers left, then check every package against the ledger and that no reservation outlived its expiry")
     p.set_defaults(handler=_reconcile)
 
     db = sub.add_parser("db", help="database administration").add_subparsers(dest="action", required=True)
@@ -363,7 +366,7 @@ async def _usage(store: Store, settings: Settings, args) -> int:
 
 
 async def _reconcile(store: Store, settings: Settings, args) -> int:
-    report = await operations.reconcile(store)
+    report = await operations.reconcile(store, settings)
     _print(report)
     return 0 if report["ok"] else 1
 
@@ -375,10 +378,7 @@ async def _db_init(store: Store, settings: Settings, args) -> int:
 
 def serve(settings: Settings, args) -> int:
     """Run the gateway with its workers; in demo mode, with the built-in demo model answering."""
-    from sanic import Sanic
-    from sanic.worker.loader import AppLoader
-
-    from .server import create_app
+    from .supervisor import Supervisor, bind
 
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     settings = settings.with_(**changes)
@@ -386,12 +386,13 @@ def serve(settings: Settings, args) -> int:
     _metrics_dir(settings)
     if settings.demo:
         _announce_demo(settings)
-    loader = AppLoader(factory=partial(create_app, settings))
-    app = loader.load()
-    app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False, motd=False)
-    print(f"Zowy Gateway listening on http://{settings.host}:{settings.port} with {settings.workers} worker(s)", flush=True)
-    Sanic.serve(primary=app, app_loader=loader)
-    return 0
+    try:
+        sock = bind(settings)
+    except OSError as exc:
+        print(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"Zowy Gateway listening on http://{settings.host}:{sock.getsockname()[1]} with {settings.workers} worker(s)", flush=True)
+    return Supervisor(settings, sock).run()
 
 
 def _metrics_dir(settings: Settings) -> None:

@@ -186,6 +186,7 @@ class Settings:
     max_body_bytes: int = setting("ZOWY_MAX_BODY_BYTES", 16 * 1024 * 1024, low=1024)
     max_header_bytes: int = setting("ZOWY_MAX_HEADER_BYTES", 8192, low=1024, high=16384)
     body_timeout: float = setting("ZOWY_BODY_TIMEOUT", 30.0, low=0.01)
+    header_timeout: float = setting("ZOWY_HEADER_TIMEOUT", 10.0, low=0.01)
     request_limits: RequestLimits = RequestLimits()
     admin_token: str = setting("ZOWY_ADMIN_TOKEN", "")
     key_pepper: str = setting("ZOWY_KEY_PEPPER", "")
@@ -229,6 +230,10 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.data_dir / "journal"
 
     @property
     def sqlite_file(self) -> Path:

@@ -133,6 +133,10 @@ class RequestTimeout(GatewayError):
     message = "The request body was not received in time."
 
 
+class HeaderTimeout(RequestTimeout):
+    message = "The request headers were not received in time."
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

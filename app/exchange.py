@@ -1,5 +1,6 @@
-"""One chat request from arrival to its end, whatever the end: the ledger entry (when an upstream
-was reached), the metrics and the one access-log line all come from its record here."""
+"""One chat request from arrival to its end, whatever the end: the journal's started record (the
+moment its body goes upstream), the ledger entry, the metrics and the one access-log line all come
+from its record here."""
 from __future__ import annotations
 
 import asyncio
@@ -24,13 +25,28 @@ def client_request_id(value: str | None) -> str | None:
     return value if value and _CLIENT_ID.fullmatch(value) else None
 
 
+class _JournaledAttempts(Attempts):
+    """Attempts that journal their request the moment its body first goes to an upstream."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: "Exchange") -> None:
+        super().__init__()
+        self.exchange: Exchange | None = exchange
+
+    def mark_sent(self) -> None:
+        if not self.sent and self.exchange is not None:
+            self.exchange.journal_started()
+        self.sent += 1
+
+
 class Exchange:
     """Use as ``with Exchange(...) as exchange:``; leaving the block records how it ended."""
 
     __slots__ = (
         "services", "request_id", "client_id", "completion_id", "headers", "started", "prompt_bytes",
         "account_id", "key_id", "model", "user", "stream", "attempts", "usage", "upstream",
-        "response_bytes", "outcome", "status", "code", "reservation",
+        "response_bytes", "outcome", "status", "code", "reservation", "task",
     )
 
     def __init__(self, services: "Services", prompt_bytes: int, client_id: str | None) -> None:
@@ -47,7 +63,7 @@ class Exchange:
         self.model = "-"
         self.user = None
         self.stream = False
-        self.attempts = Attempts()
+        self.attempts = _JournaledAttempts(self)
         self.usage: Usage | None = None
         self.upstream: UpstreamStream | None = None
         self.response_bytes = 0
@@ -55,6 +71,7 @@ class Exchange:
         self.status = 200
         self.code: str | None = None
         self.reservation: Reservation | None = None
+        self.task = asyncio.current_task()
 
     def __enter__(self) -> "Exchange":
         self.services.exchanges.add(self)
@@ -95,13 +112,29 @@ class Exchange:
             self.code = code
 
     def cut(self) -> None:
-        """The drain deadline passed: end the answer now, with an error event."""
+        """The drain deadline passed: end the request now, as the gateway's doing: a stream ends
+        with an error event, anything else gets a 503 (see ``was_cut``)."""
+        self.fail("cut_by_gateway", StreamCut.status, StreamCut.code)
         if self.upstream is not None:
             self.upstream.cut()
+        elif self.task is not None:
+            self.task.cancel()
+
+    @property
+    def was_cut(self) -> bool:
+        return self.outcome == "cut_by_gateway"
+
+    def journal_started(self) -> None:
+        target = self.attempts.target
+        self.services.journal.started(
+            self.request_id, self.account_id, self.key_id, self.model, target.name if target else "",
+            self.stream, self.prompt_bytes, self.user,
+        )
 
     # the end
 
     def finish(self) -> None:
+        self.attempts.exchange = None
         latency = time.perf_counter() - self.started
         usage = self._usage() if self.attempts.sent else None
         settles = 0
@@ -122,7 +155,7 @@ class Exchange:
             if rewriter.usage is not None:
                 return rewriter.usage
             return estimate_usage(self.prompt_bytes, rewriter.estimated_completion_tokens())
-        if self.outcome in ("ok", "client_disconnected"):
+        if self.outcome in ("ok", "client_disconnected", "cut_by_gateway"):
             return estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
         return Usage(0, 0, 0)
 

@@ -2,7 +2,7 @@
 response path, and spools them to a local fsync'd file whenever the store cannot take them.
 
 Nothing is dropped: a batch is either in the store (idempotently, keyed by request id) or in a
-spool file that this or any later process replays.
+spool file that this or any later process replays; once it is, its journal records are settled.
 """
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import fcntl
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
 import orjson
 
+from . import journal
 from .errors import StoreUnavailable
+from .journal import Journal
 from .metering import LedgerEntry
 from .metrics import Metrics
 from .store import Store
@@ -26,13 +27,17 @@ log = logging.getLogger("zowy.ledger")
 
 _SPOOL_SUFFIX = ".spool"
 UPKEEP_INTERVAL = 60.0
+# At shutdown a batch the store does not take within this many seconds is spooled instead.
+CLOSING_WRITE_TIMEOUT = 2.0
 
 
 class Spool:
-    """Append-only files of ledger entries that did not reach the store yet, one per process."""
+    """Append-only files of ledger entries that did not reach the store yet, one per process,
+    named by the process's token (its journal files carry the same one)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, token: str) -> None:
         self.directory = Path(directory)
+        self.token = token
         self._path: Path | None = None
         self._fd: int | None = None
 
@@ -40,9 +45,12 @@ class Spool:
         """Write entries durably (fsync) before returning."""
         if self._fd is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._path = self.directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{_SPOOL_SUFFIX}"
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._path = self.directory / f"{self.token}{_SPOOL_SUFFIX}"
+            # Locked under a name replay ignores, then renamed: never visible unlocked.
+            temp = self._path.with_suffix(".tmp")
+            self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
+            os.rename(temp, self._path)
         data = b"".join(orjson.dumps(e.to_dict()) + b"\n" for e in entries)
         os.write(self._fd, data)
         os.fsync(self._fd)
@@ -119,11 +127,13 @@ class Meter:
 
     def __init__(
         self, store: Store, spool_dir: Path, batch: int = 512, interval: float = 0.05,
-        write_timeout: float = 10.0, metrics: Metrics | None = None,
+        write_timeout: float = 10.0, metrics: Metrics | None = None, journal: Journal | None = None,
+        token: str | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
-        self.spool = Spool(spool_dir)
+        self.journal = journal
+        self.spool = Spool(spool_dir, token or (journal.token if journal else f"{os.getpid()}-spool"))
         self.batch = batch
         self.interval = interval
         self.write_timeout = write_timeout
@@ -146,15 +156,23 @@ class Meter:
         return len(self._queue)
 
     async def start(self) -> None:
-        """Replay what earlier processes left in the spool, then start writing."""
+        """Bill what earlier processes left in spools and journals, then start writing."""
+        if not await self.recover():
+            self._spooled = True
+            log.error("store unavailable at start; spooled ledger entries will be replayed later")
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def recover(self) -> bool:
+        """Replay spools, then bill the journals of dead processes; False if the store was unavailable."""
         try:
             added = await self.spool.replay(self.store, self.batch)
             if added:
                 log.warning("replayed %d spooled ledger entries", added)
-        except StoreUnavailable:
-            self._spooled = True
-            log.error("store unavailable at start; spooled ledger entries will be replayed later")
-        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+            if self.journal is not None:
+                await journal.recover(self.journal.directory, self.store, self.spool.directory, self.batch)
+        except (StoreUnavailable, TimeoutError):
+            return False
+        return True
 
     async def _run(self) -> None:
         last_upkeep = time.monotonic()
@@ -173,8 +191,11 @@ class Meter:
                 await self._upkeep()
 
     async def _upkeep(self) -> None:
-        """Finish ledger writes a crashed process left half done; drop spent rate windows."""
+        """Finish ledger writes a crashed process left half done, bill what dead workers left in
+        their journals; drop spent rate windows."""
         try:
+            if not self._spooled:
+                await self.recover()
             finished = await self.store.recover()
             if finished:
                 log.warning("finished %d half-written ledger entries", finished)
@@ -191,8 +212,8 @@ class Meter:
             if self._spooled:
                 self._to_spool(batch)
                 continue
-            await asyncio.sleep(0)  # let requests in between batches
             try:
+                await asyncio.sleep(0)  # let requests in between batches
                 async with asyncio.timeout(self.write_timeout):
                     await self.store.record(batch)
                 if self.on_written is not None:
@@ -201,15 +222,26 @@ class Meter:
                 log.error("store unavailable: spooling %d ledger entries", len(batch))
                 self._spooled = True
                 self._to_spool(batch)
+                continue
+            except asyncio.CancelledError:
+                self._to_spool(batch)  # written or not, it is safe in the spool: replays are idempotent
+                raise
             except Exception:
                 log.exception("ledger write failed: spooling %d entries", len(batch))
                 self._spooled = True
                 self._to_spool(batch)
+                continue
+            self._settle(batch)
         if self._spooled:
             await self._replay()
 
     def _to_spool(self, batch: list[LedgerEntry]) -> None:
         self.spool.append(batch)
+        self._settle(batch)
+
+    def _settle(self, batch: list[LedgerEntry]) -> None:
+        if self.journal is not None:
+            self.journal.settle([e.request_id for e in batch])
 
     async def _replay(self) -> None:
         try:
@@ -221,13 +253,18 @@ class Meter:
         log.warning("store is back: replayed %d spooled ledger entries", added)
 
     async def close(self) -> None:
-        """Stop the writer after writing (or spooling) everything still queued."""
+        """Stop the writer after writing (or spooling) everything still queued, in bounded time."""
         self._closing = True
+        self.write_timeout = min(self.write_timeout, CLOSING_WRITE_TIMEOUT)
         self._wake.set()
         if self._task is not None:
-            try:
-                await self._task
-            except Exception:
-                log.exception("ledger writer failed")
+            done, _ = await asyncio.wait({self._task}, timeout=2 * CLOSING_WRITE_TIMEOUT)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task})
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("ledger writer failed", exc_info=self._task.exception())
         await self.flush()
         self.spool.close()
+        if self.journal is not None:
+            self.journal.close()

@@ -229,7 +229,9 @@ def document(settings: Settings) -> dict:
     }
     paths[f"{admin}/accounts/{{account}}/usage"] = {"get": _op(
         "accountUsage", "Usage totals by day and model", _responses("usage", 400, 401, 403, 404), admin=True, params=["account"])}
-    paths[f"{admin}/reconcile"] = {"get": _op("reconcile", "Packages against the ledger", _responses("mismatches", 401, 403), admin=True)}
+    paths[f"{admin}/reconcile"] = {"get": _op(
+        "reconcile", "Bill what crashed workers left, then packages against the ledger and stale reservations",
+        _responses("ok, ledger_entries, worker_lost, recovered, journal, mismatches, expired_reservations", 401, 403), admin=True)}
     _admin_self_service_paths(paths, admin)
     _customer_paths(paths)
     paths["/webhooks/topup"] = {"post": _op(

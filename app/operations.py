@@ -5,17 +5,19 @@ Every change to money or access is written to the audit log under the actor who 
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from . import audit
+from . import audit, journal
 from .audit import SYSTEM, Actor
 from .config import Settings
 from .errors import InvalidRequest, NotFound
 from .ids import new_id
 from .keys import display_prefix, key_hash, new_key, new_key_id
+from .ledger import Spool
 from .store import Account, KeyRecord, Package, Store
 from .store.base import KEY_CONTROLS, active_packages
 
@@ -317,13 +319,22 @@ def parse_time(text: str | None, param: str) -> float | None:
 STALE_LEASE_GRACE = 300.0
 
 
-async def reconcile(store: Store) -> dict:
-    """Packages against the ledger, and reservations left past their expiry; ``ok`` when both agree."""
+async def reconcile(store: Store, settings: Settings) -> dict:
+    """Finish what crashed processes of this data directory left (spooled entries, journal records
+    of requests a dead worker held, billed by estimate), then check every package against the
+    ledger and that no reservation outlived its expiry. ``ok`` is false on a mismatch, a journal
+    record that could not be billed yet, or a stale reservation."""
+    recovered = await Spool(settings.spool_dir, f"{os.getpid()}-reconcile").replay(store, settings.meter_batch)
+    recovered += await journal.recover(settings.journal_dir, store, settings.spool_dir, settings.meter_batch)
     mismatches = await store.reconcile()
+    records = journal.census(settings.journal_dir)
     stale = await store.expired_leases(time.time() - STALE_LEASE_GRACE)
     return {
-        "ok": not mismatches and not stale,
+        "ok": not mismatches and not records.unrecovered and not stale,
         "ledger_entries": await store.ledger_count(),
+        "worker_lost": await store.ledger_count(outcome=journal.LOST_OUTCOME),
+        "recovered": recovered,
+        "journal": {"in_flight": records.in_flight, "unrecovered": records.unrecovered},
         "mismatches": [asdict(m) for m in mismatches],
         "expired_reservations": [asdict(l) for l in stale],
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 
 from sanic import Request, Sanic
 from sanic import exceptions as sanic_errors
@@ -110,22 +109,11 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
 
     @app.before_server_stop
     async def start_draining(app: Sanic) -> None:
-        """SIGTERM: readyz turns unready; in-flight requests and streams may finish until the drain
-        deadline, and each connection closes after its current response."""
+        """Stopping (the worker no longer accepts): readyz turns unready and each connection closes
+        after its current response; the worker drains what is in flight (app/worker.py)."""
         services = getattr(app.ctx, "services", None)
         if services is not None:
             services.draining = True
-            log.warning("draining: %d request(s) in flight", services.inflight)
-        # The listening socket is shared by every worker and the main process: shutting it down
-        # here refuses new connections at once (a proxy retries them elsewhere) instead of letting
-        # them queue until the last worker has drained.
-        for info in app.state.server_info:
-            listener = info.settings.get("sock")
-            if listener is not None:
-                try:
-                    listener.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     @app.on_response
     async def finish_response(request: Request, response: HTTPResponse) -> None:

@@ -1,5 +1,5 @@
-"""The resources one worker process owns: store connection, upstream client, caches, ledger writer,
-low-balance alerts, and the chat requests in flight.
+"""The resources one worker process owns: store connection, upstream client, caches, ledger writer
+and journal, low-balance alerts, and the chat requests in flight.
 
 Built in ``before_server_start`` (after the fork) and closed when the worker stops.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ from .admission import Admission
 from .alerts import Alerts
 from .config import Settings
 from .errors import StoreUnavailable
+from .journal import Journal
 from .ledger import Meter
 from .logs import AccessLog
 from .metrics import Metrics
@@ -36,6 +39,7 @@ class Services:
     upstream: UpstreamClient
     admission: Admission
     meter: Meter
+    journal: Journal
     metrics: Metrics
     access_log: AccessLog
     alerts: Alerts
@@ -57,7 +61,10 @@ class Services:
             transport = MockTransport(demo.answer)
         store = open_store(settings)
         metrics = Metrics()
-        meter = Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics)
+        # Names this process's journal and spool files: its pid, and randomness for pid reuse.
+        journal = Journal(settings.journal_dir, f"{os.getpid()}-{secrets.token_hex(4)}")
+        meter = Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics,
+                      journal=journal)
         alerts = Alerts(settings, store)
         meter.on_written = alerts.written
         return cls(
@@ -66,6 +73,7 @@ class Services:
             upstream=UpstreamClient(settings, transport=transport, metrics=metrics),
             admission=Admission(settings, store),
             meter=meter,
+            journal=journal,
             metrics=metrics,
             access_log=AccessLog(settings.log_format, enabled=settings.access_log),
             alerts=alerts,

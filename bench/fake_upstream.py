@@ -35,6 +35,8 @@ occurrences are read, later ones win); they never appear in the reply.
   status=<code>        respond with that status and an error body (429 adds retry-after: 1)
   hang=headers         never send headers (until the client leaves, at most 300 s)
   hang=body            non-stream: headers then stall; stream: ``after`` events then stall
+  hang=flood           non-stream: headers, then a body that never ends (64 KiB writes, until
+                       the client leaves, at most 300 s)
   after=<n>            events sent before ``hang=body`` stalls a stream (default 1)
   cut=<n>              stream: n events then close the connection (no [DONE]);
                        non-stream: headers and half the body then close
@@ -680,6 +682,8 @@ class FakeUpstream:
         data = self._completion_bytes(plan)
         headers = self._headers(plan, _JSON_CT)
         hang, cut = d.get("hang"), d.get("cut")
+        if hang == "flood":
+            return await self._flood(request, headers, progress)
         if hang != "body" and cut is None:
             return web.Response(body=data, headers=headers)
         resp = web.StreamResponse(headers=headers)
@@ -693,6 +697,19 @@ class FakeUpstream:
             return resp
         await resp.write(data[: len(data) // 2])
         return await self._abort(request, progress)
+
+    async def _flood(self, request: BaseRequest, headers: dict, progress: _Progress) -> web.StreamResponse:
+        """A JSON body that starts and never ends: a string that grows until the client leaves."""
+        resp = web.StreamResponse(headers=headers)
+        progress.response = resp
+        await resp.prepare(request)
+        progress.phase = "body"
+        await resp.write(b'{"choices": [{"message": {"content": "')
+        piece = b"x" * 65536
+        deadline = time.monotonic() + HANG_MAX
+        while time.monotonic() < deadline:
+            await resp.write(piece)
+        return resp
 
     async def _abort(self, request: BaseRequest, progress: _Progress) -> web.StreamResponse:
         """Close the connection under the response; aiohttp then cancels this handler."""

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,3 +335,176 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------- processes (Linux /proc)
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()  # fields from the state on
+
+
+def session_processes(sid: int) -> list[tuple[int, str]]:
+    """Live processes of session ``sid`` (each process ``spawn`` starts leads a session of its own),
+    with their command lines."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat(int(entry))
+        if fields is None or fields[0] == "Z" or int(fields[3]) != sid:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        found.append((int(entry), cmdline))
+    return found
+
+
+def wait_session_gone(sid: int, timeout: float) -> None:
+    """Wait until no process of session ``sid`` is alive; fail with the ones left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = session_processes(sid)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes of the instance still alive after {timeout} s: {left}")
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+                out.append(int(entry))
+    return sorted(out)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def readyz(gateway: Gateway) -> tuple[int, dict]:
+    import json
+
+    request = urllib.request.Request(f"{gateway.url}/readyz")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_all_workers(gateway: Gateway, timeout: float = 30.0) -> None:
+    """Wait until /readyz reports every worker of the instance ready."""
+    def ready():
+        try:
+            status, body = readyz(gateway)
+        except OSError:
+            return False
+        workers = body["checks"].get("workers") or {}
+        return status == 200 and workers.get("ready") == workers.get("expected")
+
+    wait_until(ready, timeout=timeout)
+
+
+# ---------------------------------------------------------------- raw HTTP clients
+
+
+def chat_body(content: str, stream: bool = False, model: str = "zowy-1-pro") -> dict:
+    return {"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]}
+
+
+def raw_request(key: str, body: dict) -> bytes:
+    import json
+
+    payload = json.dumps(body).encode()
+    return (
+        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+    )
+
+
+async def raw_chat(port: int, key: str, body: dict, hang_up_after: float | None = None,
+                   read_timeout: float = 30.0) -> tuple[int | None, bytes]:
+    """One chat request on a connection of its own: the status (None when there was no answer) and
+    every byte received. With ``hang_up_after``, the client closes that long after sending."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return None, b""
+    writer.write(raw_request(key, body))
+    received = b""
+    try:
+        await writer.drain()
+        async with asyncio.timeout(hang_up_after if hang_up_after is not None else read_timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                received += chunk
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        writer.transport.abort()
+    status = int(received[9:12]) if received.startswith(b"HTTP/1.1 ") else None
+    return status, received
+
+
+def response_body(raw: bytes) -> bytes:
+    """The body of a raw HTTP/1.1 response, de-chunked; as much as arrived."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return body
+    out = []
+    while body:
+        size_line, sep, rest = body.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        body = rest[size + 2:]
+    return b"".join(out)
+
+
+def sse_events(raw: bytes) -> list[bytes]:
+    """The ``data:`` payloads of a raw streamed response."""
+    return [e[6:] for e in response_body(raw).split(b"\n\n") if e.startswith(b"data: ")]
+
+
+def response_request_id(raw: bytes) -> str | None:
+    marker = b"x-request-id: "
+    if marker not in raw:
+        return None
+    return raw.split(marker, 1)[1].split(b"\r\n", 1)[0].decode()
+
+
+def upstream_request_ids(upstream: Process, marker: str) -> set[str]:
+    """Request ids of the chat requests the fake upstream received whose body holds ``marker``."""
+    import json
+
+    with urllib.request.urlopen(f"{upstream.url}/_fake/requests") as response:
+        records = json.loads(response.read())
+    return {r["headers"].get("x-request-id") for r in records if marker in json.dumps(r.get("body"))}
+

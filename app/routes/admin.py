@@ -124,7 +124,8 @@ async def usage(request: Request, account: str) -> HTTPResponse:
 
 @bp.get("/reconcile")
 async def reconcile(request: Request) -> HTTPResponse:
-    return _json(await operations.reconcile(_services(request).store))
+    services = _services(request)
+    return _json(await operations.reconcile(services.store, services.settings))
 
 
 @bp.patch("/keys/<key_id>")

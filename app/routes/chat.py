@@ -7,7 +7,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ..config import PublicModel
-from ..errors import GatewayError, InvalidRequest, ModelNotFound
+from ..errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ..exchange import Exchange
 from ..metering import estimate_tokens, request_need
 from ..relay import StreamRewriter
@@ -27,7 +27,13 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
         return None
     with Exchange(services, len(request.body), request.headers.get("x-request-id")) as exchange:
         request.ctx.headers = exchange.headers
-        return await _serve(request, services, exchange)
+        try:
+            return await _serve(request, services, exchange)
+        except asyncio.CancelledError:
+            if not exchange.was_cut or exchange.upstream is not None:
+                raise
+            asyncio.current_task().uncancel()  # the drain deadline, not the caller: answer 503
+            raise StreamCut() from None
 
 
 # stream=True: the body is read by the handler, so a stalled upload meets the body timeout.
@@ -65,12 +71,22 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     completion = body.get("max_completion_tokens") or body.get("max_tokens") or model.default_completion_tokens
     need = request_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes, completion, body.get("n") or 1)
     exchange.reservation = await admission.reserve(key.account_id, need)
+    _still_wanted(request)  # a reservation taken for a caller who left goes back with the exchange
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
         model, body, exchange.request_id, exchange.attempts, exchange.completion_id
     )
     return HTTPResponse(out, status=200, headers=exchange.headers, content_type="application/json")
+
+
+def _still_wanted(request: Request) -> None:
+    """A caller who hung up during admission gets no upstream call, even where a store driver
+    swallowed the task's cancellation."""
+    task = asyncio.current_task()
+    conn_info = request.conn_info
+    if (conn_info is not None and conn_info.lost) or (task is not None and task.cancelling()):
+        raise asyncio.CancelledError()
 
 
 async def _stream(request: Request, services: Services, model: PublicModel, body: dict, exchange: Exchange) -> None:

@@ -1,5 +1,6 @@
 """Operations endpoints: /healthz (the process answers), /readyz (it can serve: store reachable,
-not draining), /metrics (Prometheus) and /openapi.json (the API's description)."""
+not draining, every worker of the instance up), /metrics (Prometheus) and /openapi.json (the API's
+description)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +9,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from .. import instance
 from ..errors import AdminUnauthorized, NotFound, StoreUnavailable
 from ..metrics import CONTENT_TYPE
 from ..openapi import document
@@ -34,11 +36,16 @@ async def readyz(request: Request) -> HTTPResponse:
         checks["store"] = "ok"
     except (StoreUnavailable, TimeoutError):
         checks["store"] = "unavailable"
+    workers = instance.read(getattr(request.app.ctx, "workers_file", None))
+    if workers is not None:
+        checks["workers"] = {"expected": workers.get("expected"), "ready": workers.get("ready")}
     if is_admin(request.headers.get("authorization"), services.settings.admin_token):
         upstream = services.upstream
         checks["targets"] = upstream.breaker.snapshot(upstream.targets())
         checks["ledger"] = {"queued": services.meter.depth, "spool_bytes": services.meter.spool.size()}
     ready = checks["store"] == "ok" and not services.draining
+    if workers is not None and workers.get("ready") != workers.get("expected"):
+        ready = False
     body = {"status": "ready" if ready else "unready", "checks": checks}
     return HTTPResponse(orjson.dumps(body), status=200 if ready else 503, content_type="application/json")
 

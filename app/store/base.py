@@ -361,7 +361,8 @@ class Store(abc.ABC):
     async def ledger_entry(self, request_id: str) -> LedgerEntry | None: ...
 
     @abc.abstractmethod
-    async def ledger_count(self, account_id: str | None = None) -> int: ...
+    async def ledger_count(self, account_id: str | None = None, outcome: str | None = None) -> int:
+        """Ledger entries, of one account and/or with one outcome when given."""
 
     @abc.abstractmethod
     async def usage(self, account_id: str, since: float, until: float) -> list[UsageRow]:

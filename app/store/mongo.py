@@ -531,9 +531,10 @@ class MongoStore(Store):
             doc = await self._db.ledger.find_one({"_id": request_id})
         return _ledger_entry(doc) if doc else None
 
-    async def ledger_count(self, account_id: str | None = None) -> int:
+    async def ledger_count(self, account_id: str | None = None, outcome: str | None = None) -> int:
+        query = {k: v for k, v in (("account_id", account_id), ("outcome", outcome)) if v is not None}
         with _driver_errors:
-            return await self._db.ledger.count_documents({} if account_id is None else {"account_id": account_id})
+            return await self._db.ledger.count_documents(query)
 
     async def usage(self, account_id: str, since: float, until: float) -> list[UsageRow]:
         pipeline = [

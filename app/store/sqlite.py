@@ -555,11 +555,12 @@ class SqliteStore(Store):
         )
         return _ledger_entry(row) if row else None
 
-    async def ledger_count(self, account_id: str | None = None) -> int:
-        if account_id is None:
-            sql, args = "SELECT COUNT(*) FROM ledger", ()
-        else:
-            sql, args = "SELECT COUNT(*) FROM ledger WHERE account_id = ?", (account_id,)
+    async def ledger_count(self, account_id: str | None = None, outcome: str | None = None) -> int:
+        where = [(column, value) for column, value in (("account_id", account_id), ("outcome", outcome)) if value is not None]
+        sql = "SELECT COUNT(*) FROM ledger"
+        if where:
+            sql += " WHERE " + " AND ".join(f"{column} = ?" for column, _ in where)
+        args = tuple(value for _, value in where)
         row = await self._slow.run(lambda db: db.execute(sql, args).fetchone())
         return row[0]
 

@@ -262,7 +262,8 @@ def reached_upstream(response: httpx2.Response) -> bool:
     if response.status_code == 200:
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return True
-        return response.content.startswith(b"{") and b'"object":"chat.completion"' in response.content[:200]
+        # Anywhere in the body: gemini-shaped answers keep the upstream's alphabetical key order.
+        return response.content.startswith(b"{") and b'"object":"chat.completion"' in response.content
     if response.status_code == 400:
         try:
             return response.json()["error"]["code"] == "invalid_request"

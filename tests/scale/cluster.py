@@ -25,9 +25,8 @@ from tests import support
 NGINX_CONF = support.ROOT / "deploy" / "nginx.conf"
 WORKERS = 2
 
-# /healthz answers once the first worker serves, and a SIGTERM that finds another worker still
-# starting hangs the instance (a gateway issue, reported with this test): before a SIGTERM, wait for
-# every worker's "Worker ready" log line, or at most this long.
+# /healthz answers once the first worker serves: before a SIGTERM, wait until /readyz counts every
+# worker of every instance ready, so the drained instance serves on all its workers.
 BOOT_WAIT = 15.0
 
 
@@ -242,12 +241,9 @@ class Cluster:
         return self._upstream_stats()["open"]
 
     def settle_boot(self) -> None:
-        """Wait until every worker of every instance has started (as its log says)."""
-        deadline = self.started_at + BOOT_WAIT
-        while time.monotonic() < deadline:
-            if all(g.process.log().count("Worker ready") >= WORKERS for g in self.gateways):
-                return
-            time.sleep(0.05)
+        """Wait until every worker of every instance is ready."""
+        for gateway in self.gateways:
+            support.wait_all_workers(gateway, timeout=max(0.1, self.started_at + BOOT_WAIT - time.monotonic()))
 
     def stop(self) -> dict[str, int | None]:
         codes = {}

@@ -172,6 +172,9 @@ async def test_zero_token_entries_are_recorded_without_debits(store: Store):
     assert await debits(store, "r0") == []
     assert (await store.ledger_entry("r0")).outcome == "upstream_error"
     assert await used(store, "acc_1") == {"pkg_a": 10}
+    assert await store.ledger_count(outcome="upstream_error") == 1
+    assert await store.ledger_count("acc_1", outcome="ok") == 1
+    assert await store.ledger_count("acc_9", outcome="ok") == 0
 
 
 # idempotency
