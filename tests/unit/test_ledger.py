@@ -87,7 +87,7 @@ async def test_an_outage_spools_then_replays_exactly_once(store, tmp_path):
 
 
 async def test_the_next_process_replays_what_a_stopped_one_spooled(store, tmp_path):
-    spool = Spool(tmp_path / "spool")
+    spool = Spool(tmp_path / "spool", "gone-1")
     spool.append([entry(1), entry(2)])
     spool.close()
     # A torn last write: never acknowledged, so never billed.
@@ -102,9 +102,9 @@ async def test_the_next_process_replays_what_a_stopped_one_spooled(store, tmp_pa
 
 
 async def test_a_spool_file_held_by_a_live_process_is_left_alone(store, tmp_path):
-    live = Spool(tmp_path / "spool")
+    live = Spool(tmp_path / "spool", "live-1")
     live.append([entry(1)])  # the file stays locked while ``live`` is open
-    other = Spool(tmp_path / "spool")
+    other = Spool(tmp_path / "spool", "other-1")
     assert await other.replay(store, 100) == 0
     assert await live.replay(store, 100) == 1
     live.close()
