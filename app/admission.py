@@ -43,6 +43,8 @@ class Admission:
         self.store = store
         self.clock = clock
         self._keys: TTLCache[KeyRecord | None] = TTLCache(settings.key_cache_ttl)
+        # Authorization header -> its key's hash: the HMAC once per key and worker, not per request.
+        self._digests: dict[str, str] = {}
         self.reservations = Reservations(store, settings, clock)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
@@ -64,14 +66,19 @@ class Admission:
     async def key(self, authorization: str | None, peer: str | None = None, forwarded_for: str | None = None) -> KeyRecord:
         """The active, unexpired key named by the Authorization header, or InvalidApiKey;
         PermissionDenied when the key's IP allow-list leaves out the caller (an unknown caller too)."""
-        token = bearer(authorization)
-        if token is None:
-            raise InvalidApiKey(
-                "You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'."
-                if not authorization
-                else None
-            )
-        digest = key_hash(token, self._pepper)
+        digest = self._digests.get(authorization) if authorization else None
+        if digest is None:
+            token = bearer(authorization)
+            if token is None:
+                raise InvalidApiKey(
+                    "You didn't provide an API key. Pass it as 'Authorization: Bearer <key>'."
+                    if not authorization
+                    else None
+                )
+            digest = key_hash(token, self._pepper)
+            if len(self._digests) >= self._keys.max_size:
+                self._digests.clear()
+            self._digests[authorization] = digest
         record = self._keys.get(digest)
         if record is MISSING:
             record = await self.store.key_by_hash(digest)

@@ -66,8 +66,6 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
 
 
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}
-# Text the caller reads, for an estimate when the upstream never reports usage.
-_TEXT = re.compile(rb'"(?:content|arguments|refusal|reasoning_content)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _FINGERPRINT = b'"system_fingerprint"'
 _NULL_FINGERPRINT = b'"system_fingerprint":null'
 _USAGE = b'"usage"'
@@ -97,7 +95,7 @@ class StreamRewriter:
         "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
         "usage", "_usage_doc", "_usage_pending", "events", "text_chars", "done", "error", "tool_calls",
-        "_finished", "_calls",
+        "_finished", "_calls", "_required", "_forbidden", "text_tokens",
     )
 
     def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI) -> None:
@@ -128,6 +126,11 @@ class StreamRewriter:
         # one gets a finish chunk, as OpenAI always sends.
         self._finished = False
         self._calls = False
+        # The fast path's byte tests, set when the identity is learned: tokens every event of a
+        # plain span carries once, and bytes none of them may hold.
+        self._required: tuple[bytes, ...] = ()
+        self._forbidden: tuple[bytes, ...] = ()
+        self.text_tokens = 0
 
     @property
     def completion_id(self) -> str:
@@ -206,17 +209,25 @@ class StreamRewriter:
     def _span(self, span: bytes) -> bytes:
         if self.done or self.error is not None:
             return b""
-        id_token = self._id_token
-        if id_token is not None and self._plain(span):
-            n = span.count(self._separator)
-            if span.count(id_token) == n and span.count(self._model_token) == n:
-                for old, new in self._swaps:
-                    span = span.replace(old, new)
-                self.events += n
-                self._count_text(span)
-                if not self._finished:
-                    self._watch(span)
-                return span
+        if self._required:
+            count = span.count
+            n = count(self._separator)
+            for token in self._required:
+                if count(token) != n:
+                    break
+            else:
+                for marker in self._forbidden:
+                    if marker in span:
+                        break
+                else:
+                    for old, new in self._swaps:
+                        span = span.replace(old, new)
+                    self.events += n
+                    # About a token per content event: never more than the text relayed.
+                    self.text_tokens += n - count(b'"delta":{}')
+                    if not self._finished and b'"finish_reason":"' in span:
+                        self._finished = True
+                    return span
         separator = self._separator
         return self._events([event + separator for event in span.split(separator)[:-1]])
 
@@ -258,25 +269,25 @@ class StreamRewriter:
             return owed + event if owed else event
         if not (data.startswith(b"{") and data.endswith(b"}")):
             raise MalformedUpstream("event is not a JSON object")
-        id_token = self._id_token
-        if (
-            id_token is not None and self._plain(data)
-            and data.count(id_token) == 1 and data.count(self._model_token) == 1
-        ):
+        if self._swappable(data):
             for old, new in self._swaps:
                 event = event.replace(old, new)
             self.events += 1
-            self._count_text(data)
-            if not self._finished:
-                self._watch(data)
+            if b'"delta":{}' not in data:
+                self.text_tokens += 1
+            if not self._finished and b'"finish_reason":"' in data:
+                self._finished = True
             return event
         return self._parsed(event, data)
 
-    def _watch(self, data: bytes) -> None:
-        if b'"tool_calls"' in data:
-            self._calls = True
-        if b'"finish_reason":"' in data:
-            self._finished = True
+    def _swappable(self, data: bytes) -> bool:
+        """Whether one event needs nothing but the identity swaps."""
+        return (
+            self._id_token is not None and self._plain(data)
+            and data.count(self._id_token) == 1 and data.count(self._model_token) == 1
+        )
+
+
 
     def _parsed(self, event: bytes, data: bytes) -> bytes | None:
         try:
@@ -290,23 +301,43 @@ class StreamRewriter:
             self.error = error if isinstance(error, dict) else {"message": str(error)}
             return None
         self.events += 1
-        self._count_text(data)
         self._learn(doc, data)
         changed = self.dialect.chunk(doc, self)
-        if not self._finished:
-            self._watch(data)
+        self._read(doc)
         usage = doc.get("usage")
         if usage is not None:
             return self._usage_event(doc, usage)
-        id_token = self._id_token
-        if (
-            not changed and id_token is not None and self._plain(data)
-            and data.count(id_token) == 1 and data.count(self._model_token) == 1
-        ):
+        if not changed and self._swappable(data):
             for old, new in self._swaps:
                 event = event.replace(old, new)
             return event
         return format_event(self._identity(doc))
+
+    def _read(self, doc: dict) -> None:
+        """What a parsed chunk tells: its text (for an estimate), tool calls, a finish."""
+        choices = doc.get("choices")
+        if type(choices) is not list:
+            return
+        chars = 0
+        for choice in choices:
+            if type(choice) is not dict:
+                continue
+            if choice.get("finish_reason"):
+                self._finished = True
+            delta = choice.get("delta")
+            if type(delta) is not dict:
+                continue
+            for name in ("content", "refusal", "reasoning_content"):
+                if type(delta.get(name)) is str:
+                    chars += len(delta[name])
+            calls = delta.get("tool_calls")
+            if type(calls) is list and calls:
+                self._calls = True
+                for call in calls:
+                    function = call.get("function") if type(call) is dict else None
+                    if type(function) is dict and type(function.get("arguments")) is str:
+                        chars += len(function["arguments"])
+        self.text_chars += chars
 
     def _learn(self, doc: dict, data: bytes) -> None:
         """Learn the byte tokens to swap from an event that writes its identity at the top level."""
@@ -324,6 +355,15 @@ class StreamRewriter:
         self._swaps = [(id_token, b'"id":' + orjson.dumps(self._completion_id)), (model_token, b'"model":' + self._new_model)]
         if fingerprint_token is not None:
             self._swaps.append((fingerprint_token, _NULL_FINGERPRINT))
+        if len(orjson.dumps(doc)) == len(data):
+            # Compact JSON, as both providers write it: a handful of byte searches tell a plain span.
+            required = [id_token, model_token]
+            forbidden = [b"[DONE]", b'"error"', b'"usage":{', *self._markers]
+            if fingerprint_token is not None:
+                required.append(fingerprint_token)
+            else:
+                forbidden.append(b'"system_fingerprint":"')
+            self._required, self._forbidden = tuple(required), tuple(forbidden)
 
     def _identity(self, doc: dict) -> bytes:
         doc["id"] = self._completion_id
@@ -364,14 +404,8 @@ class StreamRewriter:
             "usage": self._usage_doc,
         }))
 
-    def _count_text(self, data: bytes) -> None:
-        found = _TEXT.findall(data)
-        if found:
-            text = b"".join(found)
-            # An escape is several bytes for one character; \\uXXXX six.
-            self.text_chars += len(text) - 4 * text.count(b"\\u") - text.count(b"\\")
-
     def estimated_completion_tokens(self) -> int:
-        """Tokens of the text relayed so far, for a stream that ended without upstream usage: about
-        one per four characters, at least one if any text went out, never more than the characters."""
-        return estimate_tokens(max(0, self.text_chars))
+        """Tokens of the text relayed so far, for a stream that ended without upstream usage: one per
+        plain content event (a provider streams about a token per event), and about one per four
+        characters of parsed ones; at least one if any text went out, never more than its characters."""
+        return self.text_tokens + estimate_tokens(self.text_chars)
