@@ -1,5 +1,5 @@
-"""HTTP to the upstreams over aiohttp's pooled client, one session per worker: the only module that
-imports aiohttp, and the one place its exceptions are told apart."""
+"""HTTP to the upstream models over aiohttp's pooled client, one session per worker, and the one
+place its exceptions are told apart (``upstream/`` is the only package that imports aiohttp)."""
 from __future__ import annotations
 
 from typing import Callable, Mapping
