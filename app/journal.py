@@ -164,7 +164,7 @@ class Census:
 def census(directory: Path) -> Census:
     in_flight = unrecovered = 0
     for path in _files(directory):
-        fd = _try_lock(path)
+        fd = try_lock(path)
         try:
             started = _unsettled(path)
         finally:
@@ -189,7 +189,7 @@ async def recover(directory: Path, store: Store, spool_dir: Path, batch: int = 5
         token = path.name.split(".", 1)[0]
         if any(Path(spool_dir).glob(f"{token}.spool")):
             continue
-        fd = _try_lock(path)
+        fd = try_lock(path)
         if fd is None:
             continue
         try:
@@ -211,7 +211,9 @@ def _files(directory: Path) -> list[Path]:
         return []
 
 
-def _try_lock(path: Path) -> int | None:
+def try_lock(path: Path) -> int | None:
+    """A descriptor of ``path`` holding its exclusive lock, or None: a file another live process
+    holds (journal segments and ledger spools are locked by their process while it lives)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -69,7 +69,7 @@ class Spool:
         added = 0
         for path in sorted(self.directory.glob(f"*{_SPOOL_SUFFIX}")):
             own = path == self._path
-            fd = self._fd if own else _try_lock(path)
+            fd = self._fd if own else journal.try_lock(path)
             if fd is None:
                 continue
             try:
@@ -94,19 +94,6 @@ class Spool:
                 self._path.unlink(missing_ok=True)
             self._fd = None
             self._path = None
-
-
-def _try_lock(path: Path) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
 
 
 def _read_entries(path: Path) -> list[LedgerEntry]:
