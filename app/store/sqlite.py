@@ -694,20 +694,10 @@ class SqliteStore(Store):
         return row[0]
 
     async def ledger_page(self, account_id: str, query: LedgerQuery) -> list[LedgerEntry]:
-        where, args = ["account_id = ?"], [account_id]
-        for column, value in (("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if query.since is not None:
-            where.append("created_at >= ?")
-            args.append(query.since)
-        if query.until is not None:
-            where.append("created_at < ?")
-            args.append(query.until)
-        if query.after is not None:
-            where.append("(created_at < ? OR (created_at = ? AND request_id < ?))")
-            args += [query.after[0], query.after[0], query.after[1]]
+        where, args = _page_filter(
+            (("account_id", account_id), ("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome)),
+            "created_at", "request_id", query.since, query.until, query.after,
+        )
         sql = (
             f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, request_id DESC LIMIT ?"
@@ -945,20 +935,9 @@ class SqliteStore(Store):
         )
 
     async def audit(self, query: AuditQuery) -> list[AuditEvent]:
-        where, args = ["1 = 1"], []
-        for column, value in (("account_id", query.account_id), ("action", query.action)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if query.since is not None:
-            where.append("at >= ?")
-            args.append(query.since)
-        if query.until is not None:
-            where.append("at < ?")
-            args.append(query.until)
-        if query.after is not None:
-            where.append("(at < ? OR (at = ? AND id < ?))")
-            args += [query.after[0], query.after[0], query.after[1]]
+        where, args = _page_filter(
+            (("account_id", query.account_id), ("action", query.action)), "at", "id", query.since, query.until, query.after,
+        )
         sql = (
             "SELECT id, at, actor, action, account_id, target, before, after, ip FROM audit "
             f"WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC LIMIT ?"
@@ -967,6 +946,29 @@ class SqliteStore(Store):
         return [
             AuditEvent(r[0], r[1], r[2], r[3], r[4], r[5], _unjson(r[6]), _unjson(r[7]), r[8]) for r in rows
         ]
+
+
+def _page_filter(
+    equal: tuple[tuple[str, Any], ...], at: str, tiebreak: str, since: float | None, until: float | None,
+    after: tuple[float, str] | None,
+) -> tuple[list[str], list[Any]]:
+    """The WHERE of one page, newest first: columns equal to the values given, a time range, and a
+    keyset cursor (the last row's time and id)."""
+    where, args = ["1 = 1"], []
+    for column, value in equal:
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since is not None:
+        where.append(f"{at} >= ?")
+        args.append(since)
+    if until is not None:
+        where.append(f"{at} < ?")
+        args.append(until)
+    if after is not None:
+        where.append(f"({at} < ? OR ({at} = ? AND {tiebreak} < ?))")
+        args += [after[0], after[0], after[1]]
+    return where, args
 
 
 def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
