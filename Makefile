@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-fast bench bench-smoke loadtest fuzz scale-test clean
+.PHONY: run test test-fast bench bench-smoke loadtest fuzz scale-test chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,12 @@ tests/js/node_modules: tests/js/package.json
 run: $(VENV)/.deps-run
 	$(BIN)/python -m app serve
 
-## test: the whole suite
-test: $(VENV)/.deps-test tests/js/node_modules
+## test: the whole suite (installs Debian's chromium for the console's browser tests when it is missing and you are root)
+test: $(VENV)/.deps-test tests/js/node_modules chromium
 	$(BIN)/python -m pytest
+
+chromium:
+	@sh tests/console/install-chromium.sh
 
 clean:
 	rm -rf $(VENV) var tests/js/node_modules .pytest_cache
