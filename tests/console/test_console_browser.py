@@ -45,13 +45,14 @@ def seed_history(gateway, customer: support.Customer, days: int = 14) -> int:
     return len(entries)
 
 
-def new_account(gateway, tokens: int | None, key_name: str | None = None) -> tuple[support.Customer, str]:
+def new_account(gateway, name: str, tokens: int | None, key_name: str | None = None) -> tuple[support.Customer, str]:
     """An account (with a package unless tokens is None), its first key, and an owner's email."""
-    customer = off_loop(support.new_customer, gateway, tokens=tokens)
+    name = f"{name}-{uuid.uuid4().hex[:4]}"
+    customer = off_loop(support.new_customer, gateway, tokens=tokens, name=name)
     if key_name:
         with http(gateway) as h:
             assert h.patch(f"/admin/v1/keys/{customer.key_id}", json={"name": key_name}, headers=ADMIN).status_code == 200
-    email = f"owner-{uuid.uuid4().hex[:8]}@example.com"
+    email = f"owner@{name}.example"
     kit.invite_and_accept(gateway, customer.account_id, email)
     return customer, email
 
@@ -94,7 +95,7 @@ def nothing_secret_kept(page, *secrets: str) -> None:
 
 def test_customer_console(console_gateway, chromium, shots):
     gw = console_gateway
-    customer, email = new_account(gw, tokens=2_000_000, key_name="production")
+    customer, email = new_account(gw, "acme", tokens=2_000_000, key_name="production")
     seeded = seed_history(gw, customer)
     context, page, problems = page_of(chromium, (WRONG_PASSWORD_LOAD,))
     try:
@@ -243,7 +244,7 @@ def test_customer_console(console_gateway, chromium, shots):
 
 def test_operator_console(console_gateway, chromium, shots):
     gw = console_gateway
-    customer, email = new_account(gw, tokens=None)
+    customer, email = new_account(gw, "globex", tokens=None)
     account_name = off_loop(support.run_store, gw, lambda s: s.account(customer.account_id)).name
     operator_context, operator, operator_problems = page_of(chromium)
     customer_context, owner, owner_problems = page_of(chromium)

@@ -40,7 +40,7 @@ export function balanceCards(balance, usage) {
         ? [h("progress", { max: active.tokens, value: active.remaining, "aria-label": "Tokens left in the active package" }),
           h("p", { class: "card-detail" }, `${int(active.remaining)} of ${int(active.tokens)} tokens left · expires ${date(active.expires_at)}`)]
         : h("p", { class: "card-detail" }, "Redeem a code or ask your operator for a package.")),
-    card("Reserved tokens", tokens(balance.reserved_tokens), "held by requests in flight"),
+    card("Reserved tokens", int(balance.reserved_tokens), "held for requests in flight"),
     card("Requests, 30 days", int(total.requests), `${tokens(total.total_tokens)} tokens`),
     card("Error rate, 30 days", percent(total.errors, total.requests), `${int(total.errors)} failed`));
 }
