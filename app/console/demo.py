@@ -37,7 +37,7 @@ def prepare(settings: Settings) -> tuple[Settings, DemoAccess]:
     """Settings with an admin token (made for the demo when none is set), and the demo sign-in."""
     made = None
     if not settings.admin_token:
-        made = _kept(Path(settings.data_dir) / TOKEN_FILE, lambda: secrets.token_urlsafe(32))
+        made = _kept(Path(settings.data_dir) / TOKEN_FILE, lambda: secrets.token_hex(24))
         settings = settings.with_(admin_token=made)
     email, password = asyncio.run(_owner(settings))
     return settings, DemoAccess(f"http://{settings.host}:{settings.port}/console", email, password, made)

@@ -1,5 +1,6 @@
 """The console over plain HTTP: its page and assets under a strict CSP, no markup built from data,
-operators' session cookie in place of the admin token (CSRF, throttling, audit, tied to the token),
+operators' session cookie in place of the admin token (CSRF, throttling, audit, tied to the token, on
+both stores),
 the live-traffic summary, and demo mode's sign-in."""
 from __future__ import annotations
 
@@ -231,3 +232,21 @@ def test_demo_mode_prints_a_console_sign_in_that_works(tmp_path, models_path):
     assert seen[0] == seen[1] and seen[0][0] == "demo@example.com"
     assert (tmp_path / "demo-owner").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "demo-admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_operator_sessions_live_in_mongodb_too(tmp_path, models_path, nx_server):
+    env = {**ENV, "ZOWY_MONGO_URL": nx_server.url, "ZOWY_MONGO_DB": f"zowy_{uuid.uuid4().hex[:10]}"}
+    first = support.start_gateway(tmp_path / "first", models_path, **env)
+    second = support.start_gateway(tmp_path / "second", models_path, **env)
+    try:
+        signed = operator_sign_in(first)
+        assert signed.status_code == 201
+        csrf = {"X-CSRF-Token": signed.json()["csrf_token"]}
+        with httpx2.Client(base_url=second.url, cookies={"zowy_operator": signed.cookies["zowy_operator"]}, timeout=30) as browser:
+            assert browser.post("/admin/v1/accounts", json={"name": f"mongo-{uuid.uuid4().hex[:6]}"}, headers=csrf).status_code == 201
+            assert browser.delete("/console/api/operator/session", headers=csrf).status_code == 200
+        with httpx2.Client(base_url=first.url, cookies={"zowy_operator": signed.cookies["zowy_operator"]}, timeout=30) as browser:
+            assert browser.get("/admin/v1/accounts").status_code == 401  # signed out on one instance, gone on the other
+    finally:
+        second.stop()
+        first.stop()
