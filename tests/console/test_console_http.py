@@ -1,7 +1,6 @@
 """The console over plain HTTP: its page and assets under a strict CSP, no markup built from data,
 operators' session cookie in place of the admin token (CSRF, throttling, audit, tied to the token, on
-both stores),
-the live-traffic summary, and demo mode's sign-in."""
+both stores), the live-traffic summary, and demo mode's sign-in."""
 from __future__ import annotations
 
 import re
