@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-fast bench bench-smoke loadtest fuzz scale-test chromium clean
+.PHONY: run test test-fast bench bench-smoke loadtest fuzz scale-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,7 @@ run: $(VENV)/.deps-run
 test: $(VENV)/.deps-test tests/js/node_modules chromium
 	$(BIN)/python -m pytest
 
+.PHONY: chromium
 chromium:
 	@sh tests/console/install-chromium.sh
 
