@@ -13,7 +13,7 @@ from app.console import CSP, STATIC
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http, sdk_client
-from tests.console.conftest import ENV
+from tests.console.conftest import ENV, stop
 
 ADMIN = {"Authorization": "Bearer admin-secret-token"}
 
@@ -157,7 +157,7 @@ def test_operator_sessions_end_when_the_admin_token_changes(console_gateway, mod
         with httpx2.Client(base_url=console_gateway.url, cookies=cookies, timeout=30) as browser:
             assert browser.get("/admin/v1/accounts").status_code == 200  # the same store, the old token still set here
     finally:
-        rotated.stop()
+        stop(rotated)
 
 
 def test_traffic_sums_the_workers_counters_and_shows_breakers(console_gateway):
@@ -227,7 +227,7 @@ def test_demo_mode_prints_a_console_sign_in_that_works(tmp_path, models_path):
                 assert h.get("/admin/v1/accounts", headers={"Authorization": f"Bearer {token}"}).status_code == 200
                 assert h.post("/console/api/operator/session", json={"token": token}).status_code == 201
         finally:
-            gw.stop()
+            stop(gw)
     assert seen[0] == seen[1] and seen[0][0] == "demo@example.com"
     assert (tmp_path / "demo-owner").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "demo-admin-token").stat().st_mode & 0o777 == 0o600
@@ -247,5 +247,5 @@ def test_operator_sessions_live_in_mongodb_too(tmp_path, models_path, nx_server)
         with httpx2.Client(base_url=first.url, cookies={"zowy_operator": signed.cookies["zowy_operator"]}, timeout=30) as browser:
             assert browser.get("/admin/v1/accounts").status_code == 401  # signed out on one instance, gone on the other
     finally:
-        second.stop()
-        first.stop()
+        stop(second)
+        stop(first)
