@@ -25,9 +25,13 @@ tests/js/node_modules: tests/js/package.json
 run: $(VENV)/.deps-run
 	$(BIN)/python -m app serve
 
-## test: the whole suite
-test: $(VENV)/.deps-test tests/js/node_modules
+## test: the whole suite (installs Debian's chromium for the console's browser tests when it is missing and you are root)
+test: $(VENV)/.deps-test tests/js/node_modules chromium
 	$(BIN)/python -m pytest
+
+.PHONY: chromium
+chromium:
+	@sh tests/console/install-chromium.sh
 
 clean:
 	rm -rf $(VENV) var tests/js/node_modules .pytest_cache

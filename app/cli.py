@@ -385,7 +385,7 @@ def serve(settings: Settings, args) -> int:
     logs.configure(settings.log_level, settings.log_format)
     _metrics_dir(settings)
     if settings.demo:
-        _announce_demo(settings)
+        settings = _announce_demo(settings)
     try:
         sock = bind(settings)
     except OSError as exc:
@@ -403,7 +403,9 @@ def _metrics_dir(settings: Settings) -> None:
     os.environ[MULTIPROC_ENV] = str(directory)
 
 
-def _announce_demo(settings: Settings) -> None:
+def _announce_demo(settings: Settings) -> Settings:
+    """Print the demo key and the console's demo sign-in; the settings to serve with (an admin token
+    is made for the demo when none is set)."""
     log.warning(
         "DEMO MODE: no provider API keys are configured; every model is answered by the built-in "
         "demo model. Set GEMINI_API_KEY / OPENAI_API_KEY for real answers."
@@ -416,7 +418,13 @@ def _announce_demo(settings: Settings) -> None:
     print(f"  curl http://{settings.host}:{settings.port}/api/v1/chat/completions \\")
     print(f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
     print("    -d '{\"model\": \"zowy-1\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'")
+    if settings.console.enabled:
+        from .console import demo as console_demo
+
+        settings, access = console_demo.prepare(settings)
+        print(*access.lines(), sep="\n")
     print("=" * 72, flush=True)
+    return settings
 
 
 async def _demo_key(settings: Settings) -> str:

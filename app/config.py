@@ -172,6 +172,14 @@ class Hooks:
 
 
 @dataclass(frozen=True, slots=True)
+class Console:
+    """The web console under /console, and how long an operator stays signed in to it."""
+
+    enabled: bool = setting("ZOWY_CONSOLE", True)
+    operator_session_ttl: int = setting("ZOWY_OPERATOR_SESSION_TTL", 900, low=60)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = setting("ZOWY_HOST", "127.0.0.1")
     port: int = setting("ZOWY_PORT", 8000, low=0, high=65535)
@@ -200,6 +208,7 @@ class Settings:
     trusted_proxies: str = setting("ZOWY_TRUSTED_PROXIES", "")
     self_service: SelfService = SelfService()
     hooks: Hooks = Hooks()
+    console: Console = Console()
     rate_limits: RateLimits = RateLimits()
     limiter_timeout: float = setting("ZOWY_LIMITER_TIMEOUT", 0.5, low=0.001)
     limiter_fail_open: bool = setting("ZOWY_LIMITER_FAIL_OPEN", False)

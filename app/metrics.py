@@ -100,13 +100,17 @@ class Metrics:
             child._sum.inc(row[-1])
 
     def render(self) -> bytes:
+        return generate_latest(self.summed())
+
+    def summed(self) -> CollectorRegistry:
+        """The values of every worker of this instance (this one's flushed first)."""
         self.flush()
         directory = os.environ.get(MULTIPROC_ENV)
         if directory:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+            return registry
+        return self.registry
 
     @staticmethod
     def worker_stopped(pid: int) -> None:

@@ -99,14 +99,17 @@ def _body(name: str) -> dict:
 
 
 def _op(operation_id: str, summary: str, responses: dict, *, body: str | None = None, admin: bool = False,
-        public: bool = False, session: bool = False, params: list[str] = (), query: list[str] = ()) -> dict:
+        public: bool = False, session: bool = False, params: list[str] = (), query: list[str] = (),
+        security: list[dict] | None = None) -> dict:
     op: dict[str, Any] = {"operationId": operation_id, "summary": summary, "responses": responses}
     if body:
         op["requestBody"] = _body(body)
-    if public:
+    if security is not None:
+        op["security"] = security
+    elif public:
         op["security"] = []
     elif admin:
-        op["security"] = [{"admin": []}]
+        op["security"] = [{"admin": []}, {"operatorCookie": [], "csrf": []}]
     elif session:
         op["security"] = [{"session": []}, {"sessionCookie": [], "csrf": []}]
     parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
@@ -160,6 +163,24 @@ def _customer_paths(paths: dict) -> None:
         session=True, query=_LEDGER_QUERY[2:])}
 
 
+# The console's page and its static files are not API.
+UNDOCUMENTED = frozenset({"/console", "/console/static/{path}"})
+
+
+def _console_paths(paths: dict) -> None:
+    """What the web console adds: the facts its pages need, and operators' session cookie."""
+    paths["/console/api/config"] = {"get": _op(
+        "consoleConfig", "The public models, the plans, and whether operators can sign in", _responses("facts"), public=True)}
+    paths["/console/api/operator/session"] = {
+        "post": _op("operatorSignIn", "Trade the admin token for an operator session cookie (zowy_operator) and its CSRF token",
+                    _responses("the session's CSRF token and expiry", 400, 401, 403, 429), body="OperatorSignIn", public=True),
+        "get": _op("operatorSession", "The operator session of the cookie", _responses("signed in", 401),
+                   security=[{"operatorCookie": []}]),
+        "delete": _op("operatorSignOut", "End the operator session", _responses("signed out", 401, 403),
+                      security=[{"operatorCookie": [], "csrf": []}]),
+    }
+
+
 def _admin_self_service_paths(paths: dict, admin: str) -> None:
     paths[f"{admin}/keys/{{key_id}}"] = {"patch": _op(
         "setKeyControls", "Change a key's controls: name, expiry, models, token cap, IPs, rate limits",
@@ -183,6 +204,9 @@ def _admin_self_service_paths(paths: dict, admin: str) -> None:
         body="AdminCodes", admin=True)}
     paths[f"{admin}/codes/{{batch_id}}"] = {"get": _op(
         "listCodes", "A batch's codes and who redeemed them", _responses("codes", 401, 403, 404), admin=True, params=["batch_id"])}
+    paths[f"{admin}/traffic"] = {"get": _op(
+        "liveTraffic", "This instance's counters summed over its workers, and each upstream target's breaker state",
+        _responses("counters at 'at'; rates come from successive samples", 401, 403), admin=True)}
     paths[f"{admin}/audit"] = {"get": _op(
         "auditLog", "Changes to money and access, newest first", _responses("a page of events and next_cursor", 400, 401, 403, 404),
         admin=True, query=["account", "action", "since", "until", "cursor", "limit"])}
@@ -206,7 +230,8 @@ def document(settings: Settings) -> dict:
             query=["since", "until"])}
     paths["/healthz"] = {"get": _op("healthz", "The process answers", _responses("ok"), public=True)}
     paths["/readyz"] = {"get": _op("readyz", "Ready to serve (details with the admin token)", _responses("ready", 503), public=True)}
-    paths["/metrics"] = {"get": _op("metrics", "Prometheus metrics", _responses("text exposition format", 401, 404), admin=True)}
+    paths["/metrics"] = {"get": _op("metrics", "Prometheus metrics", _responses("text exposition format", 401, 404),
+                                   security=[{"admin": []}])}
     paths["/openapi.json"] = {"get": _op("openapi", "This document", _responses("OpenAPI 3.1"), public=True)}
     admin = "/admin/v1"
     paths[f"{admin}/accounts"] = {
@@ -234,6 +259,8 @@ def document(settings: Settings) -> dict:
         _responses("ok, ledger_entries, worker_lost, recovered, journal, mismatches, expired_reservations", 401, 403), admin=True)}
     _admin_self_service_paths(paths, admin)
     _customer_paths(paths)
+    if settings.console.enabled:
+        _console_paths(paths)
     paths["/webhooks/topup"] = {"post": _op(
         "topupWebhook", "A signed top-up event (X-Zowy-Timestamp, X-Zowy-Signature: v1=HMAC-SHA256); grants once per event_id",
         _responses("the package granted, or duplicate: true for a replay", 400, 401, 403, 404, 409), body="TopupEvent", public=True)}
@@ -251,6 +278,8 @@ def document(settings: Settings) -> dict:
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "zowy_session"},
                 "csrf": {"type": "apiKey", "in": "header", "name": "X-CSRF-Token",
                          "description": "With the cookie, on every call that changes something"},
+                "operatorCookie": {"type": "apiKey", "in": "cookie", "name": "zowy_operator",
+                                   "description": "The web console's operator session, in place of the admin token"},
             },
             "schemas": {
                 "ChatCompletionRequest": chat_request,
@@ -265,6 +294,7 @@ def document(settings: Settings) -> dict:
                 "AlertSettings": json_schema(ADMIN_SCHEMAS["alerts"]),
                 "AcceptInvite": json_schema(ACCOUNT_SCHEMAS["accept_invite"]),
                 "SignIn": json_schema(ACCOUNT_SCHEMAS["sign_in"]),
+                "OperatorSignIn": json_schema(ACCOUNT_SCHEMAS["operator_sign_in"]),
                 "Redeem": json_schema(ACCOUNT_SCHEMAS["redeem"]),
                 "TopupEvent": json_schema(ACCOUNT_SCHEMAS["topup"]),
                 "Error": _ERROR,

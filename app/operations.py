@@ -264,24 +264,31 @@ def package_view(package: Package, now: float) -> dict:
 
 
 async def usage_report(store: Store, account: Account, since: float | None = None, until: float | None = None) -> dict:
+    """Requests, tokens and errors (requests that did not end ``ok``) in all, by UTC day, by
+    model, and by day and model."""
     until = until if until is not None else time.time() + 1
     since = since if since is not None else until - 30 * DAY
     rows = await store.usage(account.id, since, until)
     by_day: dict[str, dict] = {}
     by_model: dict[str, dict] = {}
-    total = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    by_day_model: list[dict] = []
+    total = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "errors": 0}
     for row in rows:
-        for bucket in (by_day.setdefault(row.day, dict.fromkeys(total, 0)), by_model.setdefault(row.model, dict.fromkeys(total, 0)), total):
+        cell = {"day": row.day, "model": row.model, **dict.fromkeys(total, 0)}
+        by_day_model.append(cell)
+        for bucket in (by_day.setdefault(row.day, dict.fromkeys(total, 0)), by_model.setdefault(row.model, dict.fromkeys(total, 0)), total, cell):
             bucket["requests"] += row.requests
             bucket["prompt_tokens"] += row.prompt_tokens
             bucket["completion_tokens"] += row.completion_tokens
             bucket["total_tokens"] += row.total_tokens
+            bucket["errors"] += row.errors
     return {
         "since": since,
         "until": until,
         "total": total,
         "by_day": [{"day": d, **v} for d, v in sorted(by_day.items())],
         "by_model": [{"model": m, **v} for m, v in sorted(by_model.items())],
+        "by_day_model": sorted(by_day_model, key=lambda c: (c["day"], c["model"])),
     }
 
 

@@ -491,6 +491,7 @@ ADMIN_SCHEMAS = {
 ACCOUNT_SCHEMAS = {
     "accept_invite": _obj({"token": _req(_short), "password": _req(_password)}),
     "sign_in": _obj({"email": _req(_email), "password": _req(_password)}),
+    "operator_sign_in": _obj({"token": _req(_short)}),
     "redeem": _obj({"code": _req(cs.str_schema(strict=True, min_length=1, max_length=64))}),
     "topup": _obj({
         "event_id": _req(cs.str_schema(strict=True, min_length=1, max_length=200)),

@@ -11,7 +11,7 @@ from sanic import exceptions as sanic_errors
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 
-from . import logs
+from . import console, logs
 from .config import Settings
 from .errors import (
     ClientGone,
@@ -99,6 +99,8 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
     app.ctx.settings = settings
     for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, webhooks.bp):
         app.blueprint(blueprint)
+    if settings.console.enabled:
+        app.blueprint(console.bp)
 
     @app.before_server_start
     async def start_services(app: Sanic) -> None:

@@ -10,7 +10,7 @@ import pytest
 from pydantic_core import ValidationError
 
 from app.config import Settings
-from app.openapi import document
+from app.openapi import UNDOCUMENTED, document
 from app.schemas import ADMIN_SCHEMAS, _admin_validators, _chat_validator
 from tests.conftest import http
 from tests.unit.test_schemas import ACCEPTED, REJECTED, body
@@ -42,7 +42,8 @@ def test_every_route_is_documented_and_every_documented_route_exists(settings, t
             if method not in ("HEAD", "OPTIONS"):
                 routes.add((path, method.lower()))
     documented = {(path, method) for path, ops in document(settings)["paths"].items() for method in ops}
-    assert routes == documented
+    assert {path for path, _ in routes} >= UNDOCUMENTED
+    assert {r for r in routes if r[0] not in UNDOCUMENTED} == documented
 
 
 def structurally_valid(raw: bytes) -> bool:

@@ -1,7 +1,8 @@
 """The operator API under /admin/v1: accounts, owners and invites, keys and their controls,
 packages, redemption codes, alerts, usage, the audit log and reconcile.
 
-Every call needs ``Authorization: Bearer $ZOWY_ADMIN_TOKEN``; with no token configured the API is off.
+Every call needs ``Authorization: Bearer $ZOWY_ADMIN_TOKEN``, or the web console's operator session
+cookie (with ``X-CSRF-Token`` on calls that change anything); with no token configured the API is off.
 Every change is written to the audit log with actor ``admin`` and the caller's address.
 """
 from __future__ import annotations
@@ -13,9 +14,9 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, audit, grants, operations, pages
+from .. import accounts, audit, grants, operations, operators, pages, traffic
 from ..audit import Actor
-from ..errors import AdminDisabled, AdminUnauthorized, NotFound
+from ..errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ..keys import is_admin
 from ..schemas import parse_admin_body
 from ..services import Services
@@ -29,8 +30,19 @@ async def require_admin(request: Request) -> None:
     token = request.app.ctx.settings.admin_token
     if not token:
         raise AdminDisabled()
-    if not is_admin(request.headers.get("authorization"), token):
+    header = request.headers.get("authorization")
+    if is_admin(header, token):
+        return
+    cookie = request.cookies.get(operators.COOKIE) if header is None else None
+    if not cookie or await operators.session_of(_services(request).store, request.app.ctx.settings, cookie) is None:
         raise AdminUnauthorized()
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not accounts.csrf_ok(
+        request.app.ctx.settings, cookie, request.headers.get(accounts.CSRF_HEADER)
+    ):
+        raise PermissionDenied(
+            "Missing or wrong X-CSRF-Token header: send the csrf_token given at sign-in (also in the zowy_operator_csrf cookie).",
+            param="X-CSRF-Token", code="csrf_failed",
+        )
 
 
 def _json(value, status: int = 200) -> HTTPResponse:
@@ -195,6 +207,11 @@ async def put_alerts(request: Request, account: str) -> HTTPResponse:
     services = _services(request)
     found = await operations.find_account(services.store, account)
     return _json(await services.alerts.configure(found.id, body["url"], body.get("thresholds"), _admin(request)))
+
+
+@bp.get("/traffic")
+async def live_traffic(request: Request) -> HTTPResponse:
+    return _json(traffic.summary(_services(request)))
 
 
 @bp.get("/audit")

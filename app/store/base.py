@@ -108,6 +108,7 @@ class UsageRow:
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    errors: int = 0  # requests whose outcome is not "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +367,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def usage(self, account_id: str, since: float, until: float) -> list[UsageRow]:
-        """Totals by UTC day and public model."""
+        """Totals by UTC day and public model, with how many of those requests did not end ``ok``."""
 
     @abc.abstractmethod
     async def reconcile(self) -> list[Mismatch]:

@@ -547,13 +547,15 @@ class MongoStore(Store):
                 "prompt_tokens": {"$sum": "$prompt_tokens"},
                 "completion_tokens": {"$sum": "$completion_tokens"},
                 "total_tokens": {"$sum": "$total_tokens"},
+                "errors": {"$sum": {"$cond": [{"$eq": ["$outcome", "ok"]}, 0, 1]}},
             }},
         ]
         with _driver_errors:
             cursor = await self._db.ledger.aggregate(pipeline)
             rows = await cursor.to_list(None)
         out = [
-            UsageRow(r["_id"][:10], r["_id"][10:], r["requests"], r["prompt_tokens"], r["completion_tokens"], r["total_tokens"])
+            UsageRow(r["_id"][:10], r["_id"][10:], r["requests"], r["prompt_tokens"], r["completion_tokens"], r["total_tokens"],
+                     r["errors"])
             for r in rows
         ]
         return sorted(out, key=lambda r: (r.day, r.model))

@@ -568,7 +568,7 @@ class SqliteStore(Store):
         rows = await self._slow.run(
             lambda db: db.execute(
                 "SELECT strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, model, COUNT(*), "
-                "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens) FROM ledger "
+                "SUM(prompt_tokens), SUM(completion_tokens), SUM(total_tokens), SUM(outcome != 'ok') FROM ledger "
                 "WHERE account_id = ? AND created_at >= ? AND created_at < ? GROUP BY day, model ORDER BY day, model",
                 (account_id, since, until),
             ).fetchall()

@@ -57,8 +57,9 @@ def test_account_key_package_lifecycle(gateway, admin):
         usage = admin.get(f"/admin/v1/accounts/{name}/usage").json()
         assert usage["total"]["total_tokens"] == spent
         assert usage["by_model"] == [{"model": "zowy-1", "requests": 1, "prompt_tokens": r.usage.prompt_tokens,
-                                      "completion_tokens": r.usage.completion_tokens, "total_tokens": spent}]
+                                      "completion_tokens": r.usage.completion_tokens, "total_tokens": spent, "errors": 0}]
         assert len(usage["by_day"]) == 1
+        assert usage["by_day_model"] == [{"day": usage["by_day"][0]["day"], **usage["by_model"][0]}]
         balance = admin.get(f"/admin/v1/accounts/{name}/packages").json()
         assert balance["remaining_tokens"] == 10_000_000 - spent
 

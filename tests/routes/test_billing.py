@@ -128,5 +128,5 @@ def test_customer_usage_endpoint(gateway):
     assert body["remaining_tokens"] == 5_000 - spent
     assert body["active_package"]["plan"] == "pro"
     assert body["usage"]["total"] == {"requests": 2, "prompt_tokens": body["usage"]["total"]["prompt_tokens"],
-                                      "completion_tokens": 16, "total_tokens": spent}
+                                      "completion_tokens": 16, "total_tokens": spent, "errors": 0}
     assert body["usage"]["by_model"][0]["model"] == "zowy-1"

@@ -305,7 +305,7 @@ async def test_usage_by_day_and_model(store: Store):
         UsageRow("2025-10-10", "zowy-1", 2, 10 + 20, 20 + 40, 90),
         UsageRow("2025-10-10", "zowy-1-pro", 1, 3, 6, 9),
         UsageRow("2025-10-11", "zowy-1", 1, 1, 2, 3),
-        UsageRow("2025-10-11", "zowy-2", 1, 0, 0, 0),
+        UsageRow("2025-10-11", "zowy-2", 1, 0, 0, 0, errors=1),
     ]
     assert await store.usage("acc_1", day0 + 3 * DAY, day0 + 4 * DAY) == []
     assert await store.usage("acc_9", day0, day0 + 2 * DAY) == []

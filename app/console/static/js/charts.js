@@ -1,0 +1,149 @@
+// Charts drawn with the vendored uPlot (a global from vendor/uplot-*/uPlot.iife.min.js). Each chart is
+// a figure with a caption and, for people who cannot see the canvas, its numbers in a table.
+
+import { h, int, table, uid } from "./dom.js";
+
+const DAY = 86400;
+export const PALETTE = ["#3b3fd8", "#0f8f7e", "#d97706", "#c0265e", "#5b7fa6", "#8e44ad", "#2e7d32", "#7a5c2e"];
+const ERROR = "#c62828";
+const HEIGHT = 240;
+
+const live = new Set();
+
+// Stop watching the sizes of charts that left the page.
+export function disposeCharts() {
+  for (const watcher of live) watcher.disconnect();
+  live.clear();
+}
+
+function mount(plotEl, options, data) {
+  const width = () => Math.max(280, Math.floor(plotEl.clientWidth || 640));
+  const chart = new window.uPlot({ ...options, width: width(), height: HEIGHT }, data, plotEl);
+  const watcher = new ResizeObserver(() => {
+    if (plotEl.clientWidth) chart.setSize({ width: width(), height: HEIGHT });
+  });
+  watcher.observe(plotEl);
+  live.add(watcher);
+  return chart;
+}
+
+function utc(ts) {
+  return window.uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
+}
+
+// The last `count` UTC days up to today, as "YYYY-MM-DD".
+export function lastDays(count = 30, now = Date.now()) {
+  const today = Math.floor(now / 1000 / DAY) * DAY;
+  return Array.from({ length: count }, (_, i) => new Date((today - (count - 1 - i) * DAY) * 1000).toISOString().slice(0, 10));
+}
+
+function figure(title, summary, plotEl, numbers) {
+  const id = uid("fig");
+  return h("figure", { class: "chart", "aria-labelledby": id },
+    h("figcaption", { id }, title),
+    h("div", { class: "plot", role: "img", "aria-label": summary }, plotEl),
+    numbers ? h("details", { class: "numbers" }, h("summary", null, "Show the numbers"), numbers) : null);
+}
+
+const legendValue = (raw) => (u, v, si, di) => (di === null || di === undefined ? "—" : int(raw[si - 1][di]));
+
+// Bars per UTC day, one stacked layer per group: groups = [{label, values: [n per day]}].
+export function stackedDays(title, days, groups, unit) {
+  const xs = days.map((d) => Date.parse(`${d}T00:00:00Z`) / 1000);
+  const stacks = [];
+  let running = days.map(() => 0);
+  for (const g of groups) {
+    running = running.map((v, i) => v + (g.values[i] || 0));
+    stacks.push(running);
+  }
+  // uPlot draws series in order: the tallest (all groups) first, each lower layer over it.
+  const order = groups.map((_, i) => i).reverse();
+  const raw = order.map((i) => groups[i].values);
+  const bars = window.uPlot.paths.bars({ size: [0.7, 48] });
+  const options = {
+    tzDate: utc,
+    scales: { x: { time: true, range: (u, min, max) => [min - DAY / 2, max + DAY / 2] }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    axes: [{}, { label: unit, size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) }],
+    series: [{ label: "Day", value: (u, v) => (v === null ? "—" : new Date(v * 1000).toISOString().slice(0, 10)) },
+      ...order.map((i) => ({
+        label: groups[i].label, stroke: PALETTE[i % PALETTE.length], fill: PALETTE[i % PALETTE.length] + "cc",
+        width: 1, paths: bars, points: { show: false }, value: legendValue(raw),
+      }))],
+    legend: { live: true },
+  };
+  const plotEl = h("div");
+  const total = groups.reduce((sum, g) => sum + g.values.reduce((a, b) => a + b, 0), 0);
+  const summary = `${title}: ${int(total)} ${unit} over ${days.length} days` +
+    (groups.length ? `, ${groups.map((g) => `${g.label} ${int(g.values.reduce((a, b) => a + b, 0))}`).join(", ")}` : "");
+  const rows = days.map((d, i) => ({ day: d, values: groups.map((g) => g.values[i] || 0) })).filter((r) => r.values.some((v) => v));
+  const numbers = table(`${title} (days with any)`, [
+    { label: "Day (UTC)", value: (r) => r.day },
+    ...groups.map((g, gi) => ({ label: g.label, numeric: true, value: (r) => int(r.values[gi]) })),
+  ], rows, { empty: "None in this period." });
+  const fig = figure(title, summary, plotEl, numbers);
+  fig.dataset.total = String(total);
+  mount(plotEl, options, [xs, ...order.map((i) => stacks[i])]);
+  return fig;
+}
+
+// Requests per UTC day with the ones that failed, and the error rate on a second axis.
+export function requestsAndErrors(title, days, requests, errors) {
+  const xs = days.map((d) => Date.parse(`${d}T00:00:00Z`) / 1000);
+  const rate = requests.map((r, i) => (r ? (100 * errors[i]) / r : null));
+  const bars = window.uPlot.paths.bars({ size: [0.7, 48] });
+  const options = {
+    tzDate: utc,
+    scales: { x: { time: true, range: (u, min, max) => [min - DAY / 2, max + DAY / 2] }, y: { range: (u, min, max) => [0, Math.max(1, max)] }, pct: { range: [0, 100] } },
+    axes: [{}, { label: "requests", size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) },
+      { scale: "pct", side: 1, label: "error rate", size: 56, grid: { show: false }, values: (u, ticks) => ticks.map((t) => `${t}%`) }],
+    series: [{ label: "Day", value: (u, v) => (v === null ? "—" : new Date(v * 1000).toISOString().slice(0, 10)) },
+      { label: "Requests", stroke: PALETTE[0], fill: PALETTE[0] + "cc", paths: bars, points: { show: false } },
+      { label: "Failed", stroke: ERROR, fill: ERROR + "dd", paths: bars, points: { show: false } },
+      { label: "Error rate", scale: "pct", stroke: "#444", width: 2, dash: [4, 3], spanGaps: false, value: (u, v) => (v === null ? "—" : `${v.toFixed(1)}%`) }],
+  };
+  const plotEl = h("div");
+  const totalRequests = requests.reduce((a, b) => a + b, 0);
+  const totalErrors = errors.reduce((a, b) => a + b, 0);
+  const summary = `${title}: ${int(totalRequests)} requests over ${days.length} days, ${int(totalErrors)} failed`;
+  const rows = days.map((d, i) => ({ day: d, requests: requests[i], errors: errors[i] })).filter((r) => r.requests);
+  const numbers = table(`${title} (days with any)`, [
+    { label: "Day (UTC)", value: (r) => r.day },
+    { label: "Requests", numeric: true, value: (r) => int(r.requests) },
+    { label: "Failed", numeric: true, value: (r) => int(r.errors) },
+  ], rows, { empty: "No requests in this period." });
+  const fig = figure(title, summary, plotEl, numbers);
+  fig.dataset.total = String(totalRequests);
+  mount(plotEl, options, [xs, requests, errors, rate]);
+  return fig;
+}
+
+// A chart of values over the last minutes that grows as samples arrive: push(at, [values]).
+export function liveChart(title, series, { unit, keep = 90 } = {}) {
+  const plotEl = h("div");
+  const data = [[], ...series.map(() => [])];
+  const options = {
+    tzDate: utc,
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    axes: [{}, { label: unit, size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) }],
+    series: [{ label: "Time" }, ...series.map((s, i) => ({
+      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 2, points: { show: false },
+      value: (u, v) => (v === null || v === undefined ? "—" : v.toFixed(2)),
+    }))],
+  };
+  const fig = figure(title, `${title}, updated every few seconds`, plotEl, null);
+  const chart = mount(plotEl, options, data);
+  fig.push = (at, values) => {
+    data[0].push(at);
+    values.forEach((v, i) => data[i + 1].push(v));
+    if (data[0].length > keep) data.forEach((column) => column.shift());
+    chart.setData(data);
+    fig.dataset.samples = String(data[0].length);
+  };
+  return fig;
+}
+
+function compact(n) {
+  if (Math.abs(n) >= 1e6) return `${+(n / 1e6).toFixed(1)}M`;
+  if (Math.abs(n) >= 1e3) return `${+(n / 1e3).toFixed(1)}k`;
+  return `${+n.toFixed(2)}`;
+}

@@ -1,0 +1,83 @@
+// The customer's dashboard: what is left, the active package, and requests, tokens and errors per day
+// and per model over the last 30 days.
+
+import { lastDays, requestsAndErrors, stackedDays } from "../charts.js";
+import { badge, card, date, h, int, percent, section, table, tokens } from "../dom.js";
+
+export function perDay(days, cells, models, field) {
+  const index = new Map(days.map((d, i) => [d, i]));
+  return models.map((model) => {
+    const values = days.map(() => 0);
+    for (const c of cells) {
+      if (c.model === model && index.has(c.day)) values[index.get(c.day)] += c[field];
+    }
+    return { label: model, values };
+  });
+}
+
+export function packagesTable(packages) {
+  return table("Packages, newest last", [
+    { label: "Plan", value: (p) => p.plan },
+    { label: "Tokens", numeric: true, value: (p) => int(p.tokens) },
+    { label: "Used", numeric: true, value: (p) => int(p.used) },
+    { label: "Left", numeric: true, value: (p) => int(p.remaining) },
+    { label: "Granted", value: (p) => date(p.granted_at) },
+    { label: "Expires", value: (p) => date(p.expires_at) },
+    { label: "Status", value: (p) => (p.active ? badge("active", "ok") : badge(p.remaining ? "expired" : "used up", "neutral")) },
+  ], packages, { empty: "No packages yet." });
+}
+
+export function balanceCards(balance, usage) {
+  const active = balance.active_package;
+  const total = usage.total;
+  return h("div", { class: "cards" },
+    card("Available tokens", int(balance.available_tokens),
+      `${int(balance.remaining_tokens)} left in active packages, ${int(balance.reserved_tokens)} reserved`),
+    h("div", { class: "card" },
+      h("p", { class: "card-label" }, "Active package"),
+      h("p", { class: "card-value" }, active ? active.plan[0].toUpperCase() + active.plan.slice(1) : "None"),
+      active
+        ? [h("progress", { max: active.tokens, value: active.remaining, "aria-label": "Tokens left in the active package" }),
+          h("p", { class: "card-detail" }, `${int(active.remaining)} of ${int(active.tokens)} tokens left · expires ${date(active.expires_at)}`)]
+        : h("p", { class: "card-detail" }, "Redeem a code or ask your operator for a package.")),
+    card("Reserved tokens", int(balance.reserved_tokens), "held for requests in flight"),
+    card("Requests, 30 days", int(total.requests), `${tokens(total.total_tokens)} tokens`),
+    card("Error rate, 30 days", percent(total.errors, total.requests), `${int(total.errors)} failed`));
+}
+
+export function usageCharts(usage) {
+  const days = lastDays(30);
+  const models = usage.by_model.map((m) => m.model);
+  const cells = usage.by_day_model;
+  const requests = days.map((d) => (usage.by_day.find((r) => r.day === d) || { requests: 0 }).requests);
+  const errors = days.map((d) => (usage.by_day.find((r) => r.day === d) || { errors: 0 }).errors);
+  return h("div", { class: "charts" },
+    stackedDays("Tokens per day, by model", days, perDay(days, cells, models, "total_tokens"), "tokens"),
+    stackedDays("Requests per day, by model", days, perDay(days, cells, models, "requests"), "requests"),
+    requestsAndErrors("Failed requests and error rate", days, requests, errors));
+}
+
+export function byModelTable(usage) {
+  return table("Usage by model, last 30 days", [
+    { label: "Model", value: (m) => m.model },
+    { label: "Requests", numeric: true, value: (m) => int(m.requests) },
+    { label: "Prompt tokens", numeric: true, value: (m) => int(m.prompt_tokens) },
+    { label: "Completion tokens", numeric: true, value: (m) => int(m.completion_tokens) },
+    { label: "Total tokens", numeric: true, value: (m) => int(m.total_tokens) },
+    { label: "Failed", numeric: true, value: (m) => int(m.errors) },
+    { label: "Error rate", numeric: true, value: (m) => percent(m.errors, m.requests) },
+  ], usage.by_model, { empty: "No requests in the last 30 days." });
+}
+
+export async function render(main, ctx) {
+  const body = await ctx.api.get("/api/v1/usage");
+  if (!ctx.current()) return;
+  main.append(
+    h("div", { class: "page-head" },
+      h("h1", null, `Dashboard — ${body.account.name}`),
+      h("button", { type: "button", on: { click: () => ctx.navigate("dashboard") } }, "Refresh")),
+    balanceCards(body, body.usage),
+    section("Requests and tokens", usageCharts(body.usage)),
+    section("By model", byModelTable(body.usage)),
+    section("Packages", packagesTable(body.packages)));
+}

@@ -1,0 +1,28 @@
+// Redeem a code into a token package.
+
+import { date, h, int, section, tokens } from "../dom.js";
+import { form } from "../forms.js";
+
+export async function render(main, ctx) {
+  const result = h("div", { class: "result", "aria-live": "polite" });
+  const f = form({
+    label: "Redeem a code",
+    submit: "Redeem",
+    fields: [{
+      name: "code", label: "Code", required: true, autocomplete: "off", placeholder: "ZOWY-XXXXX-XXXXX-XXXXX-XXXXX",
+      hint: "Any case, with or without dashes.",
+    }],
+    onSubmit: async (values, el) => {
+      const done = await ctx.api.post("/api/v1/redeem", { code: values.code });
+      el.reset();
+      const p = done.package;
+      result.replaceChildren(h("div", { class: "success" },
+        h("h2", null, "Code redeemed"),
+        h("p", null, `A ${p.plan} package of ${int(p.tokens)} tokens, valid until ${date(p.expires_at)}.`),
+        h("p", null, `Available now: ${tokens(done.available_tokens)} tokens.`),
+        h("p", null, h("a", { href: "#/dashboard" }, "See the dashboard"))));
+      ctx.notify("Code redeemed.");
+    },
+  });
+  main.append(h("h1", null, "Redeem a code"), section("Your code", f.el), result);
+}

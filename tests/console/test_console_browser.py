@@ -1,0 +1,342 @@
+"""The console in a real browser (headless Chromium): a customer signs in by keyboard, creates a key,
+calls the gateway with it through the OpenAI SDK, finds the request in the usage log, the CSV and the
+charts, limits and revokes the key and sees it refused, redeems a code; an operator grants a package
+the customer then sees, makes codes, reads the audit log and watches live traffic. Every page is
+screenshotted; no page may log a script error or a CSP refusal."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import openai
+import pytest
+
+from app.metering import LedgerEntry
+from tests import accounts_kit as kit
+from tests import support
+from tests.conftest import http, sdk_client
+from tests.console.browser import VIEWPORT, Problems, off_loop
+
+expect = pytest.importorskip("playwright.sync_api", reason="the console's browser tests need Playwright").expect
+
+ADMIN = {"Authorization": "Bearer admin-secret-token"}
+DAY = 86400
+# The console's own 401 for a wrong password, logged by Chromium as a failed load.
+WRONG_PASSWORD_LOAD = "status of 401"
+
+
+def seed_history(gateway, customer: support.Customer, days: int = 14) -> int:
+    """Two weeks of earlier requests on the customer's key, so the charts have a history to show."""
+    now = time.time()
+    entries = []
+    for day in range(days, 0, -1):
+        for i in range((day * 7) % 5 + 2):
+            model = ("zowy-1", "zowy-1", "zowy-1-pro", "zowy-2")[(day + i) % 4]
+            failed = (day + i) % 9 == 0
+            prompt, completion = 300 + 40 * ((day * 3 + i) % 7), 0 if failed else 150 + 60 * ((day + 2 * i) % 5)
+            entries.append(LedgerEntry(
+                request_id=uuid.uuid4().hex[:24], account_id=customer.account_id, key_id=customer.key_id, model=model,
+                target="", prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                estimated=False, stream=bool(i % 2), outcome="upstream_error" if failed else "ok", status=502 if failed else 200,
+                latency_ms=180.0 + 37 * i, user=None, created_at=now - day * DAY + 600 * i,
+            ))
+    off_loop(support.run_store, gateway, lambda store: store.record(entries))
+    return len(entries)
+
+
+def new_account(gateway, name: str, tokens: int | None, key_name: str | None = None) -> tuple[support.Customer, str]:
+    """An account (with a package unless tokens is None), its first key, and an owner's email."""
+    name = f"{name}-{uuid.uuid4().hex[:4]}"
+    customer = off_loop(support.new_customer, gateway, tokens=tokens, name=name)
+    if key_name:
+        with http(gateway) as h:
+            assert h.patch(f"/admin/v1/keys/{customer.key_id}", json={"name": key_name}, headers=ADMIN).status_code == 200
+    email = f"owner@{name}.example"
+    kit.invite_and_accept(gateway, customer.account_id, email)
+    return customer, email
+
+
+def page_of(chromium, problems_expected: tuple[str, ...] = ()):
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    page = context.new_page()
+    return context, page, Problems(page, problems_expected)
+
+
+def heading(page):
+    return page.get_by_role("heading", level=1)
+
+
+def sign_in(page, gateway, email: str) -> None:
+    page.goto(f"{gateway.url}/console")
+    form = page.get_by_role("form", name="Customer sign-in")
+    form.get_by_label("Email").fill(email)
+    form.get_by_label("Password").fill(kit.PASSWORD)
+    form.get_by_role("button", name="Sign in").click()
+    expect(heading(page)).to_contain_text("Dashboard")
+
+
+def card(page, label: str):
+    """The value shown on the dashboard card with this label."""
+    return page.locator(".card", has=page.locator(".card-label", has_text=label)).locator(".card-value")
+
+
+def nav(page, name: str) -> None:
+    page.get_by_role("navigation", name="Console pages").get_by_role("link", name=name, exact=True).click()
+
+
+def nothing_secret_kept(page, *secrets: str) -> None:
+    """No session or admin token in the page's storage, readable cookies or address."""
+    kept = page.evaluate("() => JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie, location.href])")
+    for secret in secrets:
+        assert secret not in kept
+    assert "zs-" not in kept and "zo-" not in kept
+
+
+def test_customer_console(console_gateway, chromium, shots):
+    gw = console_gateway
+    customer, email = new_account(gw, "acme", tokens=2_000_000, key_name="production")
+    seeded = seed_history(gw, customer)
+    context, page, problems = page_of(chromium, (WRONG_PASSWORD_LOAD,))
+    try:
+        page.goto(f"{gw.url}/console")
+        expect(heading(page)).to_have_text("Sign in to the Zowy console")
+        shots.take(page, "sign-in")
+        form = page.get_by_role("form", name="Customer sign-in")
+        form.get_by_label("Email").fill(email)
+        form.get_by_label("Password").fill("not the password")
+        form.get_by_role("button", name="Sign in").click()
+        expect(form.get_by_role("alert")).to_have_text("Incorrect email or password.")
+
+        # By keyboard alone: Tab from the top of a fresh page to the email field, type, Tab, type, Enter.
+        page.goto(f"{gw.url}/console#/signin")
+        page.reload()
+        expect(heading(page)).to_have_text("Sign in to the Zowy console")
+        for _ in range(12):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.type") == "email":
+                break
+        else:
+            pytest.fail("the email field cannot be reached with Tab")
+        assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"  # focus is visible
+        page.keyboard.type(email)
+        page.keyboard.press("Tab")
+        page.keyboard.type(kit.PASSWORD)
+        page.keyboard.press("Enter")
+        expect(heading(page)).to_have_text(f"Dashboard — {off_loop(support.run_store, gw, lambda s: s.account(customer.account_id)).name}")
+        expect(card(page, "Active package")).to_have_text("Pro")
+
+        # a key, made in the browser and shown once
+        nav(page, "API keys")
+        expect(heading(page)).to_have_text("API keys")
+        create = page.get_by_role("form", name="Create a key")
+        create.get_by_label("Name").fill("browser")
+        create.get_by_label("zowy-1", exact=True).check()
+        create.get_by_label("zowy-1-pro").check()
+        create.get_by_role("button", name="Create key").click()
+        secret = page.get_by_role("region", name="New key browser")
+        key = secret.get_by_role("textbox").input_value()
+        assert key.startswith("zk-")
+        row = page.locator("tr", has_text="browser")
+        expect(row).to_contain_text("zowy-1, zowy-1-pro")
+        expect(row).to_contain_text("active")
+        shots.take(page, "keys")
+
+        # the key works with the OpenAI SDK, within its model allow-list
+        with sdk_client(gw, key) as client:
+            answer = client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "Hello from the console"}], max_tokens=16)
+            request_id = answer.id.removeprefix("chatcmpl-")
+            streamed = list(client.chat.completions.create(model="zowy-1-pro", messages=[{"role": "user", "content": "Stream, please"}],
+                                                           max_tokens=16, stream=True))
+            pro_request_id = streamed[0].id.removeprefix("chatcmpl-")
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model="zowy-2", messages=[{"role": "user", "content": "hi"}])
+
+        # ... and its requests show in the usage log, filtered, and in the CSV
+        nav(page, "Usage log")
+        expect(heading(page)).to_have_text("Usage log")
+
+        def listed():
+            page.get_by_role("button", name="Refresh").click()
+            page.wait_for_timeout(200)
+            return page.locator(f'tr[data-id="{pro_request_id}"]').count() and page.locator(f'tr[data-id="{request_id}"]').count()
+
+        support.wait_until(listed, timeout=15, interval=0.3)
+        row = page.locator(f'tr[data-id="{request_id}"]')
+        expect(row).to_contain_text("browser (zk-")
+        expect(row).to_contain_text("zowy-1")
+        expect(row).to_contain_text("ok 200")
+        expect(row).to_contain_text(str(answer.usage.total_tokens))
+        shots.take(page, "usage-log", full_page=False)
+
+        filters = page.get_by_role("form", name="Filter the usage log")
+        filters.get_by_label("Model").select_option("zowy-1-pro")
+        filters.get_by_role("button", name="Apply filters").click()
+        expect(page.locator(f'tr[data-id="{request_id}"]')).to_have_count(0)
+        expect(page.locator(f'tr[data-id="{pro_request_id}"]')).to_have_count(1)
+        assert "model=zowy-1-pro" in page.url
+        filters = page.get_by_role("form", name="Filter the usage log")
+        filters.get_by_label("Model").select_option("")
+        filters.get_by_label("Outcome").select_option("upstream_error")
+        filters.get_by_role("button", name="Apply filters").click()
+        expect(page.locator("tbody tr").first).to_contain_text("upstream_error 502")
+        expect(page.locator(f'tr[data-id="{pro_request_id}"]')).to_have_count(0)
+        nav(page, "Usage log")
+        expect(page.locator(f'tr[data-id="{request_id}"]')).to_have_count(1)
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download CSV").click()
+        csv = open(download.value.path(), encoding="utf-8").read()
+        assert csv.startswith("request_id,created_at,key_id,model") and request_id in csv and pro_request_id in csv
+
+        # ... and in the dashboard's charts and their numbers
+        nav(page, "Dashboard")
+        requests_chart = page.get_by_role("figure", name="Requests per day, by model")
+        expect(requests_chart).to_have_attribute("data-total", str(seeded + 2))
+        requests_chart.get_by_text("Show the numbers").click()
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        today_row = requests_chart.locator("tr", has_text=today)
+        expect(today_row).to_have_count(1)
+        expect(page.get_by_role("figure", name="Tokens per day, by model").locator("canvas")).to_have_count(1)
+        expect(card(page, "Requests, 30 days")).to_have_text(str(seeded + 2))
+        requests_chart.get_by_text("Show the numbers").click()
+        shots.take(page, "dashboard")
+
+        # per-key controls, then revocation: the key is refused from then on
+        nav(page, "API keys")
+        page.get_by_role("button", name="Edit controls of browser").click()
+        editor = page.get_by_role("form", name="Controls of key browser")
+        editor.get_by_label("Token cap").fill("500000")
+        editor.get_by_role("button", name="Save controls").click()
+        expect(page.locator("tr", has_text="browser")).to_contain_text("/ 500,000")
+        page.locator("tr", has_text="browser").get_by_role("button", name="Revoke").click()
+        page.get_by_role("button", name="Revoke browser").click()
+        expect(page.locator("tr", has_text="browser").get_by_text("revoked")).to_be_visible()
+
+        def refused():
+            with sdk_client(gw, key) as client:
+                try:
+                    client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "still there?"}])
+                except openai.AuthenticationError:
+                    return True
+            return False
+
+        support.wait_until(refused, timeout=10, interval=0.2)
+
+        # a code, redeemed in the console
+        with http(gw) as h:
+            code = h.post("/admin/v1/codes", json={"tokens": 250_000, "count": 1}, headers=ADMIN).json()["codes"][0]
+        nav(page, "Redeem a code")
+        redeem = page.get_by_role("form", name="Redeem a code")
+        redeem.get_by_label("Code").fill(code.lower())
+        redeem.get_by_role("button", name="Redeem").click()
+        expect(page.get_by_role("heading", name="Code redeemed")).to_be_visible()
+        expect(page.get_by_text("250,000 tokens")).to_be_visible()
+        shots.take(page, "redeem")
+
+        nothing_secret_kept(page, key)
+        page.get_by_role("button", name="Sign out").click()
+        expect(heading(page)).to_have_text("Sign in to the Zowy console")
+        assert page.request.get(f"{gw.url}/api/v1/account").status == 401
+        problems.check()
+    finally:
+        context.close()
+
+
+def test_operator_console(console_gateway, chromium, shots):
+    gw = console_gateway
+    customer, email = new_account(gw, "globex", tokens=None)
+    account_name = off_loop(support.run_store, gw, lambda s: s.account(customer.account_id)).name
+    operator_context, operator, operator_problems = page_of(chromium)
+    customer_context, owner, owner_problems = page_of(chromium)
+    try:
+        sign_in(owner, gw, email)
+        expect(owner.get_by_text("Redeem a code or ask your operator for a package.")).to_be_visible()
+
+        operator.goto(f"{gw.url}/console")
+        signin = operator.get_by_role("form", name="Operator sign-in")
+        signin.get_by_label("Admin token").fill("admin-secret-token")
+        signin.get_by_role("button", name="Sign in as operator").click()
+        expect(heading(operator)).to_have_text("Accounts")
+        nothing_secret_kept(operator, "admin-secret-token")
+        operator.get_by_label("Find an account").fill(account_name)
+        expect(operator.locator("tbody tr")).to_have_count(1)
+        shots.take(operator, "operator-accounts")
+
+        # grant a package; the customer sees it
+        operator.get_by_role("link", name=account_name).click()
+        expect(heading(operator)).to_have_text(f"Account {account_name}")
+        grant = operator.get_by_role("form", name=f"Grant a package to {account_name}")
+        grant.get_by_label("Plan").select_option("business")
+        grant.get_by_label("Valid for (days)").fill("10")
+        grant.get_by_role("button", name="Grant package").click()
+        expect(operator.locator("#status")).to_contain_text("Granted a business package of 10,000,000 tokens")
+        expect(operator.locator("tr", has_text="business")).to_have_count(1)
+        shots.take(operator, "operator-account")
+
+        owner.get_by_role("button", name="Refresh").click()
+        expect(card(owner, "Active package")).to_have_text("Business")
+        expect(card(owner, "Available tokens")).to_have_text("10,000,000")
+
+        # codes: made by the operator, one redeemed by the customer
+        nav(operator, "Codes")
+        codes_form = operator.get_by_role("form", name="Generate redemption codes")
+        codes_form.get_by_label("How many codes").fill("2")
+        codes_form.get_by_role("button", name="Generate codes").click()
+        codes = operator.locator("textarea.secret-value").input_value().split("\n")
+        assert len(codes) == 2 and all(c.startswith("ZOWY-") for c in codes)
+        expect(operator.get_by_text("0 of 2 redeemed")).to_be_visible()
+        nav(owner, "Redeem a code")
+        owner.get_by_role("textbox", name="Code").fill(codes[0])
+        owner.get_by_role("button", name="Redeem").click()
+        expect(owner.get_by_role("heading", name="Code redeemed")).to_be_visible()
+        batch = operator.get_by_text("Batch batch_").first.text_content().split()[1].rstrip(":")
+        lookup = operator.get_by_role("form", name="Look up a batch")
+        lookup.get_by_label("Batch ID").fill(batch)
+        lookup.get_by_role("button", name="Look up").click()
+        expect(operator.get_by_text("1 of 2 redeemed")).to_be_visible()
+        shots.take(operator, "operator-codes")
+
+        # the audit log names who did what
+        nav(operator, "Audit log")
+        audit = operator.get_by_role("form", name="Filter the audit log")
+        audit.get_by_label("Account (name or ID)").fill(account_name)
+        audit.get_by_role("button", name="Apply filters").click()
+        expect(operator.locator("tr", has_text="package.grant")).to_contain_text("admin")
+        expect(operator.locator("tr", has_text="code.redeem")).to_contain_text("owner:")
+        shots.take(operator, "operator-audit")
+
+        # live traffic while a key is busy
+        with http(gw) as h:
+            key = h.post(f"/admin/v1/accounts/{customer.account_id}/keys", json={"per_minute": 1000}, headers=ADMIN).json()["key"]
+        nav(operator, "Live traffic")
+        expect(heading(operator)).to_have_text("Live traffic")
+        stop = threading.Event()
+
+        def busy():
+            with sdk_client(gw, key) as client:
+                while not stop.is_set():
+                    client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "busy"}], max_tokens=8)
+                    stop.wait(0.1)
+
+        worker = threading.Thread(target=busy)
+        worker.start()
+        try:
+            support.wait_until(lambda: int(operator.get_by_role("figure", name="Requests per second").get_attribute("data-samples") or 0) >= 4,
+                               timeout=20, interval=0.5)
+        finally:
+            stop.set()
+            worker.join(30)
+        breakers = operator.get_by_role("table", name="Upstream breakers (the worst state over this instance's workers)")
+        expect(breakers.locator("tbody tr")).to_have_count(4)
+        expect(breakers.get_by_text("closed")).to_have_count(4)
+        assert int(card(operator, "Requests since start").text_content().replace(",", "")) >= 4
+        shots.take(operator, "operator-traffic")
+
+        operator.get_by_role("button", name="Sign out operator").click()
+        expect(heading(operator)).to_have_text("Sign in to the Zowy console")
+        assert operator.request.get(f"{gw.url}/admin/v1/accounts").status == 401
+        operator_problems.check()
+        owner_problems.check()
+    finally:
+        operator_context.close()
+        customer_context.close()
