@@ -288,6 +288,18 @@ def plan_debits(packages: list[Package], charges: list[Charge]) -> tuple[dict[st
     newest = ordered[-1].id if ordered else None
     used = {p.id: p.used for p in ordered}
     debits: dict[str, list[list]] = {}
+    whole = _one_package(ordered, charges)
+    if whole is not None:
+        # The common case, without the rule's per-charge work: one package takes every charge.
+        for charge in charges:
+            debits[charge.request_id] = [[whole.id, charge.tokens]] if charge.tokens > 0 else []
+        used[whole.id] += sum(c.tokens for c in charges)
+        return used, debits
+    return _plan_each(ordered, charges, used, newest)
+
+
+def _plan_each(ordered: list[Package], charges: list[Charge], used: dict[str, int], newest: str | None):
+    debits: dict[str, list[list]] = {}
     for charge in sorted(charges, key=lambda c: c.created_at):
         active = [
             PackageBalance(p.id, p.tokens - used[p.id])
@@ -298,6 +310,23 @@ def plan_debits(packages: list[Package], charges: list[Charge]) -> tuple[dict[st
         for package_id, tokens in debits[charge.request_id]:
             used[package_id] += tokens
     return used, debits
+
+
+def _one_package(ordered: list[Package], charges: list[Charge]) -> Package | None:
+    """The package the rule would debit every charge from, when that is one package: the first with
+    tokens left, active through the last charge, holding them all, and no earlier package active
+    at any charge's time."""
+    if not charges:
+        return None
+    first = min(c.created_at for c in charges)
+    last = max(c.created_at for c in charges)
+    for package in ordered:
+        if package.used >= package.tokens or package.expires_at <= first:
+            continue  # spent, or expired before every charge: the rule skips it for each
+        if package.expires_at <= last or package.tokens - package.used < sum(c.tokens for c in charges):
+            return None
+        return package
+    return None
 
 
 class Store(abc.ABC):

@@ -3,6 +3,7 @@ upstream's error bodies, and name the ``Dialect`` its answers speak. Provider mo
 where their wire format differs from OpenAI's."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -50,9 +51,10 @@ class Provider:
         else:
             body.pop("stream_options", None)
             body.pop("stream", None)
-        for param, policy in target.params.items():
-            if param in body:
-                action = policy.for_request(request)
+        params = target.params
+        if params:
+            for param in body.keys() & params.keys():
+                action = params[param].for_request(request)
                 if action != "pass":
                     self.apply_policy(body, param, action)
         return orjson.dumps(body)
@@ -62,18 +64,27 @@ class Provider:
         own fields and other providers' vendor fields left out. Untouched messages are not copied."""
         out = messages
         foreign = self.foreign_fields
+        watched = self._watched
         for i, message in enumerate(messages):
+            present = message.keys() & watched
+            if not present:
+                continue
             calls = message.get("tool_calls")
             if (
-                "parsed" in message
-                or any(k in message and not message[k] for k in _ECHOED_MESSAGE_FIELDS)
-                or any(k in message for k in foreign)
+                "parsed" in present
+                or any(k in present for k in foreign)
+                or any(not message[k] for k in present if k in _ECHOED_MESSAGE_FIELDS)
                 or (calls and any(_call_needs_cleaning(call, foreign) for call in calls))
             ):
                 if out is messages:
                     out = list(messages)
                 out[i] = _cleaned(message, foreign)
         return out
+
+    @cached_property
+    def _watched(self) -> frozenset[str]:
+        """Message fields that may need leaving out: echoed ones, the SDKs', vendor fields."""
+        return frozenset(("parsed", "tool_calls", *_ECHOED_MESSAGE_FIELDS, *self.foreign_fields))
 
     @staticmethod
     def max_tokens(body: dict, field: str) -> None:
