@@ -95,7 +95,7 @@ class StreamRewriter:
         "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
         "usage", "_usage_doc", "_usage_pending", "events", "text_chars", "done", "error", "tool_calls",
-        "_finished", "_calls", "_required", "_forbidden", "text_tokens",
+        "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
     )
 
     def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI) -> None:
@@ -126,9 +126,10 @@ class StreamRewriter:
         # one gets a finish chunk, as OpenAI always sends.
         self._finished = False
         self._calls = False
-        # The fast path's byte tests, set when the identity is learned: tokens every event of a
+        # The fast path's byte tests, set when the identity is learned: the head every event of a
         # plain span carries once, and bytes none of them may hold.
-        self._required: tuple[bytes, ...] = ()
+        self._head = b""
+        self._new_head = b""
         self._forbidden: tuple[bytes, ...] = ()
         self.text_tokens = 0
 
@@ -209,24 +210,22 @@ class StreamRewriter:
     def _span(self, span: bytes) -> bytes:
         if self.done or self.error is not None:
             return b""
-        if self._required:
+        head = self._head
+        if head:
             count = span.count
             n = count(self._separator)
-            for token in self._required:
-                if count(token) != n:
-                    break
-            else:
+            if count(head) == n:
                 for marker in self._forbidden:
                     if marker in span:
                         break
                 else:
-                    for old, new in self._swaps:
-                        span = span.replace(old, new)
+                    span = span.replace(head, self._new_head)
                     self.events += n
                     # About a token per content event: never more than the text relayed.
-                    self.text_tokens += n - count(b'"delta":{}')
+                    self.text_tokens += n
                     if not self._finished and b'"finish_reason":"' in span:
                         self._finished = True
+                        self.text_tokens -= 1  # the finish chunk carries no text
                     return span
         separator = self._separator
         return self._events([event + separator for event in span.split(separator)[:-1]])
@@ -356,14 +355,27 @@ class StreamRewriter:
         if fingerprint_token is not None:
             self._swaps.append((fingerprint_token, _NULL_FINGERPRINT))
         if len(orjson.dumps(doc)) == len(data):
-            # Compact JSON, as both providers write it: a handful of byte searches tell a plain span.
-            required = [id_token, model_token]
-            forbidden = [b"[DONE]", b'"error"', b'"usage":{', *self._markers]
-            if fingerprint_token is not None:
-                required.append(fingerprint_token)
-            else:
-                forbidden.append(b'"system_fingerprint":"')
-            self._required, self._forbidden = tuple(required), tuple(forbidden)
+            self._learn_head(doc, data)
+
+    def _learn_head(self, doc: dict, data: bytes) -> None:
+        """For compact JSON, as both providers write it: the bytes from the first identity field to the
+        last, the same in every chunk of a stream (ids, model, object, created, service tier). A span
+        whose every event carries them once, and none of a few other byte strings, is swapped whole."""
+        tokens = [t for t in (self._id_token, self._model_token, self._fingerprint_token) if t]
+        if "system_fingerprint" in doc and doc["system_fingerprint"] is None and data.count(_NULL_FINGERPRINT) == 1:
+            tokens.append(_NULL_FINGERPRINT)
+        places = [(data.find(t), t) for t in tokens]
+        start = min(at for at, _ in places)
+        head = data[start:max(at + len(t) for at, t in places)]
+        if data.count(head) != 1:
+            return
+        new_head = head
+        for old, new in self._swaps:
+            new_head = new_head.replace(old, new)
+        forbidden = [b'"error"', b'"usage":{', *self._markers]
+        if "system_fingerprint" not in doc:
+            forbidden.append(_FINGERPRINT)
+        self._head, self._new_head, self._forbidden = head, new_head, tuple(forbidden)
 
     def _identity(self, doc: dict) -> bytes:
         doc["id"] = self._completion_id
