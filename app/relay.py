@@ -342,6 +342,8 @@ class StreamRewriter:
         """Learn the byte tokens to swap from an event that writes its identity at the top level."""
         if type(doc.get("created")) is int:
             self.created = doc["created"]
+        if self._head and self._head in data:
+            return  # the identity this stream already taught (Gemini's chunks are all parsed)
         id_token = top_level_token(data, "id", doc.get("id"))
         model_token = top_level_token(data, "model", doc.get("model"))
         if id_token is None or model_token is None:

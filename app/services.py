@@ -47,10 +47,11 @@ class Services:
     exchanges: set["Exchange"] = field(default_factory=set)
     _ticker: asyncio.Task | None = None
     _upkeep: asyncio.Task | None = None
+    guard_bytes: int = field(init=False, default=0)
 
-    @property
-    def guard_bytes(self) -> int:
-        return len(self.settings.persona_prompt.encode())
+    def __post_init__(self) -> None:
+        # What the guard prompt adds to every request's reservation; the setting never changes.
+        self.guard_bytes = len(self.settings.persona_prompt.encode())
 
     @classmethod
     def build(cls, settings: Settings, transport=None) -> "Services":
