@@ -5,6 +5,7 @@ the customer then sees, makes codes, reads the audit log and watches live traffi
 screenshotted; no page may log a script error or a CSP refusal."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -74,6 +75,14 @@ def sign_in(page, gateway, email: str) -> None:
     form.get_by_label("Password").fill(kit.PASSWORD)
     form.get_by_role("button", name="Sign in").click()
     expect(heading(page)).to_contain_text("Dashboard")
+
+
+def operator_sign_in(page, gateway) -> None:
+    page.goto(f"{gateway.url}/console")
+    form = page.get_by_role("form", name="Operator sign-in")
+    form.get_by_label("Admin token").fill("admin-secret-token")
+    form.get_by_role("button", name="Sign in as operator").click()
+    expect(heading(page)).to_have_text("Accounts")
 
 
 def card(page, label: str):
@@ -252,11 +261,7 @@ def test_operator_console(console_gateway, chromium, shots):
         sign_in(owner, gw, email)
         expect(owner.get_by_text("Redeem a code or ask your operator for a package.")).to_be_visible()
 
-        operator.goto(f"{gw.url}/console")
-        signin = operator.get_by_role("form", name="Operator sign-in")
-        signin.get_by_label("Admin token").fill("admin-secret-token")
-        signin.get_by_role("button", name="Sign in as operator").click()
-        expect(heading(operator)).to_have_text("Accounts")
+        operator_sign_in(operator, gw)
         nothing_secret_kept(operator, "admin-secret-token")
         operator.get_by_label("Find an account").fill(account_name)
         expect(operator.locator("tbody tr")).to_have_count(1)
@@ -341,3 +346,65 @@ def test_operator_console(console_gateway, chromium, shots):
     finally:
         operator_context.close()
         customer_context.close()
+
+
+# What a customer reads: every figure honest, nothing cut at 1280 px, charts on axes that fit their data.
+
+CHART = """(figure) => {
+  const u = figure.querySelector(".plot > div").uplot;
+  const drawn = u.series.map((s, i) => ({ label: s.label, scale: s.scale, show: s.show, values: u.data[i] })).slice(1);
+  return {
+    x: [u.scales.x.min, u.scales.x.max],
+    width: u.bbox.width / devicePixelRatio,
+    yAxes: u.axes.filter((a) => a.scale !== "x" && a.show !== false).map((a) => ({ scale: a.scale, labels: a._values || [] })),
+    xLabels: (u.axes[0]._values || []).map(String),
+    scales: Object.fromEntries(Object.entries(u.scales).map(([k, s]) => [k, [s.min, s.max]])),
+    series: drawn.map((s) => ({ ...s, max: Math.max(0, ...s.values.filter((v) => v !== null && v !== undefined)) })),
+  };
+}"""
+
+# Where the left and right edges of every cell of a table column fall, and whether its scroller is cut.
+COLUMN = """([wrap, label]) => {
+  const el = document.querySelector(wrap);
+  const heads = [...el.querySelectorAll("thead th")].map((th) => th.textContent);
+  const at = heads.indexOf(label);
+  const cells = [...el.querySelectorAll("tbody tr")].map((tr) => tr.children[at]).filter(Boolean);
+  const box = el.getBoundingClientRect();
+  return {
+    found: at,
+    viewport: document.documentElement.clientWidth,
+    wrap: [box.left, box.right],
+    overflow: el.scrollWidth - el.clientWidth,
+    cells: cells.map((c) => { const r = c.getBoundingClientRect(); return [r.left, r.right, c.textContent]; }),
+  };
+}"""
+
+
+def chart(page, name: str) -> dict:
+    figure = page.get_by_role("figure", name=name)
+    expect(figure.locator("canvas")).to_have_count(1)
+    return figure.evaluate(CHART)
+
+
+def fits(page, wrap: str, label: str) -> dict:
+    """The column's cells lie wholly inside the viewport and inside their table's scroller, which scrolls nothing."""
+    seen = page.evaluate(COLUMN, [wrap, label])
+    assert seen["found"] >= 0, f"no column {label!r}"
+    assert seen["overflow"] <= 0, f"the table is {seen['overflow']} px wider than its box: {label!r} is cut"
+    right = min(seen["viewport"], seen["wrap"][1])
+    for left, cell_right, text in seen["cells"]:
+        assert left >= seen["wrap"][0] and cell_right <= right + 0.5, f"{label} cell {text!r} at {left}..{cell_right}, visible up to {right}"
+    return seen
+
+
+def snap(page, directory, name: str) -> None:
+    """A full-page picture of what the test saw, kept with the test run's files."""
+    page.wait_for_timeout(250)
+    page.screenshot(path=str(directory / f"{name}.png"), full_page=True, animations="disabled")
+
+
+def balance(page) -> dict:
+    """The account's figures as /api/v1/usage reports them, read with the page's own session."""
+    response = page.request.get(page.url.split("/console")[0] + "/api/v1/usage")
+    assert response.status == 200
+    return response.json()
