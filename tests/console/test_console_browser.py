@@ -280,7 +280,7 @@ def test_operator_console(console_gateway, chromium, shots):
 
         owner.get_by_role("button", name="Refresh").click()
         expect(card(owner, "Active package")).to_have_text("Business")
-        expect(card(owner, "Available tokens")).to_have_text("10,000,000")
+        expect(card(owner, "Tokens left")).to_have_text("10,000,000")
 
         # codes: made by the operator, one redeemed by the customer
         nav(operator, "Codes")
@@ -408,3 +408,41 @@ def balance(page) -> dict:
     response = page.request.get(page.url.split("/console")[0] + "/api/v1/usage")
     assert response.status == 200
     return response.json()
+
+
+def test_dashboard_after_the_first_requests(console_gateway, chromium, tmp_path):
+    """Right after a new customer's first requests: what is left is what the packages hold (a worker's
+    idle slice is not the customer's concern), the error rate reads zero, and today's bars are not squeezed."""
+    gw = console_gateway
+    customer, email = new_account(gw, "initech", tokens=2_000_000)
+    context, page, problems = page_of(chromium)
+    try:
+        sign_in(page, gw, email)
+        nav(page, "API keys")
+        create = page.get_by_role("form", name="Create a key")
+        create.get_by_label("Name").fill("first")
+        create.get_by_role("button", name="Create key").click()
+        made = page.get_by_role("region", name="New key first")
+        key = made.get_by_role("textbox").input_value()
+
+        with sdk_client(gw, key) as client:
+            for i in range(3):
+                client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": f"hello {i}"}], max_tokens=16)
+        support.wait_until(lambda: balance(page)["usage"]["total"]["requests"] == 3, timeout=15, interval=0.2)
+        before = balance(page)
+        # a worker still holds the unused rest of its slice: reserved, though nothing is in flight
+        assert before["reserved_tokens"] > 0 and before["available_tokens"] < before["remaining_tokens"]
+
+        nav(page, "Dashboard")
+        expect(card(page, "Requests, 30 days")).to_have_text("3")
+        snap(page, tmp_path, "dashboard-first-requests")
+        shown = [text.strip() for text in page.locator(".card-value").all_text_contents()]
+        after = balance(page)
+        assert after["reserved_tokens"] > 0, "the idle slice was given back before the dashboard was read"
+        assert f"{after['remaining_tokens']:,}" in shown, shown
+        assert f"{after['available_tokens']:,}" not in shown, shown
+        expect(page.get_by_text("in flight")).to_have_count(0)
+        expect(page.locator("main")).not_to_contain_text("reserved")
+        problems.check()
+    finally:
+        context.close()

@@ -2,7 +2,7 @@
 // and per model over the last 30 days.
 
 import { lastDays, requestsAndErrors, stackedDays } from "../charts.js";
-import { badge, card, date, h, int, percent, section, table, tokens } from "../dom.js";
+import { badge, card, date, h, int, percent, section, table } from "../dom.js";
 
 export function perDay(days, cells, models, field) {
   const index = new Map(days.map((d, i) => [d, i]));
@@ -27,12 +27,16 @@ export function packagesTable(packages) {
   ], packages, { empty: "No packages yet." });
 }
 
-export function balanceCards(balance, usage) {
+// What is left is what the active packages hold once the ledger debited every finished request. The
+// tokens workers have leased from the balance (for requests in flight, and the unused rest of a slice
+// until it goes back) are not the customer's to manage: operators see them.
+export function balanceCards(balance, usage, { operator = false } = {}) {
   const active = balance.active_package;
   const total = usage.total;
+  const count = balance.packages.filter((p) => p.active).length;
   return h("div", { class: "cards" },
-    card("Available tokens", int(balance.available_tokens),
-      `${int(balance.remaining_tokens)} left in active packages, ${int(balance.reserved_tokens)} reserved`),
+    card("Tokens left", int(balance.remaining_tokens),
+      count ? `in ${count} active package${count === 1 ? "" : "s"}` : "no active package"),
     h("div", { class: "card" },
       h("p", { class: "card-label" }, "Active package"),
       h("p", { class: "card-value" }, active ? active.plan[0].toUpperCase() + active.plan.slice(1) : "None"),
@@ -40,8 +44,9 @@ export function balanceCards(balance, usage) {
         ? [h("progress", { max: active.tokens, value: active.remaining, "aria-label": "Tokens left in the active package" }),
           h("p", { class: "card-detail" }, `${int(active.remaining)} of ${int(active.tokens)} tokens left · expires ${date(active.expires_at)}`)]
         : h("p", { class: "card-detail" }, "Redeem a code or ask your operator for a package.")),
-    card("Reserved tokens", int(balance.reserved_tokens), "held for requests in flight"),
-    card("Requests, 30 days", int(total.requests), `${tokens(total.total_tokens)} tokens`),
+    operator ? card("Leased by workers", int(balance.reserved_tokens),
+      "for requests in flight, and unused slices until they go back") : null,
+    card("Requests, 30 days", int(total.requests), `${int(total.total_tokens)} tokens`),
     card("Error rate, 30 days", percent(total.errors, total.requests), `${int(total.errors)} failed`));
 }
 

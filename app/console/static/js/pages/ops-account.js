@@ -90,7 +90,7 @@ export async function render(main, ctx) {
         h("a", { class: "button", href: `#/ops/audit?account=${encodeURIComponent(id)}` }, "Audit log"),
         h("button", { type: "button", on: { click: reload } }, "Refresh"))),
     h("p", { class: "mono muted" }, id),
-    balanceCards(balance, usage),
+    balanceCards(balance, usage, { operator: true }),
     shown,
     section("Grant a package", grant.el),
     section("Packages", packagesTable(balance.packages)),

@@ -32,8 +32,8 @@ export async function render(main, ctx) {
     { label: "Account", value: (a) => h("a", { href: `#/ops/account/${encodeURIComponent(a.id)}` }, a.name) },
     { label: "ID", class: "mono", value: (a) => a.id },
     { label: "Created", value: (a) => date(a.created_at) },
-    { label: "Available", numeric: true, value: (a) => int(money.get(a.id)?.available_tokens) },
-    { label: "Reserved", numeric: true, value: (a) => int(money.get(a.id)?.reserved_tokens) },
+    { label: "Tokens left", numeric: true, value: (a) => int(money.get(a.id)?.remaining_tokens) },
+    { label: "Leased by workers", numeric: true, value: (a) => int(money.get(a.id)?.reserved_tokens) },
     { label: "Active package", value: (a) => {
       const p = money.get(a.id)?.active_package;
       return p ? `${p.plan}, expires ${date(p.expires_at)}` : "none";
