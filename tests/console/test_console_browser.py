@@ -443,6 +443,12 @@ def test_dashboard_after_the_first_requests(console_gateway, chromium, tmp_path)
         assert f"{after['available_tokens']:,}" not in shown, shown
         expect(page.get_by_text("in flight")).to_have_count(0)
         expect(page.locator("main")).not_to_contain_text("reserved")
+
+        # nothing failed: nothing rises in the error chart, read on one axis, in percent
+        errors = chart(page, "Failed requests and error rate")
+        assert len(errors["yAxes"]) == 1 and all(label.endswith("%") for label in errors["yAxes"][0]["labels"]), errors["yAxes"]
+        assert errors["series"] and all(s["max"] == 0 for s in errors["series"] if s["show"]), errors["series"]
+        assert errors["scales"][errors["yAxes"][0]["scale"]][1] <= 100
         problems.check()
     finally:
         context.close()

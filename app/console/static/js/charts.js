@@ -1,7 +1,7 @@
 // Charts drawn with the vendored uPlot (a global from vendor/uplot-*/uPlot.iife.min.js). Each chart is
 // a figure with a caption and, for people who cannot see the canvas, its numbers in a table.
 
-import { h, int, table, uid } from "./dom.js";
+import { h, int, percent, table, uid } from "./dom.js";
 
 const DAY = 86400;
 export const PALETTE = ["#3b3fd8", "#0f8f7e", "#d97706", "#c0265e", "#5b7fa6", "#8e44ad", "#2e7d32", "#7a5c2e"];
@@ -87,20 +87,22 @@ export function stackedDays(title, days, groups, unit) {
   return fig;
 }
 
-// Requests per UTC day with the ones that failed, and the error rate on a second axis.
+// The error rate per UTC day, on one axis in percent (the day's failed and total requests in its legend
+// and table): a day without failures draws nothing.
 export function requestsAndErrors(title, days, requests, errors) {
   const xs = days.map((d) => Date.parse(`${d}T00:00:00Z`) / 1000);
   const rate = requests.map((r, i) => (r ? (100 * errors[i]) / r : null));
   const bars = window.uPlot.paths.bars({ size: [0.7, 48] });
   const options = {
     tzDate: utc,
-    scales: { x: { time: true, range: (u, min, max) => [min - DAY / 2, max + DAY / 2] }, y: { range: (u, min, max) => [0, Math.max(1, max)] }, pct: { range: [0, 100] } },
-    axes: [{}, { label: "requests", size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) },
-      { scale: "pct", side: 1, label: "error rate", size: 56, grid: { show: false }, values: (u, ticks) => ticks.map((t) => `${t}%`) }],
+    scales: { x: { time: true, range: (u, min, max) => [min - DAY / 2, max + DAY / 2] }, pct: { range: (u, min, max) => [0, percentTop(max)] } },
+    axes: [{}, { scale: "pct", label: "error rate", size: 64, values: (u, ticks) => ticks.map((t) => `${+t.toFixed(1)}%`) }],
     series: [{ label: "Day", value: (u, v) => (v === null ? "—" : new Date(v * 1000).toISOString().slice(0, 10)) },
-      { label: "Requests", stroke: PALETTE[0], fill: PALETTE[0] + "cc", paths: bars, points: { show: false } },
-      { label: "Failed", stroke: ERROR, fill: ERROR + "dd", paths: bars, points: { show: false } },
-      { label: "Error rate", scale: "pct", stroke: "#444", width: 2, dash: [4, 3], spanGaps: false, value: (u, v) => (v === null ? "—" : `${v.toFixed(1)}%`) }],
+      {
+        label: "Error rate", scale: "pct", stroke: ERROR, fill: ERROR + "dd", paths: bars, points: { show: false },
+        value: (u, v, si, di) => (di === null || di === undefined || !requests[di] ? "—"
+          : `${v < 10 && v > 0 ? v.toFixed(1) : Math.round(v)}% (${int(errors[di])} of ${int(requests[di])} failed)`),
+      }],
   };
   const plotEl = h("div");
   const totalRequests = requests.reduce((a, b) => a + b, 0);
@@ -111,11 +113,17 @@ export function requestsAndErrors(title, days, requests, errors) {
     { label: "Day (UTC)", value: (r) => r.day },
     { label: "Requests", numeric: true, value: (r) => int(r.requests) },
     { label: "Failed", numeric: true, value: (r) => int(r.errors) },
+    { label: "Error rate", numeric: true, value: (r) => percent(r.errors, r.requests) },
   ], rows, { empty: "No requests in this period." });
   const fig = figure(title, summary, plotEl, numbers);
   fig.dataset.total = String(totalRequests);
-  mount(plotEl, options, [xs, requests, errors, rate]);
+  mount(plotEl, options, [xs, rate]);
   return fig;
+}
+
+// The top of a percent axis: the next of a few round values above the highest rate, 10 % at least.
+function percentTop(max) {
+  return [10, 20, 25, 50, 100].find((top) => top >= (max || 0)) || 100;
 }
 
 // A chart of values over the last minutes that grows as samples arrive: push(at, [values]).
