@@ -449,6 +449,16 @@ def test_dashboard_after_the_first_requests(console_gateway, chromium, tmp_path)
         assert len(errors["yAxes"]) == 1 and all(label.endswith("%") for label in errors["yAxes"][0]["labels"]), errors["yAxes"]
         assert errors["series"] and all(s["max"] == 0 for s in errors["series"] if s["show"]), errors["series"]
         assert errors["scales"][errors["yAxes"][0]["scale"]][1] <= 100
+
+        # today's only bar: wide enough to see, on an axis that names today
+        today = time.gmtime()
+        today_start = time.time() // DAY * DAY
+        for name in ("Requests per day, by model", "Tokens per day, by model"):
+            seen = chart(page, name)
+            assert seen["x"][1] >= today_start + DAY / 2
+            slot = seen["width"] * DAY / (seen["x"][1] - seen["x"][0])
+            assert min(0.7 * slot, 48) >= 24, f"{name}: today's bar is {0.7 * slot:.0f} px wide"
+            assert any(label.split("\n")[0] == f"{today.tm_mon}/{today.tm_mday}" for label in seen["xLabels"]), seen["xLabels"]
         problems.check()
     finally:
         context.close()

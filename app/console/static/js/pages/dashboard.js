@@ -50,8 +50,16 @@ export function balanceCards(balance, usage, { operator = false } = {}) {
     card("Error rate, 30 days", percent(total.errors, total.requests), `${int(total.errors)} failed`));
 }
 
-export function usageCharts(usage) {
+// The days the charts show: from the first day with requests in the last 30 (a week at least) to today.
+export function chartDays(usage) {
   const days = lastDays(30);
+  const busy = new Set(usage.by_day.filter((r) => r.requests).map((r) => r.day));
+  const first = days.findIndex((d) => busy.has(d));
+  return days.slice(Math.min(first < 0 ? 0 : first, days.length - 7));
+}
+
+export function usageCharts(usage) {
+  const days = chartDays(usage);
   const models = usage.by_model.map((m) => m.model);
   const cells = usage.by_day_model;
   const requests = days.map((d) => (usage.by_day.find((r) => r.day === d) || { requests: 0 }).requests);
