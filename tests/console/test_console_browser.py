@@ -424,6 +424,8 @@ def test_dashboard_after_the_first_requests(console_gateway, chromium, tmp_path)
         create.get_by_role("button", name="Create key").click()
         made = page.get_by_role("region", name="New key first")
         key = made.get_by_role("textbox").input_value()
+        # the base URL to give the SDK, in full: this page's origin
+        expect(made).to_contain_text(f"{gw.url}/api/v1")
 
         with sdk_client(gw, key) as client:
             for i in range(3):

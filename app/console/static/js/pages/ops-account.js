@@ -64,7 +64,8 @@ export async function render(main, ctx) {
     onSubmit: async (values, el) => {
       const made = await api.post(`${base}/keys`, values);
       el.reset();
-      shown.replaceChildren(secret(`New key for ${name}`, made.key, "Shown only this once: hand it to the customer over a safe channel."));
+      shown.replaceChildren(secret(`New key for ${name}`, made.key,
+        `Shown only this once: hand it to the customer over a safe channel, with the base URL ${api.baseUrl()}.`));
       shown.querySelector(".secret-value").focus();
     },
   });
