@@ -464,3 +464,38 @@ def test_dashboard_after_the_first_requests(console_gateway, chromium, tmp_path)
         problems.check()
     finally:
         context.close()
+
+
+def test_redeem_reads_like_the_dashboard(console_gateway, chromium, tmp_path):
+    """A code's package is named as a package, the balance after it exactly as the dashboard shows it."""
+    gw = console_gateway
+    customer, email = new_account(gw, "umbrella", tokens=2_000_000)
+    with sdk_client(gw, customer.key) as client:
+        client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "hello"}], max_tokens=16)
+    with http(gw) as h:
+        code = h.post("/admin/v1/codes", json={"tokens": 250_000, "count": 1}, headers=ADMIN).json()["codes"][0]
+    context, page, problems = page_of(chromium)
+    try:
+        sign_in(page, gw, email)
+        support.wait_until(lambda: balance(page)["usage"]["total"]["requests"] == 1, timeout=15, interval=0.2)
+        nav(page, "Redeem a code")
+        redeem = page.get_by_role("form", name="Redeem a code")
+        redeem.get_by_label("Code").fill(code)
+        redeem.get_by_role("button", name="Redeem").click()
+        done = page.locator(".success")
+        expect(done.get_by_role("heading", name="Code redeemed")).to_be_visible()
+        expect(page.locator("#status")).to_have_text("Code redeemed.")
+        text = done.text_content()
+        assert "tokens package" not in text.lower() and "250,000 tokens" in text, text
+        left = balance(page)["remaining_tokens"]
+        assert f"{left:,} tokens" in text, text
+
+        nav(page, "Dashboard")
+        shown = [t.strip() for t in page.locator(".card-value").all_text_contents()]
+        assert f"{left:,}" in shown, shown
+        row = page.locator("tr", has_text="250,000")
+        expect(row).to_have_count(1)
+        assert "tokens" not in row.locator("td").first.text_content().lower()
+        problems.check()
+    finally:
+        context.close()

@@ -2,7 +2,7 @@
 // and per model over the last 30 days.
 
 import { lastDays, requestsAndErrors, stackedDays } from "../charts.js";
-import { badge, card, date, h, int, percent, section, table } from "../dom.js";
+import { badge, card, date, h, int, percent, planName, section, table } from "../dom.js";
 
 export function perDay(days, cells, models, field) {
   const index = new Map(days.map((d, i) => [d, i]));
@@ -17,7 +17,7 @@ export function perDay(days, cells, models, field) {
 
 export function packagesTable(packages) {
   return table("Packages, newest last", [
-    { label: "Plan", value: (p) => p.plan },
+    { label: "Plan", value: (p) => planName(p.plan) },
     { label: "Tokens", numeric: true, value: (p) => int(p.tokens) },
     { label: "Used", numeric: true, value: (p) => int(p.used) },
     { label: "Left", numeric: true, value: (p) => int(p.remaining) },
@@ -39,7 +39,7 @@ export function balanceCards(balance, usage, { operator = false } = {}) {
       count ? `in ${count} active package${count === 1 ? "" : "s"}` : "no active package"),
     h("div", { class: "card" },
       h("p", { class: "card-label" }, "Active package"),
-      h("p", { class: "card-value" }, active ? active.plan[0].toUpperCase() + active.plan.slice(1) : "None"),
+      h("p", { class: "card-value" }, active ? planName(active.plan) : "None"),
       active
         ? [h("progress", { max: active.tokens, value: active.remaining, "aria-label": "Tokens left in the active package" }),
           h("p", { class: "card-detail" }, `${int(active.remaining)} of ${int(active.tokens)} tokens left · expires ${date(active.expires_at)}`)]

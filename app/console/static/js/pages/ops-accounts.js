@@ -1,6 +1,6 @@
 // Operator: every account with its balance, and a new account.
 
-import { date, h, int, section, table } from "../dom.js";
+import { date, h, int, planName, section, table } from "../dom.js";
 import { form } from "../forms.js";
 
 const SHOWN = 200;
@@ -36,7 +36,7 @@ export async function render(main, ctx) {
     { label: "Leased by workers", numeric: true, value: (a) => int(money.get(a.id)?.reserved_tokens) },
     { label: "Active package", value: (a) => {
       const p = money.get(a.id)?.active_package;
-      return p ? `${p.plan}, expires ${date(p.expires_at)}` : "none";
+      return p ? `${planName(p.plan)}, expires ${date(p.expires_at)}` : "none";
     } },
   ];
   const holder = h("div");
