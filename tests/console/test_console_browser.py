@@ -467,14 +467,15 @@ def test_dashboard_after_the_first_requests(console_gateway, chromium, tmp_path)
 
 
 def test_redeem_reads_like_the_dashboard(console_gateway, chromium, tmp_path):
-    """A code's package is named as a package, the balance after it exactly as the dashboard shows it."""
+    """A code's package is named as a package, the balance after it exactly as the dashboard shows it,
+    and a later error is not shown beside the earlier success."""
     gw = console_gateway
     customer, email = new_account(gw, "umbrella", tokens=2_000_000)
     with sdk_client(gw, customer.key) as client:
         client.chat.completions.create(model="zowy-1", messages=[{"role": "user", "content": "hello"}], max_tokens=16)
     with http(gw) as h:
         code = h.post("/admin/v1/codes", json={"tokens": 250_000, "count": 1}, headers=ADMIN).json()["codes"][0]
-    context, page, problems = page_of(chromium)
+    context, page, problems = page_of(chromium, ("status of 409",))
     try:
         sign_in(page, gw, email)
         support.wait_until(lambda: balance(page)["usage"]["total"]["requests"] == 1, timeout=15, interval=0.2)
@@ -489,6 +490,15 @@ def test_redeem_reads_like_the_dashboard(console_gateway, chromium, tmp_path):
         assert "tokens package" not in text.lower() and "250,000 tokens" in text, text
         left = balance(page)["remaining_tokens"]
         assert f"{left:,} tokens" in text, text
+
+        # the same code again: the error alone, no success left beside it
+        redeem.get_by_label("Code").fill(code)
+        redeem.get_by_role("button", name="Redeem").click()
+        expect(redeem.get_by_role("alert")).to_contain_text("already been redeemed")
+        snap(page, tmp_path, "redeem-again")
+        expect(page.locator("#status")).not_to_have_class(re.compile(r"\bshown\b"))
+        expect(page.locator("#status")).to_have_text("")
+        expect(page.get_by_role("heading", name="Code redeemed")).to_have_count(0)
 
         nav(page, "Dashboard")
         shown = [t.strip() for t in page.locator(".card-value").all_text_contents()]

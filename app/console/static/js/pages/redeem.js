@@ -13,6 +13,7 @@ export async function render(main, ctx) {
       hint: "Any case, with or without dashes.",
     }],
     onSubmit: async (values, el) => {
+      result.replaceChildren();
       const done = await ctx.api.post("/api/v1/redeem", { code: values.code });
       el.reset();
       const p = done.package;
