@@ -172,7 +172,7 @@ def test_customer_console(console_gateway, chromium, shots):
 
         support.wait_until(listed, timeout=15, interval=0.3)
         row = page.locator(f'tr[data-id="{request_id}"]')
-        expect(row).to_contain_text("browser (zk-")
+        expect(row.get_by_role("cell").nth(1)).to_have_text(re.compile(r"^browser\s*zk-"))  # the key's name and prefix
         expect(row).to_contain_text("zowy-1")
         expect(row).to_contain_text("ok 200")
         expect(row).to_contain_text(str(answer.usage.total_tokens))
@@ -506,6 +506,39 @@ def test_redeem_reads_like_the_dashboard(console_gateway, chromium, tmp_path):
         row = page.locator("tr", has_text="250,000")
         expect(row).to_have_count(1)
         assert "tokens" not in row.locator("td").first.text_content().lower()
+        problems.check()
+    finally:
+        context.close()
+
+
+def seed_outcomes(gateway, customer: support.Customer) -> list[str]:
+    """Today's requests with every outcome a customer can meet, the widest first."""
+    now = time.time()
+    outcomes = [("client_disconnected", 499), ("upstream_timeout", 504), ("cut_by_gateway", 502), ("server_error", 500),
+                ("upstream_error", 502), ("ok", 200)]
+    entries = [LedgerEntry(
+        request_id=f"{(i + 1) * 0x5a5a5a5a5a5a5a5a5a5a5a5a:024x}"[-24:], account_id=customer.account_id, key_id=customer.key_id,
+        model="zowy-1-pro", target="", prompt_tokens=123_456, completion_tokens=65_432, total_tokens=188_888, estimated=i % 2 == 0,
+        stream=True, outcome=outcome, status=status, latency_ms=123_456.7, user=None, created_at=now - 60 * i,
+    ) for i, (outcome, status) in enumerate(outcomes)]
+    off_loop(support.run_store, gateway, lambda store: store.record(entries))
+    return [e.request_id for e in entries]
+
+
+def test_usage_log_fits_1280(console_gateway, chromium, tmp_path):
+    gw = console_gateway
+    customer, email = new_account(gw, "hooli", tokens=2_000_000, key_name="production-eu-west-batch")
+    ids = seed_outcomes(gw, customer)
+    context, page, problems = page_of(chromium)
+    try:
+        assert page.viewport_size["width"] == 1280
+        sign_in(page, gw, email)
+        nav(page, "Usage log")
+        expect(page.locator("tbody tr")).to_have_count(len(ids))
+        snap(page, tmp_path, "usage-log-outcomes")
+        expect(page.locator("tbody tr", has_text="production-eu-west-batch")).to_have_count(len(ids))
+        seen = fits(page, "main .table-wrap", "Request ID")
+        assert sorted(text for _, _, text in seen["cells"]) == sorted(ids)
         problems.check()
     finally:
         context.close()
