@@ -543,3 +543,29 @@ def test_usage_log_fits_1280(console_gateway, chromium, tmp_path):
         problems.check()
     finally:
         context.close()
+
+
+def test_audit_log_reads_as_text(console_gateway, chromium, tmp_path):
+    gw = console_gateway
+    customer, email = new_account(gw, "soylent", tokens=None)
+    with http(gw) as h:
+        assert h.post(f"/admin/v1/accounts/{customer.account_id}/packages", json={"plan": "business", "days": 10}, headers=ADMIN).status_code in (200, 201)
+        assert h.patch(f"/admin/v1/keys/{customer.key_id}", json={"name": "nightly", "token_cap": 750_000}, headers=ADMIN).status_code == 200
+    context, page, problems = page_of(chromium)
+    try:
+        operator_sign_in(page, gw)
+        page.goto(f"{gw.url}/console#/ops/audit?account={customer.account_id}")
+        expect(heading(page)).to_have_text("Audit log")
+        grant = page.locator("tr", has_text="package.grant").filter(has_text="admin")
+        expect(grant).to_have_count(1)
+        snap(page, tmp_path, "audit-log")
+        expect(grant).to_contain_text("10,000,000")
+        controls = page.locator("tr", has_text="key.controls")
+        expect(controls).to_contain_text("750,000")
+        expect(controls).to_contain_text("nightly")
+        assert "{" not in page.locator("main table").text_content()
+        for label in [t.strip() for t in page.locator("main thead th").all_text_contents()]:
+            fits(page, "main .table-wrap", label)
+        problems.check()
+    finally:
+        context.close()
