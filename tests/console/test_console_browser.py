@@ -569,3 +569,22 @@ def test_audit_log_reads_as_text(console_gateway, chromium, tmp_path):
         problems.check()
     finally:
         context.close()
+
+
+def test_live_traffic_starts_on_a_minutes_axis(console_gateway, chromium, tmp_path):
+    gw = console_gateway
+    context, page, problems = page_of(chromium)
+    try:
+        operator_sign_in(page, gw)
+        nav(page, "Live traffic")
+        for samples in (0, 1, 2):
+            figure = page.get_by_role("figure", name="Requests per second")
+            support.wait_until(lambda: int(figure.get_attribute("data-samples") or 0) >= samples, timeout=15, interval=0.1)
+            if samples == 1:
+                snap(page, tmp_path, "traffic-first-sample")
+            for name in ("Requests per second", "Tokens per second", "Errors per second, by status"):
+                seen = chart(page, name)
+                assert seen["x"][0] is not None and seen["x"][1] - seen["x"][0] <= 600, f"{name} after {samples} samples: {seen['x']}"
+        problems.check()
+    finally:
+        context.close()

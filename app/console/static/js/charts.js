@@ -127,15 +127,15 @@ function percentTop(max) {
 }
 
 // A chart of values over the last minutes that grows as samples arrive: push(at, [values]).
-export function liveChart(title, series, { unit, keep = 90 } = {}) {
+export function liveChart(title, series, { unit, keep = 90, span = 60 } = {}) {
   const plotEl = h("div");
   const data = [[], ...series.map(() => [])];
   const options = {
     tzDate: utc,
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    scales: { x: { time: true, range: () => recent(data[0], span) }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
     axes: [{}, { label: unit, size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) }],
     series: [{ label: "Time" }, ...series.map((s, i) => ({
-      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 2, points: { show: false },
+      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 2,
       value: (u, v) => (v === null || v === undefined ? "—" : v.toFixed(2)),
     }))],
   };
@@ -149,6 +149,14 @@ export function liveChart(title, series, { unit, keep = 90 } = {}) {
     fig.dataset.samples = String(data[0].length);
   };
   return fig;
+}
+
+// The time range of a live chart: its samples, and at least the last `span` seconds up to the newest
+// (up to now before the first), so that its first samples read on an axis of seconds. Taken from the
+// samples themselves: uPlot widens a single sample's range to 1,000 days before asking.
+function recent(times, span) {
+  const end = times.length ? times[times.length - 1] : Date.now() / 1000;
+  return [Math.min(times.length ? times[0] : end, end - span), end];
 }
 
 function compact(n) {
