@@ -59,7 +59,8 @@ def new_account(gateway, name: str, tokens: int | None, key_name: str | None = N
 
 
 def page_of(chromium, problems_expected: tuple[str, ...] = ()):
-    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    """A page in a browser of its own, with a client address of its own (sign-ins are throttled per address)."""
+    context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True, extra_http_headers={"X-Forwarded-For": kit.fresh_ip()})
     page = context.new_page()
     return context, page, Problems(page, problems_expected)
 
