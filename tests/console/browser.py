@@ -12,7 +12,7 @@ import pytest
 
 from tests import support
 
-VIEWPORT = {"width": 1360, "height": 900}
+VIEWPORT = {"width": 1280, "height": 900}
 INSTALL_HINT = "install it with `apt-get install chromium` (`make test` does so when run as root), or set ZOWY_CHROMIUM"
 
 

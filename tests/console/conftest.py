@@ -13,6 +13,7 @@ ENV = {
     "ZOWY_SCRYPT_COST": "12",
     "ZOWY_TRUSTED_PROXIES": "127.0.0.1/32",  # tests name their client address with X-Forwarded-For
     "ZOWY_SIGNIN_IP_PER_MINUTE": "5",
+    "ZOWY_RESERVE_IDLE": "30",  # a worker keeps an idle slice while the dashboard is read
 }
 
 

@@ -71,3 +71,8 @@ export function query(params) {
 }
 
 export const enc = encodeURIComponent;
+
+// The base URL an SDK is given for this gateway: the address the console was loaded from.
+export function baseUrl() {
+  return `${window.location.origin}/api/v1`;
+}

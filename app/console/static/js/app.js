@@ -3,6 +3,7 @@
 import * as api from "./api.js";
 import { disposeCharts } from "./charts.js";
 import { clear, h } from "./dom.js";
+import { notify } from "./status.js";
 import * as signin from "./pages/signin.js";
 import * as dashboard from "./pages/dashboard.js";
 import * as keys from "./pages/keys.js";
@@ -54,14 +55,6 @@ function home() {
   if (state.customer) return "dashboard";
   if (state.operator) return "ops/accounts";
   return "signin";
-}
-
-function notify(message) {
-  const status = document.getElementById("status");
-  status.textContent = message;
-  status.classList.add("shown");
-  clearTimeout(notify.timer);
-  notify.timer = setTimeout(() => status.classList.remove("shown"), 6000);
 }
 
 function navLink(page, current) {

@@ -1,7 +1,7 @@
 // Charts drawn with the vendored uPlot (a global from vendor/uplot-*/uPlot.iife.min.js). Each chart is
 // a figure with a caption and, for people who cannot see the canvas, its numbers in a table.
 
-import { h, int, table, uid } from "./dom.js";
+import { h, int, percent, table, uid } from "./dom.js";
 
 const DAY = 86400;
 export const PALETTE = ["#3b3fd8", "#0f8f7e", "#d97706", "#c0265e", "#5b7fa6", "#8e44ad", "#2e7d32", "#7a5c2e"];
@@ -24,6 +24,7 @@ function mount(plotEl, options, data) {
   });
   watcher.observe(plotEl);
   live.add(watcher);
+  plotEl.uplot = chart; // for the browser tests, which read its scales and axes
   return chart;
 }
 
@@ -86,20 +87,22 @@ export function stackedDays(title, days, groups, unit) {
   return fig;
 }
 
-// Requests per UTC day with the ones that failed, and the error rate on a second axis.
+// The error rate per UTC day, on one axis in percent (the day's failed and total requests in its legend
+// and table): a day without failures draws nothing.
 export function requestsAndErrors(title, days, requests, errors) {
   const xs = days.map((d) => Date.parse(`${d}T00:00:00Z`) / 1000);
   const rate = requests.map((r, i) => (r ? (100 * errors[i]) / r : null));
   const bars = window.uPlot.paths.bars({ size: [0.7, 48] });
   const options = {
     tzDate: utc,
-    scales: { x: { time: true, range: (u, min, max) => [min - DAY / 2, max + DAY / 2] }, y: { range: (u, min, max) => [0, Math.max(1, max)] }, pct: { range: [0, 100] } },
-    axes: [{}, { label: "requests", size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) },
-      { scale: "pct", side: 1, label: "error rate", size: 56, grid: { show: false }, values: (u, ticks) => ticks.map((t) => `${t}%`) }],
+    scales: { x: { time: true, range: (u, min, max) => [min - DAY / 2, max + DAY / 2] }, pct: { range: (u, min, max) => [0, percentTop(max)] } },
+    axes: [{}, { scale: "pct", label: "error rate", size: 64, values: (u, ticks) => ticks.map((t) => `${+t.toFixed(1)}%`) }],
     series: [{ label: "Day", value: (u, v) => (v === null ? "—" : new Date(v * 1000).toISOString().slice(0, 10)) },
-      { label: "Requests", stroke: PALETTE[0], fill: PALETTE[0] + "cc", paths: bars, points: { show: false } },
-      { label: "Failed", stroke: ERROR, fill: ERROR + "dd", paths: bars, points: { show: false } },
-      { label: "Error rate", scale: "pct", stroke: "#444", width: 2, dash: [4, 3], spanGaps: false, value: (u, v) => (v === null ? "—" : `${v.toFixed(1)}%`) }],
+      {
+        label: "Error rate", scale: "pct", stroke: ERROR, fill: ERROR + "dd", paths: bars, points: { show: false },
+        value: (u, v, si, di) => (di === null || di === undefined || !requests[di] ? "—"
+          : `${v < 10 && v > 0 ? v.toFixed(1) : Math.round(v)}% (${int(errors[di])} of ${int(requests[di])} failed)`),
+      }],
   };
   const plotEl = h("div");
   const totalRequests = requests.reduce((a, b) => a + b, 0);
@@ -110,23 +113,29 @@ export function requestsAndErrors(title, days, requests, errors) {
     { label: "Day (UTC)", value: (r) => r.day },
     { label: "Requests", numeric: true, value: (r) => int(r.requests) },
     { label: "Failed", numeric: true, value: (r) => int(r.errors) },
+    { label: "Error rate", numeric: true, value: (r) => percent(r.errors, r.requests) },
   ], rows, { empty: "No requests in this period." });
   const fig = figure(title, summary, plotEl, numbers);
   fig.dataset.total = String(totalRequests);
-  mount(plotEl, options, [xs, requests, errors, rate]);
+  mount(plotEl, options, [xs, rate]);
   return fig;
 }
 
+// The top of a percent axis: the next of a few round values above the highest rate, 10 % at least.
+function percentTop(max) {
+  return [10, 20, 25, 50, 100].find((top) => top >= (max || 0)) || 100;
+}
+
 // A chart of values over the last minutes that grows as samples arrive: push(at, [values]).
-export function liveChart(title, series, { unit, keep = 90 } = {}) {
+export function liveChart(title, series, { unit, keep = 90, span = 60 } = {}) {
   const plotEl = h("div");
   const data = [[], ...series.map(() => [])];
   const options = {
     tzDate: utc,
-    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+    scales: { x: { time: true, range: () => recent(data[0], span) }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
     axes: [{}, { label: unit, size: 64, values: (u, ticks) => ticks.map((t) => compact(t)) }],
     series: [{ label: "Time" }, ...series.map((s, i) => ({
-      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 2, points: { show: false },
+      label: s.label, stroke: s.color || PALETTE[i % PALETTE.length], width: 2,
       value: (u, v) => (v === null || v === undefined ? "—" : v.toFixed(2)),
     }))],
   };
@@ -140,6 +149,14 @@ export function liveChart(title, series, { unit, keep = 90 } = {}) {
     fig.dataset.samples = String(data[0].length);
   };
   return fig;
+}
+
+// The time range of a live chart: its samples, and at least the last `span` seconds up to the newest
+// (up to now before the first), so that its first samples read on an axis of seconds. Taken from the
+// samples themselves: uPlot widens a single sample's range to 1,000 days before asking.
+function recent(times, span) {
+  const end = times.length ? times[times.length - 1] : Date.now() / 1000;
+  return [Math.min(times.length ? times[0] : end, end - span), end];
 }
 
 function compact(n) {

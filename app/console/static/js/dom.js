@@ -51,11 +51,10 @@ export function int(n) {
   return n === null || n === undefined ? "—" : integer.format(Math.round(n));
 }
 
-export function tokens(n) {
-  if (n === null || n === undefined) return "—";
-  if (Math.abs(n) >= 1e6) return `${(n / 1e6).toFixed(n % 1e6 === 0 ? 0 : 2)}M`;
-  if (Math.abs(n) >= 1e4) return `${(n / 1e3).toFixed(1)}k`;
-  return integer.format(n);
+// A package's plan as a name: a package granted as a number of tokens has no plan of its own.
+export function planName(plan) {
+  if (!plan || plan === "tokens") return "Custom";
+  return plan[0].toUpperCase() + plan.slice(1);
 }
 
 export function percent(part, whole) {
@@ -76,6 +75,7 @@ export function date(epoch) {
 
 export function ms(value) {
   if (value === null || value === undefined) return "—";
+  if (value >= 10_000) return `${(value / 1000).toFixed(1)} s`;
   return value < 10 ? `${value.toFixed(1)} ms` : `${integer.format(Math.round(value))} ms`;
 }
 

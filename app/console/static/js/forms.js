@@ -2,6 +2,7 @@
 // marks the field it names.
 
 import { h, uid } from "./dom.js";
+import { dismiss } from "./status.js";
 
 function control(spec, id, hintId) {
   const common = {
@@ -78,6 +79,7 @@ export function form({ label, fields, submit, onSubmit, inline = false }) {
   el.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearError();
+    dismiss();
     for (const f of fields) {
       if (f.required && f.type !== "checkboxes" && read(el, f) === null) {
         showError({ message: `${f.label} is required.`, param: f.name });

@@ -2,7 +2,7 @@
 // and per model over the last 30 days.
 
 import { lastDays, requestsAndErrors, stackedDays } from "../charts.js";
-import { badge, card, date, h, int, percent, section, table, tokens } from "../dom.js";
+import { badge, card, date, h, int, percent, planName, section, table } from "../dom.js";
 
 export function perDay(days, cells, models, field) {
   const index = new Map(days.map((d, i) => [d, i]));
@@ -17,7 +17,7 @@ export function perDay(days, cells, models, field) {
 
 export function packagesTable(packages) {
   return table("Packages, newest last", [
-    { label: "Plan", value: (p) => p.plan },
+    { label: "Plan", value: (p) => planName(p.plan) },
     { label: "Tokens", numeric: true, value: (p) => int(p.tokens) },
     { label: "Used", numeric: true, value: (p) => int(p.used) },
     { label: "Left", numeric: true, value: (p) => int(p.remaining) },
@@ -27,26 +27,39 @@ export function packagesTable(packages) {
   ], packages, { empty: "No packages yet." });
 }
 
-export function balanceCards(balance, usage) {
+// What is left is what the active packages hold once the ledger debited every finished request. The
+// tokens workers have leased from the balance (for requests in flight, and the unused rest of a slice
+// until it goes back) are not the customer's to manage: operators see them.
+export function balanceCards(balance, usage, { operator = false } = {}) {
   const active = balance.active_package;
   const total = usage.total;
+  const count = balance.packages.filter((p) => p.active).length;
   return h("div", { class: "cards" },
-    card("Available tokens", int(balance.available_tokens),
-      `${int(balance.remaining_tokens)} left in active packages, ${int(balance.reserved_tokens)} reserved`),
+    card("Tokens left", int(balance.remaining_tokens),
+      count ? `in ${count} active package${count === 1 ? "" : "s"}` : "no active package"),
     h("div", { class: "card" },
       h("p", { class: "card-label" }, "Active package"),
-      h("p", { class: "card-value" }, active ? active.plan[0].toUpperCase() + active.plan.slice(1) : "None"),
+      h("p", { class: "card-value" }, active ? planName(active.plan) : "None"),
       active
         ? [h("progress", { max: active.tokens, value: active.remaining, "aria-label": "Tokens left in the active package" }),
           h("p", { class: "card-detail" }, `${int(active.remaining)} of ${int(active.tokens)} tokens left · expires ${date(active.expires_at)}`)]
         : h("p", { class: "card-detail" }, "Redeem a code or ask your operator for a package.")),
-    card("Reserved tokens", int(balance.reserved_tokens), "held for requests in flight"),
-    card("Requests, 30 days", int(total.requests), `${tokens(total.total_tokens)} tokens`),
+    operator ? card("Leased by workers", int(balance.reserved_tokens),
+      "for requests in flight, and unused slices until they go back") : null,
+    card("Requests, 30 days", int(total.requests), `${int(total.total_tokens)} tokens`),
     card("Error rate, 30 days", percent(total.errors, total.requests), `${int(total.errors)} failed`));
 }
 
-export function usageCharts(usage) {
+// The days the charts show: from the first day with requests in the last 30 (a week at least) to today.
+export function chartDays(usage) {
   const days = lastDays(30);
+  const busy = new Set(usage.by_day.filter((r) => r.requests).map((r) => r.day));
+  const first = days.findIndex((d) => busy.has(d));
+  return days.slice(Math.min(first < 0 ? 0 : first, days.length - 7));
+}
+
+export function usageCharts(usage) {
+  const days = chartDays(usage);
   const models = usage.by_model.map((m) => m.model);
   const cells = usage.by_day_model;
   const requests = days.map((d) => (usage.by_day.find((r) => r.day === d) || { requests: 0 }).requests);

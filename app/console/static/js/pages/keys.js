@@ -103,7 +103,7 @@ export async function render(main, ctx) {
       const fresh = (await api.get("/api/v1/keys")).data;
       tableHolder.replaceChildren(keysTable(fresh, actions));
       created.replaceChildren(secret(`New key ${made.name || made.prefix}`, made.key,
-        "Copy it now: it is shown only this once. Use it as the API key of the OpenAI SDK, with base_url set to this gateway's /api/v1."));
+        `Copy it now: it is shown only this once. Use it as the API key of the OpenAI SDK, with base_url set to ${api.baseUrl()}.`));
       created.querySelector(".secret-value").focus();
       ctx.notify("Key created.");
     },

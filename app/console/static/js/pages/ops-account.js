@@ -64,7 +64,8 @@ export async function render(main, ctx) {
     onSubmit: async (values, el) => {
       const made = await api.post(`${base}/keys`, values);
       el.reset();
-      shown.replaceChildren(secret(`New key for ${name}`, made.key, "Shown only this once: hand it to the customer over a safe channel."));
+      shown.replaceChildren(secret(`New key for ${name}`, made.key,
+        `Shown only this once: hand it to the customer over a safe channel, with the base URL ${api.baseUrl()}.`));
       shown.querySelector(".secret-value").focus();
     },
   });
@@ -90,7 +91,7 @@ export async function render(main, ctx) {
         h("a", { class: "button", href: `#/ops/audit?account=${encodeURIComponent(id)}` }, "Audit log"),
         h("button", { type: "button", on: { click: reload } }, "Refresh"))),
     h("p", { class: "mono muted" }, id),
-    balanceCards(balance, usage),
+    balanceCards(balance, usage, { operator: true }),
     shown,
     section("Grant a package", grant.el),
     section("Packages", packagesTable(balance.packages)),

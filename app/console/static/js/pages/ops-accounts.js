@@ -1,6 +1,6 @@
 // Operator: every account with its balance, and a new account.
 
-import { date, h, int, section, table } from "../dom.js";
+import { date, h, int, planName, section, table } from "../dom.js";
 import { form } from "../forms.js";
 
 const SHOWN = 200;
@@ -32,11 +32,11 @@ export async function render(main, ctx) {
     { label: "Account", value: (a) => h("a", { href: `#/ops/account/${encodeURIComponent(a.id)}` }, a.name) },
     { label: "ID", class: "mono", value: (a) => a.id },
     { label: "Created", value: (a) => date(a.created_at) },
-    { label: "Available", numeric: true, value: (a) => int(money.get(a.id)?.available_tokens) },
-    { label: "Reserved", numeric: true, value: (a) => int(money.get(a.id)?.reserved_tokens) },
+    { label: "Tokens left", numeric: true, value: (a) => int(money.get(a.id)?.remaining_tokens) },
+    { label: "Leased by workers", numeric: true, value: (a) => int(money.get(a.id)?.reserved_tokens) },
     { label: "Active package", value: (a) => {
       const p = money.get(a.id)?.active_package;
-      return p ? `${p.plan}, expires ${date(p.expires_at)}` : "none";
+      return p ? `${planName(p.plan)}, expires ${date(p.expires_at)}` : "none";
     } },
   ];
   const holder = h("div");

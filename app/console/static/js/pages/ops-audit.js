@@ -1,10 +1,37 @@
 // Operator: the audit log of changes to money and access, newest first, filtered and paged.
 
-import { dayStart, h, section, table, time } from "../dom.js";
+import { dayStart, h, int, section, table, time } from "../dom.js";
 import { form } from "../forms.js";
 
-function change(value) {
-  return value === null || value === undefined ? "—" : h("code", { class: "json" }, JSON.stringify(value));
+// A recorded value as text: times as UTC times, counts with separators, lists and objects spelled out.
+function text(name, value) {
+  if (value === null || value === undefined || value === "") return "—";
+  if (Array.isArray(value)) return value.length ? value.map((v) => text("", v)).join(", ") : "—";
+  if (typeof value === "object") return Object.entries(value).map(([k, v]) => `${k}: ${text(k, v)}`).join("; ");
+  if (typeof value === "number") return name.endsWith("_at") ? time(value) : Number.isInteger(value) ? int(value) : String(+value.toFixed(3));
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  return String(value);
+}
+
+// What an event changed, one field a line: "field: before → after" where both were recorded, else
+// the value recorded. The row's own account and target are not repeated.
+function change(e) {
+  const before = e.before ?? null;
+  const after = e.after ?? null;
+  const object = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+  if (!object(before) && !object(after)) {
+    if (before === null && after === null) return "—";
+    return before === null ? text("", after) : `${text("", before)} → ${text("", after)}`;
+  }
+  const names = [...new Set([...Object.keys(object(before) ? before : {}), ...Object.keys(object(after) ? after : {})])]
+    .filter((k) => !(k === "id" && (after || before)[k] === e.target) && !(k === "account_id" && (after || before)[k] === e.account_id));
+  const line = (k) => {
+    const was = object(before) && k in before ? before[k] : undefined;
+    const now = object(after) && k in after ? after[k] : undefined;
+    if (was !== undefined && now !== undefined) return `${text(k, was)} → ${text(k, now)}`;
+    return now !== undefined ? text(k, now) : `was ${text(k, was)}`;
+  };
+  return h("ul", { class: "fields" }, names.map((k) => h("li", null, h("span", { class: "field-name" }, `${k}: `), line(k))));
 }
 
 export async function render(main, ctx) {
@@ -22,8 +49,7 @@ export async function render(main, ctx) {
     { label: "Action", value: (e) => e.action },
     { label: "Account", class: "mono", value: (e) => (e.account_id ? h("a", { href: `#/ops/account/${encodeURIComponent(e.account_id)}` }, e.account_id) : "—") },
     { label: "Target", class: "mono", value: (e) => e.target || "—" },
-    { label: "Before", class: "wrap", value: (e) => change(e.before) },
-    { label: "After", class: "wrap", value: (e) => change(e.after) },
+    { label: "Change", class: "wrap", value: change },
   ];
   const rows = [...first.data];
   let cursor = first.next_cursor;

@@ -1,6 +1,6 @@
 // Operator: generate redemption codes (shown once), and look up a batch.
 
-import { date, h, int, section, table } from "../dom.js";
+import { date, h, int, planName, section, table } from "../dom.js";
 import { form, secret } from "../forms.js";
 
 export async function render(main, ctx) {
@@ -13,7 +13,7 @@ export async function render(main, ctx) {
     const found = await api.get(`/admin/v1/codes/${encodeURIComponent(batchId)}`);
     batch.replaceChildren(table(`Batch ${found.batch_id}: ${int(found.redeemed)} of ${int(found.count)} redeemed`, [
       { label: "Code ID", class: "mono", value: (c) => c.id },
-      { label: "Grants", value: (c) => `${c.plan || "tokens"}: ${int(c.tokens)} tokens` },
+      { label: "Grants", value: (c) => `${planName(c.plan)}: ${int(c.tokens)} tokens` },
       { label: "Redeemable until", value: (c) => date(c.expires_at) },
       { label: "Redeemed by", class: "mono", value: (c) => c.redeemed_by || "—" },
       { label: "Redeemed", value: (c) => date(c.redeemed_at) },

@@ -1,6 +1,6 @@
 // Redeem a code into a token package.
 
-import { date, h, int, section, tokens } from "../dom.js";
+import { date, h, int, planName, section } from "../dom.js";
 import { form } from "../forms.js";
 
 export async function render(main, ctx) {
@@ -13,13 +13,14 @@ export async function render(main, ctx) {
       hint: "Any case, with or without dashes.",
     }],
     onSubmit: async (values, el) => {
+      result.replaceChildren();
       const done = await ctx.api.post("/api/v1/redeem", { code: values.code });
       el.reset();
       const p = done.package;
       result.replaceChildren(h("div", { class: "success" },
         h("h2", null, "Code redeemed"),
-        h("p", null, `A ${p.plan} package of ${int(p.tokens)} tokens, valid until ${date(p.expires_at)}.`),
-        h("p", null, `Available now: ${tokens(done.available_tokens)} tokens.`),
+        h("p", null, `A ${planName(p.plan)} package of ${int(p.tokens)} tokens, valid until ${date(p.expires_at)}.`),
+        h("p", null, `You now have ${int(done.remaining_tokens)} tokens left.`),
         h("p", null, h("a", { href: "#/dashboard" }, "See the dashboard"))));
       ctx.notify("Code redeemed.");
     },

@@ -27,9 +27,16 @@ export async function render(main, ctx) {
   ]);
   if (!ctx.current()) return;
   const keyNames = new Map(keys.data.map((k) => [k.id, k.name ? `${k.name} (${k.prefix.slice(0, 6)}…)` : `${k.prefix}…`]));
+  // In the table a key's name sits above its prefix, and a long name wraps: the request ID stays in view.
+  const byId = new Map(keys.data.map((k) => [k.id, k]));
+  const keyCell = (id) => {
+    const k = byId.get(id);
+    if (!k) return id;
+    return k.name ? [k.name, h("span", { class: "mono muted key-prefix" }, `${k.prefix.slice(0, 6)}…`)] : h("span", { class: "mono" }, `${k.prefix}…`);
+  };
   const columns = [
     { label: "Time (UTC)", value: (e) => time(e.created_at) },
-    { label: "Key", value: (e) => keyNames.get(e.key_id) || e.key_id },
+    { label: "Key", class: "key", value: (e) => keyCell(e.key_id) },
     { label: "Model", value: (e) => e.model },
     { label: "Prompt", numeric: true, value: (e) => int(e.prompt_tokens) },
     { label: "Completion", numeric: true, value: (e) => int(e.completion_tokens) },
