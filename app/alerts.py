@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
@@ -70,11 +70,23 @@ def alert_id(account_id: str, package_id: str, threshold: int) -> str:
     return "alr_" + hashlib.sha256(f"{account_id}:{package_id}:{threshold}".encode()).hexdigest()[:24]
 
 
+def _http_url(url: object) -> SplitResult | None:
+    """The parts of an http(s) URL with a host and a valid port, or None."""
+    if type(url) is not str or len(url) > MAX_URL:
+        return None
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # an unclosed or invalid [IPv6] host, or a port out of range
+        return None
+    return parts if valid else None
+
+
 def check_settings(settings: Settings, url: object, thresholds: object) -> tuple[str | None, tuple[int, ...]]:
     """A valid receiver URL (or None) and thresholds; InvalidRequest naming the field otherwise."""
     if url is not None:
-        parts = urlsplit(url) if type(url) is str and len(url) <= MAX_URL else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _http_url(url)
+        if parts is None:
             raise InvalidRequest(f"'url' must be an http(s) URL of at most {MAX_URL} characters.", param="url")
         # Judged without resolving the name: whether a name exists inside is nothing to tell a customer.
         if not settings.hooks.alert_private_urls and host_refusal(parts.hostname) is not None:

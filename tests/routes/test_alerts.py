@@ -191,6 +191,7 @@ def test_alert_settings_are_validated_and_audited(pair):
 
     refused({"url": "ftp://example.com/x"}, "url")
     refused({"url": "not a url"}, "url")
+    refused({"url": "http://[::1/x"}, "url")  # an unclosed IPv6 host is a 400, not a crash
     refused({"url": "https://example.com/x", "thresholds": [101]}, "thresholds[0]")
     refused({"url": "https://example.com/x", "thresholds": []}, "thresholds")
     refused({"thresholds": [10]}, "url")

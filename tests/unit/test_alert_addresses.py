@@ -75,6 +75,13 @@ def test_a_public_address_in_another_spelling_is_refused_for_its_form(host):
     assert info.value.param == "url" and info.value.code != "url_not_public" and "a.b.c.d" in info.value.message
 
 
+@pytest.mark.parametrize("url", ["http://[::1/x", "http://[zz]/x", "http://8.8.8.8:99999/x", "ftp://8.8.8.8/x", "http:///x"])
+def test_a_url_that_is_no_http_url_is_refused_naming_it(url):
+    with pytest.raises(InvalidRequest) as info:
+        check_settings(PRIVATE, url, None)
+    assert info.value.param == "url" and "http(s) URL" in info.value.message
+
+
 def test_refusal_names_the_range():
     assert "loopback" in refusal(ipaddress.ip_address("127.0.0.1"))
     assert "NAT64" in refusal(ipaddress.ip_address("64:ff9b::808:808"))
