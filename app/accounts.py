@@ -14,9 +14,11 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from . import audit
 from .audit import Actor
+from .clientip import throttle_source
 from .config import Settings
 from .errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
 from .ids import new_id
@@ -155,17 +157,52 @@ def csrf_ok(settings: Settings, session_token: str, header: str | None) -> bool:
     return bool(header) and hmac.compare_digest(header.encode(), csrf_token(settings, session_token).encode())
 
 
+def _refused(count, per_minute: int, per_hour: int, now: float, what: str) -> RateLimited:
+    headers = Decision(False, per_minute, count.minute, per_hour, count.hour, now).headers()
+    return RateLimited(
+        f"Too many {what}. Please try again in {headers['retry-after']} s.",
+        headers={k: v for k, v in headers.items() if k.startswith("retry-after")},
+    )
+
+
 async def throttle(store: Store, settings: Settings, window_id: str, per_minute: int, per_hour: int, now: float,
                    what: str = "sign-in attempts") -> None:
     """Count one attempt in a synthetic rate window (exact across instances); RateLimited when full."""
     count = await store.hit(window_id, per_minute, per_hour, now, settings.limiter_timeout)
     if not count.admitted:
-        decision = Decision(False, per_minute, count.minute, per_hour, count.hour, now)
-        headers = decision.headers()
-        raise RateLimited(
-            f"Too many {what}. Please try again in {headers['retry-after']} s.",
-            headers={k: v for k, v in headers.items() if k.startswith("retry-after")},
-        )
+        raise _refused(count, per_minute, per_hour, now, what)
+
+
+_ALWAYS = 1 << 40  # a window's limits when it only counts
+
+
+async def guard(store: Store, settings: Settings, subject: str, source: str, check: Callable[[], Awaitable[bool]]) -> bool:
+    """Whether ``check`` (the secret's check, costly for a password) passed for a sign-in to ``subject``
+    (an account, or the operators) from ``source`` (an address, or an IPv6 /64); RateLimited when the
+    windows refuse, always before ``check`` runs.
+
+    Every attempt counts per (subject, address) and in the subject's ceiling. Over the ceiling, only
+    an address with no failure on this subject in this clock hour has its secret checked, once a
+    minute: strangers cannot lock an owner out, and each of their addresses gets one guess an hour.
+    """
+    limits = settings.self_service
+    now = time.time()
+    timeout = settings.limiter_timeout
+    await throttle(store, settings, f"signin:pair:{subject}:{source}",
+                   limits.signin_account_ip_per_minute, limits.signin_account_ip_per_hour, now)
+    ceiling = await store.hit(f"signin:ceiling:{subject}", limits.signin_per_minute, limits.signin_per_hour, now, timeout)
+    failures = f"signin:failed:{subject}:{source}"
+    if not ceiling.admitted:
+        refused = _refused(ceiling, limits.signin_per_minute, limits.signin_per_hour, now, "sign-in attempts")
+        # Limits of 0 and nothing taken: admitted only while the window holds no failure.
+        if not (await store.hit(failures, 0, 0, now, timeout, take=0)).admitted:
+            raise refused
+        if not (await store.hit(f"signin:over:{subject}:{source}", 1, 60, now, timeout)).admitted:
+            raise refused
+    if await check():
+        return True
+    await store.hit(failures, _ALWAYS, _ALWAYS, now, timeout)
+    return False
 
 
 async def sign_in(store: Store, settings: Settings, email: object, password: object, ip: str) -> SignedIn:
@@ -175,11 +212,12 @@ async def sign_in(store: Store, settings: Settings, email: object, password: obj
     if type(email) is not str or type(password) is not str or len(password) > MAX_PASSWORD:
         raise InvalidCredentials()
     email = email.strip().lower()[:254]
-    await throttle(store, settings, f"signin:ip:{ip}", limits.signin_ip_per_minute, limits.signin_ip_per_hour, now)
+    source = throttle_source(ip)
+    await throttle(store, settings, f"signin:ip:{source}", limits.signin_ip_per_minute, limits.signin_ip_per_hour, now)
     found = await store.owner_login(email)
-    account_key = f"signin:acct:{found[0].account_id}" if found else "signin:email:" + hashlib.sha256(email.encode()).hexdigest()[:24]
-    await throttle(store, settings, account_key, limits.signin_per_minute, limits.signin_per_hour, now)
-    matched = await asyncio.to_thread(verify_password, password, found[1] if found else _decoy(limits.scrypt_cost))
+    subject = f"acct:{found[0].account_id}" if found else "email:" + hashlib.sha256(email.encode()).hexdigest()[:24]
+    encoded = found[1] if found else _decoy(limits.scrypt_cost)
+    matched = await guard(store, settings, subject, source, lambda: asyncio.to_thread(verify_password, password, encoded))
     if not (found and matched):
         await audit.record(store, Actor("anonymous", ip), "signin.failed", found[0].account_id if found else None,
                            email, after={"reason": "wrong password" if found else "unknown email"})

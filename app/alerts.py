@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
@@ -27,7 +27,7 @@ from .errors import InvalidRequest, StoreUnavailable
 from .metering import LedgerEntry
 from .store import Package, Store
 from .store.base import Alert, AlertSettings, active_packages
-from .upstream.webhook import DeliveryFailed, WebhookClient, public_address
+from .upstream.webhook import DeliveryFailed, WebhookClient, address_literal, host_refusal
 
 log = logging.getLogger("zowy.alerts")
 
@@ -70,19 +70,30 @@ def alert_id(account_id: str, package_id: str, threshold: int) -> str:
     return "alr_" + hashlib.sha256(f"{account_id}:{package_id}:{threshold}".encode()).hexdigest()[:24]
 
 
+def _http_url(url: object) -> SplitResult | None:
+    """The parts of an http(s) URL with a host and a valid port, or None."""
+    if type(url) is not str or len(url) > MAX_URL:
+        return None
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # an unclosed or invalid [IPv6] host, or a port out of range
+        return None
+    return parts if valid else None
+
+
 def check_settings(settings: Settings, url: object, thresholds: object) -> tuple[str | None, tuple[int, ...]]:
     """A valid receiver URL (or None) and thresholds; InvalidRequest naming the field otherwise."""
     if url is not None:
-        parts = urlsplit(url) if type(url) is str and len(url) <= MAX_URL else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        parts = _http_url(url)
+        if parts is None:
             raise InvalidRequest(f"'url' must be an http(s) URL of at most {MAX_URL} characters.", param="url")
-        if not settings.hooks.alert_private_urls:
-            try:
-                public = public_address(parts.hostname)
-            except ValueError:
-                public = parts.hostname not in ("localhost",) and not parts.hostname.endswith(".localhost")
-            if not public:
-                raise InvalidRequest("'url' must point to a public address.", param="url", code="url_not_public")
+        # Judged without resolving the name: whether a name exists inside is nothing to tell a customer.
+        if not settings.hooks.alert_private_urls and host_refusal(parts.hostname) is not None:
+            raise InvalidRequest("'url' must point to a public address.", param="url", code="url_not_public")
+        literal = address_literal(parts.hostname)
+        if literal is not None and literal.version == 4 and str(literal) != parts.hostname:
+            raise InvalidRequest("'url' must write an IPv4 address as a.b.c.d (four decimal numbers).", param="url")
     if thresholds is None:
         thresholds = DEFAULT_THRESHOLDS
     if (type(thresholds) not in (list, tuple) or not 1 <= len(thresholds) <= MAX_THRESHOLDS
@@ -258,7 +269,7 @@ class Alerts:
             when = self.clock() + (0.0 if give_up else delay)
             await self.store.retry_alert(alert.id, self.owner, when, str(failure), give_up=give_up)
             log.warning("alert %s to account %s not delivered (attempt %d%s): %s", alert.id, alert.account_id,
-                        alert.attempts, ", giving up" if give_up else "", failure)
+                        alert.attempts, ", giving up" if give_up else "", failure.detail)
             return False
         await self.store.finish_alert(alert.id, self.owner, self.clock())
         return True

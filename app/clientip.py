@@ -63,6 +63,17 @@ def _client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network
 _memo_client_address = lru_cache(maxsize=65536)(_client_address)
 
 
+def throttle_source(address: str) -> str:
+    """What sign-in throttling counts as one address: an IPv4 address, or the /64 of an IPv6 one
+    (what one subscriber usually holds, so its many addresses are not many guessers)."""
+    parsed = _address(address)
+    if parsed is None:
+        return address
+    if parsed.version == 6:
+        return str(ipaddress.IPv6Network((int(parsed) >> 64 << 64, 64)))
+    return str(parsed)
+
+
 @lru_cache(maxsize=65536)
 def allowed(address: str, cidrs: tuple[str, ...]) -> bool:
     """Whether ``address`` falls in one of ``cidrs``."""

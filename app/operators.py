@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 
 from . import audit
-from .accounts import csrf_token, throttle
+from .accounts import csrf_token, guard, throttle
 from .audit import Actor
+from .clientip import throttle_source
 from .config import Settings
 from .errors import AdminDisabled, AdminUnauthorized
 from .keys import key_hash
@@ -41,14 +42,20 @@ def _binding(settings: Settings) -> str:
 
 
 async def sign_in(store: Store, settings: Settings, token: object, ip: str) -> OperatorSession:
-    """A new operator session for the right admin token, within the per-address sign-in windows."""
+    """A new operator session for the right admin token, within the sign-in windows (the operators
+    are one subject, throttled as an account is)."""
     if not settings.admin_token:
         raise AdminDisabled()
     limits = settings.self_service
     now = time.time()
-    await throttle(store, settings, f"operator-signin:ip:{ip}", limits.signin_ip_per_minute, limits.signin_ip_per_hour, now)
+    source = throttle_source(ip)
+    await throttle(store, settings, f"operator-signin:ip:{source}", limits.signin_ip_per_minute, limits.signin_ip_per_hour, now)
     given = token.encode() if type(token) is str and len(token) <= _MAX_TOKEN else b""
-    if not hmac.compare_digest(given, settings.admin_token.encode()):
+
+    async def check() -> bool:
+        return hmac.compare_digest(given, settings.admin_token.encode())
+
+    if not await guard(store, settings, "operators", source, check):
         await audit.record(store, Actor("anonymous", ip), "operator.signin.failed", after={"reason": "wrong admin token"})
         raise AdminUnauthorized("Incorrect admin token.")
     session_token = SESSION_PREFIX + secrets.token_urlsafe(32)

@@ -32,6 +32,7 @@ ENV = {
     "ZOWY_KEY_USAGE_CACHE_TTL": "0.2",
     "ZOWY_SCRYPT_COST": "12",
     "ZOWY_SIGNIN_PER_MINUTE": "5",
+    "ZOWY_SIGNIN_ACCOUNT_IP_PER_MINUTE": "3",
 }
 
 _addresses = itertools.count(1)

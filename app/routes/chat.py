@@ -23,8 +23,7 @@ _STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 async def chat_completions(request: Request) -> HTTPResponse | None:
     services: Services = request.app.ctx.services
-    if not await receive(request, services.settings):
-        return None
+    await receive(request, services.settings)
     with Exchange(services, len(request.body), request.headers.get("x-request-id")) as exchange:
         request.ctx.headers = exchange.headers
         try:
@@ -36,7 +35,7 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
             raise StreamCut() from None
 
 
-# stream=True: the body is read by the handler, so a stalled upload meets the body timeout.
+# stream=True: the body is read by the handler, under the gateway's size limit.
 bp.add_route(chat_completions, "/api/v1/chat/completions", methods=["POST"], name="chat_completions", stream=True)
 bp.add_route(chat_completions, "/v1/chat/completions", methods=["POST"], name="chat_completions_v1", stream=True)
 

@@ -147,6 +147,16 @@ def test_operator_sign_in_refuses_other_sites_and_is_throttled(console_gateway):
     assert operator_sign_in(gw).status_code == 201  # another address is not held back
 
 
+def test_operators_are_throttled_as_an_account_is_without_being_locked_out(console_gateway):
+    gw = console_gateway
+    support.wait_for_window(60, need=15)
+    guessers = [kit.fresh_ip() for _ in range(12)]  # past the operators' ceiling (ZOWY_SIGNIN_PER_MINUTE, 10)
+    assert [operator_sign_in(gw, "wrong-token", ip=ip).status_code for ip in guessers] == [401] * 12
+    held = operator_sign_in(gw, ip=guessers[0])  # an address that failed waits, even with the right token
+    assert held.status_code == 429 and int(held.headers["retry-after"]) >= 1
+    assert operator_sign_in(gw).status_code == 201  # an address without failures gets in
+
+
 def test_operator_sessions_end_when_the_admin_token_changes(console_gateway, models_path):
     signed = operator_sign_in(console_gateway)
     cookies = {"zowy_operator": signed.cookies["zowy_operator"]}

@@ -3,6 +3,8 @@ webhook per crossing however many instances served the requests, and gets it onc
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import threading
 import time
 import uuid
@@ -13,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from app import webhooks
+from app.store.base import AlertSettings
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import sdk_client
@@ -188,6 +191,7 @@ def test_alert_settings_are_validated_and_audited(pair):
 
     refused({"url": "ftp://example.com/x"}, "url")
     refused({"url": "not a url"}, "url")
+    refused({"url": "http://[::1/x"}, "url")  # an unclosed IPv6 host is a 400, not a crash
     refused({"url": "https://example.com/x", "thresholds": [101]}, "thresholds[0]")
     refused({"url": "https://example.com/x", "thresholds": []}, "thresholds")
     refused({"thresholds": [10]}, "url")
@@ -229,3 +233,48 @@ def test_private_receivers_and_disabled_alerts_are_refused(tmp_path, models_path
                                       headers={"Authorization": "Bearer t"})
     assert created.status == 201
     assert response.status == 400 and response.json["error"]["code"] == "alerts_disabled"
+
+
+@pytest.fixture(scope="module")
+def public_only(tmp_path_factory, models_path):
+    """A gateway that delivers alerts to public addresses only (ZOWY_ALERT_PRIVATE_URLS unset)."""
+    gw = support.start_gateway(tmp_path_factory.mktemp("alerts-public"), models_path,
+                               **{**kit.ENV, "ZOWY_ALERT_PRIVATE_URLS": "false", "ZOWY_ALERT_MAX_ATTEMPTS": "2"})
+    yield gw
+    gw.stop()
+
+
+def test_a_customer_learns_nothing_about_the_gateways_network_from_delivery_errors(public_only, receiver):
+    receiver.up()
+    inside = socket.gethostname()  # a name of this machine: it resolves to a non-public address here
+    if any(not re.match(r"^(127|10|172\.(1[6-9]|2\d|3[01])|192\.168)\.", a[4][0]) for a in socket.getaddrinfo(inside, 80)):
+        pytest.skip(f"{inside} resolves to a public address")
+    urls = {
+        "internal name": f"http://{inside}:{receiver.port}/hooks/zowy",
+        "loopback in another spelling": f"http://127.1:{receiver.port}/hooks/zowy",
+        "no such name": f"http://no-such-host-{uuid.uuid4().hex[:8]}.invalid:{receiver.port}/hooks/zowy",
+    }
+    owners = {}
+    for kind, url in urls.items():
+        owner = owners[kind] = kit.new_owner(public_only, tokens=1000)
+        if kind == "no such name":  # a dotted name is accepted when set: it is only resolved to deliver
+            assert set_alerts(public_only, owner, url=url, thresholds=[100]).status_code == 200
+        else:  # refused when set now; such a URL may still be stored from before these rules
+            assert set_alerts(public_only, owner, url=url, thresholds=[100]).json()["error"]["code"] == "url_not_public"
+            support.run_store(public_only, lambda s, a=owner.customer.account_id, u=url: s.set_alert_settings(
+                AlertSettings(a, u, (100,), time.time())))
+        spend([public_only], owner.customer.key, 1)
+
+    def errors() -> dict[str, str | None]:
+        found = {}
+        for kind, owner in owners.items():
+            with httpx2.Client(base_url=public_only.url, timeout=30) as h:
+                shown = h.get("/api/v1/account/alerts", headers=owner.auth).json()["deliveries"]
+            found[kind] = shown[0]["last_error"] if shown and shown[0]["failed_at"] else None
+        return found
+
+    support.wait_until(lambda: all(errors().values()), timeout=20)
+    assert len(set(errors().values())) == 1, errors()  # one text, whatever the reason
+    assert receiver.deliveries == []
+    log = public_only.process.log()  # the operator's log says what happened
+    assert f"{inside} resolves to 127." in log and "no-such-host-" in log
