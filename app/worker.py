@@ -68,6 +68,22 @@ def main() -> int:
         loop.close()
 
 
+def record_server(app, server, sock: socket.socket):
+    """Record the server in ``app.state`` as Sanic's own worker does before start-up. Its touch-ups
+    read it (with one HTTP/1.1 server the ``alt-svc`` header is compiled out of every response;
+    without it the header goes out empty), and ``app.state.stage`` says serving (``app.loop`` and
+    ``app.add_task`` work)."""
+    from sanic.application.constants import ServerStage
+    from sanic.application.state import ApplicationServerInfo
+    from sanic.http.constants import HTTP
+
+    host, port = sock.getsockname()[:2]
+    settings = {"host": host, "port": port, "version": HTTP.VERSION_1, "sock": sock, "ssl": None, "unix": None, "app": app}
+    info = ApplicationServerInfo(settings=settings, stage=ServerStage.SERVING, server=server)
+    app.state.server_info.append(info)
+    return info
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel send SIGTERM when the supervisor dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
@@ -97,6 +113,8 @@ class Worker:
         self.stop.set()
 
     async def run(self) -> int:
+        from sanic.application.constants import ServerStage
+
         from .protocol import GatewayProtocol
         from .server import create_app
 
@@ -110,6 +128,7 @@ class Worker:
             sock=sock, protocol=GatewayProtocol, backlog=BACKLOG, return_asyncio_server=True, access_log=False,
             asyncio_server_kwargs={"start_serving": False},
         )
+        served = record_server(app, server, sock)
         await server.startup()
         try:
             await server.before_start()
@@ -118,18 +137,21 @@ class Worker:
             else:
                 await server.start_serving()  # accepting from here on
                 await server.after_start()
+                app.set_serving(True)
                 self._tell(READY)
                 log.info("Worker ready [%s]", os.getpid())
                 await self.stop.wait()
                 # Stop accepting first: this process lets go of the listening socket, and no loop
                 # ever polls a socket that is shut. The socket closes when the last process does.
                 server.server.close()
+            app.set_serving(False)
             await server.before_stop()
             services = getattr(app.ctx, "services", None)
             if services is not None:
                 await drain(services, server.connections, self.settings.drain_timeout)
         finally:
             await server.after_stop()
+            served.stage = ServerStage.STOPPED
         await _end_tasks()
         return 0
 
