@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import logs
+from . import logs, stop_signals
 from .config import Settings
 
 log = logging.getLogger("zowy")
@@ -65,6 +65,9 @@ def main() -> int:
         return loop.run_until_complete(Worker(spec, loop).run())
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
+        for sig in stop_signals.STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        stop_signals.ignore()
         loop.close()
 
 
@@ -118,8 +121,10 @@ class Worker:
         from .protocol import GatewayProtocol
         from .server import create_app
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals.STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        for sig in stop_signals.take():  # held since the process started
+            self.request_stop(signal.Signals(sig).name)
         threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
         sock = socket.socket(fileno=self.spec.listen_fd)
         app = create_app(self.settings)

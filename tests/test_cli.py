@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -133,3 +134,20 @@ def test_key_controls_owners_codes_alerts_and_audit(cli, tmp_path):
     controls = next(e for e in events if e["action"] == "key.controls")
     assert controls["before"]["models"] == ["zowy-1", "zowy-2"] and controls["after"]["models"] is None
     assert json.loads(cli("audit", "--action", "codes.create").stdout)[0]["target"] == batch["batch_id"]
+
+
+def test_a_stop_signal_held_while_a_one_shot_command_starts_stops_it_once_it_runs():
+    """``python -m app`` holds SIGTERM from its first line (for ``serve``); a one-shot command gets the
+    default action back, and a SIGTERM that came meanwhile ends it then."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from app import stop_signals\n"
+        "stop_signals.hold()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)\n"
+        "print('held', flush=True)\n"
+        "stop_signals.release()\n"
+        "print('not stopped', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM and done.stdout == "held\n", (done.returncode, done.stdout, done.stderr)
