@@ -126,6 +126,9 @@ class Worker:
         for sig in stop_signals.take():  # held since the process started
             self.request_stop(signal.Signals(sig).name)
         threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+        # create_server prints Sanic's production-mode warning on a terminal; Sanic's own workers
+        # never do (their manager's process does, once), nor do ours.
+        os.environ["SANIC_IGNORE_PRODUCTION_WARNING"] = "true"
         sock = socket.socket(fileno=self.spec.listen_fd)
         app = create_app(self.settings)
         app.ctx.workers_file = self.spec.state_path
