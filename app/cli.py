@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import accounts, audit, grants, logs, operations
+from . import accounts, audit, grants, logs, operations, stop_signals
 from .alerts import Alerts
 from .audit import CLI
 from .config import ConfigError, Settings
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         return 2
     if args.command == "serve":
         return serve(settings, args)
+    stop_signals.release()  # a one-shot command stops as any command does: at once
     return asyncio.run(_one_shot(settings, args.handler, args))
 
 

@@ -84,13 +84,37 @@ _ERROR = {
 _JSON = "application/json"
 
 
-def _responses(ok: str, *errors: int, stream: bool = False) -> dict:
-    content: dict[str, Any] = {_JSON: {"schema": {"type": "object"}}}
+# What each error status means, on whichever route answers it.
+_ERRORS = {
+    400: "invalid request: error.param names the field",
+    401: "missing or invalid credentials",
+    402: "insufficient quota: the balance or the key's cap cannot cover the request",
+    403: "not allowed (the key's addresses, a missing X-CSRF-Token, another site, or turned off)",
+    404: "not found",
+    408: "the request's head or body did not arrive in time",
+    409: "conflicts with what exists",
+    413: "the request body is too large",
+    429: "too many requests: retry after Retry-After",
+    431: "the request headers are too large",
+    500: "server error",
+    502: "the upstream failed",
+    503: "unavailable for now (the store does not answer, overloaded, or stopping): retry",
+    504: "the upstream did not answer in time",
+}
+# Any request may get these, whatever its route: its head or body too slow or too large, a failure.
+_ANY = (408, 413, 431, 500)
+
+
+def _responses(ok: str, *errors: int, status: int = 200, stream: bool = False, store: bool = True,
+               content: dict | None = None) -> dict:
+    """An operation's responses: its success ``status`` and every error status it answers (503 when
+    it needs the store)."""
+    content = content or {_JSON: {"schema": {"type": "object"}}}
     if stream:
         content["text/event-stream"] = {"schema": {"type": "string", "description": "data: {chat.completion.chunk} events, then data: [DONE]"}}
-    out = {"200": {"description": ok, "content": content}}
-    for status in errors:
-        out[str(status)] = {"description": "error", "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    out = {str(status): {"description": ok, "content": content}}
+    for error in sorted({*errors, *_ANY, *((503,) if store else ())}):
+        out[str(error)] = {"description": _ERRORS[error], "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return out
 
 
@@ -120,7 +144,7 @@ def _op(operation_id: str, summary: str, responses: dict, *, body: str | None = 
 
 
 _LEDGER_QUERY = ["cursor", "limit", "model", "key", "since", "until", "outcome"]
-_CSV = {"200": {"description": "the ledger as CSV, newest first", "content": {"text/csv": {"schema": {"type": "string"}}}}}
+_CSV = {"text/csv": {"schema": {"type": "string"}}}
 
 
 def _customer_paths(paths: dict) -> None:
@@ -128,10 +152,10 @@ def _customer_paths(paths: dict) -> None:
     api = "/api/v1"
     paths[f"{api}/auth/invite/accept"] = {"post": _op(
         "acceptInvite", "Become an account owner with a one-time invite token and a password",
-        _responses("the new owner", 400, 404, 409), body="AcceptInvite", public=True)}
+        _responses("the new owner", 400, 404, 409, status=201), body="AcceptInvite", public=True)}
     paths[f"{api}/auth/sessions"] = {"post": _op(
         "signIn", "Sign in: a session token (also set as the zowy_session cookie) and its CSRF token",
-        _responses("the session", 400, 401, 429), body="SignIn", public=True)}
+        _responses("the session", 400, 401, 429, status=201), body="SignIn", public=True)}
     paths[f"{api}/auth/sessions/current"] = {"delete": _op(
         "signOut", "Sign out (the session ends on every instance)", _responses("signed out", 401, 403), session=True)}
     paths[f"{api}/account"] = {"get": _op(
@@ -144,7 +168,7 @@ def _customer_paths(paths: dict) -> None:
     }
     paths[f"{api}/keys"] = {
         "get": _op("listOwnKeys", "The account's keys with their controls", _responses("keys", 401), session=True),
-        "post": _op("createOwnKey", "Create a key (returned once in 'key')", _responses("the key", 400, 401, 403),
+        "post": _op("createOwnKey", "Create a key (returned once in 'key')", _responses("the key", 400, 401, 403, status=201),
                     body="KeyControls", session=True),
     }
     paths[f"{api}/keys/{{key_id}}"] = {"patch": _op(
@@ -153,13 +177,13 @@ def _customer_paths(paths: dict) -> None:
     paths[f"{api}/keys/{{key_id}}/revoke"] = {"post": _op(
         "revokeOwnKey", "Revoke a key", _responses("the key", 401, 403, 404), session=True, params=["key_id"])}
     paths[f"{api}/redeem"] = {"post": _op(
-        "redeemCode", "Redeem a code into a package", _responses("the package and balance", 400, 401, 403, 404, 409, 429),
+        "redeemCode", "Redeem a code into a package", _responses("the package and balance", 400, 401, 403, 404, 409, 429, status=201),
         body="Redeem", session=True)}
     paths[f"{api}/ledger"] = {"get": _op(
         "ownLedger", "The account's requests, newest first, a page at a time",
         _responses("a page of ledger entries and next_cursor", 400, 401), session=True, query=_LEDGER_QUERY)}
     paths[f"{api}/ledger.csv"] = {"get": _op(
-        "ownLedgerCsv", "The account's requests as CSV", {**_CSV, **{k: v for k, v in _responses("", 400, 401).items() if k != "200"}},
+        "ownLedgerCsv", "The account's requests as CSV", _responses("the ledger as CSV, newest first", 400, 401, content=_CSV),
         session=True, query=_LEDGER_QUERY[2:])}
 
 
@@ -170,10 +194,10 @@ UNDOCUMENTED = frozenset({"/console", "/console/static/{path}"})
 def _console_paths(paths: dict) -> None:
     """What the web console adds: the facts its pages need, and operators' session cookie."""
     paths["/console/api/config"] = {"get": _op(
-        "consoleConfig", "The public models, the plans, and whether operators can sign in", _responses("facts"), public=True)}
+        "consoleConfig", "The public models, the plans, and whether operators can sign in", _responses("facts", store=False), public=True)}
     paths["/console/api/operator/session"] = {
         "post": _op("operatorSignIn", "Trade the admin token for an operator session cookie (zowy_operator) and its CSRF token",
-                    _responses("the session's CSRF token and expiry", 400, 401, 403, 429), body="OperatorSignIn", public=True),
+                    _responses("the session's CSRF token and expiry", 400, 401, 403, 429, status=201), body="OperatorSignIn", public=True),
         "get": _op("operatorSession", "The operator session of the cookie", _responses("signed in", 401),
                    security=[{"operatorCookie": []}]),
         "delete": _op("operatorSignOut", "End the operator session", _responses("signed out", 401, 403),
@@ -186,12 +210,12 @@ def _admin_self_service_paths(paths: dict, admin: str) -> None:
         "setKeyControls", "Change a key's controls: name, expiry, models, token cap, IPs, rate limits",
         _responses("the key", 400, 401, 403, 404), body="KeyControls", admin=True, params=["key_id"])}
     paths[f"{admin}/accounts/{{account}}/owners"] = {
-        "post": _op("createOwner", "Create an account owner with a password", _responses("the owner", 400, 401, 403, 404, 409),
+        "post": _op("createOwner", "Create an account owner with a password", _responses("the owner", 400, 401, 403, 404, 409, status=201),
                     body="AdminOwner", admin=True, params=["account"]),
         "get": _op("listOwners", "An account's owners", _responses("owners", 401, 403, 404), admin=True, params=["account"]),
     }
     paths[f"{admin}/accounts/{{account}}/invites"] = {"post": _op(
-        "inviteOwner", "A one-time invite token for a new owner", _responses("the invite and its token", 400, 401, 403, 404, 409),
+        "inviteOwner", "A one-time invite token for a new owner", _responses("the invite and its token", 400, 401, 403, 404, 409, status=201),
         body="AdminInvite", admin=True, params=["account"])}
     paths[f"{admin}/accounts/{{account}}/alerts"] = {
         "get": _op("getAlerts", "An account's alert settings and deliveries", _responses("alert settings", 401, 403, 404),
@@ -200,7 +224,7 @@ def _admin_self_service_paths(paths: dict, admin: str) -> None:
                    body="AlertSettings", admin=True, params=["account"]),
     }
     paths[f"{admin}/codes"] = {"post": _op(
-        "createCodes", "A batch of redemption codes (returned once)", _responses("the batch and its codes", 400, 401, 403),
+        "createCodes", "A batch of redemption codes (returned once)", _responses("the batch and its codes", 400, 401, 403, status=201),
         body="AdminCodes", admin=True)}
     paths[f"{admin}/codes/{{batch_id}}"] = {"get": _op(
         "listCodes", "A batch's codes and who redeemed them", _responses("codes", 401, 403, 404), admin=True, params=["batch_id"])}
@@ -226,22 +250,22 @@ def document(settings: Settings) -> dict:
         paths[f"{prefix}/models/{{model_id}}"] = {"get": _op(
             f"retrieveModel{suffix}", "Retrieve a public model", _responses("a model", 401, 403, 404), params=["model_id"])}
         paths[f"{prefix}/usage"] = {"get": _op(
-            f"getUsage{suffix}", "The caller's balance and usage (an API key or an owner's session)", _responses("balance and usage", 401, 403),
+            f"getUsage{suffix}", "The caller's balance and usage (an API key or an owner's session)", _responses("balance and usage", 400, 401, 403),
             query=["since", "until"])}
-    paths["/healthz"] = {"get": _op("healthz", "The process answers", _responses("ok"), public=True)}
+    paths["/healthz"] = {"get": _op("healthz", "The process answers", _responses("ok", store=False), public=True)}
     paths["/readyz"] = {"get": _op("readyz", "Ready to serve (details with the admin token)", _responses("ready", 503), public=True)}
-    paths["/metrics"] = {"get": _op("metrics", "Prometheus metrics", _responses("text exposition format", 401, 404),
+    paths["/metrics"] = {"get": _op("metrics", "Prometheus metrics", _responses("text exposition format", 401, 404, store=False),
                                    security=[{"admin": []}])}
-    paths["/openapi.json"] = {"get": _op("openapi", "This document", _responses("OpenAPI 3.1"), public=True)}
+    paths["/openapi.json"] = {"get": _op("openapi", "This document", _responses("OpenAPI 3.1", store=False), public=True)}
     admin = "/admin/v1"
     paths[f"{admin}/accounts"] = {
-        "post": _op("createAccount", "Create an account", _responses("the account", 400, 401, 403, 409), body="AdminAccount", admin=True),
+        "post": _op("createAccount", "Create an account", _responses("the account", 400, 401, 403, 409, status=201), body="AdminAccount", admin=True),
         "get": _op("listAccounts", "List accounts", _responses("accounts", 401, 403), admin=True),
     }
     paths[f"{admin}/accounts/{{account}}"] = {"get": _op(
         "getAccount", "An account's balance and packages", _responses("balance", 401, 403, 404), admin=True, params=["account"])}
     paths[f"{admin}/accounts/{{account}}/keys"] = {
-        "post": _op("createKey", "Create a key (returned once) with its controls", _responses("the key", 400, 401, 403, 404), body="AdminKey", admin=True, params=["account"]),
+        "post": _op("createKey", "Create a key (returned once) with its controls", _responses("the key", 400, 401, 403, 404, status=201), body="AdminKey", admin=True, params=["account"]),
         "get": _op("listKeys", "List an account's keys", _responses("keys", 401, 403, 404), admin=True, params=["account"]),
     }
     paths[f"{admin}/keys/{{key_id}}/revoke"] = {"post": _op(
@@ -249,7 +273,7 @@ def document(settings: Settings) -> dict:
     paths[f"{admin}/keys/{{key_id}}/limits"] = {"put": _op(
         "setKeyLimits", "Override a key's rate limits", _responses("limits", 400, 401, 403, 404), body="AdminLimits", admin=True, params=["key_id"])}
     paths[f"{admin}/accounts/{{account}}/packages"] = {
-        "post": _op("grantPackage", "Grant a token package", _responses("the package", 400, 401, 403, 404), body="AdminPackage", admin=True, params=["account"]),
+        "post": _op("grantPackage", "Grant a token package", _responses("the package", 400, 401, 403, 404, status=201), body="AdminPackage", admin=True, params=["account"]),
         "get": _op("listPackages", "An account's packages", _responses("packages", 401, 403, 404), admin=True, params=["account"]),
     }
     paths[f"{admin}/accounts/{{account}}/usage"] = {"get": _op(

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import asyncio
 
-from sanic.http import Stage
+from sanic.http import Http, Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from .errors import HeaderTimeout, RequestTimeout
 
 
+class GatewayHttp(Http):
+    """Sanic's HTTP/1.1 stream; the body a streamed answer to HEAD writes after its head is dropped
+    by a coroutine, as every other writer is (Sanic's is a plain function, which ``send`` awaits)."""
+
+    __slots__ = ()
+
+    async def head_response_ignored(self, data: bytes, end_stream: bool) -> None:
+        super().head_response_ignored(data, end_stream)
+
+
 class GatewayProtocol(HttpProtocol):
     __slots__ = ("_head_timer", "_head_count", "_body_timer")
+    HTTP_CLASS = GatewayHttp
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)

@@ -10,6 +10,7 @@ from sanic import Request, Sanic
 from sanic import exceptions as sanic_errors
 from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
+from sanic.router import Router
 
 from . import console, logs
 from .config import Settings
@@ -50,6 +51,17 @@ class GatewayErrorHandler(ErrorHandler):
         return self.response(request, exception)
 
 
+class GatewayRouter(Router):
+    """Sanic's router with HEAD wherever GET: the GET's handler answers, and Sanic sends its status
+    and headers without the body."""
+
+    def add(self, uri, methods, handler, *args, **kwargs):
+        methods = {m.upper() for m in methods}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return super().add(uri, sorted(methods), handler, *args, **kwargs)
+
+
 def as_gateway_error(request: Request | None, exception: BaseException) -> GatewayError:
     """Map Sanic's and unexpected exceptions onto the gateway's error tree."""
     if isinstance(exception, GatewayError):
@@ -60,7 +72,8 @@ def as_gateway_error(request: Request | None, exception: BaseException) -> Gatew
         where = f"{request.method} {request.path}" if request is not None else "this URL"
         return NotFound(f"Unknown request URL: {where}.")
     if isinstance(exception, sanic_errors.MethodNotAllowed):
-        return MethodNotAllowed()
+        allowed = sorted(exception.allowed_methods or ())
+        return MethodNotAllowed(headers={"allow": ", ".join(allowed)} if allowed else None)
     if isinstance(exception, sanic_errors.PayloadTooLarge):
         return HeaderTooLarge() if "header" in str(exception).lower() else PayloadTooLarge()
     if isinstance(exception, sanic_errors.RequestTimeout):
@@ -83,7 +96,7 @@ def as_gateway_error(request: Request | None, exception: BaseException) -> Gatew
 
 
 def create_app(settings: Settings, name: str = "zowy") -> Sanic:
-    app = Sanic(name, error_handler=GatewayErrorHandler(), configure_logging=False)
+    app = Sanic(name, error_handler=GatewayErrorHandler(), router=GatewayRouter(), configure_logging=False)
     longest = max((t.timeouts.total for m in settings.models.values() for t in m.targets), default=600.0)
     app.config.update(
         REQUEST_MAX_SIZE=settings.max_body_bytes,

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from . import instance
+from . import instance, stop_signals
 from .config import Settings
 from .metrics import Metrics
 from .worker import READY, STOP_MARGIN, WorkerSpec
@@ -70,12 +70,14 @@ class Supervisor:
         for fd in (self._wakeup_r, self._wakeup_w):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         signal.set_wakeup_fd(self._wakeup_w)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals.STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the loop up
+        self._signals += stop_signals.take()  # a stop asked for while the command started
         try:
-            for slot in self.slots:
-                self._start(slot)
+            if not self._signals:
+                for slot in self.slots:
+                    self._start(slot)
             while True:
                 self._wait()
                 for signum in self._take_signals():
@@ -90,6 +92,7 @@ class Supervisor:
                     self._restart_due()
                 self._publish()
         finally:
+            stop_signals.ignore()
             signal.set_wakeup_fd(-1)
             self._close_socket()
             self.state_path.unlink(missing_ok=True)
@@ -162,7 +165,7 @@ class Supervisor:
 
     def _wait(self) -> None:
         fds = [self._wakeup_r] + [s.status for s in self.slots if s.status is not None]
-        timeout = TICK
+        timeout = 0.0 if self._signals else TICK
         if not self.stopping:
             due = [s.restart_at for s in self.slots if s.proc is None]
             if due:

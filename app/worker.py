@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import logs
+from . import logs, stop_signals
 from .config import Settings
 
 log = logging.getLogger("zowy")
@@ -65,7 +65,26 @@ def main() -> int:
         return loop.run_until_complete(Worker(spec, loop).run())
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
+        for sig in stop_signals.STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        stop_signals.ignore()
         loop.close()
+
+
+def record_server(app, server, sock: socket.socket):
+    """Record the server in ``app.state`` as Sanic's own worker does before start-up. Its touch-ups
+    read it (with one HTTP/1.1 server the ``alt-svc`` header is compiled out of every response;
+    without it the header goes out empty), and ``app.state.stage`` says serving (``app.loop`` and
+    ``app.add_task`` work)."""
+    from sanic.application.constants import ServerStage
+    from sanic.application.state import ApplicationServerInfo
+    from sanic.http.constants import HTTP
+
+    host, port = sock.getsockname()[:2]
+    settings = {"host": host, "port": port, "version": HTTP.VERSION_1, "sock": sock, "ssl": None, "unix": None, "app": app}
+    info = ApplicationServerInfo(settings=settings, stage=ServerStage.SERVING, server=server)
+    app.state.server_info.append(info)
+    return info
 
 
 def _die_with_parent() -> None:
@@ -97,12 +116,19 @@ class Worker:
         self.stop.set()
 
     async def run(self) -> int:
+        from sanic.application.constants import ServerStage
+
         from .protocol import GatewayProtocol
         from .server import create_app
 
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in stop_signals.STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+        for sig in stop_signals.take():  # held since the process started
+            self.request_stop(signal.Signals(sig).name)
         threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+        # create_server prints Sanic's production-mode warning on a terminal; Sanic's own workers
+        # never do (their manager's process does, once), nor do ours.
+        os.environ["SANIC_IGNORE_PRODUCTION_WARNING"] = "true"
         sock = socket.socket(fileno=self.spec.listen_fd)
         app = create_app(self.settings)
         app.ctx.workers_file = self.spec.state_path
@@ -110,6 +136,7 @@ class Worker:
             sock=sock, protocol=GatewayProtocol, backlog=BACKLOG, return_asyncio_server=True, access_log=False,
             asyncio_server_kwargs={"start_serving": False},
         )
+        served = record_server(app, server, sock)
         await server.startup()
         try:
             await server.before_start()
@@ -118,18 +145,21 @@ class Worker:
             else:
                 await server.start_serving()  # accepting from here on
                 await server.after_start()
+                app.set_serving(True)
                 self._tell(READY)
                 log.info("Worker ready [%s]", os.getpid())
                 await self.stop.wait()
                 # Stop accepting first: this process lets go of the listening socket, and no loop
                 # ever polls a socket that is shut. The socket closes when the last process does.
                 server.server.close()
+            app.set_serving(False)
             await server.before_stop()
             services = getattr(app.ctx, "services", None)
             if services is not None:
                 await drain(services, server.connections, self.settings.drain_timeout)
         finally:
             await server.after_stop()
+            served.stage = ServerStage.STOPPED
         await _end_tasks()
         return 0
 

@@ -380,6 +380,17 @@ def wait_session_gone(sid: int, timeout: float) -> None:
         time.sleep(0.05)
 
 
+def disposition(pid: int, signum: int) -> str | None:
+    """What ``pid`` does with ``signum`` now: "caught", "ignored" or "default" (None: it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            masks = {k: int(v, 16) for k, _, v in (line.partition(":\t") for line in f) if k in ("SigCgt", "SigIgn")}
+    except OSError:
+        return None
+    bit = 1 << (signum - 1)
+    return "caught" if masks["SigCgt"] & bit else "ignored" if masks["SigIgn"] & bit else "default"
+
+
 def children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):

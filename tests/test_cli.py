@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
+from tests import support
 from tests.support import ROOT
 
 
@@ -133,3 +139,56 @@ def test_key_controls_owners_codes_alerts_and_audit(cli, tmp_path):
     controls = next(e for e in events if e["action"] == "key.controls")
     assert controls["before"]["models"] == ["zowy-1", "zowy-2"] and controls["after"]["models"] is None
     assert json.loads(cli("audit", "--action", "codes.create").stdout)[0]["target"] == batch["batch_id"]
+
+
+def test_a_stop_signal_held_while_a_one_shot_command_starts_stops_it_once_it_runs():
+    """``python -m app`` holds SIGTERM from its first line (for ``serve``); a one-shot command gets the
+    default action back, and a SIGTERM that came meanwhile ends it then."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from app import stop_signals\n"
+        "stop_signals.hold()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)\n"
+        "print('held', flush=True)\n"
+        "stop_signals.release()\n"
+        "print('not stopped', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM and done.stdout == "held\n", (done.returncode, done.stdout, done.stderr)
+
+
+def test_serve_on_a_terminal_prints_no_framework_warning(tmp_path, models_path):
+    """On a terminal each worker goes through Sanic's create_server, which warns (in colour) that it
+    runs in production mode; the gateway's own lines are all there is."""
+    master, terminal = pty.openpty()
+    port = support.free_port()
+    env = support.gateway_env(tmp_path, models_path)
+    popen = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"], cwd=ROOT, env=env,
+                             stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    shown = b""
+
+    def read(until: bytes, timeout: float) -> None:
+        nonlocal shown
+        deadline = time.monotonic() + timeout
+        while until not in shown and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    shown += os.read(master, 65536)
+                except OSError:
+                    return
+    try:
+        read(b"Worker ready", 60)
+        while shown.count(b"Worker ready") < 2 and popen.poll() is None:
+            read(b"never", 0.2)
+        popen.send_signal(signal.SIGTERM)
+        read(b'"stopped"', 30)
+        assert popen.wait(30) == 0
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+        os.close(master)
+    assert shown.count(b"Worker ready") == 2, shown.decode(errors="replace")
+    assert b"PRODUCTION" not in shown, shown.decode(errors="replace")

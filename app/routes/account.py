@@ -258,7 +258,7 @@ async def ledger_csv(request: Request) -> None:
         headers={"content-disposition": f'attachment; filename="zowy-ledger-{stamp}.csv"'},
     )
     await response.send(_csv_rows([list(LEDGER_FIELDS)]))
-    sent = 0
+    sent = CSV_MAX_ROWS if request.method == "HEAD" else 0  # HEAD: the GET's headers, no rows read
     while sent < CSV_MAX_ROWS:
         entries = await services.store.ledger_page(caller.session.account_id, query)
         if not entries:

@@ -47,6 +47,12 @@ def test_page_and_assets_carry_strict_headers(console_gateway):
         script = h.get("/console/static/js/app.js")
         assert script.status_code == 200 and script.headers["content-type"] == "text/javascript; charset=utf-8"
         assert script.headers["content-security-policy"] == CSP and script.headers["cache-control"] == "no-cache"
+        for path, got in (("/console", page), ("/console/static/js/app.js", script)):
+            head = h.head(path)  # what a GET answers, without the body
+            assert head.status_code == 200 and head.content == b"", path
+            assert head.headers["content-length"] == str(len(got.content)), path
+            for name in ("content-type", "content-security-policy", "etag", "cache-control"):
+                assert head.headers[name] == got.headers[name], (path, name)
         vendored = h.get("/console/static/vendor/uplot-1.6.32/uPlot.iife.min.js")
         assert vendored.status_code == 200 and "immutable" in vendored.headers["cache-control"]
         assert vendored.content.startswith(b"/*! https://github.com/leeoniya/uPlot (v1.6.32) */")

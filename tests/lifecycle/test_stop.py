@@ -1,7 +1,7 @@
 """Stopping an instance, whatever the moment: SIGTERM during startup, under load, twice, followed by
-SIGKILL of the supervisor; every process of the instance ends within the drain timeout plus a
-margin (walked in /proc by session), streams in flight finish or end with an error event at the
-drain deadline, and every request that reached the upstream is in the ledger."""
+SIGKILL of the supervisor; the instance exits 0, every process of it ends within the drain timeout
+plus a margin (walked in /proc by session), streams in flight finish or end with an error event at
+the drain deadline, and every request that reached the upstream is in the ledger."""
 from __future__ import annotations
 
 import asyncio
@@ -70,7 +70,16 @@ def stop_and_check(gateway: support.Gateway, before_exit=None) -> float:
     return took
 
 
-def test_sigterm_at_any_moment_of_startup_leaves_no_process(tmp_path, models_path, store_env):
+# The Python interpreter starts (its own SIGINT handler is up) and then runs the first line of
+# ``python -m app`` within this; a SIGTERM before that first line gets the kernel's default action.
+INTERPRETER_WINDOW = 0.25
+
+
+def test_sigterm_at_any_moment_of_startup_exits_0_and_leaves_no_process(tmp_path, models_path, store_env):
+    """SIGTERM once or twice at any moment of a start: exit 0 and no process left. The one moment
+    excepted is before the interpreter ran any of the gateway's code (SIGTERM's action still the
+    kernel's default, observed in /proc): then the process ends by the signal, and that moment
+    must be over within ``INTERPRETER_WINDOW`` of the interpreter's start."""
     kind = "mongo" if store_env else "sqlite"
     # How long a start takes here, to spread the signals over it.
     popen, port = spawn_instance(tmp_path / "probe", models_path, **store_env)
@@ -81,21 +90,35 @@ def test_sigterm_at_any_moment_of_startup_leaves_no_process(tmp_path, models_pat
     stop_and_check(gateway)
 
     rng = random.Random(13)
-    delays = sorted(rng.uniform(0.0, boot * 1.2) for _ in range(STARTUP_TRIES[kind] * ROUNDS))
-    slowest = 0.0
-    for i, delay in enumerate(delays):
+    tries = sorted((rng.uniform(0.0, boot * 1.2), rng.choice([None, rng.uniform(0.0, 0.3)]))
+                   for _ in range(STARTUP_TRIES[kind] * ROUNDS))
+    slowest, by_default = 0.0, []
+    for i, (delay, second) in enumerate(tries):
         popen, _ = spawn_instance(tmp_path / f"try{i}", models_path, **store_env)
+        support.wait_until(lambda: support.disposition(popen.pid, signal.SIGINT) != "default", timeout=10, interval=0.001)
+        up = time.monotonic()
         time.sleep(delay)
+        before = support.disposition(popen.pid, signal.SIGTERM)
         sent = time.monotonic()
         popen.send_signal(signal.SIGTERM)
+        if second is not None:
+            time.sleep(second)
+            if popen.poll() is None:
+                popen.send_signal(signal.SIGTERM)
         code = popen.wait(BOUND)
         support.wait_session_gone(popen.pid, BOUND - (time.monotonic() - sent))
         slowest = max(slowest, time.monotonic() - sent)
-        # -15: the signal came before the supervisor installed its handler (and had any child).
-        assert code in (0, -signal.SIGTERM), f"try {i} after {delay:.3f} s: exit {code}\n" + (tmp_path / f"try{i}").joinpath(
-            next(p.name for p in (tmp_path / f"try{i}").glob("gateway-*.log"))).read_text()[-3000:]
-    print(f"\n[stop:{kind}] start takes {boot:.2f} s; {len(delays)} SIGTERMs between 0 and {delays[-1]:.2f} s "
-          f"after spawn: every process gone within {slowest:.2f} s (bound {BOUND:.0f} s)")
+        log = (tmp_path / f"try{i}").joinpath(next(p.name for p in (tmp_path / f"try{i}").glob("gateway-*.log"))).read_text()
+        what = f"try {i}: SIGTERM {sent - up:.3f} s after the interpreter was up (its action: {before})" + (
+            f", again {second:.3f} s later" if second is not None else "") + f": exit {code}\n{log[-3000:]}"
+        if before == "default" and code == -signal.SIGTERM:
+            by_default.append(sent - up)
+            assert sent - up < INTERPRETER_WINDOW, what
+        else:
+            assert code == 0, what
+    print(f"\n[stop:{kind}] start takes {boot:.2f} s; {len(tries)} SIGTERMs (half of them twice) between 0 and "
+          f"{tries[-1][0]:.2f} s after the interpreter was up: exit 0 and every process gone within {slowest:.2f} s "
+          f"(bound {BOUND:.0f} s); {len(by_default)} before the first line of the gateway ended the process by the signal")
 
 
 def _load(port: int, key: str, marker: str, streams: int, plain: int, results: list, dropped: int = 0) -> threading.Thread:
