@@ -90,6 +90,7 @@ class Exchange:
 
     def admitted(self, model: str, body: dict) -> None:
         self.model = model
+        self.attempts.account = self.account_id
         self.user = body.get("user")
         self.stream = bool(body.get("stream"))
 
