@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
-from .metering import Usage, estimate_tokens
+from .metering import Usage, estimate_tokens, estimate_usage
 from .sse import DONE, EventFramer, event_data, format_event
 
 
@@ -94,14 +94,18 @@ class StreamRewriter:
     __slots__ = (
         "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
-        "usage", "_usage_doc", "_usage_pending", "events", "text_chars", "done", "error", "tool_calls",
-        "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
+        "usage", "_usage_doc", "_usage_held", "_usage_owed", "_estimate", "events", "text_chars", "done",
+        "error", "tool_calls", "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
     )
 
-    def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI) -> None:
+    def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI,
+                 estimate: Callable[[int], Usage] | None = None) -> None:
+        """``estimate`` gives the usage billed for a completion of so many tokens when the upstream
+        reports none; a caller who asked for usage gets it in the usage chunk."""
         self._public_model = public_model
         self._completion_id = completion_id
         self._include_usage = include_usage
+        self._estimate = estimate or _completion_only
         self.dialect = dialect
         self._markers = dialect.markers
         self._new_model = orjson.dumps(public_model)
@@ -115,7 +119,9 @@ class StreamRewriter:
         self.created = 0
         self.usage: Usage | None = None
         self._usage_doc: dict | None = None
-        self._usage_pending = False
+        # The upstream's own usage chunk, held to go out last; and whether a usage chunk is still owed.
+        self._usage_held: bytes | None = None
+        self._usage_owed = include_usage
         self.events = 0
         self.text_chars = 0
         self.done = False
@@ -188,20 +194,20 @@ class StreamRewriter:
             if event_data(event) is not None:
                 out.append(self._one(event) or b"")
         self._tail = b""
-        if self._usage_pending and not self.done and self.error is None:
+        if self._usage_owed and not self.done and self.error is None:
             out.append(self._usage_chunk())
         return b"".join(out)
 
     def _closing(self) -> bytes:
-        """What OpenAI would have sent before [DONE] and the upstream did not: a finish chunk, and
-        the usage chunk when the usage rode on a content chunk."""
+        """What OpenAI sends before [DONE] and the upstream may not have: a finish chunk, then the
+        usage chunk when asked for (always last)."""
         owed = b""
         if not self._finished and self.events:
             self._finished = True
             owed = format_event(self._identity({
                 "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if self._calls else "stop"}],
             }))
-        if self._usage_pending:
+        if self._usage_owed:
             owed += self._usage_chunk()
         return owed
 
@@ -394,21 +400,33 @@ class StreamRewriter:
         if reported is not None:
             self.usage = reported
             self._usage_doc = usage
+            self._usage_held = None
         if not doc.get("choices"):
-            if reported is None:
-                return None
-            return format_event(self._identity(doc)) if self._include_usage else None
+            # The upstream's usage chunk: held until [DONE], so that nothing follows it.
+            if reported is not None and self._include_usage:
+                self._usage_held = format_event(self._identity(doc))
+            return None
         # Usage riding on a content chunk (Gemini): OpenAI sends it alone, in a chunk with empty
         # choices just before [DONE], and only when asked.
         if self._include_usage:
             doc["usage"] = None
-            self._usage_pending = self.usage is not None
         else:
             del doc["usage"]
         return format_event(self._identity(doc))
 
     def _usage_chunk(self) -> bytes:
-        self._usage_pending = False
+        """The usage chunk owed to a caller who asked for it: the upstream's own, else one with the
+        usage it reported on a content chunk, else the estimate that is billed (kept as ``usage``)."""
+        self._usage_owed = False
+        if self._usage_held is not None:
+            return self._usage_held
+        if self.usage is None:
+            self.usage = usage = self._estimate(self.estimated_completion_tokens())
+            self._usage_doc = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
         return format_event(orjson.dumps({
             "id": self._completion_id,
             "object": "chat.completion.chunk",
@@ -423,3 +441,7 @@ class StreamRewriter:
         plain content event (a provider streams about a token per event), and about one per four
         characters of parsed ones; at least one if any text went out, never more than its characters."""
         return self.text_tokens + estimate_tokens(self.text_chars)
+
+
+def _completion_only(completion_tokens: int) -> Usage:
+    return estimate_usage(0, completion_tokens)

@@ -246,3 +246,60 @@ def test_a_body_ending_right_after_done_without_a_blank_line():
     cut.feed(openai_stream(False)[0] + b'data: {"id":"chatcmpl-UP42","choi')
     with pytest.raises(MalformedUpstream):
         cut.finish()
+
+
+# The usage chunk: sent when asked, always last before [DONE].
+
+def chunks(out: bytes) -> list[dict]:
+    return [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+def finishes(docs: list[dict]) -> list[str]:
+    return [c["finish_reason"] for d in docs for c in d["choices"] if c.get("finish_reason")]
+
+
+def billed(completion_tokens: int) -> Usage:
+    return Usage(40, completion_tokens, 40 + completion_tokens, estimated=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_upstream_usage_gets_the_billed_estimate_last_when_asked(seed):
+    rewriter = StreamRewriter(PUBLIC, OURS, True, estimate=billed)
+    raw = b"".join(openai_stream(include_usage=False))
+    out, last = [], 0
+    rng = random.Random(seed)
+    for cut in sorted(rng.sample(range(1, len(raw)), 20)) + [len(raw)]:
+        out.append(rewriter.feed(raw[last:cut]))
+        last = cut
+    out = b"".join(out) + rewriter.finish()
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"]
+    assert docs[-1]["choices"] == []
+    completion = rewriter.estimated_completion_tokens()
+    assert completion >= 1
+    assert docs[-1]["usage"] == {"prompt_tokens": 40, "completion_tokens": completion, "total_tokens": 40 + completion}
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert rewriter.usage == billed(completion) and rewriter.usage.estimated  # what the ledger then records
+
+
+def test_no_usage_chunk_when_not_asked_and_none_reported():
+    rewriter = StreamRewriter(PUBLIC, OURS, False, estimate=billed)
+    out = rewriter.feed(b"".join(openai_stream(include_usage=False)))
+    assert all(d.get("usage") is None for d in chunks(out)) and rewriter.usage is None
+
+
+def test_a_stream_ending_without_done_still_gets_the_usage_asked_for():
+    rewriter = StreamRewriter(PUBLIC, OURS, True, estimate=billed)
+    out = rewriter.feed(b"".join(openai_stream(include_usage=False)[:2])) + rewriter.finish()
+    docs = chunks(out)
+    assert docs[-1]["choices"] == [] and docs[-1]["usage"]["completion_tokens"] == rewriter.usage.completion_tokens
+    assert not rewriter.done
+
+
+def test_an_early_usage_chunk_still_goes_last():
+    events = openai_stream()
+    reordered = events[:3] + [events[4], events[3], events[5]]  # usage before the finish chunk
+    out, rewriter = run(reordered, include_usage=True)
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"] and docs[-1]["choices"] == [] and docs[-1]["usage"]["total_tokens"] == 14
+    assert len(docs) == 5
