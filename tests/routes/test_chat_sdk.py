@@ -98,7 +98,7 @@ def test_stream_usage_chunk_when_asked(client, model):
 
 
 @pytest.mark.parametrize("model", ["zowy-1", "zowy-1-pro"])
-@pytest.mark.parametrize("directive", ["usage=0"])
+@pytest.mark.parametrize("directive", ["usage=0", "spaced=1", "usage=0,spaced=1"])
 def test_stream_usage_chunk_is_last_whatever_the_upstream_sends(client, gateway, model, directive):
     """Asked for usage, a stream ends with exactly one finish, then the usage chunk, then [DONE]:
     also when the upstream writes spaced JSON, and when it reports no usage (then the estimate the
