@@ -229,6 +229,7 @@ class Settings:
     breaker_failure_ratio: float = setting("ZOWY_BREAKER_FAILURE_RATIO", 0.5, low=0.01, high=1)
     breaker_window: float = setting("ZOWY_BREAKER_WINDOW", 30.0, low=1)
     breaker_cooldown: float = setting("ZOWY_BREAKER_COOLDOWN", 30.0, low=0)
+    breaker_min_accounts: int = setting("ZOWY_BREAKER_MIN_ACCOUNTS", 2, low=1)
     max_upstream_body_bytes: int = setting("ZOWY_MAX_UPSTREAM_BODY_BYTES", 32 * 1024 * 1024, low=1024)
     drain_timeout: float = setting("ZOWY_DRAIN_TIMEOUT", 30.0, low=0)
     demo_mode: str = setting("ZOWY_DEMO", "auto", choices=("auto", "on", "off"))

@@ -90,6 +90,7 @@ class Exchange:
 
     def admitted(self, model: str, body: dict) -> None:
         self.model = model
+        self.attempts.account = self.account_id
         self.user = body.get("user")
         self.stream = bool(body.get("stream"))
 
@@ -153,11 +154,16 @@ class Exchange:
         if self.upstream is not None:
             rewriter = self.upstream.rewriter
             if rewriter.usage is not None:
-                return rewriter.usage
-            return estimate_usage(self.prompt_bytes, rewriter.estimated_completion_tokens())
+                return rewriter.usage  # reported, or the estimate its usage chunk already showed
+            return self.estimate(rewriter.estimated_completion_tokens())
         if self.outcome in ("ok", "client_disconnected", "cut_by_gateway"):
-            return estimate_usage(self.prompt_bytes, estimate_tokens(self.response_bytes))
+            return self.estimate(estimate_tokens(self.response_bytes))
         return Usage(0, 0, 0)
+
+    def estimate(self, completion_tokens: int) -> Usage:
+        """What is billed when the upstream reported no usage: the prompt by its size, the completion
+        as counted (also what a stream's usage chunk shows then)."""
+        return estimate_usage(self.prompt_bytes, completion_tokens)
 
     def _meter(self, usage: Usage, latency: float, settles: int) -> None:
         target = self.attempts.target

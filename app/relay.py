@@ -4,17 +4,19 @@ swapped for ours, and provider differences turned into exact OpenAI chunks.
 A stream is rewritten one read at a time. The complete events of a read form one span; when the
 span needs nothing but the identity swaps (found by byte search) they are applied to it whole and
 no event is parsed. Only events that carry usage, an error, a fingerprint, a provider difference
-(``Dialect.markers``) or unknown identity are parsed, normalised and re-encoded.
+(``Dialect.markers``) or unknown identity are parsed, normalised and re-encoded. The byte searches
+are written for compact JSON, as both providers send it; where a key is written another way (spaces
+around its colon), a regular expression decides, for that read only.
 """
 from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
-from .metering import Usage, estimate_tokens
+from .metering import Usage, estimate_tokens, estimate_usage
 from .sse import DONE, EventFramer, event_data, format_event
 
 
@@ -66,10 +68,30 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
 
 
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}
+# The byte tests count a key's compact forms (as both providers write JSON); only where they do not
+# account for every occurrence of the key (spaces about its colon, as Python's json.dumps writes it)
+# does the key's expression decide. They search with ``bytes.find``/``count``, not ``in``: on CPython
+# 3.11 ``in`` first tries its operand as an integer and clears the TypeError, which costs more than
+# the search itself (bench/micro/relay.py).
 _FINGERPRINT = b'"system_fingerprint"'
 _NULL_FINGERPRINT = b'"system_fingerprint":null'
+_NULL_FINGERPRINT_ANY = re.compile(rb'"system_fingerprint"\s*:\s*null')
 _USAGE = b'"usage"'
 _NULL_USAGE = b'"usage":null'
+_NULL_USAGE_ANY = re.compile(rb'"usage"\s*:\s*null')
+_FINISH_KEY = b'"finish_reason"'
+_FINISH = b'"finish_reason":"'
+_NULL_FINISH = b'"finish_reason":null'
+_FINISH_ANY = re.compile(rb'"finish_reason"\s*:\s*"')
+_EMPTY_DELTA = b'"delta":{}'
+_FULL_DELTA = b'"delta":{"'
+_EMPTY_DELTA_ANY = re.compile(rb'"delta"\s*:\s*\{\s*\}')
+
+
+def _null_usage(data: bytes) -> bool:
+    """Whether every ``"usage"`` in ``data`` is null (or there is none), however spaced."""
+    usages = data.count(_USAGE)
+    return usages == data.count(_NULL_USAGE) or usages == len(_NULL_USAGE_ANY.findall(data))
 
 
 def top_level_token(data: bytes, key: str, value: Any) -> bytes | None:
@@ -94,14 +116,18 @@ class StreamRewriter:
     __slots__ = (
         "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
-        "usage", "_usage_doc", "_usage_pending", "events", "text_chars", "done", "error", "tool_calls",
-        "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
+        "usage", "_usage_doc", "_usage_held", "_usage_owed", "_estimate", "events", "text_chars", "done",
+        "error", "tool_calls", "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
     )
 
-    def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI) -> None:
+    def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI,
+                 estimate: Callable[[int], Usage] | None = None) -> None:
+        """``estimate`` gives the usage billed for a completion of so many tokens when the upstream
+        reports none; a caller who asked for usage gets it in the usage chunk."""
         self._public_model = public_model
         self._completion_id = completion_id
         self._include_usage = include_usage
+        self._estimate = estimate or _completion_only
         self.dialect = dialect
         self._markers = dialect.markers
         self._new_model = orjson.dumps(public_model)
@@ -115,7 +141,9 @@ class StreamRewriter:
         self.created = 0
         self.usage: Usage | None = None
         self._usage_doc: dict | None = None
-        self._usage_pending = False
+        # The upstream's own usage chunk, held to go out last; and whether a usage chunk is still owed.
+        self._usage_held: bytes | None = None
+        self._usage_owed = include_usage
         self.events = 0
         self.text_chars = 0
         self.done = False
@@ -148,7 +176,7 @@ class StreamRewriter:
         if self._framer is not None:
             return self._events(self._framer.feed(chunk))
         buffer = self._tail + chunk if self._tail else chunk
-        if b"\r" in buffer and not self._crlf(buffer):
+        if buffer.find(b"\r") >= 0 and not self._crlf(buffer):
             # Mixed or lone-CR line ends: frame event by event from here on.
             self._framer = EventFramer()
             self._tail = b""
@@ -188,20 +216,20 @@ class StreamRewriter:
             if event_data(event) is not None:
                 out.append(self._one(event) or b"")
         self._tail = b""
-        if self._usage_pending and not self.done and self.error is None:
+        if self._usage_owed and not self.done and self.error is None:
             out.append(self._usage_chunk())
         return b"".join(out)
 
     def _closing(self) -> bytes:
-        """What OpenAI would have sent before [DONE] and the upstream did not: a finish chunk, and
-        the usage chunk when the usage rode on a content chunk."""
+        """What OpenAI sends before [DONE] and the upstream may not have: a finish chunk, then the
+        usage chunk when asked for (always last)."""
         owed = b""
         if not self._finished and self.events:
             self._finished = True
             owed = format_event(self._identity({
                 "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if self._calls else "stop"}],
             }))
-        if self._usage_pending:
+        if self._usage_owed:
             owed += self._usage_chunk()
         return owed
 
@@ -215,35 +243,40 @@ class StreamRewriter:
             count = span.count
             n = count(self._separator)
             if count(head) == n:
+                find = span.find
                 for marker in self._forbidden:
-                    if marker in span:
+                    if find(marker) >= 0:
                         break
                 else:
-                    span = span.replace(head, self._new_head)
-                    self.events += n
-                    # About a token per content event: never more than the text relayed.
-                    self.text_tokens += n
-                    if not self._finished and b'"finish_reason":"' in span:
-                        self._finished = True
-                        self.text_tokens -= 1  # the finish chunk carries no text
-                    return span
+                    # OpenAI's chunks carry "usage":null once each when usage is asked for, as we do.
+                    if count(_NULL_USAGE) == n or _null_usage(span):
+                        # About a token per content event: never more than the text relayed.
+                        self.text_tokens += n
+                        if not self._finished:
+                            keys = count(_FINISH_KEY)
+                            if keys and keys != count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(span)):
+                                self._finished = True
+                                self.text_tokens -= 1  # the finish chunk carries no text
+                        self.events += n
+                        return span.replace(head, self._new_head)
         separator = self._separator
         return self._events([event + separator for event in span.split(separator)[:-1]])
 
     def _plain(self, data: bytes) -> bool:
         """True when ``data`` holds nothing but content the identity swaps cover."""
-        if b"[DONE]" in data or b'"error"' in data:
+        find = data.find
+        if find(b"[DONE]") >= 0 or find(b'"error"') >= 0:
             return False
-        if _USAGE in data and data.count(_USAGE) != data.count(_NULL_USAGE):
+        if find(_USAGE) >= 0 and data.count(_NULL_USAGE) != 1 and not _null_usage(data):
             return False
-        if _FINGERPRINT in data:
-            covered = data.count(_NULL_FINGERPRINT)
-            if self._fingerprint_token is not None:
-                covered += data.count(self._fingerprint_token)
-            if covered != data.count(_FINGERPRINT):
+        if find(_FINGERPRINT) >= 0:
+            n = data.count(_FINGERPRINT)
+            token = self._fingerprint_token
+            swapped = data.count(token) if token is not None else 0
+            if n != swapped + data.count(_NULL_FINGERPRINT) and n != swapped + len(_NULL_FINGERPRINT_ANY.findall(data)):
                 return False
         for marker in self._markers:
-            if marker in data:
+            if find(marker) >= 0:
                 return False
         return True
 
@@ -272,10 +305,13 @@ class StreamRewriter:
             for old, new in self._swaps:
                 event = event.replace(old, new)
             self.events += 1
-            if b'"delta":{}' not in data:
+            find = data.find
+            if find(_EMPTY_DELTA) < 0 and (find(_FULL_DELTA) >= 0 or _EMPTY_DELTA_ANY.search(data) is None):
                 self.text_tokens += 1
-            if not self._finished and b'"finish_reason":"' in data:
-                self._finished = True
+            if not self._finished:
+                keys = data.count(_FINISH_KEY)
+                if keys and keys != data.count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(data)):
+                    self._finished = True
             return event
         return self._parsed(event, data)
 
@@ -342,7 +378,7 @@ class StreamRewriter:
         """Learn the byte tokens to swap from an event that writes its identity at the top level."""
         if type(doc.get("created")) is int:
             self.created = doc["created"]
-        if self._head and self._head in data:
+        if self._head and data.find(self._head) >= 0:
             return  # the identity this stream already taught (Gemini's chunks are all parsed)
         id_token = top_level_token(data, "id", doc.get("id"))
         model_token = top_level_token(data, "model", doc.get("model"))
@@ -374,7 +410,7 @@ class StreamRewriter:
         new_head = head
         for old, new in self._swaps:
             new_head = new_head.replace(old, new)
-        forbidden = [b'"error"', b'"usage":{', *self._markers]
+        forbidden = [b'"error"', *self._markers]
         if "system_fingerprint" not in doc:
             forbidden.append(_FINGERPRINT)
         self._head, self._new_head, self._forbidden = head, new_head, tuple(forbidden)
@@ -394,21 +430,33 @@ class StreamRewriter:
         if reported is not None:
             self.usage = reported
             self._usage_doc = usage
+            self._usage_held = None
         if not doc.get("choices"):
-            if reported is None:
-                return None
-            return format_event(self._identity(doc)) if self._include_usage else None
+            # The upstream's usage chunk: held until [DONE], so that nothing follows it.
+            if reported is not None and self._include_usage:
+                self._usage_held = format_event(self._identity(doc))
+            return None
         # Usage riding on a content chunk (Gemini): OpenAI sends it alone, in a chunk with empty
         # choices just before [DONE], and only when asked.
         if self._include_usage:
             doc["usage"] = None
-            self._usage_pending = self.usage is not None
         else:
             del doc["usage"]
         return format_event(self._identity(doc))
 
     def _usage_chunk(self) -> bytes:
-        self._usage_pending = False
+        """The usage chunk owed to a caller who asked for it: the upstream's own, else one with the
+        usage it reported on a content chunk, else the estimate that is billed (kept as ``usage``)."""
+        self._usage_owed = False
+        if self._usage_held is not None:
+            return self._usage_held
+        if self.usage is None:
+            self.usage = usage = self._estimate(self.estimated_completion_tokens())
+            self._usage_doc = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
         return format_event(orjson.dumps({
             "id": self._completion_id,
             "object": "chat.completion.chunk",
@@ -423,3 +471,7 @@ class StreamRewriter:
         plain content event (a provider streams about a token per event), and about one per four
         characters of parsed ones; at least one if any text went out, never more than its characters."""
         return self.text_tokens + estimate_tokens(self.text_chars)
+
+
+def _completion_only(completion_tokens: int) -> Usage:
+    return estimate_usage(0, completion_tokens)

@@ -52,6 +52,9 @@ occurrences are read, later ones win); they never appear in the reply.
   thinking=<n>         gemini: n hidden thinking tokens, counted in total_tokens only
   calls=<n>            with a tool call: n parallel calls (all in one chunk in gemini mode)
   no_id=1              gemini: chunks without a top-level "id" (as gemini-2.0-flash sends them)
+  usage=0              stream: no usage at all, even when ``include_usage`` is asked for
+  spaced=1             stream: each event's JSON written with spaces (``", "``, ``": "``), as
+                       Python's ``json.dumps`` writes it, and no ``"usage": null`` on content chunks
 Events are counted from 0 in stream order: role chunk, content chunks, finish chunk,
 usage chunk (if any), ``[DONE]``; "after n events" means after the n-th was sent.
 
@@ -84,6 +87,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import re
 import secrets
 import signal
@@ -141,7 +145,7 @@ RECORDS_KEPT = 200
 _DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
 _INT_KEYS = frozenset(
     {"status", "cut", "malformed", "chunks", "size", "error_event", "fail_first", "after",
-     "content_filter", "refusal", "thinking", "calls", "no_id"}
+     "content_filter", "refusal", "thinking", "calls", "no_id", "usage", "spaced"}
 )
 _FLOAT_KEYS = frozenset({"delay", "think"})
 _STR_KEYS = frozenset({"hang", "echo", "key", "mode"})
@@ -598,7 +602,7 @@ class FakeUpstream:
             "chunks": chunks,
             "delay": max(0.0, d.get("delay", self.delay)),
             "usage": usage_for(body, chunks),
-            "include_usage": bool((body.get("stream_options") or {}).get("include_usage")),
+            "include_usage": bool((body.get("stream_options") or {}).get("include_usage")) and d.get("usage", 1) != 0,
             "logprobs": body.get("logprobs") is True,
             "top_logprobs": body.get("top_logprobs") or 0,
         }
@@ -789,6 +793,8 @@ class FakeUpstream:
     async def _stream(self, request: BaseRequest, plan: dict, d: dict,
                       progress: _Progress) -> web.StreamResponse:
         events = self._events(plan)
+        if d.get("spaced"):
+            events = [_spaced(e) for e in events]
         gemini = plan["mode"] == "gemini"
         ctype = "text/event-stream" if gemini else "text/event-stream; charset=utf-8"
         headers = self._headers(plan, ctype)
@@ -826,6 +832,17 @@ class FakeUpstream:
 
 def _call_id(base: str, i: int) -> str:
     return base if i == 0 else f"{base}_{i}"
+
+
+def _spaced(event: bytes) -> bytes:
+    """An SSE event whose JSON is rewritten with Python's default separators, without a null usage."""
+    data = event[6:-2]
+    if data == b"[DONE]":
+        return event
+    doc = orjson.loads(data)
+    if "usage" in doc and doc["usage"] is None:
+        del doc["usage"]
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
 
 
 def _gemini_usage(plan: dict, final: bool) -> dict:

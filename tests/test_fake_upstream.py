@@ -214,6 +214,21 @@ async def test_stream_without_include_usage_has_no_usage(http, upstream):
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == reply_text(8, 3)
 
 
+async def test_usage_and_spaced_directives(http, upstream):
+    body = chat("hello [[fake:chunks=3,usage=0,spaced=1]]", stream=True, stream_options={"include_usage": True})
+    async with await post(http, upstream, body) as r:
+        raw = await r.read()
+    chunks = chunks_of(raw)
+    assert all("usage" not in c for c in chunks) and all(c["choices"] for c in chunks)
+    assert b'"finish_reason": "stop"' in raw and b'"finish_reason":"' not in raw and b'":null' not in raw
+    assert raw.endswith(b"data: [DONE]\n\n")
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == reply_text(3)
+    async with await post(http, upstream, chat("hello [[fake:chunks=3,spaced=1]]", stream=True,
+                                                stream_options={"include_usage": True})) as r:
+        chunks = chunks_of(await r.read())
+    assert all("usage" not in c for c in chunks[:-1]) and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
 async def test_sdk_non_stream_and_stream(sdk):
     resp = await sdk.chat.completions.create(model="up-model-1", messages=[
         {"role": "user", "content": "hello"}])

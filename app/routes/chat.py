@@ -92,7 +92,7 @@ async def _stream(request: Request, services: Services, model: PublicModel, body
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     upstream = exchange.upstream = await services.upstream.stream(
         model, body, exchange.request_id, exchange.attempts,
-        lambda dialect: StreamRewriter(model.id, exchange.completion_id, include_usage, dialect),
+        lambda dialect: StreamRewriter(model.id, exchange.completion_id, include_usage, dialect, exchange.estimate),
     )
     try:
         response = await request.respond(headers={**exchange.headers, **_STREAM_HEADERS}, content_type="text/event-stream")

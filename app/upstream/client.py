@@ -46,13 +46,15 @@ class Attempts:
     """What the dispatcher did for one request, for metering and the access log.
 
     ``count`` is every attempt begun; ``sent`` those whose body went out to an upstream, which is
-    what makes a request billable; ``failures`` the ``target:kind`` of each failed attempt.
+    what makes a request billable; ``failures`` the ``target:kind`` of each failed attempt;
+    ``account`` whose request it is, for the breaker.
     """
 
     count: int = 0
     sent: int = 0
     target: Target | None = None
     failures: list[str] = field(default_factory=list)
+    account: str | None = None
 
     def mark_sent(self) -> None:
         self.sent += 1
@@ -189,7 +191,8 @@ class UpstreamClient:
         per_host = max((t.max_connections for m in settings.models.values() for t in m.targets), default=256)
         self.transport = transport if transport is not None else AiohttpTransport(per_host)
         self.breaker = breaker or Breaker(
-            settings.breaker_min_requests, settings.breaker_failure_ratio, settings.breaker_window, settings.breaker_cooldown
+            settings.breaker_min_requests, settings.breaker_failure_ratio, settings.breaker_window,
+            settings.breaker_cooldown, settings.breaker_min_accounts,
         )
         self.metrics = metrics or Metrics()
         self._guard = guard_message(settings.persona_prompt)
@@ -307,18 +310,18 @@ class UpstreamClient:
                 try:
                     result = await attempt(target, deadline)
                 except _Retryable as failure:
-                    self._outcome(target.name, failure.kind)
+                    self._outcome(target.name, failure.kind, attempts.account)
                     attempts.failures.append(f"{target.name}:{failure.kind}")
                     last = failure
                     continue
                 except GatewayError as error:
-                    self._outcome(target.name, None)  # it answered, so it is reachable
+                    self._outcome(target.name, None, attempts.account)  # it answered, so it is reachable
                     attempts.failures.append(f"{target.name}:{error.code}")
                     raise
                 except BaseException:
                     self.breaker.abandon(target.name)  # cancelled: a probe in flight proved nothing
                     raise
-                self._outcome(target.name, None)
+                self._outcome(target.name, None, attempts.account)
                 return result
             if not tried or loop.time() >= deadline:
                 break
@@ -334,12 +337,12 @@ class UpstreamClient:
             raise Overloaded(headers=error.headers or {"retry-after": "1"})
         raise error
 
-    def _outcome(self, target: str, failure: str | None) -> None:
+    def _outcome(self, target: str, failure: str | None, account: str | None) -> None:
         """Tell the breaker (and the metrics, when its state moves) how an attempt on ``target`` ended."""
         before = self.breaker.state(target)
         if failure is not None:
             self.metrics.count("upstream_errors", (target, failure))
-        self.breaker.record(target, failure)
+        self.breaker.record(target, failure, account)
         after = self.breaker.state(target)
         if after != before:
             self.metrics.breaker.labels(target).set(BREAKER_STATES[after])

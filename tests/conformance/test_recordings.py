@@ -1,6 +1,7 @@
 """Recorded Gemini and OpenAI traffic replayed through the gateway to the official OpenAI Python SDK:
 every chunk parses, text and tool calls reassemble exactly, the stream helper agrees, no upstream
-identity reaches the caller, usage appears only when asked and is exact, and so is the ledger."""
+identity reaches the caller, usage appears only when asked (and then always, last: the billed
+estimate when the upstream reported none) and is exact, and so is the ledger."""
 from __future__ import annotations
 
 import json
@@ -128,10 +129,11 @@ def test_stream(exchange, include_usage, client, capture, replay, replay_gateway
 
     usage = exchange.final_usage()
     with_usage = [c for c in chunks if c.usage is not None]
-    if include_usage and usage is not None:
+    if include_usage:  # one usage chunk, last, whether the upstream reported usage or not
         assert len(with_usage) == 1 and chunks[-1] is with_usage[0] and chunks[-1].choices == []
-        (sent,) = [e for e in sse_events(capture.received()) if e.get("usage")]
-        assert sent["usage"] == usage  # details included, total as reported
+        if usage is not None:
+            (sent,) = [e for e in sse_events(capture.received()) if e.get("usage")]
+            assert sent["usage"] == usage  # details included, total as reported
     else:
         assert with_usage == []
     assert_no_upstream_identity(exchange, capture.received())
@@ -143,6 +145,11 @@ def test_stream(exchange, include_usage, client, capture, replay, replay_gateway
     else:  # the upstream never said: an estimate no larger than the text relayed, and not zero
         relayed = len(text) + sum(len(arguments) for _, arguments in calls.values())
         assert entry.estimated and 1 <= entry.completion_tokens <= relayed
+        if include_usage:  # the usage chunk shows what is billed
+            shown = chunks[-1].usage
+            assert (shown.prompt_tokens, shown.completion_tokens, shown.total_tokens) == (
+                entry.prompt_tokens, entry.completion_tokens, entry.total_tokens,
+            )
 
 
 @pytest.mark.parametrize("exchange", STREAMS, ids=lambda e: e.id)

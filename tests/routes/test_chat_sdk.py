@@ -97,6 +97,35 @@ def test_stream_usage_chunk_when_asked(client, model):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply_text(5)
 
 
+@pytest.mark.parametrize("model", ["zowy-1", "zowy-1-pro"])
+@pytest.mark.parametrize("directive", ["usage=0", "spaced=1", "usage=0,spaced=1"])
+def test_stream_usage_chunk_is_last_whatever_the_upstream_sends(client, gateway, model, directive):
+    """Asked for usage, a stream ends with exactly one finish, then the usage chunk, then [DONE]:
+    also when the upstream writes spaced JSON, and when it reports no usage (then the estimate the
+    ledger bills, marked estimated there)."""
+    user = f"count me [[fake:chunks=5,{directive}]]"
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": user}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(raw.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply_text(5)
+    assert [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason] == ["stop"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert [c for c in chunks[:-1] if c.usage is not None] == []
+    entry = support.wait_until(lambda: support.run_store(gateway, lambda s: s.ledger_entry(raw.headers["x-request-id"])))
+    usage = last.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        entry.prompt_tokens, entry.completion_tokens, entry.total_tokens,
+    )
+    assert entry.estimated == ("usage=0" in directive)
+    if "usage=0" not in directive:
+        assert usage.total_tokens == expected_usage(user, 5)["total_tokens"]
+    else:
+        assert usage.completion_tokens >= 1 and usage.prompt_tokens >= 1  # an estimate: per event or per 4 characters
+
+
 def test_stream_raw_sse_framing(gateway, customer):
     with http(gateway) as h:
         with h.stream(

@@ -7,6 +7,7 @@ import json
 import socket
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -53,16 +54,16 @@ max_tokens_field = "max_completion_tokens"
     return path
 
 
-def start_rig(tmp, breaker_min_requests: int) -> dict:
+def start_rig(tmp, breaker_min_requests: int, **env: str) -> dict:
     primary = support.start_upstream(tmp, "openai")
     secondary = support.start_upstream(tmp, "gemini")
     dead_port = support.free_port()
     models = resilience_models(tmp / "models.toml", primary.url, secondary.url, dead_port)
-    gateway = support.start_gateway(
-        tmp / "gw", models,
-        ZOWY_UPSTREAM_ATTEMPTS="3", ZOWY_RETRY_BACKOFF="0.05",
-        ZOWY_BREAKER_MIN_REQUESTS=str(breaker_min_requests), ZOWY_BREAKER_COOLDOWN=str(BREAKER_COOLDOWN),
-    )
+    gateway = support.start_gateway(tmp / "gw", models, **{
+        "ZOWY_UPSTREAM_ATTEMPTS": "3", "ZOWY_RETRY_BACKOFF": "0.05",
+        "ZOWY_BREAKER_MIN_REQUESTS": str(breaker_min_requests), "ZOWY_BREAKER_COOLDOWN": str(BREAKER_COOLDOWN),
+        **env,
+    })
     customer = support.new_customer(gateway)
     return {"gateway": gateway, "primary": primary, "secondary": secondary, "dead_port": dead_port,
             "customer": customer, "tmp": tmp}
@@ -89,6 +90,15 @@ def breaker_rig(tmp_path):
     stop_rig(rig)
 
 
+@pytest.fixture
+def tenants_rig(tmp_path):
+    """Breakers that open after 4 attempts and stay open for the whole test once they do."""
+    rig = start_rig(tmp_path, breaker_min_requests=4,
+                    ZOWY_BREAKER_COOLDOWN="600", ZOWY_BREAKER_MIN_ACCOUNTS="2", ZOWY_UPSTREAM_ATTEMPTS="2")
+    yield rig
+    stop_rig(rig)
+
+
 def fake(upstream: support.Process, path: str, method: str = "GET"):
     req = urllib.request.Request(f"{upstream.url}{path}", method=method)
     with urllib.request.urlopen(req) as r:
@@ -104,10 +114,11 @@ def entry_for(gateway, request_id: str):
     return support.wait_until(lambda: support.run_store(gateway, lambda s: s.ledger_entry(request_id)))
 
 
-def post(rig, model: str, content: str, stream: bool = False, **extra):
+def post(rig, model: str, content: str, stream: bool = False, customer: support.Customer | None = None, **extra):
+    key = (customer or rig["customer"]).key
     with http(rig["gateway"]) as h:
         with h.stream("POST", "/api/v1/chat/completions",
-                      headers={"Authorization": f"Bearer {rig['customer'].key}"},
+                      headers={"Authorization": f"Bearer {key}"},
                       json={"model": model, "stream": stream, "messages": [{"role": "user", "content": content}], **extra}) as r:
             body = b"".join(r.iter_bytes())
             return r.status_code, dict(r.headers), body
@@ -176,6 +187,55 @@ def test_one_tenant_cannot_open_the_breaker_for_another(breaker_rig):
         with http(gateway) as h:
             ready = h.get("/readyz", headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
         assert ready["checks"]["targets"]["solo"]["state"] == "closed"
+
+
+def breaker_state(gateway, target: str) -> str:
+    with http(gateway) as h:
+        ready = h.get("/readyz", headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
+    return ready["checks"]["targets"][target]["state"]
+
+
+@pytest.mark.parametrize("target, model, directive, stream, extra, status", [
+    ("solo", "zowy-1-pro", "status=500", False, {}, 502),
+    ("solo", "zowy-1-pro", "hang=headers", False, {}, 504),
+    ("primary", "zowy-1", "mode=gemini,think=3,thinking=4000", True, {"reasoning_effort": "high"}, 504),
+], ids=["500s", "timeouts", "slow-thinking"])
+def test_one_tenants_failures_do_not_open_the_breaker_for_another(tenants_rig, target, model, directive, stream, extra, status):
+    """Eight concurrent requests of one account fail on the target (a 500 for that content, no
+    answer within first_byte, thinking past first_byte): the breaker stays closed and another
+    account is served at once, every time (the breaker would stay open for 600 s)."""
+    rig = tenants_rig
+    gateway = rig["gateway"]
+    attacker = support.new_customer(gateway)
+    victim = support.new_customer(gateway)
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(
+            lambda i: post(rig, model, f"m{i} [[fake:{directive}]]", stream=stream, customer=attacker, **extra), range(8)
+        ))
+    assert [got for got, _, _ in outcomes] == [status] * 8
+    assert breaker_state(gateway, target) == "closed"
+    with sdk_client(gateway, victim.key) as client:
+        for _ in range(20):
+            raw = client.chat.completions.with_raw_response.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            assert raw.parse().choices[0].message.content == reply_text(8)
+            assert entry_for(gateway, raw.headers["x-request-id"]).target == target
+    assert breaker_state(gateway, target) == "closed"
+
+
+def test_an_outage_every_tenant_sees_opens_the_breaker(tenants_rig):
+    """503s for every account are the target's: two accounts failing open it, and the next request
+    is refused at once without reaching the target."""
+    rig = tenants_rig
+    gateway = rig["gateway"]
+    first, second = support.new_customer(gateway), support.new_customer(gateway)
+    for customer in (first, second):
+        got, _, _ = post(rig, "zowy-1-pro", "[[fake:status=503]]", customer=customer)
+        assert got == 502
+    assert breaker_state(gateway, "solo") == "open"
+    marker = f"m{time.monotonic_ns()}"
+    got, _, body = post(rig, "zowy-1-pro", marker, customer=second)
+    assert got == 503 and json.loads(body)["error"]["code"] == "overloaded"
+    assert requests_seen(rig["primary"], marker) == []
 
 
 def test_no_retry_after_first_byte(rig):

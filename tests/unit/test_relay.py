@@ -246,3 +246,147 @@ def test_a_body_ending_right_after_done_without_a_blank_line():
     cut.feed(openai_stream(False)[0] + b'data: {"id":"chatcmpl-UP42","choi')
     with pytest.raises(MalformedUpstream):
         cut.finish()
+
+
+# JSON spacing and the usage chunk: whatever the upstream's spacing, one finish, usage last.
+
+def spaced(events: list[bytes], style: str) -> list[bytes]:
+    """The events with their JSON written with spaces (``", "``, ``": "``), as Python's json.dumps
+    writes it, and without ``"usage":null`` on content chunks (as upstreams that report usage in a
+    final chunk only write them). ``style``: ``spaced`` every event; ``compact-head`` the first
+    event compact and, in the others, only what follows the identity fields spaced."""
+    out = []
+    for i, event in enumerate(events):
+        data = event[6:-2].replace(b',"usage":null', b"")
+        if data == b"[DONE]" or (style == "compact-head" and i == 0):
+            out.append(b"data: " + data + b"\n\n")
+            continue
+        doc = json.loads(data)
+        if style == "compact-head":
+            head, _, _ = data.partition(b',"choices":')
+            rest = {k: v for k, v in doc.items() if k in ("choices", "usage")}
+            text = head.decode() + ", " + json.dumps(rest)[1:]
+        else:
+            text = json.dumps(doc)
+        out.append(f"data: {text}\n\n".encode())
+    return out
+
+
+def chunks(out: bytes) -> list[dict]:
+    return [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+
+
+def finishes(docs: list[dict]) -> list[str]:
+    return [c["finish_reason"] for d in docs for c in d["choices"] if c.get("finish_reason")]
+
+
+STYLES = ("spaced", "compact-head")
+
+
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("seed", range(8))
+def test_spaced_json_gets_one_finish_and_usage_last(style, seed):
+    events = spaced(openai_stream(), style)
+    out, rewriter = run(events, include_usage=True, splits=30 if seed else 0, seed=seed)
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"]
+    assert docs[-1]["choices"] == [] and docs[-1]["usage"] == {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    assert out.endswith(b"data: [DONE]\n\n") and out.count(b"[DONE]") == 1
+    assert all(d["id"] == OURS and d["model"] == PUBLIC for d in docs)
+    assert b"UP42" not in out and b"gpt-5.4" not in out and b"fp_abc" not in out
+    assert rewriter.usage == Usage(11, 3, 14)
+    compact, _ = run([e.replace(b',"usage":null', b"") for e in openai_stream()], include_usage=True)
+    assert docs == chunks(compact)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_spaced_usage_is_read_and_kept_from_callers_who_did_not_ask(style):
+    out, rewriter = run(spaced(openai_stream(), style), include_usage=False)
+    assert rewriter.usage == Usage(11, 3, 14)
+    assert all(d.get("usage") is None for d in chunks(out))
+    assert finishes(chunks(out)) == ["stop"]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_spans_of_compact_heads_read_a_spaced_finish_and_usage(include_usage, monkeypatch):
+    """One event per read, as a live stream comes: after the first event the identity head is known
+    and spans are swapped whole; a spaced finish or usage in them is still seen."""
+    import app.relay
+
+    rewriter = StreamRewriter(PUBLIC, OURS, include_usage)
+    events = spaced(openai_stream(), "compact-head")
+    out = rewriter.feed(events[0])
+    parsed = []
+    real = app.relay.orjson.loads
+    monkeypatch.setattr(app.relay.orjson, "loads", lambda data: parsed.append(data) or real(data))
+    for event in events[1:]:
+        out += rewriter.feed(event)
+    assert len(parsed) == 1 and b'"usage": {' in parsed[0]  # content and finish took the plain path
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"] and rewriter.usage == Usage(11, 3, 14)
+    assert [d for d in docs if d.get("usage")] == ([docs[-1]] if include_usage else [])
+
+
+def test_a_spaced_empty_delta_is_not_counted_as_text():
+    compact = StreamRewriter(PUBLIC, OURS, False)
+    compact.feed(b"".join(openai_stream(include_usage=False)))
+    loose = StreamRewriter(PUBLIC, OURS, False)
+    loose.feed(b"".join(spaced(openai_stream(include_usage=False), "spaced")))
+    assert loose.estimated_completion_tokens() == compact.estimated_completion_tokens()
+
+
+def test_spaced_gemini_usage_moves_to_its_own_last_chunk():
+    from app.upstream.gemini import GeminiDialect
+
+    rewriter = StreamRewriter(PUBLIC, OURS, True, GeminiDialect())
+    out = rewriter.feed(b"".join(spaced(gemini_stream(), "spaced"))) + rewriter.finish()
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"] and docs[-1]["choices"] == [] and docs[-1]["usage"]["total_tokens"] == 7
+    assert out.endswith(b"data: [DONE]\n\n")
+
+
+def billed(completion_tokens: int) -> Usage:
+    return Usage(40, completion_tokens, 40 + completion_tokens, estimated=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_no_upstream_usage_gets_the_billed_estimate_last_when_asked(seed):
+    rewriter = StreamRewriter(PUBLIC, OURS, True, estimate=billed)
+    raw = b"".join(openai_stream(include_usage=False))
+    out, last = [], 0
+    rng = random.Random(seed)
+    for cut in sorted(rng.sample(range(1, len(raw)), 20)) + [len(raw)]:
+        out.append(rewriter.feed(raw[last:cut]))
+        last = cut
+    out = b"".join(out) + rewriter.finish()
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"]
+    assert docs[-1]["choices"] == []
+    completion = rewriter.estimated_completion_tokens()
+    assert completion >= 1
+    assert docs[-1]["usage"] == {"prompt_tokens": 40, "completion_tokens": completion, "total_tokens": 40 + completion}
+    assert out.endswith(b"data: [DONE]\n\n")
+    assert rewriter.usage == billed(completion) and rewriter.usage.estimated  # what the ledger then records
+
+
+def test_no_usage_chunk_when_not_asked_and_none_reported():
+    rewriter = StreamRewriter(PUBLIC, OURS, False, estimate=billed)
+    out = rewriter.feed(b"".join(openai_stream(include_usage=False)))
+    assert all(d.get("usage") is None for d in chunks(out)) and rewriter.usage is None
+
+
+def test_a_stream_ending_without_done_still_gets_the_usage_asked_for():
+    rewriter = StreamRewriter(PUBLIC, OURS, True, estimate=billed)
+    out = rewriter.feed(b"".join(openai_stream(include_usage=False)[:2])) + rewriter.finish()
+    docs = chunks(out)
+    assert docs[-1]["choices"] == [] and docs[-1]["usage"]["completion_tokens"] == rewriter.usage.completion_tokens
+    assert not rewriter.done
+
+
+def test_an_early_usage_chunk_still_goes_last():
+    events = openai_stream()
+    reordered = events[:3] + [events[4], events[3], events[5]]  # usage before the finish chunk
+    out, rewriter = run(reordered, include_usage=True)
+    docs = chunks(out)
+    assert finishes(docs) == ["stop"] and docs[-1]["choices"] == [] and docs[-1]["usage"]["total_tokens"] == 14
+    assert len(docs) == 5
