@@ -27,9 +27,11 @@ class LedgerEntry:
     debits: list[list] = field(default_factory=list)
     reasoning_tokens: int = 0
     cached_tokens: int = 0
-    # The balance reservation this request held, settled when the entry is written.
+    # The balance reservation this request held, settled when the entry is written; with a capped
+    # key, the same tokens reserved on the key's cap through its lease there.
     lease_id: str | None = None
     reserved: int = 0
+    key_lease_id: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
