@@ -204,7 +204,6 @@ class Settings:
     reserve_floor: int = setting("ZOWY_RESERVE_FLOOR", 50_000, low=0)
     reserve_ttl: float = setting("ZOWY_RESERVE_TTL", 60.0, low=1)
     reserve_idle: float = setting("ZOWY_RESERVE_IDLE", 2.0, low=0)
-    key_usage_cache_ttl: float = setting("ZOWY_KEY_USAGE_CACHE_TTL", 2.0, low=0)
     trusted_proxies: str = setting("ZOWY_TRUSTED_PROXIES", "")
     self_service: SelfService = SelfService()
     hooks: Hooks = Hooks()

@@ -9,7 +9,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ..exchange import Exchange
-from ..metering import estimate_tokens, request_need
+from ..metering import request_need
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -65,12 +65,9 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     exchange.admitted(model.id, body)
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
-    if key.token_cap is not None:
-        named = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        await admission.require_key_budget(key, max(1, estimate_tokens(facts.text_chars) + named))
     completion = body.get("max_completion_tokens") or body.get("max_tokens") or model.default_completion_tokens
     need = request_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes, completion, body.get("n") or 1)
-    exchange.reservation = await admission.reserve(key.account_id, need)
+    exchange.reservation = await admission.reserve(key, need)
     _still_wanted(request)  # a reservation taken for a caller who left goes back with the exchange
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)

@@ -9,7 +9,6 @@ import json
 
 import aiohttp
 import orjson
-import pytest
 
 from app.config import DEFAULT_PERSONA_PROMPT
 from app.metering import request_need
@@ -52,22 +51,6 @@ async def burst(urls: list[str], key: str, bodies: list[bytes]) -> list[int]:
                 return r.status
 
         return await asyncio.gather(*(one(i, raw) for i, raw in enumerate(bodies)))
-
-
-@pytest.fixture
-def cluster(tmp_path, models_path, store_env):
-    """Two gateway instances of two workers each, on one store."""
-    data = tmp_path / "shared"
-    env = {**store_env, "ZOWY_LIMITER_TIMEOUT": "10", "ZOWY_STORE_TIMEOUT": "10"}
-    first = support.start_gateway(data, models_path, workers=2, **env)
-    try:
-        second = support.start_gateway(data, models_path, workers=2, **env)
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
 
 
 def settled_tokens(gateway, account_id: str, count: int) -> int:
