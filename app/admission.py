@@ -46,6 +46,7 @@ class Admission:
         self.reservations = Reservations(store, settings, clock)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
+        self._least_answer = settings.min_completion_tokens
         # key id -> (when its full window ends, the refusal the store decided)
         self._full: dict[str, tuple[float, Decision]] = {}
         # key id -> requests this worker counted in the store ahead of time, for keys far from their limits
@@ -152,12 +153,15 @@ class Admission:
             return 1
         return 1 + min(self._slice_max, room // 64)
 
-    async def reserve(self, key: KeyRecord, need: int) -> Reservation:
-        """Reserve what the request may cost against the account's balance and the key's cap
-        (InsufficientQuota if either cannot cover it)."""
+    async def reserve(self, key: KeyRecord, prompt: int, completion: int, choices: int = 1) -> Reservation:
+        """Reserve what the request may cost (``prompt`` and ``completion`` tokens for each of
+        ``choices``) against the account's balance and the key's cap, or less when less is free but
+        holds the prompt and at least ``min_completion_tokens`` of answer (InsufficientQuota if not)."""
+        need = prompt + completion * choices
+        least = prompt + min(completion, self._least_answer) * choices
         if key.token_cap is None:
-            return await self.reservations.reserve(key.account_id, need)
-        return await self.reservations.reserve(key.account_id, need, key.id, key.token_cap)
+            return await self.reservations.reserve(key.account_id, need, least)
+        return await self.reservations.reserve(key.account_id, need, least, key.id, key.token_cap)
 
     def forget(self, digest: str | None = None) -> None:
         """Drop cached knowledge, e.g. after an admin change made by this worker."""

@@ -61,15 +61,18 @@ class Reservations:
         self.ttl = settings.reserve_ttl
         self.idle = settings.reserve_idle
         self.floor = settings.reserve_floor
+        self.least_answer = settings.min_completion_tokens
         self._size = partial(
             _size, slice_max=settings.reserve_slice, share=settings.reserve_share, floor=settings.reserve_floor
         )
         self._worker = new_id("lease")
         self._leases: dict[str, _Lease] = {}
 
-    async def reserve(self, account_id: str, need: int, key_id: str | None = None, cap: int | None = None) -> Reservation:
-        """Reserve ``need`` tokens of the account's balance (and of key ``key_id``'s ``cap``), or
-        InsufficientQuota saying what is left."""
+    async def reserve(
+        self, account_id: str, need: int, least: int | None = None, key_id: str | None = None, cap: int | None = None
+    ) -> Reservation:
+        """Reserve ``need`` tokens of the account's balance (and of key ``key_id``'s ``cap``), or as
+        many as are free down to ``least`` when fewer are; InsufficientQuota saying what is left."""
         lease = self._leases.get(account_id)
         if lease is None:
             lease = self._leases[account_id] = _Lease(f"{self._worker}:{account_id}")
@@ -82,25 +85,30 @@ class Reservations:
             if scope is not None and scope.cap == cap and self._covers(lease, need, now) and self._covers(scope, need, now):
                 return self._take(account_id, lease, need, now, key_id, scope)
         async with lease.lock:
-            return await self._lease(account_id, lease, need, key_id, cap)
+            return await self._lease(account_id, lease, need, need if least is None else least, key_id, cap)
 
-    async def _lease(self, account_id: str, lease: _Lease, need: int, key_id: str | None, cap: int | None) -> Reservation:
+    async def _lease(
+        self, account_id: str, lease: _Lease, need: int, least: int, key_id: str | None, cap: int | None
+    ) -> Reservation:
         scope = None if key_id is None else await self._scope(account_id, lease, key_id, cap)
+        target = need
         for attempt in range(4):
             now = self.clock()
-            if self._covers(lease, need, now) and (scope is None or self._covers(scope, need, now)):
-                return self._take(account_id, lease, need, now, key_id, scope)
+            if self._covers(lease, target, now) and (scope is None or self._covers(scope, target, now)):
+                return self._take(account_id, lease, target, now, key_id, scope)
             if attempt == 3:
                 break
-            more = need - min(lease.left, need)
-            ask = None if scope is None else CapAsk(key_id, cap, scope.id, need - min(scope.left, need))
+            more = target - min(lease.left, target)
+            ask = None if scope is None else CapAsk(key_id, cap, scope.id, target - min(scope.left, target))
             grant = await self.store.lease(account_id, lease.id, more, self._size, now, now + self.ttl, ask)
             if lease_refused(grant, more, ask):
-                # Refused, unless requests ending meanwhile gave back enough to this worker: then
-                # it is asked again.
+                # Fewer tokens are free than the request may use: it is served with what is free
+                # (its answer limited to fit) when that holds its prompt and a useful answer. (What
+                # requests ending meanwhile gave back to this worker counts: then it is asked again.)
                 fits = _room(grant, lease) if scope is None else min(_room(grant, lease), _room(grant.cap, scope))
-                if fits < need:
-                    raise self._refusal(need, grant, lease, scope, cap)
+                if fits < least:
+                    raise self._refusal(need, least, grant, lease, scope, cap)
+                target = min(target, fits)
                 continue
             self._grant(lease, grant, now)
             if scope is not None:
@@ -133,13 +141,18 @@ class Reservations:
     def _covers(self, lease: _Lease, need: int, now: float) -> bool:
         return lease.left >= need and lease.expires_at - now > self.ttl / 4
 
-    def _refusal(self, need: int, grant: LeaseGrant, lease: _Lease, scope: _Lease | None, cap: int | None) -> InsufficientQuota:
+    def _refusal(
+        self, need: int, least: int, grant: LeaseGrant, lease: _Lease, scope: _Lease | None, cap: int | None
+    ) -> InsufficientQuota:
         """What is free, said to the caller: of the key's cap when that is what falls short, else of
         the balance. What this worker holds unused is as good as free; the rest of the reserved
         tokens are held by requests in flight."""
-        asked = f"This request may use up to {need} tokens (its prompt and max_tokens)"
+        asked = (
+            f"This request may use up to {need} tokens (its prompt and max_tokens)" if least == need
+            else f"This request needs at least {least} tokens (its prompt and an answer of at least {self.least_answer} tokens)"
+        )
         key_room = 0 if scope is None else _room(grant.cap, scope)
-        if scope is not None and key_room < need and key_room <= _room(grant, lease):
+        if scope is not None and key_room < least and key_room <= _room(grant, lease):
             busy = grant.cap.reserved - scope.left
             return InsufficientQuota(
                 f"{asked}, but this API key has {key_room} tokens left of its token cap of {cap} tokens "
@@ -150,7 +163,7 @@ class Reservations:
         return InsufficientQuota(
             f"{asked}, but the account has {_room(grant, lease)} tokens left"
             + (f" ({busy} more are reserved by requests in flight)." if busy > 0 else ".")
-            + " Top up by buying a Pro or Business package, or lower max_tokens."
+            + " Top up by buying a Pro or Business package" + (", or lower max_tokens." if least == need else ".")
         )
 
     @staticmethod

@@ -104,12 +104,16 @@ def test_token_cap_is_402_naming_the_cap_and_apart_from_the_package(pair):
     controls(pair.first, customer.key_id, token_cap=1000)
     settle_key_cache()
     with sdk_client(pair.second, customer.key) as client:
-        client.chat.completions.create(model="zowy-1", messages=HI, max_tokens=20)
-    # A request naming more completion tokens than the cap has left is refused before the upstream.
+        client.chat.completions.create(model="zowy-1", messages=HI)
+    # A request naming more completion tokens than the cap has left is served with its answer
+    # limited to what the cap holds beyond its prompt, and ends for its length there.
     with sdk_client(pair.first, customer.key) as client:
-        with pytest.raises(openai.APIStatusError) as info:
-            client.chat.completions.create(model="zowy-1", messages=HI, max_tokens=20_000)
-    assert info.value.status_code == 402 and "token cap of 1000 tokens" in info.value.message
+        answer = client.chat.completions.create(
+            model="zowy-1", max_tokens=20_000, messages=[{"role": "user", "content": "hi [[fake:honor_max=1,chunks=20000]]"}]
+        )
+    assert answer.choices[0].finish_reason == "length"
+    support.wait_until(lambda: support.run_store(pair.first, lambda s: s.key_tokens(customer.key_id)) == 440 + answer.usage.total_tokens)
+    assert 440 + answer.usage.total_tokens <= 1000
 
 
 def test_ip_allow_list_behind_a_trusted_proxy(pair):

@@ -140,6 +140,19 @@ async def test_near_the_end_what_a_request_left_unused_goes_back_at_once(store):
     assert await held(store) == 750 and (await store.packages("acct_1"))[0].used == 250
 
 
+async def test_less_than_a_request_may_use_is_reserved_down_to_its_least(store):
+    await grant(store, 1000)
+    reservations = Reservations(store, SETTINGS)
+    taken = await reservations.reserve("acct_1", 5000, least=300)
+    assert taken.tokens == 1000 and await held(store) == 1000
+    with pytest.raises(InsufficientQuota) as info:
+        await reservations.reserve("acct_1", 5000, least=300)
+    message = info.value.message
+    assert "needs at least 300 tokens" in message and "has 0 tokens left (1000 more are reserved" in message
+    reservations.finish(taken, 0)
+    assert (await reservations.reserve("acct_1", 5000, least=300)).tokens == 1000
+
+
 async def test_a_capped_key_reserves_on_its_cap_and_the_balance_at_once(store):
     await grant(store, 100_000)
     counting = Counting(store)
@@ -160,7 +173,7 @@ async def test_a_capped_key_reserves_on_its_cap_and_the_balance_at_once(store):
     assert await store.key_tokens("key_1") == 600
     await reservations.upkeep()
     assert sum(l.tokens for l in await store.key_leases("key_1")) == 0
-    assert (await reservations.reserve("acct_1", 1400, key_id="key_1", cap=2000)).tokens == 1400
+    assert (await reservations.reserve("acct_1", 5000, least=400, key_id="key_1", cap=2000)).tokens == 1400
 
 
 async def test_an_ample_cap_is_served_from_a_slice(store):
