@@ -1,14 +1,12 @@
 """Admission of a request before any upstream call: whose key, within its limits, with its cost
-reserved against the account's balance (app/reservations.py).
+reserved against the account's balance and the key's token cap (app/reservations.py).
 
 Key lookups are cached per worker for a short time; the rate limit is one atomic
 store operation per admitted request, bounded by a short timeout — or per several, for a key whose
 windows are far from their limits (the worker counts a few ahead and admits them from memory). A
 key whose window the store found full is refused from memory until that window ends: counts only
 grow within a window, so this changes no decision, and a client retrying in a loop never reaches
-the store. A key's own controls (expiry, IP allow-list, token cap) are checked from its cached
-record; a capped key's used tokens are read from the ledger at most once per
-``ZOWY_KEY_USAGE_CACHE_TTL`` per worker.
+the store. A key's own controls (expiry, IP allow-list) are checked from its cached record.
 """
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ from typing import Callable
 from .cache import MISSING, TTLCache
 from .clientip import allowed, client_address, parse_networks
 from .config import Settings
-from .errors import InsufficientQuota, InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
+from .errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
 from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
 from .reservations import Reservation, Reservations
@@ -48,15 +46,13 @@ class Admission:
         self.reservations = Reservations(store, settings, clock)
         self._pepper = settings.key_pepper
         self._defaults = settings.rate_limits
+        self._least_answer = settings.min_completion_tokens
         # key id -> (when its full window ends, the refusal the store decided)
         self._full: dict[str, tuple[float, Decision]] = {}
         # key id -> requests this worker counted in the store ahead of time, for keys far from their limits
         self._slots: dict[str, _Slots] = {}
         self._slice_max = settings.limiter_slice
         self._floor = settings.limiter_floor
-        # [tokens used]: the ledger's sum when read, plus what this worker admitted since (the entry
-        # keeps the expiry of its read, so the ledger is read again however busy the key is).
-        self._key_tokens: TTLCache[list[int]] = TTLCache(settings.key_usage_cache_ttl)
         self.trusted_proxies = parse_networks(settings.trusted_proxies)
 
     def client(self, peer: str, forwarded_for: str | None) -> str:
@@ -110,26 +106,6 @@ class Admission:
         again = Decision(False, decision.minute_limit, decision.minute_used, decision.hour_limit, decision.hour_used, now)
         raise RateLimited(again.message(), headers=again.headers())
 
-    async def require_key_budget(self, key: KeyRecord, need: int) -> None:
-        """InsufficientQuota when the key's token cap cannot hold this request's need.
-
-        Used tokens come from the ledger through a short per-worker cache to which this worker adds
-        what it admits, so other workers' requests within the cache lifetime may overshoot the cap.
-        """
-        cap = key.token_cap
-        if cap is None:
-            return
-        used = self._key_tokens.get(key.id)
-        if used is MISSING:
-            used = [await self.store.key_tokens(key.id)]
-            self._key_tokens.put(key.id, used)
-        if used[0] + need > cap:
-            raise InsufficientQuota(
-                f"This API key reached its token cap of {cap} tokens ({min(used[0], cap)} used). "
-                "Raise the key's cap or use another key."
-            )
-        used[0] += need
-
     async def limit(self, key: KeyRecord) -> Decision:
         """Count the request in the key's windows; RateLimited when either is full."""
         self.refuse_if_full(key)
@@ -177,10 +153,15 @@ class Admission:
             return 1
         return 1 + min(self._slice_max, room // 64)
 
-    async def reserve(self, account_id: str, need: int) -> Reservation:
-        """Reserve what the request may cost against the account's balance (InsufficientQuota if it
-        cannot be covered)."""
-        return await self.reservations.reserve(account_id, need)
+    async def reserve(self, key: KeyRecord, prompt: int, completion: int, choices: int = 1) -> Reservation:
+        """Reserve what the request may cost (``prompt`` and ``completion`` tokens for each of
+        ``choices``) against the account's balance and the key's cap, or less when less is free but
+        holds the prompt and at least ``min_completion_tokens`` of answer (InsufficientQuota if not)."""
+        need = prompt + completion * choices
+        least = prompt + min(completion, self._least_answer) * choices
+        if key.token_cap is None:
+            return await self.reservations.reserve(key.account_id, need, least)
+        return await self.reservations.reserve(key.account_id, need, least, key.id, key.token_cap)
 
     def forget(self, digest: str | None = None) -> None:
         """Drop cached knowledge, e.g. after an admin change made by this worker."""
@@ -188,6 +169,5 @@ class Admission:
             self._keys.clear()
             self._full.clear()
             self._slots.clear()
-            self._key_tokens.clear()
         else:
             self._keys.drop(digest)

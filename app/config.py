@@ -208,7 +208,9 @@ class Settings:
     reserve_floor: int = setting("ZOWY_RESERVE_FLOOR", 50_000, low=0)
     reserve_ttl: float = setting("ZOWY_RESERVE_TTL", 60.0, low=1)
     reserve_idle: float = setting("ZOWY_RESERVE_IDLE", 2.0, low=0)
-    key_usage_cache_ttl: float = setting("ZOWY_KEY_USAGE_CACHE_TTL", 2.0, low=0)
+    # The shortest answer a request is served with when the balance or its key's cap cannot hold
+    # the completion it allows: below this (or its own max_tokens if smaller), 402.
+    min_completion_tokens: int = setting("ZOWY_MIN_COMPLETION_TOKENS", 256, low=1)
     trusted_proxies: str = setting("ZOWY_TRUSTED_PROXIES", "")
     self_service: SelfService = SelfService()
     hooks: Hooks = Hooks()

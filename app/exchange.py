@@ -188,6 +188,7 @@ class Exchange:
             cached_tokens=usage.cached_tokens,
             lease_id=self.reservation.lease_id if self.reservation else None,
             reserved=settles,
+            key_lease_id=self.reservation.key_lease_id if self.reservation else None,
         ))
 
     def _count(self, usage: Usage | None, latency: float) -> None:

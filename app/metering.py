@@ -27,9 +27,11 @@ class LedgerEntry:
     debits: list[list] = field(default_factory=list)
     reasoning_tokens: int = 0
     cached_tokens: int = 0
-    # The balance reservation this request held, settled when the entry is written.
+    # The balance reservation this request held, settled when the entry is written; with a capped
+    # key, the same tokens reserved on the key's cap through its lease there.
     lease_id: str | None = None
     reserved: int = 0
+    key_lease_id: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,12 +130,16 @@ def allocate(tokens: int, active: Sequence[PackageBalance], fallback_id: str | N
 IMAGE_TOKENS = 1500
 
 
+def prompt_need(body_bytes: int, image_bytes: int, images: int, guard_bytes: int) -> int:
+    """What a request's prompt is expected to cost, reserved before it goes upstream: the request at a
+    generous three bytes a token (images at ``IMAGE_TOKENS`` each) and the guard prompt."""
+    return (body_bytes - image_bytes + guard_bytes + 2) // 3 + images * IMAGE_TOKENS
+
+
 def request_need(body_bytes: int, image_bytes: int, images: int, guard_bytes: int, completion: int, choices: int = 1) -> int:
-    """The most a request is expected to cost, reserved before it goes upstream: its prompt at a
-    generous three bytes a token (images at ``IMAGE_TOKENS`` each), the guard prompt, and the
-    completion it allows (its max_tokens, or the model's default) for every choice."""
-    prompt = (body_bytes - image_bytes + guard_bytes + 2) // 3 + images * IMAGE_TOKENS
-    return prompt + completion * max(1, choices)
+    """The most a request is expected to cost: its prompt (``prompt_need``) and the completion it
+    allows (its max_tokens, or the model's default) for every choice."""
+    return prompt_need(body_bytes, image_bytes, images, guard_bytes) + completion * max(1, choices)
 
 
 def lease_size(need: int, free: int, slice_max: int, share: int, floor: int) -> int:

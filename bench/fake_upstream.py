@@ -43,6 +43,8 @@ occurrences are read, later ones win); they never appear in the reply.
   malformed=<n>        stream: after n events send ``data: {not json`` then go on
   error_event=<n>      stream: after n events send an error event and end the stream
   chunks=<n> size=<n> delay=<s> think=<s>   per-request overrides
+  honor_max=1          a text answer stops at the request's max_completion_tokens / max_tokens
+                       (per choice) with finish_reason "length", as providers do
   echo=system          content = text of the first system/developer message
   echo=body            content = the raw request body
   content_filter=1     finish_reason "content_filter", content ""
@@ -145,7 +147,7 @@ RECORDS_KEPT = 200
 _DIRECTIVE = re.compile(r"\[\[fake:([^\]]*)\]\]")
 _INT_KEYS = frozenset(
     {"status", "cut", "malformed", "chunks", "size", "error_event", "fail_first", "after",
-     "content_filter", "refusal", "thinking", "calls", "no_id", "usage", "spaced"}
+     "content_filter", "refusal", "thinking", "calls", "no_id", "usage", "spaced", "honor_max"}
 )
 _FLOAT_KEYS = frozenset({"delay", "think"})
 _STR_KEYS = frozenset({"hang", "echo", "key", "mode"})
@@ -593,6 +595,10 @@ class FakeUpstream:
               d: dict) -> dict:
         chunks = max(0, d.get("chunks", self.chunks))
         size = max(1, d.get("size", self.chunk_size))
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        stopped = bool(d.get("honor_max")) and isinstance(limit, int) and 0 < limit < chunks
+        if stopped:
+            chunks = limit
         plan: dict[str, Any] = {
             "mode": mode,
             "id": _new_id(mode),
@@ -621,7 +627,7 @@ class FakeUpstream:
             plan["calls"] = max(1, d.get("calls", 1))
             plan["pieces"] = list(TOOL_ARGUMENT_PIECES)
             return plan
-        plan["kind"], plan["finish"] = "text", "stop"
+        plan["kind"], plan["finish"] = "text", "length" if stopped else "stop"
         echo = d.get("echo")
         if echo == "system":
             plan["pieces"] = _split(_first_system_text(messages), chunks)

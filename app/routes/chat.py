@@ -9,7 +9,7 @@ from sanic.response import HTTPResponse
 from ..config import PublicModel
 from ..errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ..exchange import Exchange
-from ..metering import estimate_tokens, request_need
+from ..metering import prompt_need
 from ..relay import StreamRewriter
 from ..schemas import parse_chat_request
 from ..services import Services
@@ -64,12 +64,15 @@ async def _serve(request: Request, services: Services, exchange: Exchange) -> HT
     exchange.admitted(model.id, body)
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
-    if key.token_cap is not None:
-        named = body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        await admission.require_key_budget(key, max(1, estimate_tokens(facts.text_chars) + named))
     completion = body.get("max_completion_tokens") or body.get("max_tokens") or model.default_completion_tokens
-    need = request_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes, completion, body.get("n") or 1)
-    exchange.reservation = await admission.reserve(key.account_id, need)
+    choices = body.get("n") or 1
+    prompt = prompt_need(len(request.body), facts.image_bytes, facts.images, services.guard_bytes)
+    reservation = exchange.reservation = await admission.reserve(key, prompt, completion, choices)
+    if reservation.tokens < prompt + completion * choices:
+        # The balance (or the key's cap) holds less than the answer allowed: the answer is limited
+        # to what it holds, as a max_tokens of the caller's would (the target's own field is sent).
+        body.pop("max_completion_tokens", None)
+        body["max_tokens"] = (reservation.tokens - prompt) // choices
     _still_wanted(request)  # a reservation taken for a caller who left goes back with the exchange
     if exchange.stream:
         return await _stream(request, services, model, body, exchange)

@@ -24,6 +24,7 @@ from .base import (
     KEY_CONTROLS,
     Account,
     Alert,
+    CapAsk,
     AlertSettings,
     AuditEvent,
     AuditQuery,
@@ -43,6 +44,7 @@ from .base import (
     Topup,
     UsageRow,
     WindowCount,
+    lease_refused,
     plan_debits,
     plan_lease,
     settle_leases,
@@ -134,8 +136,9 @@ INDEXES: dict[str, tuple[Index, ...]] = {
 _LEDGER_FIELDS = tuple(f for f in LedgerEntry.__dataclass_fields__ if f not in ("request_id", "debits"))
 _ACCOUNT_FIELDS = {"name": 1, "created_at": 1}
 _KEY_FIELDS = {"key_hash": 0}
-_WALLET_FIELDS = {"packages": 1, "version": 1, "inflight": 1, "leases": 1}
-_DEBIT_FIELDS = {"account_id": 1, "total_tokens": 1, "created_at": 1, "lease_id": 1, "reserved": 1}
+_WALLET_FIELDS = {"packages": 1, "version": 1, "inflight": 1, "leases": 1, "key_leases": 1}
+_KEY_USE_FIELDS = {"total_tokens": 1, "key_lease_id": 1, "reserved": 1}
+_DEBIT_FIELDS = {"account_id": 1, "total_tokens": 1, "created_at": 1, "lease_id": 1, "reserved": 1, "key_lease_id": 1}
 
 
 class _DriverErrors:
@@ -168,16 +171,25 @@ class _Wallet:
     packages: list[dict]
     inflight: list[dict]
     leases: list[dict]
+    # Leases on the token caps of the account's keys: {"id", "key_id", "tokens", "expires_at"}.
+    key_leases: list[dict]
 
     @classmethod
     def from_doc(cls, doc: dict) -> "_Wallet":
         return cls(
             doc["_id"], doc.get("version", 0), list(doc.get("packages") or []), list(doc.get("inflight") or []),
-            list(doc.get("leases") or []),
+            list(doc.get("leases") or []), list(doc.get("key_leases") or []),
         )
 
     def lease_records(self) -> list[Lease]:
         return [Lease(l["id"], self.id, l["tokens"], l["expires_at"]) for l in self.leases]
+
+    def key_lease_records(self, key_id: str | None = None) -> list[Lease]:
+        return [
+            Lease(l["id"], self.id, l["tokens"], l["expires_at"])
+            for l in self.key_leases
+            if key_id is None or l["key_id"] == key_id
+        ]
 
     def inflight_ids(self) -> set[str]:
         return {item["rid"] for item in self.inflight}
@@ -236,7 +248,10 @@ class MongoStore(Store):
     # accounts
 
     async def create_account(self, account_id: str, name: str, now: float) -> Account:
-        doc = {"_id": account_id, "name": name, "created_at": now, "packages": [], "version": 0, "inflight": [], "leases": []}
+        doc = {
+            "_id": account_id, "name": name, "created_at": now, "packages": [], "version": 0, "inflight": [], "leases": [],
+            "key_leases": [],
+        }
         with _driver_errors:
             try:
                 await self._db.accounts.insert_one(doc)
@@ -442,10 +457,14 @@ class MongoStore(Store):
             packages, debits = _allocate(account_id, wallet.packages, todo)
             kept += [{"rid": rid, "debits": d} for rid, d in debits.items()]
             changes = {"packages": packages, "inflight": kept}
-            # Reservations leave their leases in the same swap that debits them: exactly once too.
+            # Reservations leave their leases (and their keys' leases on caps) in the same swap that
+            # debits them: exactly once too.
             settled = settle_leases(wallet.lease_records(), [(d.get("lease_id"), d.get("reserved", 0)) for d in todo])
             if settled:
                 changes["leases"] = [{**l, "tokens": settled.get(l["id"], l["tokens"])} for l in wallet.leases]
+            settled = settle_leases(wallet.key_lease_records(), [(d.get("key_lease_id"), d.get("reserved", 0)) for d in todo])
+            if settled:
+                changes["key_leases"] = [{**l, "tokens": settled.get(l["id"], l["tokens"])} for l in wallet.key_leases]
             if await self._swap(wallet, changes):
                 return _Debited(account_id, wallet.version + 1, kept, debits)
             await _backoff(attempt)
@@ -606,34 +625,70 @@ class MongoStore(Store):
     # balance reservations
 
     async def lease(
-        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float
+        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float,
+        cap: CapAsk | None = None,
     ) -> LeaseGrant:
         for attempt in range(CAS_ATTEMPTS):
             wallet = await self._wallet(account_id)
             if wallet is None:
-                return LeaseGrant(0, 0, 0, 0)
-            records = wallet.lease_records()
+                return LeaseGrant(0, 0, 0, 0, None if cap is None else LeaseGrant(0, 0, 0, 0))
             packages = [_package(account_id, p) for p in wallet.packages]
-            granted, remaining, reserved = plan_lease(packages, records, lease_id, need, size, now)
-            own = next((l for l in records if l.id == lease_id and l.expires_at > now), None)
-            held = (own.tokens if own is not None else 0) + granted
-            if not granted and need:
-                return LeaseGrant(0, remaining, reserved, held)
+            used = await self._key_used(wallet, cap.key_id, now) if cap is not None else 0
+            key_records = wallet.key_lease_records(cap.key_id) if cap is not None else None
+            grant = plan_lease(packages, wallet.lease_records(), lease_id, need, size, now, cap, used, key_records)
+            if lease_refused(grant, need, cap):
+                return grant
             # Expired leases are dropped on the way (the whole array is $set, as for packages).
             leases = [l for l in wallet.leases if l["id"] != lease_id and l["expires_at"] > now]
-            leases.append({"id": lease_id, "tokens": held, "expires_at": expires_at})
-            if await self._swap(wallet, {"leases": leases}):
-                return LeaseGrant(granted, remaining, reserved, held)
+            leases.append({"id": lease_id, "tokens": grant.held, "expires_at": expires_at})
+            changes: dict[str, Any] = {"leases": leases}
+            if cap is not None:
+                kept = [l for l in wallet.key_leases if l["id"] != cap.lease_id and l["expires_at"] > now]
+                kept.append({"id": cap.lease_id, "key_id": cap.key_id, "tokens": grant.cap.held, "expires_at": expires_at})
+                changes["key_leases"] = kept
+            if await self._swap(wallet, changes):
+                return grant
             await _backoff(attempt)
         raise StoreUnavailable("The account is too busy to reserve tokens; retry shortly.")
 
-    async def return_lease(self, account_id: str, lease_id: str, tokens: int) -> None:
+    async def _key_used(self, wallet: _Wallet, key_id: str, now: float) -> int:
+        """A key's ledger sum as ``wallet`` (read before) sees it. An entry's debit and settlement move
+        the wallet's version, so if one lands after ``wallet`` was read the swap that follows fails;
+        else each entry is counted once: settled ones (applied, or in the wallet's inflight) in full,
+        and one written but not yet settled without the reservation its lease on the cap still holds.
+        The applied ones are summed first: an entry written after the reads is missed for a moment,
+        while its lease holds its reservation; none is counted twice."""
+        settled = wallet.inflight_ids()
+        with _driver_errors:
+            cursor = await self._db.ledger.aggregate([
+                {"$match": {"key_id": key_id, "state": APPLIED, "_id": {"$nin": sorted(settled)}}},
+                {"$group": {"_id": None, "tokens": {"$sum": "$total_tokens"}}},
+            ])
+            rows = await cursor.to_list(1)
+            others = await self._db.ledger.find({"key_id": key_id, "state": PENDING}, _KEY_USE_FIELDS).to_list(None)
+            rest = sorted(settled - {d["_id"] for d in others})
+            if rest:
+                others += await self._db.ledger.find({"_id": {"$in": rest}, "key_id": key_id}, _KEY_USE_FIELDS).to_list(None)
+        # "or 0": nx-27017 answers a $group over no document with a null sum where MongoDB answers no row.
+        used = int(rows[0]["tokens"] or 0) if rows else 0
+        held = {l["id"]: l["tokens"] for l in wallet.key_leases if l["key_id"] == key_id and l["expires_at"] > now}
+        waiting: dict[str, int] = {}
+        for doc in others:
+            used += doc["total_tokens"]
+            lease_id, reserved = doc.get("key_lease_id"), doc.get("reserved") or 0
+            if doc["_id"] not in settled and lease_id in held and reserved > 0:
+                waiting[lease_id] = waiting.get(lease_id, 0) + reserved
+        return used - sum(min(tokens, held[lease_id]) for lease_id, tokens in waiting.items())
+
+    async def return_lease(self, account_id: str, lease_id: str, tokens: int, key_id: str | None = None) -> None:
+        field_name = "leases" if key_id is None else "key_leases"
         for attempt in range(CAS_ATTEMPTS):
             wallet = await self._wallet(account_id)
-            if wallet is None or not any(l["id"] == lease_id for l in wallet.leases):
+            held = wallet.leases if key_id is None or wallet is None else wallet.key_leases
+            if wallet is None or not any(l["id"] == lease_id for l in held):
                 return
-            leases = [{**l, "tokens": max(0, l["tokens"] - tokens)} if l["id"] == lease_id else l for l in wallet.leases]
-            if await self._swap(wallet, {"leases": leases}):
+            changed = [{**l, "tokens": max(0, l["tokens"] - tokens)} if l["id"] == lease_id else l for l in held]
+            if await self._swap(wallet, {field_name: changed}):
                 return
             await _backoff(attempt)
         raise StoreUnavailable("The account is too busy to return reserved tokens; retry shortly.")
@@ -641,6 +696,12 @@ class MongoStore(Store):
     async def leases(self, account_id: str) -> list[Lease]:
         wallet = await self._wallet(account_id)
         return sorted(wallet.lease_records(), key=lambda l: l.id) if wallet else []
+
+    async def key_leases(self, key_id: str) -> list[Lease]:
+        with _driver_errors:
+            doc = await self._db.api_keys.find_one({"_id": key_id}, {"account_id": 1})
+        wallet = await self._wallet(doc["account_id"]) if doc else None
+        return sorted(wallet.key_lease_records(key_id), key=lambda l: l.id) if wallet else []
 
     async def expired_leases(self, before: float) -> list[Lease]:
         with _driver_errors:
@@ -651,13 +712,20 @@ class MongoStore(Store):
 
     async def sweep(self, now: float) -> None:
         """Drop expired leases and sessions (rate windows expire by their TTL index)."""
-        for lease in await self.expired_leases(now):
+        with _driver_errors:
+            capped = await self._db.accounts.find(
+                {"key_leases": {"$elemMatch": {"expires_at": {"$lt": now}}}}, {"_id": 1}
+            ).to_list(None)
+        for account_id in {l.account_id for l in await self.expired_leases(now)} | {d["_id"] for d in capped}:
             for attempt in range(CAS_ATTEMPTS):
-                wallet = await self._wallet(lease.account_id)
+                wallet = await self._wallet(account_id)
                 if wallet is None:
                     break
                 leases = [l for l in wallet.leases if l["expires_at"] >= now]
-                if len(leases) == len(wallet.leases) or await self._swap(wallet, {"leases": leases}):
+                key_leases = [l for l in wallet.key_leases if l["expires_at"] >= now]
+                if len(leases) + len(key_leases) == len(wallet.leases) + len(wallet.key_leases):
+                    break
+                if await self._swap(wallet, {"leases": leases, "key_leases": key_leases}):
                     break
                 await _backoff(attempt)
         with _driver_errors:
@@ -1001,7 +1069,7 @@ def _ledger_doc(entry: LedgerEntry) -> dict:
 
 
 def _debit_view(doc: dict) -> dict:
-    return {k: doc[k] for k in ("_id", "account_id", "total_tokens", "created_at", "lease_id", "reserved")}
+    return {k: doc[k] for k in ("_id", "account_id", "total_tokens", "created_at", "lease_id", "reserved", "key_lease_id")}
 
 
 def _ledger_entry(doc: dict) -> LedgerEntry:

@@ -21,6 +21,7 @@ from .base import (
     KEY_CONTROLS,
     Account,
     Alert,
+    CapAsk,
     AlertSettings,
     AuditEvent,
     AuditQuery,
@@ -40,6 +41,7 @@ from .base import (
     Topup,
     UsageRow,
     WindowCount,
+    lease_refused,
     plan_debits,
     plan_lease,
     settle_leases,
@@ -100,7 +102,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     reasoning_tokens INTEGER NOT NULL DEFAULT 0,
     cached_tokens INTEGER NOT NULL DEFAULT 0,
     lease_id TEXT,
-    reserved INTEGER NOT NULL DEFAULT 0
+    reserved INTEGER NOT NULL DEFAULT 0,
+    key_lease_id TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_account_time ON ledger(account_id, created_at);
 CREATE TABLE IF NOT EXISTS leases (
@@ -111,6 +114,14 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_account ON leases(account_id);
 CREATE INDEX IF NOT EXISTS leases_expiry ON leases(expires_at);
+CREATE TABLE IF NOT EXISTS key_leases (
+    id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    tokens INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_leases_key ON key_leases(key_id);
 CREATE INDEX IF NOT EXISTS ledger_key_tokens ON ledger(key_id, total_tokens);
 CREATE TABLE IF NOT EXISTS owners (
     id TEXT PRIMARY KEY,
@@ -230,7 +241,7 @@ RETURNING hour_count, minute_count
 _LEDGER_COLUMNS = (
     "request_id", "account_id", "key_id", "model", "target", "prompt_tokens", "completion_tokens",
     "total_tokens", "estimated", "stream", "outcome", "status", "latency_ms", "user", "created_at",
-    "attempts", "debits", "reasoning_tokens", "cached_tokens", "lease_id", "reserved",
+    "attempts", "debits", "reasoning_tokens", "cached_tokens", "lease_id", "reserved", "key_lease_id",
 )
 # Columns added after the first release: (table, column, definition) for files made before them.
 _ADDED_COLUMNS = (
@@ -238,6 +249,7 @@ _ADDED_COLUMNS = (
     ("ledger", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
     ("ledger", "lease_id", "TEXT"),
     ("ledger", "reserved", "INTEGER NOT NULL DEFAULT 0"),
+    ("ledger", "key_lease_id", "TEXT"),
     ("api_keys", "name", "TEXT"),
     ("api_keys", "expires_at", "REAL"),
     ("api_keys", "models", "TEXT"),
@@ -538,14 +550,16 @@ class SqliteStore(Store):
 
     @staticmethod
     def _settle(db: sqlite3.Connection, entries: list[LedgerEntry]) -> None:
-        """Each new entry's reservation leaves its lease, in the transaction that debits it."""
-        ids = sorted({e.lease_id for e in entries if e.lease_id and e.reserved > 0})
-        if not ids:
-            return
-        marks = ",".join("?" for _ in ids)
-        leases = [Lease(*row) for row in db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id IN ({marks})", ids)]
-        settled = settle_leases(leases, [(e.lease_id, e.reserved) for e in entries])
-        db.executemany("UPDATE leases SET tokens = ? WHERE id = ?", [(t, i) for i, t in settled.items()])
+        """Each new entry's reservation leaves its lease, and its key's lease on its cap, in the
+        transaction that debits it."""
+        for table, of in (("leases", lambda e: e.lease_id), ("key_leases", lambda e: e.key_lease_id)):
+            ids = sorted({of(e) for e in entries if of(e) and e.reserved > 0})
+            if not ids:
+                continue
+            marks = ",".join("?" for _ in ids)
+            leases = [Lease(*row) for row in db.execute(f"SELECT {_LEASE_COLUMNS} FROM {table} WHERE id IN ({marks})", ids)]
+            settled = settle_leases(leases, [(of(e), e.reserved) for e in entries])
+            db.executemany(f"UPDATE {table} SET tokens = ? WHERE id = ?", [(t, i) for i, t in settled.items()])
 
     async def ledger_entry(self, request_id: str) -> LedgerEntry | None:
         row = await self._hot.run(
@@ -600,7 +614,8 @@ class SqliteStore(Store):
     # balance reservations
 
     async def lease(
-        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float
+        self, account_id: str, lease_id: str, need: int, size: Callable[[int, int], int], now: float, expires_at: float,
+        cap: CapAsk | None = None,
     ) -> LeaseGrant:
         def run(db: sqlite3.Connection) -> LeaseGrant:
             db.execute("BEGIN IMMEDIATE")  # outside the try: a locked file changed nothing, and is retried
@@ -610,32 +625,40 @@ class SqliteStore(Store):
                     for r in db.execute(f"SELECT {self._PACKAGE_COLUMNS} FROM packages WHERE account_id = ?", (account_id,))
                 ]
                 leases = [Lease(*r) for r in db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE account_id = ?", (account_id,))]
-                granted, remaining, reserved = plan_lease(packages, leases, lease_id, need, size, now)
-                own = next((l for l in leases if l.id == lease_id), None)
-                held = (own.tokens if own is not None and own.expires_at > now else 0) + granted
-                if granted or need == 0:
-                    db.execute("DELETE FROM leases WHERE account_id = ? AND expires_at <= ? AND id != ?", (account_id, now, lease_id))
-                    db.execute(
-                        "INSERT INTO leases (id, account_id, tokens, expires_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET tokens = excluded.tokens, expires_at = excluded.expires_at",
-                        (lease_id, account_id, held, expires_at),
-                    )
+                used, key_leases = 0, None
+                if cap is not None:
+                    used = db.execute("SELECT COALESCE(SUM(total_tokens), 0) FROM ledger WHERE key_id = ?", (cap.key_id,)).fetchone()[0]
+                    key_leases = [
+                        Lease(*r) for r in db.execute(f"SELECT {_LEASE_COLUMNS} FROM key_leases WHERE key_id = ?", (cap.key_id,))
+                    ]
+                grant = plan_lease(packages, leases, lease_id, need, size, now, cap, used, key_leases)
+                if not lease_refused(grant, need, cap):
+                    _put_lease(db, account_id, lease_id, grant.held, now, expires_at)
+                    if cap is not None:
+                        _put_lease(db, account_id, cap.lease_id, grant.cap.held, now, expires_at, cap.key_id)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return LeaseGrant(granted, remaining, reserved, held)
+            return grant
 
         return await self._hot.run(run)
 
-    async def return_lease(self, account_id: str, lease_id: str, tokens: int) -> None:
+    async def return_lease(self, account_id: str, lease_id: str, tokens: int, key_id: str | None = None) -> None:
+        table = "leases" if key_id is None else "key_leases"
         await self._hot.run(
-            lambda db: db.execute("UPDATE leases SET tokens = MAX(0, tokens - ?) WHERE id = ?", (tokens, lease_id))
+            lambda db: db.execute(f"UPDATE {table} SET tokens = MAX(0, tokens - ?) WHERE id = ?", (tokens, lease_id))
         )
 
     async def leases(self, account_id: str) -> list[Lease]:
         rows = await self._hot.run(
             lambda db: db.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE account_id = ? ORDER BY id", (account_id,)).fetchall()
+        )
+        return [Lease(*r) for r in rows]
+
+    async def key_leases(self, key_id: str) -> list[Lease]:
+        rows = await self._hot.run(
+            lambda db: db.execute(f"SELECT {_LEASE_COLUMNS} FROM key_leases WHERE key_id = ? ORDER BY id", (key_id,)).fetchall()
         )
         return [Lease(*r) for r in rows]
 
@@ -670,6 +693,7 @@ class SqliteStore(Store):
     async def sweep(self, now: float) -> None:
         await self._limits_slow.run(lambda db: db.execute("DELETE FROM rate_windows WHERE expires_at < ?", (now,)))
         await self._slow.run(lambda db: db.execute("DELETE FROM leases WHERE expires_at < ?", (now,)))
+        await self._slow.run(lambda db: db.execute("DELETE FROM key_leases WHERE expires_at < ?", (now,)))
         await self._slow.run(lambda db: db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)))
 
     # key controls
@@ -971,13 +995,34 @@ def _page_filter(
     return where, args
 
 
+def _put_lease(
+    db: sqlite3.Connection, account_id: str, lease_id: str, held: int, now: float, expires_at: float, key_id: str | None = None
+) -> None:
+    """Write a lease on the account's balance (or on key ``key_id``'s cap) as planned, dropping the
+    expired leases of the same scope on the way."""
+    if key_id is None:
+        db.execute("DELETE FROM leases WHERE account_id = ? AND expires_at <= ? AND id != ?", (account_id, now, lease_id))
+        db.execute(
+            "INSERT INTO leases (id, account_id, tokens, expires_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET tokens = excluded.tokens, expires_at = excluded.expires_at",
+            (lease_id, account_id, held, expires_at),
+        )
+        return
+    db.execute("DELETE FROM key_leases WHERE key_id = ? AND expires_at <= ? AND id != ?", (key_id, now, lease_id))
+    db.execute(
+        "INSERT INTO key_leases (id, key_id, account_id, tokens, expires_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET tokens = excluded.tokens, expires_at = excluded.expires_at",
+        (lease_id, key_id, account_id, held, expires_at),
+    )
+
+
 def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
     return (
         entry.request_id, entry.account_id, entry.key_id, entry.model, entry.target,
         entry.prompt_tokens, entry.completion_tokens, entry.total_tokens, int(entry.estimated),
         int(entry.stream), entry.outcome, entry.status, entry.latency_ms, entry.user,
         entry.created_at, entry.attempts, orjson.dumps(entry.debits).decode(),
-        entry.reasoning_tokens, entry.cached_tokens, entry.lease_id, entry.reserved,
+        entry.reasoning_tokens, entry.cached_tokens, entry.lease_id, entry.reserved, entry.key_lease_id,
     )
 
 

@@ -1,8 +1,10 @@
 """``python -m bench.micro.keycontrols [--calls N]``: what per-key controls add to a request.
 
 Times the key checks a chat request makes with warm per-worker caches (``Admission.key`` with the
-caller's address, the model allow-list, the token cap) for a key without controls and for one with
-an expiry, a model allow-list, an IP allow-list (the client behind a trusted proxy) and a token cap.
+caller's address, the model allow-list) and its reservation (``Admission.reserve`` and its end, on the
+balance, and on the key's cap when it has one; ample, so served from the worker's slices) for a key
+without controls and for one with an expiry, a model allow-list, an IP allow-list (the client behind a
+trusted proxy) and a token cap.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from app.admission import Admission
 from app.config import Settings
 from app.keys import key_hash
-from app.store import KeyRecord
+from app.store import KeyRecord, Package
 from app.store.sqlite import SqliteStore
 
 KEYS = {
@@ -30,8 +32,10 @@ KEYS = {
 async def _run(calls: int) -> dict[str, float]:
     store = SqliteStore(Path(tempfile.mkdtemp()) / "bench.db")
     await store.init()
-    await store.create_account("acct_bench", "bench", time.time())
-    settings = Settings(trusted_proxies="127.0.0.1/32", key_cache_ttl=3600, key_usage_cache_ttl=3600)
+    now = time.time()
+    await store.create_account("acct_bench", "bench", now)
+    await store.grant_package(Package("pkg_bench", "acct_bench", "pro", 10**15, 0, now, now + 86400))
+    settings = Settings(trusted_proxies="127.0.0.1/32", key_cache_ttl=3600)
     admission = Admission(settings, store)
     out = {}
     try:
@@ -43,8 +47,8 @@ async def _run(calls: int) -> dict[str, float]:
                 for _ in range(calls):
                     key = await admission.key(header, "127.0.0.1", "203.0.113.9")
                     key.allows("zowy-1")
-                    if key.token_cap is not None:
-                        await admission.require_key_budget(key, 1)
+                    reservation = await admission.reserve(key, 300, 100)
+                    admission.reservations.finish(reservation, 150)
                 elapsed = time.perf_counter() - started
             out[label] = elapsed / calls * 1e9
     finally:

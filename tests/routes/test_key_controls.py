@@ -79,20 +79,21 @@ def test_model_allow_list_answers_like_openai(pair):
 
 def test_token_cap_is_402_naming_the_cap_and_apart_from_the_package(pair):
     customer = support.new_customer(pair.first, tokens=1_000_000)
-    cap = 3 * 110  # three requests of 110 tokens fit; the fourth (its prompt alone) does not
+    # A "hi" with max_tokens 20 reserves its prompt (and the guard prompt) and 20 tokens, about 225, and
+    # costs 110: three fit in the cap, and then what is left (150) cannot hold a fourth.
+    cap = 3 * 110 + 150
     controls(pair.first, customer.key_id, token_cap=cap)
     settle_key_cache()
     for gateway in (pair.first, pair.second, pair.first):
         with sdk_client(gateway, customer.key) as client:
-            assert client.chat.completions.create(model="zowy-1", messages=HI).usage.total_tokens == 110
-    support.wait_until(lambda: support.run_store(pair.first, lambda s: s.key_tokens(customer.key_id)) == 330)
-    time.sleep(0.3)  # ZOWY_KEY_USAGE_CACHE_TTL in tests: 0.2 s
+            assert client.chat.completions.create(model="zowy-1", messages=HI, max_tokens=20).usage.total_tokens == 110
     for gateway in (pair.second, pair.first):
         with sdk_client(gateway, customer.key) as client:
             with pytest.raises(openai.APIStatusError) as info:
-                client.chat.completions.create(model="zowy-1", messages=HI)
+                client.chat.completions.create(model="zowy-1", messages=HI, max_tokens=20)
         assert info.value.status_code == 402 and info.value.code == "insufficient_quota"
-        assert f"token cap of {cap} tokens" in info.value.message
+        assert f"has 150 tokens left of its token cap of {cap} tokens (330 used)" in info.value.message
+    assert support.run_store(pair.first, lambda s: s.key_tokens(customer.key_id)) == 330
     # The package still has tokens: another key of the account works.
     with kit.admin(pair.first) as a:
         other = a.post(f"/admin/v1/accounts/{customer.account_id}/keys", json={"name": "uncapped"}).json()
@@ -100,15 +101,19 @@ def test_token_cap_is_402_naming_the_cap_and_apart_from_the_package(pair):
     assert balance["remaining_tokens"] == 1_000_000 - 330
     with sdk_client(pair.second, other["key"]) as client:
         client.chat.completions.create(model="zowy-1", messages=HI)
-    controls(pair.first, customer.key_id, token_cap=10_000)
+    controls(pair.first, customer.key_id, token_cap=1000)
     settle_key_cache()
     with sdk_client(pair.second, customer.key) as client:
         client.chat.completions.create(model="zowy-1", messages=HI)
-    # A request that names more completion tokens than the cap has left is refused before the upstream.
+    # A request naming more completion tokens than the cap has left is served with its answer
+    # limited to what the cap holds beyond its prompt, and ends for its length there.
     with sdk_client(pair.first, customer.key) as client:
-        with pytest.raises(openai.APIStatusError) as info:
-            client.chat.completions.create(model="zowy-1", messages=HI, max_tokens=20_000)
-    assert info.value.status_code == 402
+        answer = client.chat.completions.create(
+            model="zowy-1", max_tokens=20_000, messages=[{"role": "user", "content": "hi [[fake:honor_max=1,chunks=20000]]"}]
+        )
+    assert answer.choices[0].finish_reason == "length"
+    support.wait_until(lambda: support.run_store(pair.first, lambda s: s.key_tokens(customer.key_id)) == 440 + answer.usage.total_tokens)
+    assert 440 + answer.usage.total_tokens <= 1000
 
 
 def test_ip_allow_list_behind_a_trusted_proxy(pair):

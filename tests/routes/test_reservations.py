@@ -9,9 +9,8 @@ import json
 
 import aiohttp
 import orjson
-import pytest
 
-from app.config import DEFAULT_PERSONA_PROMPT
+from app.config import DEFAULT_PERSONA_PROMPT, Settings
 from app.metering import request_need
 from bench.fake_upstream import usage_for
 from tests import support
@@ -52,22 +51,6 @@ async def burst(urls: list[str], key: str, bodies: list[bytes]) -> list[int]:
                 return r.status
 
         return await asyncio.gather(*(one(i, raw) for i, raw in enumerate(bodies)))
-
-
-@pytest.fixture
-def cluster(tmp_path, models_path, store_env):
-    """Two gateway instances of two workers each, on one store."""
-    data = tmp_path / "shared"
-    env = {**store_env, "ZOWY_LIMITER_TIMEOUT": "10", "ZOWY_STORE_TIMEOUT": "10"}
-    first = support.start_gateway(data, models_path, workers=2, **env)
-    try:
-        second = support.start_gateway(data, models_path, workers=2, **env)
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
 
 
 def settled_tokens(gateway, account_id: str, count: int) -> int:
@@ -124,3 +107,96 @@ def _reserved(gateway, key: str) -> int:
     request = urllib.request.Request(f"{gateway.url}/api/v1/usage", headers={"Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(request) as r:
         return json.loads(r.read())["reserved_tokens"]
+
+
+def upstream_body(upstream, marker: str) -> dict:
+    """The body the fake upstream received for the one request whose text holds ``marker``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{upstream.url}/_fake/requests") as r:
+        records = json.loads(r.read())
+    (found,) = [r["body"] for r in records if marker in json.dumps(r.get("body"))]
+    return found
+
+
+def chat(gateway, key: str, doc: dict) -> tuple[int, dict | list[dict]]:
+    """One request; the JSON answer, or a stream's chunks."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{gateway.url}/api/v1/chat/completions", data=orjson.dumps(doc),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request) as r:
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    if doc.get("stream"):
+        return status, [json.loads(e[6:]) for e in raw.split(b"\n\n") if e.startswith(b"data: {")]
+    return status, json.loads(raw)
+
+
+def prompt_of(doc: dict) -> int:
+    """What a request reserves for its prompt (and the guard prompt)."""
+    return request_need(len(orjson.dumps(doc)), 0, 0, len(DEFAULT_PERSONA_PROMPT.encode()), 0)
+
+
+def test_a_small_balance_serves_answers_limited_to_what_is_left(cluster, upstreams):
+    first, second = cluster
+    package = 3000  # less than one default answer (4,096 tokens)
+    customer = support.new_customer(first, tokens=package)
+    left = package
+    # A short answer, then one that runs into the limit (streamed): both served, their completion
+    # limited to what the balance holds beyond the prompt.
+    for i, (gateway, chunks, finish) in enumerate([(first, 1000, "stop"), (second, 5000, "length")]):
+        marker = f"small-balance-{customer.account_id}-{i}"
+        doc = {"model": "zowy-1", "stream": i == 1, "stream_options": {"include_usage": True} if i == 1 else None,
+               "messages": [{"role": "user", "content": f"{marker} [[fake:honor_max=1,chunks={chunks}]]"}]}
+        status, answer = chat(gateway, customer.key, doc)
+        assert status == 200, answer
+        limit = left - prompt_of(doc)  # the whole of what is left, less the prompt
+        sent = upstream_body(upstreams["gemini"], marker)
+        assert sent["max_tokens"] == limit and "max_completion_tokens" not in sent
+        if doc["stream"]:
+            finishes = [c["choices"][0]["finish_reason"] for c in answer if c["choices"] and c["choices"][0]["finish_reason"]]
+            usage = answer[-1]["usage"]
+        else:
+            finishes, usage = [answer["choices"][0]["finish_reason"]], answer["usage"]
+        assert finishes == [finish] and usage["completion_tokens"] == min(chunks, limit)
+        left -= usage["total_tokens"]
+        assert settled_tokens(first, customer.account_id, i + 1) == package - left
+        support.wait_until(lambda: _reserved(first, customer.key) == 0, timeout=15)
+    # 402 only once what is left cannot hold the prompt and a useful answer; the message says so.
+    status, answer = chat(first, customer.key, doc)
+    least = prompt_of(doc) + Settings().min_completion_tokens
+    assert status == 402 and 0 < left < least
+    assert answer["error"]["code"] == "insufficient_quota"
+    assert f"at least {least} tokens" in answer["error"]["message"] and f"has {left} tokens left" in answer["error"]["message"]
+    assert support.run_store(first, lambda s: s.reconcile()) == []
+
+
+def test_a_callers_larger_max_tokens_is_lowered_for_every_choice(cluster, upstreams):
+    first, _ = cluster
+    customer = support.new_customer(first, tokens=3000)
+    marker = f"lowered-{customer.account_id}"
+    # A caller's max_tokens the balance holds is sent as it is.
+    doc = {"model": "zowy-1-pro", "max_tokens": 300,
+           "messages": [{"role": "user", "content": f"{marker}-1 [[fake:honor_max=1]]"}]}
+    status, answer = chat(first, customer.key, doc)
+    assert status == 200 and upstream_body(upstreams["openai"], f"{marker}-1")["max_completion_tokens"] == 300
+    left = 3000 - settled_tokens(first, customer.account_id, 1)
+    support.wait_until(lambda: _reserved(first, customer.key) == 0, timeout=15)
+    # One that asks for more than is left, for two choices: each gets its half of what is left.
+    doc = {"model": "zowy-1-pro", "n": 2, "max_tokens": 10_000,
+           "messages": [{"role": "user", "content": f"{marker}-2 [[fake:honor_max=1,chunks=5000]]"}]}
+    status, answer = chat(first, customer.key, doc)
+    assert status == 200, answer
+    limit = (left - prompt_of(doc)) // 2
+    sent = upstream_body(upstreams["openai"], f"{marker}-2")  # the target takes max_completion_tokens
+    assert sent["max_completion_tokens"] == limit and "max_tokens" not in sent
+    assert [c["finish_reason"] for c in answer["choices"]] == ["length", "length"]
+    assert answer["usage"]["completion_tokens"] == 2 * limit
+    assert settled_tokens(first, customer.account_id, 2) == 3000 - left + answer["usage"]["total_tokens"] <= 3000
