@@ -1,0 +1,1 @@
+"""What crosses the wire, pure: request schemas, answers and stream events of each API dialect."""
