@@ -277,3 +277,17 @@ def test_a_completion_without_usage_shows_the_billed_estimate():
     doc = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 40}, "finish_reason": "stop"}]}
     raw, usage = message_from_completion(doc, "zowy-1", REQUEST_ID, estimate)
     assert usage == estimate(10) and json.loads(raw)["usage"]["output_tokens"] == 10
+
+
+@pytest.mark.parametrize("text", ["plain", 'a "quote" and a \\ backslash', "line\nbreak\ttab", "snow ☃ \u2028 😀", "ends \\"])
+def test_plain_text_chunks_copied_as_bytes_read_as_parsed_ones(text, monkeypatch):
+    """The byte path for content-only chunks writes what parsing them would."""
+    body = (_chunk({"role": "assistant", "content": ""}) + _chunk({"content": text}) + _chunk({"role": "assistant", "content": text})
+            + _chunk({}, "stop") + b"data: [DONE]\n\n")
+    fast_stream, fast = translate(body)
+    import app.wire.messages.stream as module
+    monkeypatch.setattr(module, "_TEXT_CHUNK", __import__("re").compile(rb"(?!)"))
+    slow_stream, slow = translate(body)
+    assert events(fast) == events(slow)
+    assert message(events(fast))["content"] == [{"type": "text", "text": text + text}]
+    assert fast_stream.text_chars >= slow_stream.text_chars == 2 * len(text)

@@ -14,6 +14,7 @@ call they came with, or, for any that came later, before ``message_delta``.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import orjson
@@ -37,6 +38,17 @@ _THINKING_DELTA = b',"delta":{"type":"thinking_delta","thinking":'
 _SIGNATURE_DELTA = b',"delta":{"type":"signature_delta","signature":'
 _JSON_DELTA = b',"delta":{"type":"input_json_delta","partial_json":'
 _EMPTY_JSON = b',"delta":{"type":"input_json_delta","partial_json":""}}\n\n'
+
+
+# The common chunk, content alone in one choice, in OpenAI's compact key order: its JSON string is
+# copied into the text_delta as it is (a ``"`` inside a JSON string is always escaped, so these bytes
+# cannot come from inside one). Anything else (Gemini's key order, usage, tool calls) is parsed.
+_TEXT_CHUNK = re.compile(
+    rb'"choices":\[\{"index":0,"delta":\{(?:"role":"assistant",)?"content":("(?:[^"\\]|\\.)*")\},'
+    rb'"logprobs":null,"finish_reason":null\}\]'
+)
+_USAGE = b'"usage"'
+_NULL_USAGE = b'"usage":null'
 
 
 def _event(name: bytes, doc: dict) -> bytes:
@@ -127,6 +139,17 @@ class MessagesStream:
                 self._start(out, None)
             self._close(out)
             return
+        if self._started:
+            plain = _TEXT_CHUNK.search(data)
+            if plain is not None and data.count(_USAGE) == data.count(_NULL_USAGE) and data.find(b'"error"') < 0:
+                text = plain.group(1)
+                if len(text) > 2:
+                    if self._open != "text":
+                        self._begin("text", out)
+                    self.text_chars += len(text) - 2
+                    out.append(self._prefix + text + _END)
+                self.events += 1
+                return
         try:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError:
