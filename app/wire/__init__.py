@@ -1,1 +1,1 @@
-"""What crosses the wire, pure: request schemas, answers and stream events of each API dialect."""
+"""What crosses the wire, pure: request schemas, answers and streams of each API the gateway speaks."""
