@@ -19,9 +19,9 @@ from typing import Awaitable, Callable
 from . import audit
 from .audit import Actor
 from .clientip import throttle_source
-from .config import Settings
-from .errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
-from .ids import new_id
+from .core.config import Settings
+from .core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
+from .core.ids import new_id
 from .keys import key_hash
 from .ratelimit import Decision
 from .store import Account, Store

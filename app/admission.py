@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from .cache import MISSING, TTLCache
 from .clientip import allowed, client_address, parse_networks
-from .config import Settings
-from .errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
+from .core.cache import MISSING, TTLCache
+from .core.config import Settings
+from .core.errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
 from .keys import bearer, key_hash
 from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
 from .reservations import Reservation, Reservations

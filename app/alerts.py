@@ -19,11 +19,12 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
-from . import audit, webhooks
+from . import audit
 from .audit import Actor
-from .cache import MISSING, TTLCache
-from .config import Settings
-from .errors import InvalidRequest, StoreUnavailable
+from .core import signing
+from .core.cache import MISSING, TTLCache
+from .core.config import Settings
+from .core.errors import InvalidRequest, StoreUnavailable
 from .metering import LedgerEntry
 from .store import Package, Store
 from .store.base import Alert, AlertSettings, active_packages
@@ -259,7 +260,7 @@ class Alerts:
             "User-Agent": "zowy-webhooks/1",
             "Idempotency-Key": alert.id,
             "X-Zowy-Event": EVENT,
-            **webhooks.sign(hooks.alert_secret, body, self.clock()),
+            **signing.sign(hooks.alert_secret, body, self.clock()),
         }
         try:
             await self.client.post(alert.url, body, headers)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import pages
-from .ids import new_id
+from .core.ids import new_id
 from .store import Store
 from .store.base import AuditEvent, AuditQuery
 

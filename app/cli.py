@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import accounts, audit, grants, logs, operations, stop_signals
+from . import accounts, audit, grants, operations, stop_signals
 from .alerts import Alerts
 from .audit import CLI
-from .config import ConfigError, Settings
-from .errors import GatewayError, InvalidRequest, NotFound
+from .core import logs
+from .core.config import ConfigError, Settings
+from .core.errors import GatewayError, InvalidRequest, NotFound
+from .core.metrics import MULTIPROC_ENV
 from .keys import key_hash
-from .metrics import MULTIPROC_ENV
 from .store import Store, open_store
 from .store.base import AuditQuery
 

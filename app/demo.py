@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 import orjson
 
-from .ids import new_request_id
+from .core.ids import new_request_id
 from .upstream.mock import MockRequest, MockResponse
 
 REPLY = (

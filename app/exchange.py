@@ -8,8 +8,8 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .errors import GatewayError, StreamCut, UpstreamTimeout
-from .ids import new_request_id
+from .core.errors import GatewayError, StreamCut, UpstreamTimeout
+from .core.ids import new_request_id
 from .metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
 from .reservations import Reservation
 from .upstream.client import Attempts, UpstreamStream

@@ -13,9 +13,9 @@ from typing import Any
 
 from . import audit
 from .audit import Actor
-from .config import Settings
-from .errors import Conflict, InvalidRequest, NotFound
-from .ids import new_id
+from .core.config import Settings
+from .core.errors import Conflict, InvalidRequest, NotFound
+from .core.ids import new_id
 from .keys import key_hash
 from .operations import DAY, find_account, package_view
 from .store import Account, Package, Store

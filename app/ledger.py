@@ -17,10 +17,10 @@ from typing import Callable
 import orjson
 
 from . import journal
-from .errors import StoreUnavailable
+from .core.errors import StoreUnavailable
+from .core.metrics import Metrics
 from .journal import Journal
 from .metering import LedgerEntry
-from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger("zowy.ledger")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Settings
+from .core.config import Settings
 from .schemas import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
 
 

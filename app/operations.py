@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 from . import audit, journal
 from .audit import SYSTEM, Actor
-from .config import Settings
-from .errors import InvalidRequest, NotFound
-from .ids import new_id
+from .core.config import Settings
+from .core.errors import InvalidRequest, NotFound
+from .core.ids import new_id
 from .keys import display_prefix, key_hash, new_key, new_key_id
 from .ledger import Spool
 from .store import Account, KeyRecord, Package, Store

@@ -16,8 +16,8 @@ from . import audit
 from .accounts import csrf_token, guard, throttle
 from .audit import Actor
 from .clientip import throttle_source
-from .config import Settings
-from .errors import AdminDisabled, AdminUnauthorized
+from .core.config import Settings
+from .core.errors import AdminDisabled, AdminUnauthorized
 from .keys import key_hash
 from .store import Store
 from .store.base import Session

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from .config import Settings
-from .errors import InsufficientQuota, StoreUnavailable
-from .ids import new_id
+from .core.config import Settings
+from .core.errors import InsufficientQuota, StoreUnavailable
+from .core.ids import new_id
 from .metering import lease_size
 from .store import Store
 from .store.base import CapAsk, LeaseGrant, lease_refused

@@ -12,9 +12,10 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 from sanic.router import Router
 
-from . import console, logs
-from .config import Settings
-from .errors import (
+from . import console
+from .core import logs
+from .core.config import Settings
+from .core.errors import (
     ClientGone,
     GatewayError,
     HeaderTooLarge,
@@ -26,8 +27,8 @@ from .errors import (
     ServerError,
     StoreUnavailable,
 )
-from .ids import new_request_id
-from .metrics import Metrics
+from .core.ids import new_request_id
+from .core.metrics import Metrics
 from .routes import account, admin, chat, health, models, usage, webhooks
 from .services import Services
 

@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import logs, stop_signals
-from .config import Settings
+from . import stop_signals
+from .core import logs
+from .core.config import Settings
 
 log = logging.getLogger("zowy")
 

@@ -231,7 +231,7 @@ class Gateway:
         return f"{self.process.url}/api/v1"
 
     def settings(self):
-        from app.config import Settings
+        from app.core.config import Settings
 
         return Settings.from_env(self.env)
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from pydantic_core import ValidationError
 
-from app.config import Settings
+from app.core.config import Settings
 from app.openapi import UNDOCUMENTED, document
 from app.schemas import ADMIN_SCHEMAS, _admin_validators, _chat_validator
 from tests import accounts_kit as kit

@@ -13,7 +13,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from .. import accounts, operators
-from ..errors import InvalidSession, NotFound, PermissionDenied
+from ..core.errors import InvalidSession, NotFound, PermissionDenied
 from ..routes.account import _secure, client_ip
 from ..schemas import parse_body
 from ..services import Services

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import accounts
 from ..audit import CLI
-from ..config import Settings
+from ..core.config import Settings
 from ..store import open_store
 
 OWNER_FILE = "demo-owner"

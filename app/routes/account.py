@@ -18,7 +18,7 @@ from sanic.response import HTTPResponse
 
 from .. import accounts, grants, operations, pages
 from ..audit import Actor
-from ..errors import InvalidRequest, InvalidSession, PermissionDenied
+from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ..keys import bearer
 from ..schemas import parse_body
 from ..services import Services

@@ -16,7 +16,7 @@ from sanic.response import HTTPResponse
 
 from .. import accounts, audit, grants, operations, operators, pages, traffic
 from ..audit import Actor
-from ..errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
+from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ..keys import is_admin
 from ..schemas import parse_admin_body
 from ..services import Services

@@ -6,8 +6,8 @@ import asyncio
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..config import PublicModel
-from ..errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
+from ..core.config import PublicModel
+from ..core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ..exchange import Exchange
 from ..metering import prompt_need
 from ..relay import StreamRewriter

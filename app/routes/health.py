@@ -9,11 +9,11 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import instance
-from ..errors import AdminUnauthorized, NotFound, StoreUnavailable
-from ..metrics import CONTENT_TYPE
-from ..openapi import document
+from ..core import instance
+from ..core.errors import AdminUnauthorized, NotFound, StoreUnavailable
+from ..core.metrics import CONTENT_TYPE
 from ..keys import is_admin
+from ..openapi import document
 from ..services import Services
 
 bp = Blueprint("health")

@@ -6,8 +6,8 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..config import PublicModel
-from ..errors import ModelNotFound
+from ..core.config import PublicModel
+from ..core.errors import ModelNotFound
 from ..services import Services
 
 bp = Blueprint("models")

@@ -11,9 +11,10 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import grants, operations, webhooks
+from .. import grants, operations
 from ..audit import Actor
-from ..errors import WebhookDisabled
+from ..core import signing
+from ..core.errors import WebhookDisabled
 from ..schemas import parse_body
 from ..services import Services
 
@@ -26,8 +27,8 @@ async def topup(request: Request) -> HTTPResponse:
     hooks = services.settings.hooks
     if not hooks.topup_secret:
         raise WebhookDisabled()
-    webhooks.verify(
-        hooks.topup_secret, request.headers.get(webhooks.TIMESTAMP_HEADER), request.headers.get(webhooks.SIGNATURE_HEADER),
+    signing.verify(
+        hooks.topup_secret, request.headers.get(signing.TIMESTAMP_HEADER), request.headers.get(signing.SIGNATURE_HEADER),
         request.body, time.time(), hooks.window,
     )
     event = parse_body("topup", request.body)

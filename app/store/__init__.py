@@ -1,7 +1,7 @@
 """Storage: the domain contract and the backend chosen by settings."""
 from __future__ import annotations
 
-from ..config import Settings
+from ..core.config import Settings
 from .base import Account, Conflict, KeyRecord, Mismatch, Package, Store, UsageRow, WindowCount
 
 __all__ = ["Account", "Conflict", "KeyRecord", "Mismatch", "Package", "Store", "UsageRow", "WindowCount", "open_store"]

@@ -9,7 +9,7 @@ import abc
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
-from ..errors import Conflict
+from ..core.errors import Conflict
 from ..metering import LedgerEntry, PackageBalance, allocate
 
 

@@ -18,7 +18,7 @@ from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from .. import ratelimit
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
 from ..metering import LedgerEntry
 from .base import (
     KEY_CONTROLS,

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import orjson
 
 from .. import ratelimit
-from ..errors import StoreUnavailable
+from ..core.errors import StoreUnavailable
 from ..metering import LedgerEntry
 from .base import (
     KEY_CONTROLS,

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..config import PROVIDER_NAMES, PublicModel, Settings, Target
-from ..errors import GatewayError, InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
+from ..core.config import PROVIDER_NAMES, PublicModel, Settings, Target
+from ..core.errors import GatewayError, InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
+from ..core.metrics import BREAKER_STATES, Metrics
 from ..metering import Usage
-from ..metrics import BREAKER_STATES, Metrics
 from ..persona import guard_message, scrub
 from ..relay import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
 from .breaker import Breaker

@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 
-from ..config import Target
-from ..errors import InvalidRequest
+from ..core.config import Target
+from ..core.errors import InvalidRequest
 from ..relay import OPENAI, Dialect
 
 # The value a parameter has when the caller leaves it out; sending it is the same as not sending it.

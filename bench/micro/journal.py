@@ -10,7 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from app.ids import new_request_id
+from app.core.ids import new_request_id
 from app.journal import Journal
 
 from .timing import measure

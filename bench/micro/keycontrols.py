@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from app.admission import Admission
-from app.config import Settings
+from app.core.config import Settings
 from app.keys import key_hash
 from app.store import KeyRecord, Package
 from app.store.sqlite import SqliteStore

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from app.admission import Admission
-from app.config import Settings
+from app.core.config import Settings
 from app.store import KeyRecord, Store
 
 

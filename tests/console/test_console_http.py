@@ -207,7 +207,7 @@ def test_traffic_sums_the_workers_counters_and_shows_breakers(console_gateway):
 def test_console_can_be_turned_off(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.config import Settings
+    from app.core.config import Settings
     from app.openapi import document
     from app.server import create_app
 

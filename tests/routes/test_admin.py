@@ -84,7 +84,7 @@ def test_reconcile_endpoint(admin):
 def test_admin_api_off_without_token(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.config import Settings
+    from app.core.config import Settings
     from app.server import create_app
 
     Sanic.test_mode = True

@@ -209,7 +209,7 @@ def test_concurrent_replays_grant_once(pair):
 def test_topup_webhook_is_off_without_a_secret(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.config import Settings
+    from app.core.config import Settings
     from app.server import create_app
 
     Sanic.test_mode = True

@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from app.config import DEFAULT_PERSONA_PROMPT
+from app.core.config import DEFAULT_PERSONA_PROMPT
 from app.metering import request_need
 from bench.fake_upstream import usage_for
 from tests import accounts_kit as kit

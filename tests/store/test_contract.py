@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from app.errors import StoreUnavailable
+from app.core.errors import StoreUnavailable
 from app.metering import LedgerEntry, PackageBalance, allocate
 from app.store.base import (
     Account,

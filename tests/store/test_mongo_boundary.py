@@ -16,7 +16,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from app.errors import StoreUnavailable
+from app.core.errors import StoreUnavailable
 from app.store.base import Conflict
 from app.store.mongo import _driver_errors
 

@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
 from app.alerts import check_settings
-from app.config import Hooks, Settings
-from app.errors import InvalidRequest
+from app.core.config import Hooks, Settings
+from app.core.errors import InvalidRequest
 from app.upstream.webhook import UNREACHABLE, DeliveryFailed, WebhookClient, host_refusal, ipv4_literal, refusal
 
 PUBLIC = Settings(hooks=Hooks(alert_secret="s"))

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from app import errors
+from app.core import errors
 from app.ratelimit import Decision, duration
 
 CASES = [

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.errors import StoreUnavailable
+from app.core.errors import StoreUnavailable
 from app.ledger import Meter, Spool
 from app.metering import LedgerEntry
 from app.store import Package

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from app.config import Settings
-from app.errors import InsufficientQuota
+from app.core.config import Settings
+from app.core.errors import InsufficientQuota
 from app.metering import LedgerEntry, lease_size, request_need
 from app.reservations import Reservations
 from app.store import Package

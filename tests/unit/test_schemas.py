@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from app.errors import InvalidRequest
+from app.core.errors import InvalidRequest
 from app.schemas import parse_chat_request
 
 USER = [{"role": "user", "content": "hi"}]

@@ -11,8 +11,8 @@ import pytest
 
 from app import accounts, operators
 from app.clientip import throttle_source
-from app.config import SelfService, Settings
-from app.errors import AdminUnauthorized, InvalidCredentials, RateLimited
+from app.core.config import SelfService, Settings
+from app.core.errors import AdminUnauthorized, InvalidCredentials, RateLimited
 from app.store.base import Owner
 from app.store.sqlite import SqliteStore
 from tests import support

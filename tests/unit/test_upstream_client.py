@@ -8,8 +8,8 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from app.config import Condition, ParamPolicy, PublicModel, Settings, Target, Timeouts
-from app.errors import InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
+from app.core.config import Condition, ParamPolicy, PublicModel, Settings, Target, Timeouts
+from app.core.errors import InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
 from app.relay import StreamRewriter
 from app.upstream.client import Attempts, UpstreamClient
 from app.upstream.mock import MockRequest, MockResponse, MockTransport

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-DEFAULT_MODELS_FILE = Path(__file__).with_name("models.toml")
+DEFAULT_MODELS_FILE = Path(__file__).parents[1] / "models.toml"
 
 DEFAULT_PERSONA_PROMPT = (
     "You are Zowy AI, the assistant of the Zowy platform. When asked who you are, which model you "
