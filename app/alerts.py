@@ -25,10 +25,10 @@ from .core import signing
 from .core.cache import MISSING, TTLCache
 from .core.config import Settings
 from .core.errors import InvalidRequest, StoreUnavailable
-from .metering import LedgerEntry
 from .store import Package, Store
 from .store.base import Alert, AlertSettings, active_packages
 from .upstream.webhook import DeliveryFailed, WebhookClient, address_literal, host_refusal
+from .wire.usage import LedgerEntry
 
 log = logging.getLogger("zowy.alerts")
 

@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import pages
 from .core.ids import new_id
 from .store import Store
 from .store.base import AuditEvent, AuditQuery
+from .wire import paging
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,5 +44,5 @@ def view(event: AuditEvent) -> dict:
 async def page(store: Store, query: AuditQuery) -> dict:
     """One page of the log in the shape the admin API and the CLI print."""
     events = await store.audit(query)
-    next_cursor = pages.cursor(events[-1].at, events[-1].id) if len(events) == query.limit else None
+    next_cursor = paging.cursor(events[-1].at, events[-1].id) if len(events) == query.limit else None
     return {"data": [view(e) for e in events], "next_cursor": next_cursor}

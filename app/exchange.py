@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from .core.errors import GatewayError, StreamCut, UpstreamTimeout
 from .core.ids import new_request_id
-from .metering import LedgerEntry, Usage, estimate_tokens, estimate_usage
 from .reservations import Reservation
 from .upstream.client import Attempts, UpstreamStream
+from .wire.usage import LedgerEntry, Usage, estimate_tokens, estimate_usage
 
 if TYPE_CHECKING:
     from .services import Services

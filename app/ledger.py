@@ -20,8 +20,8 @@ from . import journal
 from .core.errors import StoreUnavailable
 from .core.metrics import Metrics
 from .journal import Journal
-from .metering import LedgerEntry
 from .store import Store
+from .wire.usage import LedgerEntry
 
 log = logging.getLogger("zowy.ledger")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .core.config import Settings
-from .schemas import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
+from .wire.chat import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
 
 
 def json_schema(core: dict) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from typing import Callable
 from .core.config import Settings
 from .core.errors import InsufficientQuota, StoreUnavailable
 from .core.ids import new_id
-from .metering import lease_size
 from .store import Store
 from .store.base import CapAsk, LeaseGrant, lease_refused
+from .wire.usage import lease_size
 
 log = logging.getLogger("zowy.reservations")
 

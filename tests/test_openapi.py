@@ -12,7 +12,7 @@ from pydantic_core import ValidationError
 
 from app.core.config import Settings
 from app.openapi import UNDOCUMENTED, document
-from app.schemas import ADMIN_SCHEMAS, _admin_validators, _chat_validator
+from app.wire.chat import ADMIN_SCHEMAS, _admin_validators, _chat_validator
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http

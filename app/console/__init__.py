@@ -15,8 +15,8 @@ from sanic.response import HTTPResponse
 from .. import accounts, operators
 from ..core.errors import InvalidSession, NotFound, PermissionDenied
 from ..routes.account import _secure, client_ip
-from ..schemas import parse_body
 from ..services import Services
+from ..wire.chat import parse_body
 
 bp = Blueprint("console")
 

@@ -16,13 +16,14 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, grants, operations, pages
+from .. import accounts, grants, operations
 from ..audit import Actor
 from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ..keys import bearer
-from ..schemas import parse_body
 from ..services import Services
 from ..store.base import LedgerQuery, Session
+from ..wire import paging
+from ..wire.chat import parse_body
 
 bp = Blueprint("account")
 
@@ -213,7 +214,7 @@ def _ledger_query(request: Request, limit: int) -> LedgerQuery:
     args = request.args
     return LedgerQuery(
         limit=limit,
-        after=pages.after(args.get("cursor")),
+        after=paging.after(args.get("cursor")),
         since=operations.parse_time(args.get("since"), "since"),
         until=operations.parse_time(args.get("until"), "until"),
         model=args.get("model") or None,
@@ -229,9 +230,9 @@ def ledger_view(entry) -> dict:
 async def ledger(request: Request) -> HTTPResponse:
     services = _services(request)
     caller = await signed_in(request)
-    query = _ledger_query(request, pages.limit(request.args.get("limit")))
+    query = _ledger_query(request, paging.limit(request.args.get("limit")))
     entries = await services.store.ledger_page(caller.session.account_id, query)
-    next_cursor = pages.cursor(entries[-1].created_at, entries[-1].request_id) if len(entries) == query.limit else None
+    next_cursor = paging.cursor(entries[-1].created_at, entries[-1].request_id) if len(entries) == query.limit else None
     return _json({"data": [ledger_view(e) for e in entries], "next_cursor": next_cursor})
 
 

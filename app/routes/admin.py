@@ -14,13 +14,14 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, audit, grants, operations, operators, pages, traffic
+from .. import accounts, audit, grants, operations, operators, traffic
 from ..audit import Actor
 from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ..keys import is_admin
-from ..schemas import parse_admin_body
 from ..services import Services
 from ..store.base import AuditQuery
+from ..wire import paging
+from ..wire.chat import parse_admin_body
 
 bp = Blueprint("admin", url_prefix="/admin/v1")
 
@@ -222,8 +223,8 @@ async def audit_log(request: Request) -> HTTPResponse:
     if args.get("account"):
         account_id = (await operations.find_account(store, args.get("account"))).id
     query = AuditQuery(
-        limit=pages.limit(args.get("limit")),
-        after=pages.after(args.get("cursor")),
+        limit=paging.limit(args.get("limit")),
+        after=paging.after(args.get("cursor")),
         account_id=account_id,
         action=args.get("action") or None,
         since=operations.parse_time(args.get("since"), "since"),

@@ -9,11 +9,11 @@ from sanic.response import HTTPResponse
 from ..core.config import PublicModel
 from ..core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ..exchange import Exchange
-from ..metering import prompt_need
-from ..relay import StreamRewriter
-from ..schemas import parse_chat_request
 from ..services import Services
-from ..sse import format_event
+from ..wire.chat import parse_chat_request
+from ..wire.rewrite import StreamRewriter
+from ..wire.sse import format_event
+from ..wire.usage import prompt_need
 from .body import receive
 
 bp = Blueprint("chat")

@@ -15,8 +15,8 @@ from .. import grants, operations
 from ..audit import Actor
 from ..core import signing
 from ..core.errors import WebhookDisabled
-from ..schemas import parse_body
 from ..services import Services
+from ..wire.chat import parse_body
 
 bp = Blueprint("webhooks")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from ..core.errors import Conflict
-from ..metering import LedgerEntry, PackageBalance, allocate
+from ..wire.usage import LedgerEntry, PackageBalance, allocate
 
 
 @dataclass(frozen=True, slots=True)

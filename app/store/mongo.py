@@ -19,7 +19,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from .. import ratelimit
 from ..core.errors import StoreUnavailable
-from ..metering import LedgerEntry
+from ..wire.usage import LedgerEntry
 from .base import (
     KEY_CONTROLS,
     Account,

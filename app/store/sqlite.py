@@ -16,7 +16,7 @@ import orjson
 
 from .. import ratelimit
 from ..core.errors import StoreUnavailable
-from ..metering import LedgerEntry
+from ..wire.usage import LedgerEntry
 from .base import (
     KEY_CONTROLS,
     Account,

@@ -16,9 +16,9 @@ from typing import Callable, Iterator
 from ..core.config import PROVIDER_NAMES, PublicModel, Settings, Target
 from ..core.errors import GatewayError, InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
 from ..core.metrics import BREAKER_STATES, Metrics
-from ..metering import Usage
-from ..persona import guard_message, scrub
-from ..relay import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
+from ..wire.persona import guard_message, scrub
+from ..wire.rewrite import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
+from ..wire.usage import Usage
 from .breaker import Breaker
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider

@@ -17,7 +17,7 @@ lets vendor fields pass both ways untouched.
 """
 from __future__ import annotations
 
-from ..relay import Dialect, StreamRewriter
+from ..wire.rewrite import Dialect, StreamRewriter
 from .provider import Provider
 
 

@@ -10,7 +10,7 @@ import orjson
 
 from ..core.config import Target
 from ..core.errors import InvalidRequest
-from ..relay import OPENAI, Dialect
+from ..wire.rewrite import OPENAI, Dialect
 
 # The value a parameter has when the caller leaves it out; sending it is the same as not sending it.
 DEFAULTS: dict[str, Any] = {

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from app.core.config import DEFAULT_PERSONA_PROMPT
-from app.metering import request_need
+from app.wire.usage import request_need
 from bench.fake_upstream import usage_for
 from tests import accounts_kit as kit
 from tests import support

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from app.core.config import DEFAULT_PERSONA_PROMPT, Settings
-from app.metering import request_need
+from app.wire.usage import request_need
 from bench.fake_upstream import usage_for
 from tests import support
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from app.metering import LedgerEntry
 from app.store.base import Package, Store
+from app.wire.usage import LedgerEntry
 
 DAY = 86400.0
 T = 1_760_000_000.0  # ledger and package times: 2025-10-09

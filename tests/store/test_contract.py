@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 
 from app.core.errors import StoreUnavailable
-from app.metering import LedgerEntry, PackageBalance, allocate
 from app.store.base import (
     Account,
     Conflict,
@@ -21,6 +20,7 @@ from app.store.base import (
     WindowCount,
     active_packages,
 )
+from app.wire.usage import LedgerEntry, PackageBalance, allocate
 from storekit import DAY, FAR, T, account_with, debits, entry, hour_start, package, used
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from app.core.errors import StoreUnavailable
 from app.ledger import Meter, Spool
-from app.metering import LedgerEntry
 from app.store import Package
 from app.store.sqlite import SqliteStore
+from app.wire.usage import LedgerEntry
 
 
 def entry(n: int, tokens: int = 10) -> LedgerEntry:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from app.core.errors import InvalidRequest
-from app.schemas import parse_chat_request
+from app.wire.chat import parse_chat_request
 
 USER = [{"role": "user", "content": "hi"}]
 

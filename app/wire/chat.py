@@ -14,8 +14,8 @@ import orjson
 from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
-from .core.config import RequestLimits
-from .core.errors import InvalidRequest
+from ..core.config import RequestLimits
+from ..core.errors import InvalidRequest
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 INT64 = 2**63 - 1

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import orjson
 
-from .metering import Usage, estimate_tokens, estimate_usage
 from .sse import DONE, EventFramer, event_data, format_event
+from .usage import Usage, estimate_tokens, estimate_usage
 
 
 class MalformedUpstream(ValueError):

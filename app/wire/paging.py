@@ -6,7 +6,7 @@ import binascii
 
 import orjson
 
-from .core.errors import InvalidRequest
+from ..core.errors import InvalidRequest
 
 MAX_LIMIT = 1000
 
