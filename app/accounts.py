@@ -25,7 +25,7 @@ from .core.ids import new_id
 from .keys import key_hash
 from .ratelimit import Decision
 from .store import Account, Store
-from .store.base import Invite, Owner, Session
+from .store.contract import Invite, Owner, Session
 
 SESSION_PREFIX = "zs-"
 INVITE_PREFIX = "zi-"

@@ -26,7 +26,7 @@ from .core.cache import MISSING, TTLCache
 from .core.config import Settings
 from .core.errors import InvalidRequest, StoreUnavailable
 from .store import Package, Store
-from .store.base import Alert, AlertSettings, active_packages
+from .store.contract import Alert, AlertSettings, active_packages
 from .upstream.webhook import DeliveryFailed, WebhookClient, address_literal, host_refusal
 from .wire.usage import LedgerEntry
 

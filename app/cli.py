@@ -28,7 +28,7 @@ from .core.errors import GatewayError, InvalidRequest, NotFound
 from .core.metrics import MULTIPROC_ENV
 from .keys import key_hash
 from .store import Store, open_store
-from .store.base import AuditQuery
+from .store.contract import AuditQuery
 
 _UNSET = object()
 

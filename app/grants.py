@@ -19,7 +19,7 @@ from .core.ids import new_id
 from .keys import key_hash
 from .operations import DAY, find_account, package_view
 from .store import Account, Package, Store
-from .store.base import Code, Topup
+from .store.contract import Code, Topup
 
 CODE_PREFIX = "ZOWY"
 # Crockford's base32: no I, L, O or U, so a code read aloud or retyped survives.

@@ -19,7 +19,7 @@ from .core.ids import new_id
 from .keys import display_prefix, key_hash, new_key, new_key_id
 from .ledger import Spool
 from .store import Account, KeyRecord, Package, Store
-from .store.base import KEY_CONTROLS, active_packages
+from .store.contract import KEY_CONTROLS, active_packages
 
 DAY = 86400
 

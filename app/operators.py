@@ -20,7 +20,7 @@ from .core.config import Settings
 from .core.errors import AdminDisabled, AdminUnauthorized
 from .keys import key_hash
 from .store import Store
-from .store.base import Session
+from .store.contract import Session
 
 SESSION_PREFIX = "zo-"
 COOKIE = "zowy_operator"

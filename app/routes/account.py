@@ -21,7 +21,7 @@ from ..audit import Actor
 from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ..keys import bearer
 from ..services import Services
-from ..store.base import LedgerQuery, Session
+from ..store.contract import LedgerQuery, Session
 from ..wire import paging
 from ..wire.chat import parse_body
 

@@ -19,7 +19,7 @@ from ..audit import Actor
 from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ..keys import is_admin
 from ..services import Services
-from ..store.base import AuditQuery
+from ..store.contract import AuditQuery
 from ..wire import paging
 from ..wire.chat import parse_admin_body
 

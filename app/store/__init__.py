@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core.config import Settings
-from .base import Account, Conflict, KeyRecord, Mismatch, Package, Store, UsageRow, WindowCount
+from .contract import Account, Conflict, KeyRecord, Mismatch, Package, Store, UsageRow, WindowCount
 
 __all__ = ["Account", "Conflict", "KeyRecord", "Mismatch", "Package", "Store", "UsageRow", "WindowCount", "open_store"]
 

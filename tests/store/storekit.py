@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from app.store.base import Package, Store
+from app.store.contract import Package, Store
 from app.wire.usage import LedgerEntry
 
 DAY = 86400.0

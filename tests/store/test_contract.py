@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from app.core.errors import StoreUnavailable
-from app.store.base import (
+from app.store.contract import (
     Account,
     Conflict,
     KeyRecord,

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.store.base import (
+from app.store.contract import (
     Alert,
     AlertSettings,
     AuditEvent,

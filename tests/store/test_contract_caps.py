@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.store.base import CapAsk, KeyRecord, Store
+from app.store.contract import CapAsk, KeyRecord, Store
 from storekit import DAY, T, account_with, entry, package, used
 
 

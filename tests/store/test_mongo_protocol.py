@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 
 from app import ratelimit
-from app.store.base import Mismatch
+from app.store.contract import Mismatch
 from app.store.mongo import INDEXES, MongoStore, _ledger_doc
 from storekit import T, account_with, debits, entry, hour_start, package, used
 

@@ -13,7 +13,7 @@ from app import accounts, operators
 from app.clientip import throttle_source
 from app.core.config import SelfService, Settings
 from app.core.errors import AdminUnauthorized, InvalidCredentials, RateLimited
-from app.store.base import Owner
+from app.store.contract import Owner
 from app.store.sqlite import SqliteStore
 from tests import support
 

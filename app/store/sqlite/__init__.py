@@ -14,10 +14,10 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
 
-from .. import ratelimit
-from ..core.errors import StoreUnavailable
-from ..wire.usage import LedgerEntry
-from .base import (
+from ... import ratelimit
+from ...core.errors import StoreUnavailable
+from ...wire.usage import LedgerEntry
+from ..contract import (
     KEY_CONTROLS,
     Account,
     Alert,

@@ -17,10 +17,10 @@ from typing import Any, Callable, Iterable, Mapping
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from .. import ratelimit
-from ..core.errors import StoreUnavailable
-from ..wire.usage import LedgerEntry
-from .base import (
+from ... import ratelimit
+from ...core.errors import StoreUnavailable
+from ...wire.usage import LedgerEntry
+from ..contract import (
     KEY_CONTROLS,
     Account,
     Alert,
