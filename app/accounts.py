@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from . import audit
+from .access.clientip import throttle_source
+from .access.keys import key_hash
+from .access.windows import Decision
 from .audit import Actor
-from .clientip import throttle_source
 from .core.config import Settings
 from .core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
 from .core.ids import new_id
-from .keys import key_hash
-from .ratelimit import Decision
 from .store import Account, Store
 from .store.contract import Invite, Owner, Session
 

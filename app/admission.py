@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from .clientip import allowed, client_address, parse_networks
+from .access.clientip import allowed, client_address, parse_networks
+from .access.keys import bearer, key_hash
+from .access.windows import HOUR, MINUTE, Decision, hour_of, minute_of
 from .core.cache import MISSING, TTLCache
 from .core.config import Settings
 from .core.errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
-from .keys import bearer, key_hash
-from .ratelimit import HOUR, MINUTE, Decision, hour_of, minute_of
 from .reservations import Reservation, Reservations
 from .store import KeyRecord, Store
 

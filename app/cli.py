@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from . import accounts, audit, grants, operations, stop_signals
+from .access.keys import key_hash
 from .alerts import Alerts
 from .audit import CLI
 from .core import logs
 from .core.config import ConfigError, Settings
 from .core.errors import GatewayError, InvalidRequest, NotFound
 from .core.metrics import MULTIPROC_ENV
-from .keys import key_hash
 from .store import Store, open_store
 from .store.contract import AuditQuery
 

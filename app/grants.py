@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 from . import audit
+from .access.keys import key_hash
 from .audit import Actor
 from .core.config import Settings
 from .core.errors import Conflict, InvalidRequest, NotFound
 from .core.ids import new_id
-from .keys import key_hash
 from .operations import DAY, find_account, package_view
 from .store import Account, Package, Store
 from .store.contract import Code, Topup

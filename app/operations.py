@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from . import audit, journal
+from .access.keys import display_prefix, key_hash, new_key, new_key_id
 from .audit import SYSTEM, Actor
 from .core.config import Settings
 from .core.errors import InvalidRequest, NotFound
 from .core.ids import new_id
-from .keys import display_prefix, key_hash, new_key, new_key_id
 from .ledger import Spool
 from .store import Account, KeyRecord, Package, Store
 from .store.contract import KEY_CONTROLS, active_packages

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 
 from . import audit
+from .access.clientip import throttle_source
+from .access.keys import key_hash
 from .accounts import csrf_token, guard, throttle
 from .audit import Actor
-from .clientip import throttle_source
 from .core.config import Settings
 from .core.errors import AdminDisabled, AdminUnauthorized
-from .keys import key_hash
 from .store import Store
 from .store.contract import Session
 

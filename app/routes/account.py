@@ -17,9 +17,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from .. import accounts, grants, operations
+from ..access.keys import bearer
 from ..audit import Actor
 from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
-from ..keys import bearer
 from ..services import Services
 from ..store.contract import LedgerQuery, Session
 from ..wire import paging

@@ -15,9 +15,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from .. import accounts, audit, grants, operations, operators, traffic
+from ..access.keys import is_admin
 from ..audit import Actor
 from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
-from ..keys import is_admin
 from ..services import Services
 from ..store.contract import AuditQuery
 from ..wire import paging

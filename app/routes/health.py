@@ -9,10 +9,10 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from ..access.keys import is_admin
 from ..core import instance
 from ..core.errors import AdminUnauthorized, NotFound, StoreUnavailable
 from ..core.metrics import CONTENT_TYPE
-from ..keys import is_admin
 from ..openapi import document
 from ..services import Services
 

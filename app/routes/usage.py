@@ -7,7 +7,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from .. import accounts, operations
-from ..keys import bearer
+from ..access.keys import bearer
 from ..services import Services
 from .account import signed_in
 

@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from app.access.keys import key_hash
 from app.admission import Admission
 from app.core.config import Settings
-from app.keys import key_hash
 from app.store import KeyRecord, Package
 from app.store.sqlite import SqliteStore
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from app import accounts, grants
+from app.access.clientip import allowed, client_address, parse_networks
 from app.alerts import Balance, alert_id, balance_of
-from app.clientip import allowed, client_address, parse_networks
 from app.core import signing
 from app.core.config import ConfigError, Settings
 from app.core.errors import InvalidSignature

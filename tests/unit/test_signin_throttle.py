@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from app import accounts, operators
-from app.clientip import throttle_source
+from app.access.clientip import throttle_source
 from app.core.config import SelfService, Settings
 from app.core.errors import AdminUnauthorized, InvalidCredentials, RateLimited
 from app.store.contract import Owner

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from ... import ratelimit
+from ...access import windows
 from ...core.errors import StoreUnavailable
 from ...wire.usage import LedgerEntry
 from ..contract import (
@@ -743,10 +743,10 @@ class MongoStore(Store):
             raise StoreUnavailable("The rate window could not be counted in time.") from None
 
     async def _hit(self, key_id: str, per_minute: int, per_hour: int, now: float, take: int) -> WindowCount:
-        hour = ratelimit.hour_of(now)
-        minute = str(ratelimit.minute_of(now) - hour * 60)
+        hour = windows.hour_of(now)
+        minute = str(windows.minute_of(now) - hour * 60)
         doc_id = f"{key_id}:{hour}"
-        expires = datetime.fromtimestamp(ratelimit.window_expiry(now), tz=timezone.utc)
+        expires = datetime.fromtimestamp(windows.window_expiry(now), tz=timezone.utc)
         slot = f"m.{minute}"
         # expires_at as an equality in the filter: the upsert copies it as a real BSON date, which
         # nx-27017 does not do for $setOnInsert (ignored) or $set (stored as a string).

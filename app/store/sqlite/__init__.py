@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
 
-from ... import ratelimit
+from ...access import windows
 from ...core.errors import StoreUnavailable
 from ...wire.usage import LedgerEntry
 from ..contract import (
@@ -673,9 +673,9 @@ class SqliteStore(Store):
     async def hit(
         self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None, take: int = 1
     ) -> WindowCount:
-        hour = ratelimit.hour_of(now)
-        minute = ratelimit.minute_of(now)
-        expires = ratelimit.window_expiry(now)
+        hour = windows.hour_of(now)
+        minute = windows.minute_of(now)
+        expires = windows.window_expiry(now)
 
         def run(db: sqlite3.Connection) -> WindowCount:
             row = db.execute(_HIT, (key_id, hour, minute, expires, per_hour, per_minute, take)).fetchone()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from .core.ids import new_id
+from ..core.ids import new_id
 
 KEY_PREFIX = "zk-"
 _SECRET_BYTES = 30
