@@ -19,8 +19,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
-from . import audit
-from .audit import Actor
+from .accounts import audit
+from .accounts.audit import Actor
 from .core import signing
 from .core.cache import MISSING, TTLCache
 from .core.config import Settings

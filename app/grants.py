@@ -11,13 +11,13 @@ import secrets
 import time
 from typing import Any
 
-from . import audit
 from .access.keys import key_hash
-from .audit import Actor
+from .accounts import audit
+from .accounts.audit import Actor
+from .accounts.provisioning import DAY, find_account, package_view
 from .core.config import Settings
 from .core.errors import Conflict, InvalidRequest, NotFound
 from .core.ids import new_id
-from .operations import DAY, find_account, package_view
 from .store import Account, Package, Store
 from .store.contract import Code, Topup
 

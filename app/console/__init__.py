@@ -12,7 +12,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, operators
+from ..accounts import operators, owners
 from ..core.errors import InvalidSession, NotFound, PermissionDenied
 from ..routes.account import _secure, client_ip
 from ..services import Services
@@ -150,7 +150,7 @@ async def operator_session(request: Request) -> HTTPResponse:
 async def operator_sign_out(request: Request) -> HTTPResponse:
     services = _services(request)
     token, _ = await _operator(request)
-    if not accounts.csrf_ok(services.settings, token, request.headers.get(accounts.CSRF_HEADER)):
+    if not owners.csrf_ok(services.settings, token, request.headers.get(owners.CSRF_HEADER)):
         raise PermissionDenied("Missing or wrong X-CSRF-Token header.", param="X-CSRF-Token", code="csrf_failed")
     await operators.sign_out(services.store, services.settings, token)
     response = _json({"signed_out": True})

@@ -16,9 +16,10 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, grants, operations
+from .. import grants
 from ..access.keys import bearer
-from ..audit import Actor
+from ..accounts import owners, provisioning
+from ..accounts.audit import Actor
 from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ..services import Services
 from ..store.contract import LedgerQuery, Session
@@ -69,14 +70,14 @@ async def signed_in(request: Request) -> Caller:
     token = bearer(header)
     by_cookie = token is None
     if by_cookie:
-        token = request.cookies.get(accounts.SESSION_COOKIE)
-    elif not token.startswith(accounts.SESSION_PREFIX):
+        token = request.cookies.get(owners.SESSION_COOKIE)
+    elif not token.startswith(owners.SESSION_PREFIX):
         raise InvalidSession("This call needs an account owner's session, not an API key: sign in at POST /api/v1/auth/sessions.")
-    session = await accounts.session_of(services.store, services.settings, token)
+    session = await owners.session_of(services.store, services.settings, token)
     if session is None:
         raise InvalidSession(None if token else "Sign in first: POST /api/v1/auth/sessions with your email and password.")
     if by_cookie and request.method not in _SAFE_METHODS:
-        if not accounts.csrf_ok(services.settings, token, request.headers.get(accounts.CSRF_HEADER)):
+        if not owners.csrf_ok(services.settings, token, request.headers.get(owners.CSRF_HEADER)):
             raise PermissionDenied(
                 "Missing or wrong X-CSRF-Token header: send the csrf_token given at sign-in (also in the zowy_csrf cookie).",
                 param="X-CSRF-Token", code="csrf_failed",
@@ -94,34 +95,34 @@ def _secure(request: Request) -> bool:
 async def accept_invite(request: Request) -> HTTPResponse:
     services = _services(request)
     body = parse_body("accept_invite", request.body)
-    owner = await accounts.accept_invite(services.store, services.settings, body["token"], body["password"], client_ip(request))
-    return _json({"owner": accounts.owner_view(owner)}, 201)
+    owner = await owners.accept_invite(services.store, services.settings, body["token"], body["password"], client_ip(request))
+    return _json({"owner": owners.owner_view(owner)}, 201)
 
 
 async def sign_in(request: Request) -> HTTPResponse:
     services = _services(request)
     body = parse_body("sign_in", request.body)
-    done = await accounts.sign_in(services.store, services.settings, body["email"], body["password"], client_ip(request))
+    done = await owners.sign_in(services.store, services.settings, body["email"], body["password"], client_ip(request))
     response = _json({
         "token": done.token,
         "csrf_token": done.csrf,
         "expires_at": done.session.expires_at,
-        "owner": accounts.owner_view(done.owner),
+        "owner": owners.owner_view(done.owner),
     }, 201)
     ttl = services.settings.self_service.session_ttl
     secure = _secure(request)
-    response.add_cookie(accounts.SESSION_COOKIE, done.token, path="/", max_age=ttl, httponly=True, samesite="Strict", secure=secure)
-    response.add_cookie(accounts.CSRF_COOKIE, done.csrf, path="/", max_age=ttl, httponly=False, samesite="Strict", secure=secure)
+    response.add_cookie(owners.SESSION_COOKIE, done.token, path="/", max_age=ttl, httponly=True, samesite="Strict", secure=secure)
+    response.add_cookie(owners.CSRF_COOKIE, done.csrf, path="/", max_age=ttl, httponly=False, samesite="Strict", secure=secure)
     return response
 
 
 async def sign_out(request: Request) -> HTTPResponse:
     services = _services(request)
     caller = await signed_in(request)
-    await accounts.sign_out(services.store, services.settings, caller.token)
+    await owners.sign_out(services.store, services.settings, caller.token)
     response = _json({"signed_out": True})
     secure = _secure(request)
-    for name, httponly in ((accounts.SESSION_COOKIE, True), (accounts.CSRF_COOKIE, False)):
+    for name, httponly in ((owners.SESSION_COOKIE, True), (owners.CSRF_COOKIE, False)):
         response.add_cookie(name, "", path="/", max_age=0, httponly=httponly, samesite="Strict", secure=secure)
     return response
 
@@ -132,15 +133,15 @@ async def sign_out(request: Request) -> HTTPResponse:
 async def account(request: Request) -> HTTPResponse:
     services = _services(request)
     caller = await signed_in(request)
-    found = await operations.find_account(services.store, caller.session.account_id)
-    return _json(await operations.balance(services.store, found))
+    found = await provisioning.find_account(services.store, caller.session.account_id)
+    return _json(await provisioning.balance(services.store, found))
 
 
 async def _key_views(services: Services, records) -> list[dict]:
     now = time.time()
     views = []
     for record in records:
-        view = operations.key_view(record, now)
+        view = provisioning.key_view(record, now)
         if record.token_cap is not None:
             view["used_tokens"] = await services.store.key_tokens(record.id)
         views.append(view)
@@ -164,31 +165,31 @@ async def create_key(request: Request) -> HTTPResponse:
             f"This account already has {len(live)} active keys, the most allowed; revoke one first.",
             code="too_many_keys",
         )
-    found = await operations.find_account(store, caller.session.account_id)
+    found = await provisioning.find_account(store, caller.session.account_id)
     controls = {k: v for k, v in body.items() if k not in ("per_minute", "per_hour")}
-    record, key = await operations.create_key(
+    record, key = await provisioning.create_key(
         store, services.settings, found, body.get("per_minute"), body.get("per_hour"),
         controls=controls, actor=caller.actor, owner=True,
     )
-    return _json({**operations.key_view(record), "key": key}, 201)
+    return _json({**provisioning.key_view(record), "key": key}, 201)
 
 
 async def update_key(request: Request, key_id: str) -> HTTPResponse:
     services = _services(request)
     caller = await signed_in(request)
     body = parse_body("key_controls", request.body)
-    record = await operations.set_key_controls(
+    record = await provisioning.set_key_controls(
         services.store, services.settings, key_id, body,
         actor=caller.actor, account_id=caller.session.account_id, owner=True,
     )
-    return _json(operations.key_view(record))
+    return _json(provisioning.key_view(record))
 
 
 async def revoke_key(request: Request, key_id: str) -> HTTPResponse:
     services = _services(request)
     caller = await signed_in(request)
-    await operations.revoke_key(services.store, key_id, caller.actor, account_id=caller.session.account_id)
-    return _json(operations.key_view(await services.store.key(key_id)))
+    await provisioning.revoke_key(services.store, key_id, caller.actor, account_id=caller.session.account_id)
+    return _json(provisioning.key_view(await services.store.key(key_id)))
 
 
 # money in
@@ -200,11 +201,11 @@ async def redeem(request: Request) -> HTTPResponse:
     body = parse_body("redeem", request.body)
     limits = services.settings.self_service
     now = time.time()
-    await accounts.throttle(services.store, services.settings, f"redeem:acct:{caller.session.account_id}",
+    await owners.throttle(services.store, services.settings, f"redeem:acct:{caller.session.account_id}",
                             limits.redeem_per_minute, limits.redeem_per_hour, now, "redemption attempts")
-    found = await operations.find_account(services.store, caller.session.account_id)
+    found = await provisioning.find_account(services.store, caller.session.account_id)
     package = await grants.redeem(services.store, services.settings, found, body["code"], caller.actor)
-    return _json({"package": operations.package_view(package, now), **await operations.balance(services.store, found)}, 201)
+    return _json({"package": provisioning.package_view(package, now), **await provisioning.balance(services.store, found)}, 201)
 
 
 # the ledger
@@ -215,8 +216,8 @@ def _ledger_query(request: Request, limit: int) -> LedgerQuery:
     return LedgerQuery(
         limit=limit,
         after=paging.after(args.get("cursor")),
-        since=operations.parse_time(args.get("since"), "since"),
-        until=operations.parse_time(args.get("until"), "until"),
+        since=provisioning.parse_time(args.get("since"), "since"),
+        until=provisioning.parse_time(args.get("until"), "until"),
         model=args.get("model") or None,
         key_id=args.get("key") or None,
         outcome=args.get("outcome") or None,

@@ -14,9 +14,10 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, audit, grants, operations, operators, traffic
+from .. import grants, traffic
 from ..access.keys import is_admin
-from ..audit import Actor
+from ..accounts import audit, operators, owners, provisioning
+from ..accounts.audit import Actor
 from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ..services import Services
 from ..store.contract import AuditQuery
@@ -37,8 +38,8 @@ async def require_admin(request: Request) -> None:
     cookie = request.cookies.get(operators.COOKIE) if header is None else None
     if not cookie or await operators.session_of(_services(request).store, request.app.ctx.settings, cookie) is None:
         raise AdminUnauthorized()
-    if request.method not in ("GET", "HEAD", "OPTIONS") and not accounts.csrf_ok(
-        request.app.ctx.settings, cookie, request.headers.get(accounts.CSRF_HEADER)
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not owners.csrf_ok(
+        request.app.ctx.settings, cookie, request.headers.get(owners.CSRF_HEADER)
     ):
         raise PermissionDenied(
             "Missing or wrong X-CSRF-Token header: send the csrf_token given at sign-in (also in the zowy_operator_csrf cookie).",
@@ -61,7 +62,7 @@ def _admin(request: Request) -> Actor:
 @bp.post("/accounts")
 async def create_account(request: Request) -> HTTPResponse:
     body = parse_admin_body("account", request.body)
-    account = await operations.create_account(_services(request).store, body["name"], _admin(request))
+    account = await provisioning.create_account(_services(request).store, body["name"], _admin(request))
     return _json(asdict(account), 201)
 
 
@@ -73,39 +74,39 @@ async def list_accounts(request: Request) -> HTTPResponse:
 @bp.get("/accounts/<account>")
 async def get_account(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    return _json(await operations.balance(store, await operations.find_account(store, account)))
+    return _json(await provisioning.balance(store, await provisioning.find_account(store, account)))
 
 
 @bp.post("/accounts/<account>/keys")
 async def create_key(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("key", request.body)
     services = _services(request)
-    found = await operations.find_account(services.store, account)
+    found = await provisioning.find_account(services.store, account)
     controls = {k: v for k, v in body.items() if k not in ("per_minute", "per_hour")}
-    record, key = await operations.create_key(
+    record, key = await provisioning.create_key(
         services.store, services.settings, found, body.get("per_minute"), body.get("per_hour"),
         controls=controls, actor=_admin(request),
     )
-    return _json({**operations.key_view(record), "key": key}, 201)
+    return _json({**provisioning.key_view(record), "key": key}, 201)
 
 
 @bp.get("/accounts/<account>/keys")
 async def list_keys(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    found = await operations.find_account(store, account)
-    return _json({"data": [operations.key_view(k) for k in await store.keys(found.id)]})
+    found = await provisioning.find_account(store, account)
+    return _json({"data": [provisioning.key_view(k) for k in await store.keys(found.id)]})
 
 
 @bp.post("/keys/<key_id>/revoke")
 async def revoke_key(request: Request, key_id: str) -> HTTPResponse:
-    await operations.revoke_key(_services(request).store, key_id, _admin(request))
+    await provisioning.revoke_key(_services(request).store, key_id, _admin(request))
     return _json({"id": key_id, "revoked": True})
 
 
 @bp.put("/keys/<key_id>/limits")
 async def set_limits(request: Request, key_id: str) -> HTTPResponse:
     body = parse_admin_body("limits", request.body)
-    await operations.set_limits(_services(request).store, key_id, body.get("per_minute"), body.get("per_hour"), _admin(request))
+    await provisioning.set_limits(_services(request).store, key_id, body.get("per_minute"), body.get("per_hour"), _admin(request))
     return _json({"id": key_id, "per_minute": body.get("per_minute"), "per_hour": body.get("per_hour")})
 
 
@@ -113,64 +114,64 @@ async def set_limits(request: Request, key_id: str) -> HTTPResponse:
 async def grant_package(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("package", request.body)
     services = _services(request)
-    found = await operations.find_account(services.store, account)
-    package = await operations.grant_package(
+    found = await provisioning.find_account(services.store, account)
+    package = await provisioning.grant_package(
         services.store, services.settings, found, body["plan"], body.get("tokens"), body.get("days"), _admin(request)
     )
-    return _json(operations.package_view(package, time.time()), 201)
+    return _json(provisioning.package_view(package, time.time()), 201)
 
 
 @bp.get("/accounts/<account>/packages")
 async def list_packages(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    return _json(await operations.balance(store, await operations.find_account(store, account)))
+    return _json(await provisioning.balance(store, await provisioning.find_account(store, account)))
 
 
 @bp.get("/accounts/<account>/usage")
 async def usage(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    found = await operations.find_account(store, account)
-    since = operations.parse_time(request.args.get("since"), "since")
-    until = operations.parse_time(request.args.get("until"), "until")
-    return _json(await operations.usage_report(store, found, since, until))
+    found = await provisioning.find_account(store, account)
+    since = provisioning.parse_time(request.args.get("since"), "since")
+    until = provisioning.parse_time(request.args.get("until"), "until")
+    return _json(await provisioning.usage_report(store, found, since, until))
 
 
 @bp.get("/reconcile")
 async def reconcile(request: Request) -> HTTPResponse:
     services = _services(request)
-    return _json(await operations.reconcile(services.store, services.settings))
+    return _json(await provisioning.reconcile(services.store, services.settings))
 
 
 @bp.patch("/keys/<key_id>")
 async def set_key_controls(request: Request, key_id: str) -> HTTPResponse:
     body = parse_admin_body("key_controls", request.body)
     services = _services(request)
-    record = await operations.set_key_controls(services.store, services.settings, key_id, body, actor=_admin(request))
-    return _json(operations.key_view(record))
+    record = await provisioning.set_key_controls(services.store, services.settings, key_id, body, actor=_admin(request))
+    return _json(provisioning.key_view(record))
 
 
 @bp.post("/accounts/<account>/owners")
 async def create_owner(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("owner", request.body)
     services = _services(request)
-    found = await operations.find_account(services.store, account)
-    owner = await accounts.create_owner(services.store, services.settings, found, body["email"], body["password"], _admin(request))
-    return _json(accounts.owner_view(owner), 201)
+    found = await provisioning.find_account(services.store, account)
+    owner = await owners.create_owner(services.store, services.settings, found, body["email"], body["password"], _admin(request))
+    return _json(owners.owner_view(owner), 201)
 
 
 @bp.get("/accounts/<account>/owners")
 async def list_owners(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    found = await operations.find_account(store, account)
-    return _json({"data": [accounts.owner_view(o) for o in await store.owners(found.id)]})
+    found = await provisioning.find_account(store, account)
+    return _json({"data": [owners.owner_view(o) for o in await store.owners(found.id)]})
 
 
 @bp.post("/accounts/<account>/invites")
 async def invite_owner(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("invite", request.body)
     services = _services(request)
-    found = await operations.find_account(services.store, account)
-    made, token = await accounts.invite(services.store, services.settings, found, body["email"], _admin(request))
+    found = await provisioning.find_account(services.store, account)
+    made, token = await owners.invite(services.store, services.settings, found, body["email"], _admin(request))
     return _json({"id": made.id, "account_id": made.account_id, "email": made.email, "created_at": made.created_at,
                   "expires_at": made.expires_at, "token": token, "accept": "POST /api/v1/auth/invite/accept"}, 201)
 
@@ -198,7 +199,7 @@ async def list_codes(request: Request, batch_id: str) -> HTTPResponse:
 @bp.get("/accounts/<account>/alerts")
 async def get_alerts(request: Request, account: str) -> HTTPResponse:
     services = _services(request)
-    found = await operations.find_account(services.store, account)
+    found = await provisioning.find_account(services.store, account)
     return _json(await services.alerts.describe(found.id))
 
 
@@ -206,7 +207,7 @@ async def get_alerts(request: Request, account: str) -> HTTPResponse:
 async def put_alerts(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("alerts", request.body)
     services = _services(request)
-    found = await operations.find_account(services.store, account)
+    found = await provisioning.find_account(services.store, account)
     return _json(await services.alerts.configure(found.id, body["url"], body.get("thresholds"), _admin(request)))
 
 
@@ -221,13 +222,13 @@ async def audit_log(request: Request) -> HTTPResponse:
     args = request.args
     account_id = None
     if args.get("account"):
-        account_id = (await operations.find_account(store, args.get("account"))).id
+        account_id = (await provisioning.find_account(store, args.get("account"))).id
     query = AuditQuery(
         limit=paging.limit(args.get("limit")),
         after=paging.after(args.get("cursor")),
         account_id=account_id,
         action=args.get("action") or None,
-        since=operations.parse_time(args.get("since"), "since"),
-        until=operations.parse_time(args.get("until"), "until"),
+        since=provisioning.parse_time(args.get("since"), "since"),
+        until=provisioning.parse_time(args.get("until"), "until"),
     )
     return _json(await audit.page(store, query))

@@ -6,8 +6,8 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import accounts, operations
 from ..access.keys import bearer
+from ..accounts import owners, provisioning
 from ..services import Services
 from .account import signed_in
 
@@ -18,16 +18,16 @@ async def usage(request: Request) -> HTTPResponse:
     services: Services = request.app.ctx.services
     header = request.headers.get("authorization")
     token = bearer(header)
-    if (token or "").startswith(accounts.SESSION_PREFIX) or (header is None and request.cookies.get(accounts.SESSION_COOKIE)):
+    if (token or "").startswith(owners.SESSION_PREFIX) or (header is None and request.cookies.get(owners.SESSION_COOKIE)):
         account_id = (await signed_in(request)).session.account_id
     else:
         account_id = (await services.admission.key(header, request.ip, request.headers.get("x-forwarded-for"))).account_id
     store = services.store
-    account = await operations.find_account(store, account_id)
-    since = operations.parse_time(request.args.get("since"), "since")
-    until = operations.parse_time(request.args.get("until"), "until")
-    body = await operations.balance(store, account)
-    body["usage"] = await operations.usage_report(store, account, since, until)
+    account = await provisioning.find_account(store, account_id)
+    since = provisioning.parse_time(request.args.get("since"), "since")
+    until = provisioning.parse_time(request.args.get("until"), "until")
+    body = await provisioning.balance(store, account)
+    body["usage"] = await provisioning.usage_report(store, account, since, until)
     return HTTPResponse(orjson.dumps(body), content_type="application/json")
 
 

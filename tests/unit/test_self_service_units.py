@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from app import accounts, grants
+from app import grants
 from app.access.clientip import allowed, client_address, parse_networks
+from app.accounts import owners
 from app.alerts import Balance, alert_id, balance_of
 from app.core import signing
 from app.core.config import ConfigError, Settings
@@ -71,32 +72,32 @@ def test_client_address_behind_trusted_proxies():
 
 
 def test_passwords_are_salted_scrypt_and_verified():
-    first = accounts.hash_password("correct horse battery", 10)
-    second = accounts.hash_password("correct horse battery", 10)
+    first = owners.hash_password("correct horse battery", 10)
+    second = owners.hash_password("correct horse battery", 10)
     assert first != second and first.startswith("scrypt$10$8$1$")
-    assert accounts.verify_password("correct horse battery", first)
-    assert not accounts.verify_password("correct horse batterY", first)
-    assert not accounts.verify_password("x", "bcrypt$whatever")
-    assert not accounts.verify_password("x", "scrypt$bad")
+    assert owners.verify_password("correct horse battery", first)
+    assert not owners.verify_password("correct horse batterY", first)
+    assert not owners.verify_password("x", "bcrypt$whatever")
+    assert not owners.verify_password("x", "scrypt$bad")
     assert Settings().self_service.scrypt_cost == 15  # 32 MiB and about 0.1 s a hash by default
     started = time.perf_counter()
-    accounts.verify_password("correct horse battery", accounts.hash_password("correct horse battery", 15))
+    owners.verify_password("correct horse battery", owners.hash_password("correct horse battery", 15))
     assert time.perf_counter() - started > 0.02
 
 
 def test_csrf_token_belongs_to_its_session():
     settings = Settings(key_pepper="pepper")
-    token = accounts.csrf_token(settings, "zs-one")
-    assert accounts.csrf_ok(settings, "zs-one", token)
-    assert not accounts.csrf_ok(settings, "zs-two", token)
-    assert not accounts.csrf_ok(settings, "zs-one", None) and not accounts.csrf_ok(settings, "zs-one", "")
+    token = owners.csrf_token(settings, "zs-one")
+    assert owners.csrf_ok(settings, "zs-one", token)
+    assert not owners.csrf_ok(settings, "zs-two", token)
+    assert not owners.csrf_ok(settings, "zs-one", None) and not owners.csrf_ok(settings, "zs-one", "")
 
 
 def test_emails_and_codes_are_normalised():
-    assert accounts.normalize_email("  Ann@Example.COM ") == "ann@example.com"
+    assert owners.normalize_email("  Ann@Example.COM ") == "ann@example.com"
     for bad in ("ann", "a@b", "a b@c.d", 5):
         with pytest.raises(Exception):
-            accounts.normalize_email(bad)
+            owners.normalize_email(bad)
     code = grants.new_code()
     assert code.startswith("ZOWY-") and len(code) == 28
     compact = grants.normalize_code(code)

@@ -16,16 +16,16 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from ..access.clientip import throttle_source
+from ..access.keys import key_hash
+from ..access.windows import Decision
+from ..core.config import Settings
+from ..core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
+from ..core.ids import new_id
+from ..store import Account, Store
+from ..store.contract import Invite, Owner, Session
 from . import audit
-from .access.clientip import throttle_source
-from .access.keys import key_hash
-from .access.windows import Decision
 from .audit import Actor
-from .core.config import Settings
-from .core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
-from .core.ids import new_id
-from .store import Account, Store
-from .store.contract import Invite, Owner, Session
 
 SESSION_PREFIX = "zs-"
 INVITE_PREFIX = "zi-"

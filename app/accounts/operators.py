@@ -12,15 +12,15 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from ..access.clientip import throttle_source
+from ..access.keys import key_hash
+from ..core.config import Settings
+from ..core.errors import AdminDisabled, AdminUnauthorized
+from ..store import Store
+from ..store.contract import Session
 from . import audit
-from .access.clientip import throttle_source
-from .access.keys import key_hash
-from .accounts import csrf_token, guard, throttle
 from .audit import Actor
-from .core.config import Settings
-from .core.errors import AdminDisabled, AdminUnauthorized
-from .store import Store
-from .store.contract import Session
+from .owners import csrf_token, guard, throttle
 
 SESSION_PREFIX = "zo-"
 COOKIE = "zowy_operator"

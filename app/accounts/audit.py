@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .core.ids import new_id
-from .store import Store
-from .store.contract import AuditEvent, AuditQuery
-from .wire import paging
+from ..core.ids import new_id
+from ..store import Store
+from ..store.contract import AuditEvent, AuditQuery
+from ..wire import paging
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import accounts
-from ..audit import CLI
 from ..core.config import Settings
 from ..store import open_store
+from . import owners
+from .audit import CLI
 
 OWNER_FILE = "demo-owner"
 TOKEN_FILE = "demo-admin-token"
@@ -70,11 +70,11 @@ async def _owner(settings: Settings) -> tuple[str, str]:
         if path.exists():
             email, _, password = path.read_text().strip().partition("\n")
             found = await store.owner_login(email)
-            if found and found[0].account_id == account.id and await asyncio.to_thread(accounts.verify_password, password, found[1]):
+            if found and found[0].account_id == account.id and await asyncio.to_thread(owners.verify_password, password, found[1]):
                 return email, password
         email = EMAIL if await store.owner_login(EMAIL) is None else f"demo-{secrets.token_hex(4)}@example.com"
         password = secrets.token_urlsafe(12)
-        await accounts.create_owner(store, settings, account, email, password, CLI)
+        await owners.create_owner(store, settings, account, email, password, CLI)
         _write(path, f"{email}\n{password}\n")
         return email, password
     finally:

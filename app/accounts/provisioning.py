@@ -11,15 +11,16 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from . import audit, journal
-from .access.keys import display_prefix, key_hash, new_key, new_key_id
+from .. import journal
+from ..access.keys import display_prefix, key_hash, new_key, new_key_id
+from ..core.config import Settings
+from ..core.errors import InvalidRequest, NotFound
+from ..core.ids import new_id
+from ..ledger import Spool
+from ..store import Account, KeyRecord, Package, Store
+from ..store.contract import KEY_CONTROLS, active_packages
+from . import audit
 from .audit import SYSTEM, Actor
-from .core.config import Settings
-from .core.errors import InvalidRequest, NotFound
-from .core.ids import new_id
-from .ledger import Spool
-from .store import Account, KeyRecord, Package, Store
-from .store.contract import KEY_CONTROLS, active_packages
 
 DAY = 86400
 
