@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import grants, stop_signals
+from . import stop_signals
 from .access.keys import key_hash
 from .accounts import audit, owners, provisioning
 from .accounts.audit import CLI
 from .alerts import Alerts
+from .billing import grants
 from .core import logs
 from .core.config import ConfigError, Settings
 from .core.errors import GatewayError, InvalidRequest, NotFound

@@ -8,9 +8,9 @@ import re
 import time
 from typing import TYPE_CHECKING
 
+from .billing.reservations import Reservation
 from .core.errors import GatewayError, StreamCut, UpstreamTimeout
 from .core.ids import new_request_id
-from .reservations import Reservation
 from .upstream.client import Attempts, UpstreamStream
 from .wire.usage import LedgerEntry, Usage, estimate_tokens, estimate_usage
 

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 from .admission import Admission
 from .alerts import Alerts
+from .billing.journal import Journal
+from .billing.ledger_writer import Meter
 from .core.config import Settings
 from .core.errors import StoreUnavailable
 from .core.logs import AccessLog
 from .core.metrics import Metrics
-from .journal import Journal
-from .ledger import Meter
 from .store import Store, open_store
 from .upstream.client import UpstreamClient
 from .upstream.mock import MockTransport

@@ -11,12 +11,12 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .. import journal
 from ..access.keys import display_prefix, key_hash, new_key, new_key_id
+from ..billing import journal
+from ..billing.ledger_writer import Spool
 from ..core.config import Settings
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import new_id
-from ..ledger import Spool
 from ..store import Account, KeyRecord, Package, Store
 from ..store.contract import KEY_CONTROLS, active_packages
 from . import audit

@@ -16,10 +16,10 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import grants
 from ..access.keys import bearer
 from ..accounts import owners, provisioning
 from ..accounts.audit import Actor
+from ..billing import grants
 from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ..services import Services
 from ..store.contract import LedgerQuery, Session

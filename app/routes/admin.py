@@ -14,10 +14,11 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import grants, traffic
+from .. import traffic
 from ..access.keys import is_admin
 from ..accounts import audit, operators, owners, provisioning
 from ..accounts.audit import Actor
+from ..billing import grants
 from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ..services import Services
 from ..store.contract import AuditQuery

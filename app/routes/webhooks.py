@@ -11,9 +11,9 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import grants
 from ..accounts import provisioning
 from ..accounts.audit import Actor
+from ..billing import grants
 from ..core import signing
 from ..core.errors import WebhookDisabled
 from ..services import Services

@@ -10,8 +10,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from app.billing.journal import Journal
 from app.core.ids import new_request_id
-from app.journal import Journal
 
 from .timing import measure
 

@@ -90,7 +90,7 @@ def test_codes_batch_then_redeem_once(pair):
 
 
 def test_expired_code_is_refused(pair):
-    from app.grants import code_hash, new_code, normalize_code
+    from app.billing.grants import code_hash, new_code, normalize_code
 
     text = new_code()
     settings = pair.first.settings()

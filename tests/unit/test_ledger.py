@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from app.billing.ledger_writer import Meter, Spool
 from app.core.errors import StoreUnavailable
-from app.ledger import Meter, Spool
 from app.store import Package
 from app.store.sqlite import SqliteStore
 from app.wire.usage import LedgerEntry

@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from app.billing.reservations import Reservations
 from app.core.config import Settings
 from app.core.errors import InsufficientQuota
-from app.reservations import Reservations
 from app.store import Package
 from app.store.sqlite import SqliteStore
 from app.wire.usage import LedgerEntry, lease_size, request_need

@@ -11,15 +11,15 @@ import secrets
 import time
 from typing import Any
 
-from .access.keys import key_hash
-from .accounts import audit
-from .accounts.audit import Actor
-from .accounts.provisioning import DAY, find_account, package_view
-from .core.config import Settings
-from .core.errors import Conflict, InvalidRequest, NotFound
-from .core.ids import new_id
-from .store import Account, Package, Store
-from .store.contract import Code, Topup
+from ..access.keys import key_hash
+from ..accounts import audit
+from ..accounts.audit import Actor
+from ..accounts.provisioning import DAY, find_account, package_view
+from ..core.config import Settings
+from ..core.errors import Conflict, InvalidRequest, NotFound
+from ..core.ids import new_id
+from ..store import Account, Package, Store
+from ..store.contract import Code, Topup
 
 CODE_PREFIX = "ZOWY"
 # Crockford's base32: no I, L, O or U, so a code read aloud or retyped survives.

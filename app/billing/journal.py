@@ -18,8 +18,8 @@ from typing import Iterable
 
 import orjson
 
-from .store import Store
-from .wire.usage import LedgerEntry, estimate_tokens
+from ..store import Store
+from ..wire.usage import LedgerEntry, estimate_tokens
 
 log = logging.getLogger("zowy.ledger")
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from .core.config import Settings
-from .core.errors import InsufficientQuota, StoreUnavailable
-from .core.ids import new_id
-from .store import Store
-from .store.contract import CapAsk, LeaseGrant, lease_refused
-from .wire.usage import lease_size
+from ..core.config import Settings
+from ..core.errors import InsufficientQuota, StoreUnavailable
+from ..core.ids import new_id
+from ..store import Store
+from ..store.contract import CapAsk, LeaseGrant, lease_refused
+from ..wire.usage import lease_size
 
 log = logging.getLogger("zowy.reservations")
 

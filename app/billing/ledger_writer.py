@@ -16,12 +16,12 @@ from typing import Callable
 
 import orjson
 
+from ..core.errors import StoreUnavailable
+from ..core.metrics import Metrics
+from ..store import Store
+from ..wire.usage import LedgerEntry
 from . import journal
-from .core.errors import StoreUnavailable
-from .core.metrics import Metrics
 from .journal import Journal
-from .store import Store
-from .wire.usage import LedgerEntry
 
 log = logging.getLogger("zowy.ledger")
 
