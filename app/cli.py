@@ -23,7 +23,7 @@ from . import stop_signals
 from .access.keys import key_hash
 from .accounts import audit, owners, provisioning
 from .accounts.audit import CLI
-from .alerts import Alerts
+from .alerts.rules import Alerts
 from .billing import grants
 from .core import logs
 from .core.config import ConfigError, Settings

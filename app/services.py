@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .admission import Admission
-from .alerts import Alerts
+from .alerts.rules import Alerts
 from .billing.journal import Journal
 from .billing.ledger_writer import Meter
 from .core.config import Settings

@@ -212,7 +212,7 @@ def test_alert_settings_are_validated_and_audited(pair):
 def test_private_receivers_and_disabled_alerts_are_refused(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.alerts import check_settings
+    from app.alerts.rules import check_settings
     from app.core.config import Settings
     from app.core.errors import InvalidRequest
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.access.clientip import allowed, client_address, parse_networks
 from app.accounts import owners
-from app.alerts import Balance, alert_id, balance_of
+from app.alerts.rules import Balance, alert_id, balance_of
 from app.billing import grants
 from app.core import signing
 from app.core.config import ConfigError, Settings

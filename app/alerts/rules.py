@@ -19,16 +19,16 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
-from .accounts import audit
-from .accounts.audit import Actor
-from .core import signing
-from .core.cache import MISSING, TTLCache
-from .core.config import Settings
-from .core.errors import InvalidRequest, StoreUnavailable
-from .store import Package, Store
-from .store.contract import Alert, AlertSettings, active_packages
-from .upstream.webhook import DeliveryFailed, WebhookClient, address_literal, host_refusal
-from .wire.usage import LedgerEntry
+from ..accounts import audit
+from ..accounts.audit import Actor
+from ..core import signing
+from ..core.cache import MISSING, TTLCache
+from ..core.config import Settings
+from ..core.errors import InvalidRequest, StoreUnavailable
+from ..store import Package, Store
+from ..store.contract import Alert, AlertSettings, active_packages
+from ..wire.usage import LedgerEntry
+from .delivery import DeliveryFailed, WebhookClient, address_literal, host_refusal
 
 log = logging.getLogger("zowy.alerts")
 
