@@ -57,7 +57,7 @@ class Services:
     def build(cls, settings: Settings, transport=None) -> "Services":
         """A worker's services; ``transport`` replaces the HTTP one (the demo model, unit tests)."""
         if transport is None and settings.demo:
-            from . import demo
+            from .upstream import demo
 
             transport = MockTransport(demo.answer)
         store = open_store(settings)

@@ -20,9 +20,9 @@ from ..wire.persona import guard_message, scrub
 from ..wire.rewrite import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
 from ..wire.usage import Usage
 from .breaker import Breaker
-from .gemini import GeminiProvider
-from .openai import OpenAIProvider
-from .provider import Provider
+from .providers.base import Provider
+from .providers.gemini import GeminiProvider
+from .providers.openai import OpenAIProvider
 from .transport import AiohttpTransport
 
 log = logging.getLogger("zowy.upstream")

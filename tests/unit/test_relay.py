@@ -163,7 +163,7 @@ GEMINI_CALL = (
 
 
 def gemini_rewriter(include_usage: bool = True) -> StreamRewriter:
-    from app.upstream.gemini import GeminiDialect
+    from app.upstream.providers.gemini import GeminiDialect
 
     return StreamRewriter(PUBLIC, OURS, include_usage, GeminiDialect())
 
@@ -192,7 +192,7 @@ def test_gemini_tool_calls_get_an_index_an_id_and_a_type():
 
 
 def test_a_call_seen_again_keeps_its_index():
-    from app.upstream.gemini import _numbered
+    from app.upstream.providers.gemini import _numbered
 
     seen: dict[str, int] = {}
     assert _numbered({"id": "a", "function": {}}, seen, OURS)["index"] == 0
@@ -336,7 +336,7 @@ def test_a_spaced_empty_delta_is_not_counted_as_text():
 
 
 def test_spaced_gemini_usage_moves_to_its_own_last_chunk():
-    from app.upstream.gemini import GeminiDialect
+    from app.upstream.providers.gemini import GeminiDialect
 
     rewriter = StreamRewriter(PUBLIC, OURS, True, GeminiDialect())
     out = rewriter.feed(b"".join(spaced(gemini_stream(), "spaced"))) + rewriter.finish()

@@ -17,8 +17,8 @@ lets vendor fields pass both ways untouched.
 """
 from __future__ import annotations
 
-from ..wire.rewrite import Dialect, StreamRewriter
-from .provider import Provider
+from ...wire.rewrite import Dialect, StreamRewriter
+from .base import Provider
 
 
 class GeminiDialect(Dialect):

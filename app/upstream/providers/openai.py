@@ -1,7 +1,7 @@
 """OpenAI's chat completions API: the reference wire format, nothing to adapt."""
 from __future__ import annotations
 
-from .provider import Provider
+from .base import Provider
 
 
 class OpenAIProvider(Provider):

@@ -8,8 +8,8 @@ from typing import AsyncIterator
 
 import orjson
 
-from .core.ids import new_request_id
-from .upstream.mock import MockRequest, MockResponse
+from ..core.ids import new_request_id
+from .mock import MockRequest, MockResponse
 
 REPLY = (
     "Hello! I am Zowy AI, running in demo mode: this answer comes from a built-in demo model. "

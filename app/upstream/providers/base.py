@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from ..core.config import Target
-from ..core.errors import InvalidRequest
-from ..wire.rewrite import OPENAI, Dialect
+from ...core.config import Target
+from ...core.errors import InvalidRequest
+from ...wire.rewrite import OPENAI, Dialect
 
 # The value a parameter has when the caller leaves it out; sending it is the same as not sending it.
 DEFAULTS: dict[str, Any] = {
