@@ -29,8 +29,8 @@ from .core.errors import (
 )
 from .core.ids import new_request_id
 from .core.metrics import Metrics
+from .gateway.services import Services
 from .routes import account, admin, chat, health, models, usage, webhooks
-from .services import Services
 
 log = logging.getLogger("zowy")
 

@@ -14,8 +14,8 @@ from sanic.response import HTTPResponse
 
 from ..accounts import operators, owners
 from ..core.errors import InvalidSession, NotFound, PermissionDenied
+from ..gateway.services import Services
 from ..routes.account import _secure, client_ip
-from ..services import Services
 from ..wire.chat import parse_body
 
 bp = Blueprint("console")

@@ -21,7 +21,7 @@ from ..accounts import owners, provisioning
 from ..accounts.audit import Actor
 from ..billing import grants
 from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
-from ..services import Services
+from ..gateway.services import Services
 from ..store.contract import LedgerQuery, Session
 from ..wire import paging
 from ..wire.chat import parse_body

@@ -8,8 +8,8 @@ from sanic.response import HTTPResponse
 
 from ..core.config import PublicModel
 from ..core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
-from ..exchange import Exchange
-from ..services import Services
+from ..gateway.exchange import Exchange
+from ..gateway.services import Services
 from ..wire.chat import parse_chat_request
 from ..wire.rewrite import StreamRewriter
 from ..wire.sse import format_event

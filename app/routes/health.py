@@ -13,8 +13,8 @@ from ..access.keys import is_admin
 from ..core import instance
 from ..core.errors import AdminUnauthorized, NotFound, StoreUnavailable
 from ..core.metrics import CONTENT_TYPE
+from ..gateway.services import Services
 from ..openapi import document
-from ..services import Services
 
 bp = Blueprint("health")
 

@@ -8,7 +8,7 @@ from sanic.response import HTTPResponse
 
 from ..core.config import PublicModel
 from ..core.errors import ModelNotFound
-from ..services import Services
+from ..gateway.services import Services
 
 bp = Blueprint("models")
 

@@ -8,7 +8,7 @@ from sanic.response import HTTPResponse
 
 from ..access.keys import bearer
 from ..accounts import owners, provisioning
-from ..services import Services
+from ..gateway.services import Services
 from .account import signed_in
 
 bp = Blueprint("usage")

@@ -16,7 +16,7 @@ from ..accounts.audit import Actor
 from ..billing import grants
 from ..core import signing
 from ..core.errors import WebhookDisabled
-from ..services import Services
+from ..gateway.services import Services
 from ..wire.chat import parse_body
 
 bp = Blueprint("webhooks")

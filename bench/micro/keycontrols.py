@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from app.access.keys import key_hash
-from app.admission import Admission
 from app.core.config import Settings
+from app.gateway.admission import Admission
 from app.store import KeyRecord, Package
 from app.store.sqlite import SqliteStore
 

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.admission import Admission
 from app.core.config import Settings
+from app.gateway.admission import Admission
 from app.store import KeyRecord, Store
 
 

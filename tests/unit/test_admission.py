@@ -8,9 +8,9 @@ import time
 import pytest
 
 from app.access.keys import key_hash
-from app.admission import Admission
 from app.core.config import RateLimits, Settings
 from app.core.errors import InvalidApiKey, RateLimited, StoreUnavailable
+from app.gateway.admission import Admission
 from app.store import KeyRecord
 from app.store.sqlite import SqliteStore
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from .access.clientip import allowed, client_address, parse_networks
-from .access.keys import bearer, key_hash
-from .access.windows import HOUR, MINUTE, Decision, hour_of, minute_of
-from .billing.reservations import Reservation, Reservations
-from .core.cache import MISSING, TTLCache
-from .core.config import Settings
-from .core.errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
-from .store import KeyRecord, Store
+from ..access.clientip import allowed, client_address, parse_networks
+from ..access.keys import bearer, key_hash
+from ..access.windows import HOUR, MINUTE, Decision, hour_of, minute_of
+from ..billing.reservations import Reservation, Reservations
+from ..core.cache import MISSING, TTLCache
+from ..core.config import Settings
+from ..core.errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
+from ..store import KeyRecord, Store
 
 
 @dataclass(slots=True)

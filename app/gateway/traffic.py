@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .core.metrics import BREAKER_STATES
+from ..core.metrics import BREAKER_STATES
 from .services import Services
 
 _STATE_NAMES = {v: k for k, v in BREAKER_STATES.items()}

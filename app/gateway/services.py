@@ -12,17 +12,17 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..alerts.rules import Alerts
+from ..billing.journal import Journal
+from ..billing.ledger_writer import Meter
+from ..core.config import Settings
+from ..core.errors import StoreUnavailable
+from ..core.logs import AccessLog
+from ..core.metrics import Metrics
+from ..store import Store, open_store
+from ..upstream.client import UpstreamClient
+from ..upstream.mock import MockTransport
 from .admission import Admission
-from .alerts.rules import Alerts
-from .billing.journal import Journal
-from .billing.ledger_writer import Meter
-from .core.config import Settings
-from .core.errors import StoreUnavailable
-from .core.logs import AccessLog
-from .core.metrics import Metrics
-from .store import Store, open_store
-from .upstream.client import UpstreamClient
-from .upstream.mock import MockTransport
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -57,7 +57,7 @@ class Services:
     def build(cls, settings: Settings, transport=None) -> "Services":
         """A worker's services; ``transport`` replaces the HTTP one (the demo model, unit tests)."""
         if transport is None and settings.demo:
-            from .upstream import demo
+            from ..upstream import demo
 
             transport = MockTransport(demo.answer)
         store = open_store(settings)

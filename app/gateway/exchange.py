@@ -8,11 +8,11 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from .billing.reservations import Reservation
-from .core.errors import GatewayError, StreamCut, UpstreamTimeout
-from .core.ids import new_request_id
-from .upstream.client import Attempts, UpstreamStream
-from .wire.usage import LedgerEntry, Usage, estimate_tokens, estimate_usage
+from ..billing.reservations import Reservation
+from ..core.errors import GatewayError, StreamCut, UpstreamTimeout
+from ..core.ids import new_request_id
+from ..upstream.client import Attempts, UpstreamStream
+from ..wire.usage import LedgerEntry, Usage, estimate_tokens, estimate_usage
 
 if TYPE_CHECKING:
     from .services import Services
