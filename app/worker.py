@@ -119,8 +119,8 @@ class Worker:
     async def run(self) -> int:
         from sanic.application.constants import ServerStage
 
-        from .protocol import GatewayProtocol
-        from .server import create_app
+        from .http.connection import GatewayProtocol
+        from .http.app import create_app
 
         for sig in stop_signals.STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)

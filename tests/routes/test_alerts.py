@@ -224,7 +224,7 @@ def test_private_receivers_and_disabled_alerts_are_refused(tmp_path, models_path
         assert info.value.code == "url_not_public", url
     assert check_settings(settings, "https://hooks.example.com/x", [0, 50]) == ("https://hooks.example.com/x", (50, 0))
 
-    from app.server import create_app
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     app = create_app(Settings.from_env({**base, "ZOWY_ADMIN_TOKEN": "t"}), name=f"alerts_off_{uuid.uuid4().hex[:6]}")

@@ -210,7 +210,7 @@ def test_topup_webhook_is_off_without_a_secret(tmp_path, models_path):
     from sanic import Sanic
 
     from app.core.config import Settings
-    from app.server import create_app
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     settings = Settings.from_env({"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_path), "ZOWY_DEMO": "off"})

@@ -9,11 +9,11 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..access.keys import is_admin
-from ..core import instance
-from ..core.errors import AdminUnauthorized, NotFound, StoreUnavailable
-from ..core.metrics import CONTENT_TYPE
-from ..gateway.services import Services
+from ...access.keys import is_admin
+from ...core import instance
+from ...core.errors import AdminUnauthorized, NotFound, StoreUnavailable
+from ...core.metrics import CONTENT_TYPE
+from ...gateway.services import Services
 from ..openapi import document
 
 bp = Blueprint("health")

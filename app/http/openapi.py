@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core.config import Settings
-from .wire.chat import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
+from ..core.config import Settings
+from ..wire.chat import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
 
 
 def json_schema(core: dict) -> dict[str, Any]:

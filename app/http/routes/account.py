@@ -16,15 +16,15 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..access.keys import bearer
-from ..accounts import owners, provisioning
-from ..accounts.audit import Actor
-from ..billing import grants
-from ..core.errors import InvalidRequest, InvalidSession, PermissionDenied
-from ..gateway.services import Services
-from ..store.contract import LedgerQuery, Session
-from ..wire import paging
-from ..wire.chat import parse_body
+from ...access.keys import bearer
+from ...accounts import owners, provisioning
+from ...accounts.audit import Actor
+from ...billing import grants
+from ...core.errors import InvalidRequest, InvalidSession, PermissionDenied
+from ...gateway.services import Services
+from ...store.contract import LedgerQuery, Session
+from ...wire import paging
+from ...wire.chat import parse_body
 
 bp = Blueprint("account")
 

@@ -14,16 +14,16 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..access.keys import is_admin
-from ..accounts import audit, operators, owners, provisioning
-from ..accounts.audit import Actor
-from ..billing import grants
-from ..core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
-from ..gateway import traffic
-from ..gateway.services import Services
-from ..store.contract import AuditQuery
-from ..wire import paging
-from ..wire.chat import parse_admin_body
+from ...access.keys import is_admin
+from ...accounts import audit, operators, owners, provisioning
+from ...accounts.audit import Actor
+from ...billing import grants
+from ...core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
+from ...gateway import traffic
+from ...gateway.services import Services
+from ...store.contract import AuditQuery
+from ...wire import paging
+from ...wire.chat import parse_admin_body
 
 bp = Blueprint("admin", url_prefix="/admin/v1")
 

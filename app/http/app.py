@@ -12,10 +12,9 @@ from sanic.handlers import ErrorHandler
 from sanic.response import HTTPResponse
 from sanic.router import Router
 
-from . import console
-from .core import logs
-from .core.config import Settings
-from .core.errors import (
+from ..core import logs
+from ..core.config import Settings
+from ..core.errors import (
     ClientGone,
     GatewayError,
     HeaderTooLarge,
@@ -27,9 +26,10 @@ from .core.errors import (
     ServerError,
     StoreUnavailable,
 )
-from .core.ids import new_request_id
-from .core.metrics import Metrics
-from .gateway.services import Services
+from ..core.ids import new_request_id
+from ..core.metrics import Metrics
+from ..gateway.services import Services
+from . import console
 from .routes import account, admin, chat, health, models, usage, webhooks
 
 log = logging.getLogger("zowy")

@@ -12,11 +12,11 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..accounts import operators, owners
-from ..core.errors import InvalidSession, NotFound, PermissionDenied
-from ..gateway.services import Services
+from ...accounts import operators, owners
+from ...core.errors import InvalidSession, NotFound, PermissionDenied
+from ...gateway.services import Services
+from ...wire.chat import parse_body
 from ..routes.account import _secure, client_ip
-from ..wire.chat import parse_body
 
 bp = Blueprint("console")
 

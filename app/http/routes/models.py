@@ -6,9 +6,9 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..core.config import PublicModel
-from ..core.errors import ModelNotFound
-from ..gateway.services import Services
+from ...core.config import PublicModel
+from ...core.errors import ModelNotFound
+from ...gateway.services import Services
 
 bp = Blueprint("models")
 

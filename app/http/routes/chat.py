@@ -6,14 +6,14 @@ import asyncio
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..core.config import PublicModel
-from ..core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
-from ..gateway.exchange import Exchange
-from ..gateway.services import Services
-from ..wire.chat import parse_chat_request
-from ..wire.rewrite import StreamRewriter
-from ..wire.sse import format_event
-from ..wire.usage import prompt_need
+from ...core.config import PublicModel
+from ...core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
+from ...gateway.exchange import Exchange
+from ...gateway.services import Services
+from ...wire.chat import parse_chat_request
+from ...wire.rewrite import StreamRewriter
+from ...wire.sse import format_event
+from ...wire.usage import prompt_need
 from .body import receive
 
 bp = Blueprint("chat")

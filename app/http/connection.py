@@ -13,7 +13,7 @@ import asyncio
 from sanic.http import Http, Stage
 from sanic.server.protocols.http_protocol import HttpProtocol
 
-from .core.errors import HeaderTimeout, RequestTimeout
+from ..core.errors import HeaderTimeout, RequestTimeout
 
 
 class GatewayHttp(Http):

@@ -6,9 +6,9 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..access.keys import bearer
-from ..accounts import owners, provisioning
-from ..gateway.services import Services
+from ...access.keys import bearer
+from ...accounts import owners, provisioning
+from ...gateway.services import Services
 from .account import signed_in
 
 bp = Blueprint("usage")

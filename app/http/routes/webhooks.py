@@ -11,13 +11,13 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ..accounts import provisioning
-from ..accounts.audit import Actor
-from ..billing import grants
-from ..core import signing
-from ..core.errors import WebhookDisabled
-from ..gateway.services import Services
-from ..wire.chat import parse_body
+from ...accounts import provisioning
+from ...accounts.audit import Actor
+from ...billing import grants
+from ...core import signing
+from ...core.errors import WebhookDisabled
+from ...gateway.services import Services
+from ...wire.chat import parse_body
 
 bp = Blueprint("webhooks")
 

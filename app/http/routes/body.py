@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sanic import Request
 
-from ..core.config import Settings
+from ...core.config import Settings
 
 
 async def receive(request: Request, settings: Settings) -> None:
