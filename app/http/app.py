@@ -30,7 +30,7 @@ from ..core.ids import new_request_id
 from ..core.metrics import Metrics
 from ..gateway.services import Services
 from . import console
-from .routes import account, admin, chat, health, models, usage, webhooks
+from .routes import account, admin, chat, health, models, topup, usage
 
 log = logging.getLogger("zowy")
 
@@ -111,7 +111,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
         GRACEFUL_SHUTDOWN_TIMEOUT=settings.drain_timeout,
     )
     app.ctx.settings = settings
-    for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, webhooks.bp):
+    for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, topup.bp):
         app.blueprint(blueprint)
     if settings.console.enabled:
         app.blueprint(console.bp)

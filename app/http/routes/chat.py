@@ -14,7 +14,7 @@ from ...wire.chat import parse_chat_request
 from ...wire.rewrite import StreamRewriter
 from ...wire.sse import format_event
 from ...wire.usage import prompt_need
-from .body import receive
+from ..io import receive
 
 bp = Blueprint("chat")
 

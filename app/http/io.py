@@ -1,10 +1,10 @@
 """Reading a request body the handler streams itself, under the size limit (its time limit is the
-connection's body deadline, app/protocol.py)."""
+connection's body deadline, app/http/connection.py)."""
 from __future__ import annotations
 
 from sanic import Request
 
-from ...core.config import Settings
+from ..core.config import Settings
 
 
 async def receive(request: Request, settings: Settings) -> None:
