@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import stop_signals
 from .access.keys import key_hash
 from .accounts import audit, owners, provisioning
 from .accounts.audit import CLI
@@ -29,6 +28,7 @@ from .core import logs
 from .core.config import ConfigError, Settings
 from .core.errors import GatewayError, InvalidRequest, NotFound
 from .core.metrics import MULTIPROC_ENV
+from .process import stop_signals
 from .store import Store, open_store
 from .store.contract import AuditQuery
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve" and args.worker_of is not None:
-        from .worker import main as worker
+        from .process.worker import main as worker
 
         return worker()
     try:
@@ -382,7 +382,7 @@ async def _db_init(store: Store, settings: Settings, args) -> int:
 
 def serve(settings: Settings, args) -> int:
     """Run the gateway with its workers; in demo mode, with the built-in demo model answering."""
-    from .supervisor import Supervisor, bind
+    from .process.supervisor import Supervisor, bind
 
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     settings = settings.with_(**changes)

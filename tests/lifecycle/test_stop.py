@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from app.accounts import provisioning
-from app.worker import STOP_MARGIN
+from app.process.worker import STOP_MARGIN
 from tests import support
 from tests.lifecycle.conftest import ROUNDS
 

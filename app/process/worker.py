@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import logs
+from ..core.config import Settings
 from . import stop_signals
-from .core import logs
-from .core.config import Settings
 
 log = logging.getLogger("zowy")
 
@@ -119,8 +119,8 @@ class Worker:
     async def run(self) -> int:
         from sanic.application.constants import ServerStage
 
-        from .http.connection import GatewayProtocol
-        from .http.app import create_app
+        from ..http.connection import GatewayProtocol
+        from ..http.app import create_app
 
         for sig in stop_signals.STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)

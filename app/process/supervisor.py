@@ -20,10 +20,10 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..core import instance
+from ..core.config import Settings
+from ..core.metrics import Metrics
 from . import stop_signals
-from .core import instance
-from .core.config import Settings
-from .core.metrics import Metrics
 from .worker import READY, STOP_MARGIN, WorkerSpec
 
 log = logging.getLogger("zowy")
