@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..core.config import PROVIDER_NAMES, PublicModel, Settings, Target
+from ..catalog.models import PROVIDER_NAMES, PublicModel, Target
+from ..core.config import Settings
 from ..core.errors import GatewayError, InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
 from ..core.metrics import BREAKER_STATES, Metrics
 from ..wire.persona import guard_message, scrub

@@ -8,7 +8,8 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from app.core.config import Condition, ParamPolicy, PublicModel, Settings, Target, Timeouts
+from app.catalog.models import Condition, ParamPolicy, PublicModel, Target, Timeouts
+from app.core.config import Settings
 from app.core.errors import InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
 from app.upstream.client import Attempts, UpstreamClient
 from app.upstream.mock import MockRequest, MockResponse, MockTransport

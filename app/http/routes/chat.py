@@ -6,7 +6,7 @@ import asyncio
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...core.config import PublicModel
+from ...catalog.models import PublicModel
 from ...core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ...gateway.exchange import Exchange
 from ...gateway.services import Services

@@ -6,7 +6,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...core.config import PublicModel
+from ...catalog.models import PublicModel
 from ...core.errors import ModelNotFound
 from ...gateway.services import Services
 

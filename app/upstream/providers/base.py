@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from ...core.config import Target
+from ...catalog.models import Target
 from ...core.errors import InvalidRequest
 from ...wire.rewrite import OPENAI, Dialect
 
