@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from .access.keys import key_hash
 from .accounts import audit, owners, provisioning
 from .accounts.audit import CLI
 from .alerts.rules import Alerts
 from .billing import grants
 from .core import logs
 from .core.config import ConfigError, Settings
+from .core.digests import key_hash
 from .core.errors import GatewayError, InvalidRequest, NotFound
 from .core.metrics import MULTIPROC_ENV
 from .process import stop_signals

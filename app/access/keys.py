@@ -1,6 +1,6 @@
-"""API key material: generation, the stored hash, and reading the key from a request header.
+"""API key material: generation, and reading the key (or the admin token) from a request header.
 
-A key is shown once at creation; the store only ever sees its HMAC-SHA256 under the server pepper.
+A key is shown once at creation; the store only ever sees its hash (app/core/digests.py).
 """
 from __future__ import annotations
 
@@ -19,10 +19,6 @@ def new_key() -> str:
 
 def new_key_id() -> str:
     return new_id("key")
-
-
-def key_hash(key: str, pepper: str) -> str:
-    return hmac.digest(pepper.encode(), key.encode(), "sha256").hex()
 
 
 def display_prefix(key: str) -> str:

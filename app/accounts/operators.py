@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 
 from ..access.clientip import throttle_source
-from ..access.keys import key_hash
 from ..core.config import Settings
+from ..core.digests import key_hash
 from ..core.errors import AdminDisabled, AdminUnauthorized
 from ..store import Store
 from ..store.contract import Session

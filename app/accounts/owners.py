@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..access.clientip import throttle_source
-from ..access.keys import key_hash
 from ..access.windows import Decision
 from ..core.config import Settings
+from ..core.digests import key_hash
 from ..core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
 from ..core.ids import new_id
 from ..store import Account, Store

@@ -11,10 +11,11 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from ..access.keys import display_prefix, key_hash, new_key, new_key_id
+from ..access.keys import display_prefix, new_key, new_key_id
 from ..billing import journal
 from ..billing.ledger_writer import Spool
 from ..core.config import Settings
+from ..core.digests import key_hash
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import new_id
 from ..store import Account, KeyRecord, Package, Store

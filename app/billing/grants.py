@@ -11,11 +11,11 @@ import secrets
 import time
 from typing import Any
 
-from ..access.keys import key_hash
 from ..accounts import audit
 from ..accounts.audit import Actor
 from ..accounts.provisioning import DAY, find_account, package_view
 from ..core.config import Settings
+from ..core.digests import key_hash
 from ..core.errors import Conflict, InvalidRequest, NotFound
 from ..core.ids import new_id
 from ..store import Account, Package, Store

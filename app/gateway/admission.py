@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from ..access.clientip import allowed, client_address, parse_networks
-from ..access.keys import bearer, key_hash
+from ..access.keys import bearer
 from ..access.windows import HOUR, MINUTE, Decision, hour_of, minute_of
 from ..billing.reservations import Reservation, Reservations
 from ..core.cache import MISSING, TTLCache
 from ..core.config import Settings
+from ..core.digests import key_hash
 from ..core.errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
 from ..store import KeyRecord, Store
 

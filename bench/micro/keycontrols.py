@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.access.keys import key_hash
 from app.core.config import Settings
+from app.core.digests import key_hash
 from app.gateway.admission import Admission
 from app.store import KeyRecord, Package
 from app.store.sqlite import SqliteStore

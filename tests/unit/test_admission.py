@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from app.access.keys import key_hash
 from app.core.config import RateLimits, Settings
+from app.core.digests import key_hash
 from app.core.errors import InvalidApiKey, RateLimited, StoreUnavailable
 from app.gateway.admission import Admission
 from app.store import KeyRecord
