@@ -12,7 +12,8 @@ from pydantic_core import ValidationError
 
 from app.core.config import Settings
 from app.http.openapi import UNDOCUMENTED, document
-from app.wire.chat import ADMIN_SCHEMAS, _admin_validators, _chat_validator
+from app.wire.bodies import ADMIN_SCHEMAS, _admin_validators
+from app.wire.chat import _chat_validator
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http

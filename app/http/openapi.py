@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.config import Settings
-from ..wire.chat import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS, CHAT_REQUEST_SCHEMA
+from ..wire.bodies import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS
+from ..wire.chat import CHAT_REQUEST_SCHEMA
 
 
 def json_schema(core: dict) -> dict[str, Any]:

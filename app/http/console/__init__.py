@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse
 from ...accounts import operators, owners
 from ...core.errors import InvalidSession, NotFound, PermissionDenied
 from ...gateway.services import Services
-from ...wire.chat import parse_body
+from ...wire.bodies import parse_body
 from ..routes.account import _secure, client_ip
 
 bp = Blueprint("console")

@@ -24,7 +24,7 @@ from ...core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ...gateway.services import Services
 from ...store.contract import LedgerQuery, Session
 from ...wire import paging
-from ...wire.chat import parse_body
+from ...wire.bodies import parse_body
 
 bp = Blueprint("account")
 

@@ -23,7 +23,7 @@ from ...gateway import traffic
 from ...gateway.services import Services
 from ...store.contract import AuditQuery
 from ...wire import paging
-from ...wire.chat import parse_admin_body
+from ...wire.bodies import parse_admin_body
 
 bp = Blueprint("admin", url_prefix="/admin/v1")
 

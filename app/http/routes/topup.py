@@ -17,7 +17,7 @@ from ...billing import grants
 from ...core import signing
 from ...core.errors import WebhookDisabled
 from ...gateway.services import Services
-from ...wire.chat import parse_body
+from ...wire.bodies import parse_body
 
 bp = Blueprint("webhooks")
 
