@@ -30,7 +30,7 @@ from .core.errors import GatewayError, InvalidRequest, NotFound
 from .core.metrics import MULTIPROC_ENV
 from .process import stop_signals
 from .store import Store, open_store
-from .store.contract import AuditQuery
+from .store.contracts.audit import AuditQuery
 
 _UNSET = object()
 

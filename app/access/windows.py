@@ -1,4 +1,4 @@
-"""Fixed UTC-aligned rate windows, pure: which window a moment falls in, and what to tell the caller.
+"""Fixed UTC-aligned rate windows, pure: what to tell a caller of the windows its key is counted in.
 
 A key may pass at most ``per_minute`` requests in each UTC minute [hh:mm:00, hh:mm+1:00) and at
 most ``per_hour`` in each UTC hour [hh:00:00, hh+1:00:00).
@@ -8,22 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-MINUTE = 60
-HOUR = 3600
-
-
-def minute_of(now: float) -> int:
-    return int(now // MINUTE)
-
-
-def hour_of(now: float) -> int:
-    return int(now // HOUR)
-
-
-def window_expiry(now: float) -> float:
-    """When the hour window holding ``now`` can be forgotten (its end plus a margin)."""
-    return (hour_of(now) + 1) * HOUR + MINUTE
-
+from ..store.contracts.limits import HOUR, MINUTE, hour_of, minute_of
 
 @dataclass(frozen=True, slots=True)
 class Decision:

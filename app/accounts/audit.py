@@ -8,7 +8,7 @@ from typing import Any
 
 from ..core.ids import new_id
 from ..store import Store
-from ..store.contract import AuditEvent, AuditQuery
+from ..store.contracts.audit import AuditEvent, AuditQuery
 from ..wire import paging
 
 

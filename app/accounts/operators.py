@@ -17,7 +17,7 @@ from ..core.config import Settings
 from ..core.digests import key_hash
 from ..core.errors import AdminDisabled, AdminUnauthorized
 from ..store import Store
-from ..store.contract import Session
+from ..store.contracts.owners import Session
 from . import audit
 from .audit import Actor
 from .owners import csrf_token, guard, throttle

@@ -22,8 +22,9 @@ from ..core.config import Settings
 from ..core.digests import key_hash
 from ..core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
 from ..core.ids import new_id
-from ..store import Account, Store
-from ..store.contract import Invite, Owner, Session
+from ..store import Store
+from ..store.contracts.accounts import Account
+from ..store.contracts.owners import Invite, Owner, Session
 from . import audit
 from .audit import Actor
 

@@ -18,8 +18,10 @@ from ..core.config import Settings
 from ..core.digests import key_hash
 from ..core.errors import InvalidRequest, NotFound
 from ..core.ids import new_id
-from ..store import Account, KeyRecord, Package, Store
-from ..store.contract import KEY_CONTROLS, active_packages
+from ..store import Store
+from ..store.contracts.accounts import Account
+from ..store.contracts.keys import KEY_CONTROLS, KeyRecord
+from ..store.contracts.ledger import Package, active_packages
 from . import audit
 from .audit import SYSTEM, Actor
 

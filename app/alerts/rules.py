@@ -25,9 +25,9 @@ from ..core import signing
 from ..core.cache import MISSING, TTLCache
 from ..core.config import Settings
 from ..core.errors import InvalidRequest, StoreUnavailable
-from ..store import Package, Store
-from ..store.contract import Alert, AlertSettings, active_packages
-from ..wire.usage import LedgerEntry
+from ..store import Store
+from ..store.contracts.alerts import Alert, AlertSettings
+from ..store.contracts.ledger import LedgerEntry, Package, active_packages
 from .delivery import DeliveryFailed, WebhookClient, address_literal, host_refusal
 
 log = logging.getLogger("zowy.alerts")

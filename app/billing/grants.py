@@ -18,8 +18,10 @@ from ..core.config import Settings
 from ..core.digests import key_hash
 from ..core.errors import Conflict, InvalidRequest, NotFound
 from ..core.ids import new_id
-from ..store import Account, Package, Store
-from ..store.contract import Code, Topup
+from ..store import Store
+from ..store.contracts.accounts import Account
+from ..store.contracts.grants import Code, Topup
+from ..store.contracts.ledger import Package
 
 CODE_PREFIX = "ZOWY"
 # Crockford's base32: no I, L, O or U, so a code read aloud or retyped survives.

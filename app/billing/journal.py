@@ -19,7 +19,8 @@ from typing import Iterable
 import orjson
 
 from ..store import Store
-from ..wire.usage import LedgerEntry, estimate_tokens
+from ..store.contracts.ledger import LedgerEntry
+from ..wire.usage import estimate_tokens
 
 log = logging.getLogger("zowy.ledger")
 

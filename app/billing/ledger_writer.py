@@ -19,7 +19,7 @@ import orjson
 from ..core.errors import StoreUnavailable
 from ..core.metrics import Metrics
 from ..store import Store
-from ..wire.usage import LedgerEntry
+from ..store.contracts.ledger import LedgerEntry
 from . import journal
 from .journal import Journal
 

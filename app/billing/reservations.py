@@ -23,8 +23,8 @@ from ..core.config import Settings
 from ..core.errors import InsufficientQuota, StoreUnavailable
 from ..core.ids import new_id
 from ..store import Store
-from ..store.contract import CapAsk, LeaseGrant, lease_refused
-from ..wire.usage import lease_size
+from ..store.contracts.leases import CapAsk, LeaseGrant, lease_refused
+from .need import lease_size
 
 log = logging.getLogger("zowy.reservations")
 

@@ -17,13 +17,15 @@ from typing import Callable
 
 from ..access.clientip import allowed, client_address, parse_networks
 from ..access.keys import bearer
-from ..access.windows import HOUR, MINUTE, Decision, hour_of, minute_of
+from ..access.windows import Decision
 from ..billing.reservations import Reservation, Reservations
 from ..core.cache import MISSING, TTLCache
 from ..core.config import Settings
 from ..core.digests import key_hash
 from ..core.errors import InvalidApiKey, PermissionDenied, RateLimited, StoreUnavailable
-from ..store import KeyRecord, Store
+from ..store import Store
+from ..store.contracts.keys import KeyRecord
+from ..store.contracts.limits import HOUR, MINUTE, hour_of, minute_of
 
 
 @dataclass(slots=True)

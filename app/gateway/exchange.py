@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 from ..billing.reservations import Reservation
 from ..core.errors import GatewayError, StreamCut, UpstreamTimeout
 from ..core.ids import new_request_id
+from ..store.contracts.ledger import LedgerEntry
 from ..upstream.client import Attempts, UpstreamStream
-from ..wire.usage import LedgerEntry, Usage, estimate_tokens, estimate_usage
+from ..wire.usage import Usage, estimate_tokens, estimate_usage
 
 if TYPE_CHECKING:
     from .services import Services

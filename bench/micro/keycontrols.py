@@ -17,7 +17,8 @@ from pathlib import Path
 from app.core.config import Settings
 from app.core.digests import key_hash
 from app.gateway.admission import Admission
-from app.store import KeyRecord, Package
+from app.store.contracts.keys import KeyRecord
+from app.store.contracts.ledger import Package
 from app.store.sqlite import SqliteStore
 
 KEYS = {

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from app.core.config import Settings
 from app.gateway.admission import Admission
-from app.store import KeyRecord, Store
+from app.store import Store
+from app.store.contracts.keys import KeyRecord
 
 
 async def _time(store: Store, calls: int) -> tuple[float, float]:

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from app.core import signing
-from app.store.contract import AlertSettings
+from app.store.contracts.alerts import AlertSettings
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import sdk_client

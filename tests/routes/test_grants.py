@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from app.store.contract import Code
+from app.store.contracts.grants import Code
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http, sdk_client

@@ -10,8 +10,8 @@ import json
 import aiohttp
 import orjson
 
+from app.billing.need import request_need
 from app.core.config import DEFAULT_PERSONA_PROMPT, Settings
-from app.wire.usage import request_need
 from bench.fake_upstream import usage_for
 from tests import support
 

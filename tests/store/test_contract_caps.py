@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.store.contract import CapAsk, KeyRecord, Store
+from app.store import Store
+from app.store.contracts.keys import KeyRecord
+from app.store.contracts.leases import CapAsk
 from storekit import DAY, T, account_with, entry, package, used
 
 

@@ -16,8 +16,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from app.core.errors import StoreUnavailable
-from app.store.contract import Conflict
+from app.core.errors import Conflict, StoreUnavailable
 from app.store.mongo import _driver_errors
 
 APP = Path(__file__).resolve().parents[2] / "app"

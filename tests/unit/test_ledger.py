@@ -8,9 +8,8 @@ import pytest
 
 from app.billing.ledger_writer import Meter, Spool
 from app.core.errors import StoreUnavailable
-from app.store import Package
+from app.store.contracts.ledger import LedgerEntry, Package
 from app.store.sqlite import SqliteStore
-from app.wire.usage import LedgerEntry
 
 
 def entry(n: int, tokens: int = 10) -> LedgerEntry:

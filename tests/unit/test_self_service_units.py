@@ -15,7 +15,7 @@ from app.billing import grants
 from app.core import signing
 from app.core.config import ConfigError, Settings
 from app.core.errors import InvalidSignature
-from app.store import Package
+from app.store.contracts.ledger import Package
 
 SECRET = "s3cret"
 NOW = 1_800_000_000.0

@@ -13,7 +13,7 @@ from app.access.clientip import throttle_source
 from app.accounts import operators, owners
 from app.core.config import SelfService, Settings
 from app.core.errors import AdminUnauthorized, InvalidCredentials, RateLimited
-from app.store.contract import Owner
+from app.store.contracts.owners import Owner
 from app.store.sqlite import SqliteStore
 from tests import support
 

@@ -22,7 +22,8 @@ from ...accounts.audit import Actor
 from ...billing import grants
 from ...core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ...gateway.services import Services
-from ...store.contract import LedgerQuery, Session
+from ...store.contracts.ledger import LedgerQuery
+from ...store.contracts.owners import Session
 from ...wire import paging
 from ...wire.bodies import parse_body
 

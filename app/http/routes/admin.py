@@ -21,7 +21,7 @@ from ...billing import grants
 from ...core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ...gateway import traffic
 from ...gateway.services import Services
-from ...store.contract import AuditQuery
+from ...store.contracts.audit import AuditQuery
 from ...wire import paging
 from ...wire.bodies import parse_admin_body
 

@@ -6,6 +6,7 @@ import asyncio
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from ...billing.need import prompt_need
 from ...catalog.models import PublicModel
 from ...core.errors import GatewayError, InvalidRequest, ModelNotFound, StreamCut
 from ...gateway.exchange import Exchange
@@ -13,7 +14,6 @@ from ...gateway.services import Services
 from ...wire.chat import parse_chat_request
 from ...wire.rewrite import StreamRewriter
 from ...wire.sse import format_event
-from ...wire.usage import prompt_need
 from ..io import receive
 
 bp = Blueprint("chat")

@@ -17,38 +17,17 @@ from typing import Any, Callable, Iterable, Mapping
 from pymongo import AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from ...access import windows
-from ...core.errors import StoreUnavailable
-from ...wire.usage import LedgerEntry
-from ..contract import (
-    KEY_CONTROLS,
-    Account,
-    Alert,
-    CapAsk,
-    AlertSettings,
-    AuditEvent,
-    AuditQuery,
-    Charge,
-    Code,
-    Conflict,
-    Invite,
-    KeyRecord,
-    Lease,
-    LeaseGrant,
-    LedgerQuery,
-    Mismatch,
-    Owner,
-    Package,
-    Session,
-    Store,
-    Topup,
-    UsageRow,
-    WindowCount,
-    lease_refused,
-    plan_debits,
-    plan_lease,
-    settle_leases,
-)
+from ...core.errors import Conflict, StoreUnavailable
+from ..contracts import Store
+from ..contracts.accounts import Account
+from ..contracts.alerts import Alert, AlertSettings
+from ..contracts.audit import AuditEvent, AuditQuery
+from ..contracts.grants import Code, Topup
+from ..contracts.keys import KEY_CONTROLS, KeyRecord
+from ..contracts.leases import CapAsk, Lease, LeaseGrant, lease_refused, plan_lease, settle_leases
+from ..contracts.ledger import Charge, LedgerEntry, LedgerQuery, Mismatch, Package, UsageRow, plan_debits
+from ..contracts.limits import WindowCount, hour_of, minute_of, window_expiry
+from ..contracts.owners import Invite, Owner, Session
 
 log = logging.getLogger(__name__)
 
@@ -743,10 +722,10 @@ class MongoStore(Store):
             raise StoreUnavailable("The rate window could not be counted in time.") from None
 
     async def _hit(self, key_id: str, per_minute: int, per_hour: int, now: float, take: int) -> WindowCount:
-        hour = windows.hour_of(now)
-        minute = str(windows.minute_of(now) - hour * 60)
+        hour = hour_of(now)
+        minute = str(minute_of(now) - hour * 60)
         doc_id = f"{key_id}:{hour}"
-        expires = datetime.fromtimestamp(windows.window_expiry(now), tz=timezone.utc)
+        expires = datetime.fromtimestamp(window_expiry(now), tz=timezone.utc)
         slot = f"m.{minute}"
         # expires_at as an equality in the filter: the upsert copies it as a real BSON date, which
         # nx-27017 does not do for $setOnInsert (ignored) or $set (stored as a string).

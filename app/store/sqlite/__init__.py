@@ -14,38 +14,17 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
 
-from ...access import windows
-from ...core.errors import StoreUnavailable
-from ...wire.usage import LedgerEntry
-from ..contract import (
-    KEY_CONTROLS,
-    Account,
-    Alert,
-    CapAsk,
-    AlertSettings,
-    AuditEvent,
-    AuditQuery,
-    Charge,
-    Code,
-    Conflict,
-    Invite,
-    KeyRecord,
-    Lease,
-    LeaseGrant,
-    LedgerQuery,
-    Mismatch,
-    Owner,
-    Package,
-    Session,
-    Store,
-    Topup,
-    UsageRow,
-    WindowCount,
-    lease_refused,
-    plan_debits,
-    plan_lease,
-    settle_leases,
-)
+from ...core.errors import Conflict, StoreUnavailable
+from ..contracts import Store
+from ..contracts.accounts import Account
+from ..contracts.alerts import Alert, AlertSettings
+from ..contracts.audit import AuditEvent, AuditQuery
+from ..contracts.grants import Code, Topup
+from ..contracts.keys import KEY_CONTROLS, KeyRecord
+from ..contracts.leases import CapAsk, Lease, LeaseGrant, lease_refused, plan_lease, settle_leases
+from ..contracts.ledger import Charge, LedgerEntry, LedgerQuery, Mismatch, Package, UsageRow, plan_debits
+from ..contracts.limits import WindowCount, hour_of, minute_of, window_expiry
+from ..contracts.owners import Invite, Owner, Session
 
 T = TypeVar("T")
 
@@ -673,9 +652,9 @@ class SqliteStore(Store):
     async def hit(
         self, key_id: str, per_minute: int, per_hour: int, now: float, timeout: float | None = None, take: int = 1
     ) -> WindowCount:
-        hour = windows.hour_of(now)
-        minute = windows.minute_of(now)
-        expires = windows.window_expiry(now)
+        hour = hour_of(now)
+        minute = minute_of(now)
+        expires = window_expiry(now)
 
         def run(db: sqlite3.Connection) -> WindowCount:
             row = db.execute(_HIT, (key_id, hour, minute, expires, per_hour, per_minute, take)).fetchone()
