@@ -17,7 +17,7 @@ from pymongo.errors import (
 )
 
 from app.core.errors import Conflict, StoreUnavailable
-from app.store.mongo import _driver_errors
+from app.store.mongo import driver_errors as _driver_errors
 
 APP = Path(__file__).resolve().parents[2] / "app"
 

@@ -12,7 +12,8 @@ import pytest
 
 from app.store.contracts import limits
 from app.store.contracts.ledger import Mismatch
-from app.store.mongo import INDEXES, MongoStore, _ledger_doc
+from app.store.mongo import INDEXES, MongoStore
+from app.store.mongo.ledger import _ledger_doc
 from storekit import T, account_with, debits, entry, hour_start, package, used
 
 
