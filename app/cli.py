@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 from .accounts import audit, owners, provisioning
 from .accounts.audit import CLI
 from .alerts.rules import Alerts
-from .billing import grants
+from .billing import grants, packages, reconciliation
 from .core import logs
 from .core.config import ConfigError, Settings
 from .core.digests import key_hash
@@ -265,14 +265,14 @@ async def _keys_limits(store: Store, settings: Settings, args) -> int:
 
 async def _packages_grant(store: Store, settings: Settings, args) -> int:
     account = await provisioning.find_account(store, args.account)
-    package = await provisioning.grant_package(store, settings, account, args.plan, args.tokens, args.days, CLI)
-    _print(provisioning.package_view(package, time.time()))
+    package = await packages.grant_package(store, settings, account, args.plan, args.tokens, args.days, CLI)
+    _print(packages.package_view(package, time.time()))
     return 0
 
 
 async def _packages_list(store: Store, settings: Settings, args) -> int:
     account = await provisioning.find_account(store, args.account)
-    _print(await provisioning.balance(store, account))
+    _print(await packages.balance(store, account))
     return 0
 
 
@@ -362,7 +362,7 @@ async def _audit(store: Store, settings: Settings, args) -> int:
 
 async def _usage(store: Store, settings: Settings, args) -> int:
     account = await provisioning.find_account(store, args.account)
-    report = await provisioning.usage_report(
+    report = await packages.usage_report(
         store, account, provisioning.parse_time(args.since, "since"), provisioning.parse_time(args.until, "until")
     )
     _print(report)
@@ -370,7 +370,7 @@ async def _usage(store: Store, settings: Settings, args) -> int:
 
 
 async def _reconcile(store: Store, settings: Settings, args) -> int:
-    report = await provisioning.reconcile(store, settings)
+    report = await reconciliation.reconcile(store, settings)
     _print(report)
     return 0 if report["ok"] else 1
 
@@ -444,7 +444,7 @@ async def _demo_key(settings: Settings) -> str:
                 return key
         account = await store.account("demo") or await provisioning.create_account(store, "demo")
         if not [p for p in await store.packages(account.id) if p.active_at(time.time())]:
-            await provisioning.grant_package(store, settings, account, "pro")
+            await packages.grant_package(store, settings, account, "pro")
         _, key = await provisioning.create_key(store, settings, account)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

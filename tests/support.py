@@ -288,6 +288,7 @@ class Customer:
 
 async def _customer(settings, name: str, tokens: int | None, per_minute: int | None, per_hour: int | None) -> Customer:
     from app.accounts import provisioning
+    from app.billing import packages
     from app.store import open_store
 
     store = open_store(settings)
@@ -295,7 +296,7 @@ async def _customer(settings, name: str, tokens: int | None, per_minute: int | N
         await store.init()
         account = await provisioning.create_account(store, name)
         if tokens is not None:
-            await provisioning.grant_package(store, settings, account, "pro", tokens=tokens)
+            await packages.grant_package(store, settings, account, "pro", tokens=tokens)
         record, key = await provisioning.create_key(store, settings, account, per_minute, per_hour)
         return Customer(account.id, record.id, key)
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..accounts import audit
 from ..accounts.audit import Actor
-from ..accounts.provisioning import DAY, find_account, package_view
+from ..accounts.provisioning import find_account
 from ..core.config import Settings
 from ..core.digests import key_hash
 from ..core.errors import Conflict, InvalidRequest, NotFound
@@ -22,6 +22,7 @@ from ..store import Store
 from ..store.contracts.accounts import Account
 from ..store.contracts.grants import Code, Topup
 from ..store.contracts.ledger import Package
+from .packages import DAY, package_view
 
 CODE_PREFIX = "ZOWY"
 # Crockford's base32: no I, L, O or U, so a code read aloud or retyped survives.

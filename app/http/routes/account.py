@@ -19,7 +19,7 @@ from sanic.response import HTTPResponse
 from ...access.keys import bearer
 from ...accounts import owners, provisioning
 from ...accounts.audit import Actor
-from ...billing import grants
+from ...billing import grants, packages
 from ...core.errors import InvalidRequest, InvalidSession, PermissionDenied
 from ...gateway.services import Services
 from ...store.contracts.ledger import LedgerQuery
@@ -135,7 +135,7 @@ async def account(request: Request) -> HTTPResponse:
     services = _services(request)
     caller = await signed_in(request)
     found = await provisioning.find_account(services.store, caller.session.account_id)
-    return _json(await provisioning.balance(services.store, found))
+    return _json(await packages.balance(services.store, found))
 
 
 async def _key_views(services: Services, records) -> list[dict]:
@@ -206,7 +206,7 @@ async def redeem(request: Request) -> HTTPResponse:
                             limits.redeem_per_minute, limits.redeem_per_hour, now, "redemption attempts")
     found = await provisioning.find_account(services.store, caller.session.account_id)
     package = await grants.redeem(services.store, services.settings, found, body["code"], caller.actor)
-    return _json({"package": provisioning.package_view(package, now), **await provisioning.balance(services.store, found)}, 201)
+    return _json({"package": packages.package_view(package, now), **await packages.balance(services.store, found)}, 201)
 
 
 # the ledger

@@ -17,7 +17,7 @@ from sanic.response import HTTPResponse
 from ...access.keys import is_admin
 from ...accounts import audit, operators, owners, provisioning
 from ...accounts.audit import Actor
-from ...billing import grants
+from ...billing import grants, packages, reconciliation
 from ...core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
 from ...gateway import traffic
 from ...gateway.services import Services
@@ -75,7 +75,7 @@ async def list_accounts(request: Request) -> HTTPResponse:
 @bp.get("/accounts/<account>")
 async def get_account(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    return _json(await provisioning.balance(store, await provisioning.find_account(store, account)))
+    return _json(await packages.balance(store, await provisioning.find_account(store, account)))
 
 
 @bp.post("/accounts/<account>/keys")
@@ -116,16 +116,16 @@ async def grant_package(request: Request, account: str) -> HTTPResponse:
     body = parse_admin_body("package", request.body)
     services = _services(request)
     found = await provisioning.find_account(services.store, account)
-    package = await provisioning.grant_package(
+    package = await packages.grant_package(
         services.store, services.settings, found, body["plan"], body.get("tokens"), body.get("days"), _admin(request)
     )
-    return _json(provisioning.package_view(package, time.time()), 201)
+    return _json(packages.package_view(package, time.time()), 201)
 
 
 @bp.get("/accounts/<account>/packages")
 async def list_packages(request: Request, account: str) -> HTTPResponse:
     store = _services(request).store
-    return _json(await provisioning.balance(store, await provisioning.find_account(store, account)))
+    return _json(await packages.balance(store, await provisioning.find_account(store, account)))
 
 
 @bp.get("/accounts/<account>/usage")
@@ -134,13 +134,13 @@ async def usage(request: Request, account: str) -> HTTPResponse:
     found = await provisioning.find_account(store, account)
     since = provisioning.parse_time(request.args.get("since"), "since")
     until = provisioning.parse_time(request.args.get("until"), "until")
-    return _json(await provisioning.usage_report(store, found, since, until))
+    return _json(await packages.usage_report(store, found, since, until))
 
 
 @bp.get("/reconcile")
 async def reconcile(request: Request) -> HTTPResponse:
     services = _services(request)
-    return _json(await provisioning.reconcile(services.store, services.settings))
+    return _json(await reconciliation.reconcile(services.store, services.settings))
 
 
 @bp.patch("/keys/<key_id>")

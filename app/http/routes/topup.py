@@ -11,9 +11,8 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...accounts import provisioning
 from ...accounts.audit import Actor
-from ...billing import grants
+from ...billing import grants, packages
 from ...core import signing
 from ...core.errors import WebhookDisabled
 from ...gateway.services import Services
@@ -36,5 +35,5 @@ async def topup(request: Request) -> HTTPResponse:
     actor = Actor("webhook:topup", services.admission.client(request.ip, request.headers.get("x-forwarded-for")))
     package, duplicate = await grants.topup(services.store, services.settings, event, actor)
     body = {"event_id": event["event_id"], "account_id": package.account_id, "duplicate": duplicate,
-            "package": provisioning.package_view(package, time.time())}
+            "package": packages.package_view(package, time.time())}
     return HTTPResponse(orjson.dumps(body), status=200, content_type="application/json")

@@ -8,6 +8,7 @@ from sanic.response import HTTPResponse
 
 from ...access.keys import bearer
 from ...accounts import owners, provisioning
+from ...billing import packages
 from ...gateway.services import Services
 from .account import signed_in
 
@@ -26,8 +27,8 @@ async def usage(request: Request) -> HTTPResponse:
     account = await provisioning.find_account(store, account_id)
     since = provisioning.parse_time(request.args.get("since"), "since")
     until = provisioning.parse_time(request.args.get("until"), "until")
-    body = await provisioning.balance(store, account)
-    body["usage"] = await provisioning.usage_report(store, account, since, until)
+    body = await packages.balance(store, account)
+    body["usage"] = await packages.usage_report(store, account, since, until)
     return HTTPResponse(orjson.dumps(body), content_type="application/json")
 
 
