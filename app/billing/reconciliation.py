@@ -9,7 +9,7 @@ from dataclasses import asdict
 from ..core.config import Settings
 from ..store import Store
 from . import journal
-from .ledger_writer import Spool
+from .spool import Spool
 
 # A lease past its expiry is swept by any worker's upkeep within a minute; one that lingers longer
 # means no worker sweeps (or a clock is wrong).

@@ -168,7 +168,7 @@ class Exchange:
 
     def _meter(self, usage: Usage, latency: float, settles: int) -> None:
         target = self.attempts.target
-        self.services.meter.record(LedgerEntry(
+        self.services.ledger_writer.record(LedgerEntry(
             request_id=self.request_id,
             account_id=self.account_id,
             key_id=self.key_id,

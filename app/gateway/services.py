@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..alerts.rules import Alerts
 from ..billing.journal import Journal
-from ..billing.ledger_writer import Meter
+from ..billing.ledger_writer import LedgerWriter
 from ..core.config import Settings
 from ..core.errors import StoreUnavailable
 from ..core.logs import AccessLog
@@ -38,7 +38,7 @@ class Services:
     store: Store
     upstream: UpstreamClient
     admission: Admission
-    meter: Meter
+    ledger_writer: LedgerWriter
     journal: Journal
     metrics: Metrics
     access_log: AccessLog
@@ -64,16 +64,17 @@ class Services:
         metrics = Metrics()
         # Names this process's journal and spool files: its pid, and randomness for pid reuse.
         journal = Journal(settings.journal_dir, f"{os.getpid()}-{secrets.token_hex(4)}")
-        meter = Meter(store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics,
-                      journal=journal)
+        ledger_writer = LedgerWriter(
+            store, settings.spool_dir, settings.meter_batch, settings.meter_interval, metrics=metrics, journal=journal
+        )
         alerts = Alerts(settings, store)
-        meter.on_written = alerts.written
+        ledger_writer.on_written = alerts.written
         return cls(
             settings=settings,
             store=store,
             upstream=UpstreamClient(settings, transport=transport, metrics=metrics),
             admission=Admission(settings, store),
-            meter=meter,
+            ledger_writer=ledger_writer,
             journal=journal,
             metrics=metrics,
             access_log=AccessLog(settings.log_format, enabled=settings.access_log),
@@ -91,7 +92,7 @@ class Services:
             await self.store.init()
         except StoreUnavailable:
             log.error("store unavailable at start: serving 503s until it is back")
-        await self.meter.start()
+        await self.ledger_writer.start()
         await self.alerts.start()
         self._ticker = asyncio.create_task(self._tick(), name="worker-tick")
         self._upkeep = asyncio.create_task(self._reservations(), name="reservations")
@@ -118,7 +119,7 @@ class Services:
                 task.cancel()
         self.access_log.close()
         self.metrics.flush()
-        await self.meter.close()
+        await self.ledger_writer.close()
         await self.admission.reservations.close()
         await self.alerts.close()
         await self.upstream.close()

@@ -42,7 +42,7 @@ async def readyz(request: Request) -> HTTPResponse:
     if is_admin(request.headers.get("authorization"), services.settings.admin_token):
         upstream = services.upstream
         checks["targets"] = upstream.breaker.snapshot(upstream.targets())
-        checks["ledger"] = {"queued": services.meter.depth, "spool_bytes": services.meter.spool.size()}
+        checks["ledger"] = {"queued": services.ledger_writer.depth, "spool_bytes": services.ledger_writer.spool.size()}
     ready = checks["store"] == "ok" and not services.draining
     if workers is not None and workers.get("ready") != workers.get("expected"):
         ready = False
