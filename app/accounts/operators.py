@@ -20,7 +20,7 @@ from ..store import Store
 from ..store.contracts.owners import Session
 from . import audit
 from .audit import Actor
-from .owners import csrf_token, guard, throttle
+from .signin import csrf_token, guard, throttle
 
 SESSION_PREFIX = "zo-"
 COOKIE = "zowy_operator"

@@ -14,25 +14,23 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from ..access.clientip import throttle_source
-from ..access.windows import Decision
 from ..core.config import Settings
 from ..core.digests import key_hash
-from ..core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound, RateLimited
+from ..core.errors import Conflict, InvalidCredentials, InvalidRequest, NotFound
 from ..core.ids import new_id
 from ..store import Store
 from ..store.contracts.accounts import Account
 from ..store.contracts.owners import Invite, Owner, Session
 from . import audit
 from .audit import Actor
+from .signin import csrf_token, guard, throttle
 
 SESSION_PREFIX = "zs-"
 INVITE_PREFIX = "zi-"
 SESSION_COOKIE = "zowy_session"
 CSRF_COOKIE = "zowy_csrf"
-CSRF_HEADER = "x-csrf-token"
 MIN_PASSWORD, MAX_PASSWORD = 10, 256
 _SCRYPT_R, _SCRYPT_P, _SALT_BYTES, _HASH_BYTES = 8, 1, 16, 32
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{1,63}")
@@ -147,63 +145,6 @@ class SignedIn:
     token: str
     csrf: str
     owner: Owner
-
-
-def csrf_token(settings: Settings, session_token: str) -> str:
-    """The CSRF token of a session: an HMAC of its token, so nothing more is stored."""
-    return hmac.new(settings.key_pepper.encode(), b"csrf:" + session_token.encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def csrf_ok(settings: Settings, session_token: str, header: str | None) -> bool:
-    return bool(header) and hmac.compare_digest(header.encode(), csrf_token(settings, session_token).encode())
-
-
-def _refused(count, per_minute: int, per_hour: int, now: float, what: str) -> RateLimited:
-    headers = Decision(False, per_minute, count.minute, per_hour, count.hour, now).headers()
-    return RateLimited(
-        f"Too many {what}. Please try again in {headers['retry-after']} s.",
-        headers={k: v for k, v in headers.items() if k.startswith("retry-after")},
-    )
-
-
-async def throttle(store: Store, settings: Settings, window_id: str, per_minute: int, per_hour: int, now: float,
-                   what: str = "sign-in attempts") -> None:
-    """Count one attempt in a synthetic rate window (exact across instances); RateLimited when full."""
-    count = await store.hit(window_id, per_minute, per_hour, now, settings.limiter_timeout)
-    if not count.admitted:
-        raise _refused(count, per_minute, per_hour, now, what)
-
-
-_ALWAYS = 1 << 40  # a window's limits when it only counts
-
-
-async def guard(store: Store, settings: Settings, subject: str, source: str, check: Callable[[], Awaitable[bool]]) -> bool:
-    """Whether ``check`` (the secret's check, costly for a password) passed for a sign-in to ``subject``
-    (an account, or the operators) from ``source`` (an address, or an IPv6 /64); RateLimited when the
-    windows refuse, always before ``check`` runs.
-
-    Every attempt counts per (subject, address) and in the subject's ceiling. Over the ceiling, only
-    an address with no failure on this subject in this clock hour has its secret checked, once a
-    minute: strangers cannot lock an owner out, and each of their addresses gets one guess an hour.
-    """
-    limits = settings.self_service
-    now = time.time()
-    timeout = settings.limiter_timeout
-    await throttle(store, settings, f"signin:pair:{subject}:{source}",
-                   limits.signin_account_ip_per_minute, limits.signin_account_ip_per_hour, now)
-    ceiling = await store.hit(f"signin:ceiling:{subject}", limits.signin_per_minute, limits.signin_per_hour, now, timeout)
-    failures = f"signin:failed:{subject}:{source}"
-    if not ceiling.admitted:
-        refused = _refused(ceiling, limits.signin_per_minute, limits.signin_per_hour, now, "sign-in attempts")
-        # Limits of 0 and nothing taken: admitted only while the window holds no failure.
-        if not (await store.hit(failures, 0, 0, now, timeout, take=0)).admitted:
-            raise refused
-        if not (await store.hit(f"signin:over:{subject}:{source}", 1, 60, now, timeout)).admitted:
-            raise refused
-    if await check():
-        return True
-    await store.hit(failures, _ALWAYS, _ALWAYS, now, timeout)
-    return False
 
 
 async def sign_in(store: Store, settings: Settings, email: object, password: object, ip: str) -> SignedIn:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from app.access.clientip import allowed, client_address, parse_networks
-from app.accounts import owners
+from app.accounts import owners, signin
 from app.alerts.rules import Balance, alert_id, balance_of
 from app.billing import grants
 from app.core import signing
@@ -87,10 +87,10 @@ def test_passwords_are_salted_scrypt_and_verified():
 
 def test_csrf_token_belongs_to_its_session():
     settings = Settings(key_pepper="pepper")
-    token = owners.csrf_token(settings, "zs-one")
-    assert owners.csrf_ok(settings, "zs-one", token)
-    assert not owners.csrf_ok(settings, "zs-two", token)
-    assert not owners.csrf_ok(settings, "zs-one", None) and not owners.csrf_ok(settings, "zs-one", "")
+    token = signin.csrf_token(settings, "zs-one")
+    assert signin.csrf_ok(settings, "zs-one", token)
+    assert not signin.csrf_ok(settings, "zs-two", token)
+    assert not signin.csrf_ok(settings, "zs-one", None) and not signin.csrf_ok(settings, "zs-one", "")
 
 
 def test_emails_and_codes_are_normalised():

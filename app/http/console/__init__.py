@@ -12,7 +12,7 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...accounts import operators, owners
+from ...accounts import operators, signin
 from ...core.errors import InvalidSession, NotFound, PermissionDenied
 from ...gateway.services import Services
 from ...wire.bodies import parse_body
@@ -150,7 +150,7 @@ async def operator_session(request: Request) -> HTTPResponse:
 async def operator_sign_out(request: Request) -> HTTPResponse:
     services = _services(request)
     token, _ = await _operator(request)
-    if not owners.csrf_ok(services.settings, token, request.headers.get(owners.CSRF_HEADER)):
+    if not signin.csrf_ok(services.settings, token, request.headers.get(signin.CSRF_HEADER)):
         raise PermissionDenied("Missing or wrong X-CSRF-Token header.", param="X-CSRF-Token", code="csrf_failed")
     await operators.sign_out(services.store, services.settings, token)
     response = _json({"signed_out": True})

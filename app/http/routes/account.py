@@ -17,7 +17,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ...access.keys import bearer
-from ...accounts import owners, provisioning
+from ...accounts import owners, provisioning, signin
 from ...accounts.audit import Actor
 from ...billing import grants, packages
 from ...core.errors import InvalidRequest, InvalidSession, PermissionDenied
@@ -78,7 +78,7 @@ async def signed_in(request: Request) -> Caller:
     if session is None:
         raise InvalidSession(None if token else "Sign in first: POST /api/v1/auth/sessions with your email and password.")
     if by_cookie and request.method not in _SAFE_METHODS:
-        if not owners.csrf_ok(services.settings, token, request.headers.get(owners.CSRF_HEADER)):
+        if not signin.csrf_ok(services.settings, token, request.headers.get(signin.CSRF_HEADER)):
             raise PermissionDenied(
                 "Missing or wrong X-CSRF-Token header: send the csrf_token given at sign-in (also in the zowy_csrf cookie).",
                 param="X-CSRF-Token", code="csrf_failed",
@@ -202,7 +202,7 @@ async def redeem(request: Request) -> HTTPResponse:
     body = parse_body("redeem", request.body)
     limits = services.settings.self_service
     now = time.time()
-    await owners.throttle(services.store, services.settings, f"redeem:acct:{caller.session.account_id}",
+    await signin.throttle(services.store, services.settings, f"redeem:acct:{caller.session.account_id}",
                             limits.redeem_per_minute, limits.redeem_per_hour, now, "redemption attempts")
     found = await provisioning.find_account(services.store, caller.session.account_id)
     package = await grants.redeem(services.store, services.settings, found, body["code"], caller.actor)

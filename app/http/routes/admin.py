@@ -15,7 +15,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ...access.keys import is_admin
-from ...accounts import audit, operators, owners, provisioning
+from ...accounts import audit, operators, owners, provisioning, signin
 from ...accounts.audit import Actor
 from ...billing import grants, packages, reconciliation
 from ...core.errors import AdminDisabled, AdminUnauthorized, NotFound, PermissionDenied
@@ -39,8 +39,8 @@ async def require_admin(request: Request) -> None:
     cookie = request.cookies.get(operators.COOKIE) if header is None else None
     if not cookie or await operators.session_of(_services(request).store, request.app.ctx.settings, cookie) is None:
         raise AdminUnauthorized()
-    if request.method not in ("GET", "HEAD", "OPTIONS") and not owners.csrf_ok(
-        request.app.ctx.settings, cookie, request.headers.get(owners.CSRF_HEADER)
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not signin.csrf_ok(
+        request.app.ctx.settings, cookie, request.headers.get(signin.CSRF_HEADER)
     ):
         raise PermissionDenied(
             "Missing or wrong X-CSRF-Token header: send the csrf_token given at sign-in (also in the zowy_operator_csrf cookie).",
