@@ -12,7 +12,8 @@ from ..billing.reservations import Reservation
 from ..core.errors import GatewayError, StreamCut, UpstreamTimeout
 from ..core.ids import new_request_id
 from ..store.contracts.ledger import LedgerEntry
-from ..upstream.client import Attempts, UpstreamStream
+from ..upstream.client import Attempts
+from ..upstream.stream import UpstreamStream
 from ..wire.usage import Usage, estimate_tokens, estimate_usage
 
 if TYPE_CHECKING:
