@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import TYPE_CHECKING
 
 from ..billing.reservations import Reservation
 from ..core.errors import GatewayError, StreamCut, UpstreamTimeout
@@ -15,9 +14,7 @@ from ..store.contracts.ledger import LedgerEntry
 from ..upstream.client import Attempts
 from ..upstream.stream import UpstreamStream
 from ..wire.usage import Usage, estimate_tokens, estimate_usage
-
-if TYPE_CHECKING:
-    from .services import Services
+from .services import Services
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -51,7 +48,7 @@ class Exchange:
         "response_bytes", "outcome", "status", "code", "reservation", "task",
     )
 
-    def __init__(self, services: "Services", prompt_bytes: int, client_id: str | None) -> None:
+    def __init__(self, services: Services, prompt_bytes: int, client_id: str | None) -> None:
         self.services = services
         self.started = time.perf_counter()
         self.request_id = new_request_id()
@@ -80,14 +77,22 @@ class Exchange:
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
+        cut = None
         if isinstance(exc, asyncio.CancelledError):
-            self.fail("client_disconnected", 499)
+            if self.was_cut and self.upstream is None:
+                # The drain deadline, not the caller, ended it before any answer began: a 503.
+                asyncio.current_task().uncancel()
+                cut = StreamCut()
+            else:
+                self.fail("client_disconnected", 499)
         elif isinstance(exc, GatewayError):
             self.failed(exc)
         elif exc is not None:
             self.fail("server_error", 500, "server_error")
         self.services.exchanges.discard(self)
         self.finish()
+        if cut is not None:
+            raise cut from None
         return False
 
     def admitted(self, model: str, body: dict) -> None:

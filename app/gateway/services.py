@@ -10,7 +10,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..alerts.rules import Alerts
 from ..billing.journal import Journal
@@ -22,14 +22,19 @@ from ..core.metrics import Metrics
 from ..store import Store, open_store
 from ..upstream.client import UpstreamClient
 from ..upstream.mock import MockTransport
+from ..upstream.transport_base import Transport
 from .admission import Admission
-
-if TYPE_CHECKING:
-    from .exchange import Exchange
 
 log = logging.getLogger("zowy")
 
 FLUSH_INTERVAL = 0.2
+
+
+class InFlight(Protocol):
+    """A request in flight, as the worker's drain sees it (gateway/exchange.py's Exchange)."""
+
+    def cut(self) -> None:
+        """End it now: the drain deadline passed."""
 
 
 @dataclass
@@ -44,7 +49,7 @@ class Services:
     access_log: AccessLog
     alerts: Alerts
     draining: bool = False
-    exchanges: set["Exchange"] = field(default_factory=set)
+    exchanges: set[InFlight] = field(default_factory=set)
     _ticker: asyncio.Task | None = None
     _upkeep: asyncio.Task | None = None
     guard_bytes: int = field(init=False, default=0)
@@ -54,7 +59,7 @@ class Services:
         self.guard_bytes = len(self.settings.persona_prompt.encode())
 
     @classmethod
-    def build(cls, settings: Settings, transport=None) -> "Services":
+    def build(cls, settings: Settings, transport: Transport | None = None) -> "Services":
         """A worker's services; ``transport`` replaces the HTTP one (the demo model, unit tests)."""
         if transport is None and settings.demo:
             from ..upstream import demo

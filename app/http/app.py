@@ -1,5 +1,7 @@
 """The Sanic application: ``create_app(settings)`` wires routes, per-worker resources and the one
-error handler that renders every failure as the OpenAI error envelope."""
+error handler that renders every failure as the OpenAI error envelope. ``create_app(settings,
+transport)`` serves every upstream call through ``transport`` instead of HTTP (a ``MockTransport``:
+the whole gateway in process)."""
 from __future__ import annotations
 
 import asyncio
@@ -29,6 +31,7 @@ from ..core.errors import (
 from ..core.ids import new_request_id
 from ..core.metrics import Metrics
 from ..gateway.services import Services
+from ..upstream.transport_base import Transport
 from . import console
 from .routes import account, admin, chat, health, models, topup, usage
 
@@ -96,7 +99,7 @@ def as_gateway_error(request: Request | None, exception: BaseException) -> Gatew
     return ServerError()
 
 
-def create_app(settings: Settings, name: str = "zowy") -> Sanic:
+def create_app(settings: Settings, transport: Transport | None = None, *, name: str = "zowy") -> Sanic:
     app = Sanic(name, error_handler=GatewayErrorHandler(), router=GatewayRouter(), configure_logging=False)
     longest = max((t.timeouts.total for m in settings.models.values() for t in m.targets), default=600.0)
     app.config.update(
@@ -119,7 +122,7 @@ def create_app(settings: Settings, name: str = "zowy") -> Sanic:
     @app.before_server_start
     async def start_services(app: Sanic) -> None:
         logs.configure(settings.log_level, settings.log_format)
-        services = Services.build(settings)
+        services = Services.build(settings, transport)
         await services.start()
         app.ctx.services = services
 

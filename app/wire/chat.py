@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import orjson
 
@@ -15,7 +15,8 @@ from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
 from ..core.config import RequestLimits
-from ..core.errors import InvalidRequest
+from ..core.errors import GatewayError, InvalidRequest
+from .sse import format_event
 from .validation import (
     ANY_OBJECT,
     BOOLEAN,
@@ -293,3 +294,44 @@ def _check_image_url(url: str, param: str, limits: RequestLimits) -> None:
     raise InvalidRequest(
         f"Invalid '{param}': expected an http(s) URL or a base64 'data:image/...' URL.", param=param
     )
+
+
+class ChatCompletions:
+    """The Chat Completions API at the edges of the chat pipeline (gateway/pipeline.py): its request
+    is already the chat request upstreams take, its answer and its stream are the rewritten upstream
+    ones as they come, and its errors are OpenAI's envelope."""
+
+    __slots__ = ()
+
+    parse = staticmethod(parse_chat_request)
+
+    @staticmethod
+    def completion(request: dict[str, Any], default: int) -> tuple[int, int]:
+        """The tokens each choice of the answer may use (its max_tokens, or the model's default), and
+        how many choices are asked."""
+        return request.get("max_completion_tokens") or request.get("max_tokens") or default, request.get("n") or 1
+
+    @staticmethod
+    def limit(request: dict[str, Any], tokens: int) -> None:
+        """Limit each choice of the answer to ``tokens``, as a max_tokens of the caller's would (the
+        target's own field is sent)."""
+        request.pop("max_completion_tokens", None)
+        request["max_tokens"] = tokens
+
+    @staticmethod
+    def include_usage(request: dict[str, Any]) -> bool:
+        """Whether the stream ends with a usage chunk."""
+        return bool((request.get("stream_options") or {}).get("include_usage"))
+
+    @staticmethod
+    def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The stream's bytes for the caller: the rewritten chunks themselves."""
+        return chunks
+
+    @staticmethod
+    def error_event(error: GatewayError) -> bytes:
+        """The event that ends a stream that failed after it began."""
+        return format_event(error.body())
+
+
+CHAT_COMPLETIONS = ChatCompletions()
