@@ -13,10 +13,9 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ...accounts import operators, signin
-from ...core.errors import InvalidSession, NotFound, PermissionDenied
-from ...gateway.services import Services
+from ...core.errors import NotFound, PermissionDenied
 from ...wire.bodies import parse_body
-from ..routes.account import _secure, client_ip
+from .. import auth
 
 bp = Blueprint("console")
 
@@ -87,10 +86,6 @@ def _json(value, status: int = 200) -> HTTPResponse:
     return HTTPResponse(orjson.dumps(value), status=status, headers=headers, content_type="application/json")
 
 
-def _services(request: Request) -> Services:
-    return request.app.ctx.services
-
-
 async def page(request: Request) -> HTTPResponse:
     return _send(request, assets()[PAGE])
 
@@ -104,7 +99,7 @@ async def static(request: Request, path: str) -> HTTPResponse:
 
 async def config(request: Request) -> HTTPResponse:
     """What the pages show before anyone signs in: models, plans, and whether operators can sign in."""
-    settings = _services(request).settings
+    settings = auth.services(request).settings
     return _json({
         "models": list(settings.models),
         "plans": {plan: settings.plans[plan] for plan in settings.plans},
@@ -122,41 +117,28 @@ def _same_origin(request: Request) -> None:
 
 async def operator_sign_in(request: Request) -> HTTPResponse:
     _same_origin(request)
-    services = _services(request)
+    services = auth.services(request)
     body = parse_body("operator_sign_in", request.body)
-    done = await operators.sign_in(services.store, services.settings, body["token"], client_ip(request))
+    done = await operators.sign_in(services.store, services.settings, body["token"], auth.client_ip(request))
     response = _json({"csrf_token": done.csrf, "expires_at": done.expires_at}, 201)
-    ttl = services.settings.console.operator_session_ttl
-    secure = _secure(request)
-    response.add_cookie(operators.COOKIE, done.token, path="/", max_age=ttl, httponly=True, samesite="Strict", secure=secure)
-    response.add_cookie(operators.CSRF_COOKIE, done.csrf, path="/", max_age=ttl, httponly=False, samesite="Strict", secure=secure)
+    auth.set_session_cookies(request, response, operators.COOKIE, done.token, operators.CSRF_COOKIE, done.csrf,
+                             services.settings.console.operator_session_ttl)
     return response
 
 
-async def _operator(request: Request) -> tuple[str, float]:
-    services = _services(request)
-    token = request.cookies.get(operators.COOKIE)
-    session = await operators.session_of(services.store, services.settings, token)
-    if session is None:
-        raise InvalidSession("No operator session: sign in with the admin token at POST /console/api/operator/session.")
-    return token, session.expires_at
-
-
 async def operator_session(request: Request) -> HTTPResponse:
-    _, expires_at = await _operator(request)
+    _, expires_at = await auth.operator_session(request)
     return _json({"signed_in": True, "expires_at": expires_at})
 
 
 async def operator_sign_out(request: Request) -> HTTPResponse:
-    services = _services(request)
-    token, _ = await _operator(request)
+    services = auth.services(request)
+    token, _ = await auth.operator_session(request)
     if not signin.csrf_ok(services.settings, token, request.headers.get(signin.CSRF_HEADER)):
         raise PermissionDenied("Missing or wrong X-CSRF-Token header.", param="X-CSRF-Token", code="csrf_failed")
     await operators.sign_out(services.store, services.settings, token)
     response = _json({"signed_out": True})
-    secure = _secure(request)
-    for name, httponly in ((operators.COOKIE, True), (operators.CSRF_COOKIE, False)):
-        response.add_cookie(name, "", path="/", max_age=0, httponly=httponly, samesite="Strict", secure=secure)
+    auth.clear_session_cookies(request, response, operators.COOKIE, operators.CSRF_COOKIE)
     return response
 
 

@@ -9,28 +9,25 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...access.keys import bearer
 from ...accounts import owners, provisioning, signin
-from ...accounts.audit import Actor
 from ...billing import grants, packages
-from ...core.errors import InvalidRequest, InvalidSession, PermissionDenied
+from ...core.errors import InvalidRequest
 from ...gateway.services import Services
 from ...store.contracts.ledger import LedgerQuery
-from ...store.contracts.owners import Session
 from ...wire import paging
 from ...wire.bodies import parse_body
+from .. import auth
 
 bp = Blueprint("account")
 
 API = "/api/v1"
-_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 CSV_PAGE = 1000
 CSV_MAX_ROWS = 1_000_000
 LEDGER_FIELDS = (
@@ -43,88 +40,37 @@ def _json(value, status: int = 200) -> HTTPResponse:
     return HTTPResponse(orjson.dumps(value), status=status, content_type="application/json")
 
 
-def _services(request: Request) -> Services:
-    return request.app.ctx.services
-
-
-def client_ip(request: Request) -> str:
-    return _services(request).admission.client(request.ip, request.headers.get("x-forwarded-for"))
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """A signed-in owner making this request."""
-
-    session: Session
-    token: str
-    ip: str
-
-    @property
-    def actor(self) -> Actor:
-        return Actor(f"owner:{self.session.owner_id}", self.ip)
-
-
-async def signed_in(request: Request) -> Caller:
-    """The caller's live session (Bearer header or cookie); CSRF-checked when it came as a cookie."""
-    services = _services(request)
-    header = request.headers.get("authorization")
-    token = bearer(header)
-    by_cookie = token is None
-    if by_cookie:
-        token = request.cookies.get(owners.SESSION_COOKIE)
-    elif not token.startswith(owners.SESSION_PREFIX):
-        raise InvalidSession("This call needs an account owner's session, not an API key: sign in at POST /api/v1/auth/sessions.")
-    session = await owners.session_of(services.store, services.settings, token)
-    if session is None:
-        raise InvalidSession(None if token else "Sign in first: POST /api/v1/auth/sessions with your email and password.")
-    if by_cookie and request.method not in _SAFE_METHODS:
-        if not signin.csrf_ok(services.settings, token, request.headers.get(signin.CSRF_HEADER)):
-            raise PermissionDenied(
-                "Missing or wrong X-CSRF-Token header: send the csrf_token given at sign-in (also in the zowy_csrf cookie).",
-                param="X-CSRF-Token", code="csrf_failed",
-            )
-    return Caller(session, token, client_ip(request))
-
-
-def _secure(request: Request) -> bool:
-    return bool(request.conn_info and request.conn_info.ssl) or request.headers.get("x-forwarded-proto", "").lower() == "https"
-
-
 # sign-in
 
 
 async def accept_invite(request: Request) -> HTTPResponse:
-    services = _services(request)
+    services = auth.services(request)
     body = parse_body("accept_invite", request.body)
-    owner = await owners.accept_invite(services.store, services.settings, body["token"], body["password"], client_ip(request))
+    owner = await owners.accept_invite(services.store, services.settings, body["token"], body["password"], auth.client_ip(request))
     return _json({"owner": owners.owner_view(owner)}, 201)
 
 
 async def sign_in(request: Request) -> HTTPResponse:
-    services = _services(request)
+    services = auth.services(request)
     body = parse_body("sign_in", request.body)
-    done = await owners.sign_in(services.store, services.settings, body["email"], body["password"], client_ip(request))
+    done = await owners.sign_in(services.store, services.settings, body["email"], body["password"], auth.client_ip(request))
     response = _json({
         "token": done.token,
         "csrf_token": done.csrf,
         "expires_at": done.session.expires_at,
         "owner": owners.owner_view(done.owner),
     }, 201)
-    ttl = services.settings.self_service.session_ttl
-    secure = _secure(request)
-    response.add_cookie(owners.SESSION_COOKIE, done.token, path="/", max_age=ttl, httponly=True, samesite="Strict", secure=secure)
-    response.add_cookie(owners.CSRF_COOKIE, done.csrf, path="/", max_age=ttl, httponly=False, samesite="Strict", secure=secure)
+    auth.set_session_cookies(request, response, owners.SESSION_COOKIE, done.token, owners.CSRF_COOKIE, done.csrf,
+                             services.settings.self_service.session_ttl)
     return response
 
 
 async def sign_out(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     await owners.sign_out(services.store, services.settings, caller.token)
     response = _json({"signed_out": True})
-    secure = _secure(request)
-    for name, httponly in ((owners.SESSION_COOKIE, True), (owners.CSRF_COOKIE, False)):
-        response.add_cookie(name, "", path="/", max_age=0, httponly=httponly, samesite="Strict", secure=secure)
+    auth.clear_session_cookies(request, response, owners.SESSION_COOKIE, owners.CSRF_COOKIE)
     return response
 
 
@@ -132,8 +78,8 @@ async def sign_out(request: Request) -> HTTPResponse:
 
 
 async def account(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     found = await provisioning.find_account(services.store, caller.session.account_id)
     return _json(await packages.balance(services.store, found))
 
@@ -150,14 +96,14 @@ async def _key_views(services: Services, records) -> list[dict]:
 
 
 async def list_keys(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     return _json({"data": await _key_views(services, await services.store.keys(caller.session.account_id))})
 
 
 async def create_key(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     body = parse_body("key", request.body)
     store = services.store
     live = [k for k in await store.keys(caller.session.account_id) if k.active]
@@ -176,8 +122,8 @@ async def create_key(request: Request) -> HTTPResponse:
 
 
 async def update_key(request: Request, key_id: str) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     body = parse_body("key_controls", request.body)
     record = await provisioning.set_key_controls(
         services.store, services.settings, key_id, body,
@@ -187,8 +133,8 @@ async def update_key(request: Request, key_id: str) -> HTTPResponse:
 
 
 async def revoke_key(request: Request, key_id: str) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     await provisioning.revoke_key(services.store, key_id, caller.actor, account_id=caller.session.account_id)
     return _json(provisioning.key_view(await services.store.key(key_id)))
 
@@ -197,8 +143,8 @@ async def revoke_key(request: Request, key_id: str) -> HTTPResponse:
 
 
 async def redeem(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     body = parse_body("redeem", request.body)
     limits = services.settings.self_service
     now = time.time()
@@ -230,8 +176,8 @@ def ledger_view(entry) -> dict:
 
 
 async def ledger(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     query = _ledger_query(request, paging.limit(request.args.get("limit")))
     entries = await services.store.ledger_page(caller.session.account_id, query)
     next_cursor = paging.cursor(entries[-1].created_at, entries[-1].request_id) if len(entries) == query.limit else None
@@ -252,8 +198,8 @@ def _csv_rows(rows: list[list]) -> bytes:
 
 
 async def ledger_csv(request: Request) -> None:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     query = _ledger_query(request, CSV_PAGE)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     response = await request.respond(
@@ -283,14 +229,14 @@ async def ledger_csv(request: Request) -> None:
 
 
 async def get_alerts(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     return _json(await services.alerts.describe(caller.session.account_id))
 
 
 async def put_alerts(request: Request) -> HTTPResponse:
-    services = _services(request)
-    caller = await signed_in(request)
+    services = auth.services(request)
+    caller = await auth.signed_in(request)
     body = parse_body("alerts", request.body)
     return _json(await services.alerts.configure(caller.session.account_id, body["url"], body.get("thresholds"), caller.actor))
 

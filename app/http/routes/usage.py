@@ -6,23 +6,21 @@ import orjson
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...access.keys import bearer
-from ...accounts import owners, provisioning
+from ...accounts import provisioning
 from ...billing import packages
 from ...gateway.services import Services
-from .account import signed_in
+from .. import auth
 
 bp = Blueprint("usage")
 
 
 async def usage(request: Request) -> HTTPResponse:
     services: Services = request.app.ctx.services
-    header = request.headers.get("authorization")
-    token = bearer(header)
-    if (token or "").startswith(owners.SESSION_PREFIX) or (header is None and request.cookies.get(owners.SESSION_COOKIE)):
-        account_id = (await signed_in(request)).session.account_id
+    if auth.owner_session_sent(request):
+        account_id = (await auth.signed_in(request)).session.account_id
     else:
-        account_id = (await services.admission.key(header, request.ip, request.headers.get("x-forwarded-for"))).account_id
+        headers = request.headers
+        account_id = (await services.admission.key(headers.get("authorization"), request.ip, headers.get("x-forwarded-for"))).account_id
     store = services.store
     account = await provisioning.find_account(store, account_id)
     since = provisioning.parse_time(request.args.get("since"), "since")
