@@ -23,7 +23,7 @@ from .accounts import audit, owners, provisioning
 from .accounts.audit import CLI
 from .alerts.rules import Alerts
 from .billing import grants, packages, reconciliation
-from .core import logs
+from .core import config, logs
 from .core.config import ConfigError, Settings
 from .core.digests import key_hash
 from .core.errors import GatewayError, InvalidRequest, NotFound
@@ -404,7 +404,7 @@ def _metrics_dir(settings: Settings) -> None:
     directory = Path(settings.data_dir).resolve() / "metrics" / f"{socket.gethostname()}-{settings.port}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    os.environ[MULTIPROC_ENV] = str(directory)
+    config.export(MULTIPROC_ENV, str(directory))
 
 
 def _announce_demo(settings: Settings) -> Settings:

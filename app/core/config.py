@@ -1,7 +1,7 @@
 """Settings of one gateway process, read once from the environment and the models file.
 
 Each setting is declared once, as a field with its variable, default and bounds; ``Settings.from_env``
-reads them all in one loop. This is the only module that reads ``os.environ``.
+reads them all in one loop. This is the only module that touches ``os.environ``.
 """
 from __future__ import annotations
 
@@ -207,6 +207,17 @@ class Settings:
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
+
+
+def export(name: str, value: str) -> None:
+    """Set a variable that a library reads from the environment (prometheus-client's multiprocess
+    directory, Sanic's warnings), for this process and the ones it starts."""
+    os.environ[name] = value
+
+
+def exported(name: str) -> str | None:
+    """A variable set for a library with ``export`` (here, or by the process that started this one)."""
+    return os.environ.get(name) or None
 
 
 def _read(cls: type, env: Mapping[str, str]) -> dict[str, Any]:

@@ -8,12 +8,13 @@ hot path pays no file writes.
 """
 from __future__ import annotations
 
-import os
 from bisect import bisect_left
 from collections import defaultdict
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
+
+from .config import exported
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -105,7 +106,7 @@ class Metrics:
     def summed(self) -> CollectorRegistry:
         """The values of every worker of this instance (this one's flushed first)."""
         self.flush()
-        directory = os.environ.get(MULTIPROC_ENV)
+        directory = exported(MULTIPROC_ENV)
         if directory:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, path=directory)
@@ -114,5 +115,5 @@ class Metrics:
 
     @staticmethod
     def worker_stopped(pid: int) -> None:
-        if os.environ.get(MULTIPROC_ENV):
+        if exported(MULTIPROC_ENV):
             multiprocess.mark_process_dead(pid)

@@ -36,9 +36,9 @@ TICK = 0.5
 
 
 def bind(settings: Settings) -> socket.socket:
-    from sanic.server.socket import bind_socket
+    from ..http.server import bind
 
-    return bind_socket(settings.host, settings.port, backlog=100)
+    return bind(settings.host, settings.port)
 
 
 @dataclass

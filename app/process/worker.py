@@ -14,7 +14,6 @@ import logging
 import os
 import pickle
 import signal
-import socket
 import sys
 import threading
 import time
@@ -32,7 +31,6 @@ log = logging.getLogger("zowy")
 STOP_MARGIN = 5.0
 CUT_GRACE = 1.0
 PARENT_CHECK = 1.0
-BACKLOG = 100
 READY = b"R"
 _PR_SET_PDEATHSIG = 1
 
@@ -72,22 +70,6 @@ def main() -> int:
         loop.close()
 
 
-def record_server(app, server, sock: socket.socket):
-    """Record the server in ``app.state`` as Sanic's own worker does before start-up. Its touch-ups
-    read it (with one HTTP/1.1 server the ``alt-svc`` header is compiled out of every response;
-    without it the header goes out empty), and ``app.state.stage`` says serving (``app.loop`` and
-    ``app.add_task`` work)."""
-    from sanic.application.constants import ServerStage
-    from sanic.application.state import ApplicationServerInfo
-    from sanic.http.constants import HTTP
-
-    host, port = sock.getsockname()[:2]
-    settings = {"host": host, "port": port, "version": HTTP.VERSION_1, "sock": sock, "ssl": None, "unix": None, "app": app}
-    info = ApplicationServerInfo(settings=settings, stage=ServerStage.SERVING, server=server)
-    app.state.server_info.append(info)
-    return info
-
-
 def _die_with_parent() -> None:
     """Linux: have the kernel send SIGTERM when the supervisor dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
@@ -117,50 +99,27 @@ class Worker:
         self.stop.set()
 
     async def run(self) -> int:
-        from sanic.application.constants import ServerStage
-
-        from ..http.connection import GatewayProtocol
-        from ..http.app import create_app
+        from ..http.server import Server
 
         for sig in stop_signals.STOP_SIGNALS:
             self.loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
         for sig in stop_signals.take():  # held since the process started
             self.request_stop(signal.Signals(sig).name)
         threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
-        # create_server prints Sanic's production-mode warning on a terminal; Sanic's own workers
-        # never do (their manager's process does, once), nor do ours.
-        os.environ["SANIC_IGNORE_PRODUCTION_WARNING"] = "true"
-        sock = socket.socket(fileno=self.spec.listen_fd)
-        app = create_app(self.settings)
-        app.ctx.workers_file = self.spec.state_path
-        server = await app.create_server(
-            sock=sock, protocol=GatewayProtocol, backlog=BACKLOG, return_asyncio_server=True, access_log=False,
-            asyncio_server_kwargs={"start_serving": False},
-        )
-        served = record_server(app, server, sock)
-        await server.startup()
+        server = await Server.open(self.settings, self.spec.listen_fd, self.spec.state_path)
         try:
-            await server.before_start()
-            if self.stop.is_set():
-                server.server.close()
-            else:
-                await server.start_serving()  # accepting from here on
-                await server.after_start()
-                app.set_serving(True)
+            await server.prepare()
+            if not self.stop.is_set():
+                await server.serve()
                 self._tell(READY)
                 log.info("Worker ready [%s]", os.getpid())
                 await self.stop.wait()
-                # Stop accepting first: this process lets go of the listening socket, and no loop
-                # ever polls a socket that is shut. The socket closes when the last process does.
-                server.server.close()
-            app.set_serving(False)
-            await server.before_stop()
-            services = getattr(app.ctx, "services", None)
-            if services is not None:
-                await drain(services, server.connections, self.settings.drain_timeout)
+            server.stop_accepting()  # first, before the drain
+            await server.stopping()
+            if server.services is not None:
+                await drain(server.services, server.connections, self.settings.drain_timeout)
         finally:
-            await server.after_stop()
-            served.stage = ServerStage.STOPPED
+            await server.close()
         await _end_tasks()
         return 0
 
