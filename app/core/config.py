@@ -71,7 +71,7 @@ class SelfService:
     session_ttl: int = setting("ZOWY_SESSION_TTL", 3600, low=60)
     invite_days: int = setting("ZOWY_INVITE_DAYS", 7, low=1)
     scrypt_cost: int = setting("ZOWY_SCRYPT_COST", 15, low=10, high=20)
-    # Sign-in windows (app/accounts.py:guard): every attempt per account (a ceiling that a right
+    # Sign-in windows (accounts/signin.py:guard): every attempt per account (a ceiling that a right
     # password from an address without failures passes), per account and address, and per address.
     signin_per_minute: int = setting("ZOWY_SIGNIN_PER_MINUTE", 10, low=1)
     signin_per_hour: int = setting("ZOWY_SIGNIN_PER_HOUR", 60, low=1)

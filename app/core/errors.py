@@ -1,6 +1,7 @@
 """The gateway's error tree and its rendering as the OpenAI error envelope.
 
-Every failure a caller can see is one of these; ``render`` turns it into status, headers and body.
+Every failure a caller can see is one of these: its ``status``, ``headers`` and ``body()`` (the
+envelope) are what the HTTP layer sends (http/app.py's error handler).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Admission of a request before any upstream call: whose key, within its limits, with its cost
-reserved against the account's balance and the key's token cap (app/reservations.py).
+reserved against the account's balance and the key's token cap (billing/reservations.py).
 
 Key lookups are cached per worker for a short time; the rate limit is one atomic
 store operation per admitted request, bounded by a short timeout — or per several, for a key whose

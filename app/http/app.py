@@ -129,7 +129,7 @@ def create_app(settings: Settings, transport: Transport | None = None, *, name: 
     @app.before_server_stop
     async def start_draining(app: Sanic) -> None:
         """Stopping (the worker no longer accepts): readyz turns unready and each connection closes
-        after its current response; the worker drains what is in flight (app/worker.py)."""
+        after its current response; the worker drains what is in flight (process/worker.py)."""
         services = getattr(app.ctx, "services", None)
         if services is not None:
             services.draining = True

@@ -1,4 +1,5 @@
-"""Request validation for chat completions: one pydantic-core pass over the raw body bytes.
+"""The Chat Completions API: its request validated in one pydantic-core pass over the raw body
+bytes, and ``CHAT_COMPLETIONS``, the API as the chat pipeline takes it (gateway/pipeline.py).
 
 ``parse_chat_request(body)`` returns the validated request as a plain dict with what was learned of
 it on the way, or raises ``InvalidRequest`` naming the offending field as OpenAI does.

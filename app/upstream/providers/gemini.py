@@ -11,9 +11,9 @@ As recorded (tests/conformance/recordings; README there cites each source):
 - with ``include_usage``, a running usage on every chunk and the final one on the last content
   chunk, no chunk of its own; ``total_tokens`` counts thinking tokens beyond prompt + completion;
 - error bodies a JSON list ``[{"error": {"code", "message", "status"}}]``; an invalid key is a 400.
-The relay gives every tool-call delta an ``index`` (stable per call) and its first an ``id`` and
-``type``, adds ``finish_reason: null``, moves the usage into its own chunk only when asked, and
-lets vendor fields pass both ways untouched.
+The rewriter, through ``GeminiDialect`` below, gives every tool-call delta an ``index`` (stable per
+call) and its first an ``id`` and ``type``, adds ``finish_reason: null``, moves the usage into its
+own chunk only when asked, and lets vendor fields pass both ways untouched.
 """
 from __future__ import annotations
 
