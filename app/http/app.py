@@ -32,7 +32,7 @@ from ..core.ids import new_request_id
 from ..core.metrics import Metrics
 from ..gateway.services import Services
 from ..upstream.transport_base import Transport
-from . import console
+from . import console, io
 from .routes import account, admin, chat, health, models, topup, usage
 
 log = logging.getLogger("zowy")
@@ -138,8 +138,8 @@ def create_app(settings: Settings, transport: Transport | None = None, *, name: 
     async def finish_response(request: Request, response: HTTPResponse) -> None:
         if "x-request-id" not in response.headers:
             response.headers["x-request-id"] = new_request_id()
-        if app.ctx.services.draining and request.stream is not None:
-            request.stream.keep_alive = False
+        if app.ctx.services.draining:
+            io.close_after(request)
 
     @app.after_server_stop
     async def stop_services(app: Sanic) -> None:

@@ -25,6 +25,12 @@ def gone(request: Request) -> bool:
     return conn_info is not None and conn_info.lost
 
 
+def close_after(request: Request) -> None:
+    """Close the connection once this response is sent (the worker is draining)."""
+    if request.stream is not None:
+        request.stream.keep_alive = False
+
+
 async def send_events(request: Request, events: Events) -> None:
     """Send a streamed answer: its headers with its first piece, then the rest as it comes; a failure
     after it began goes out as its error event."""
@@ -42,7 +48,7 @@ async def send_events(request: Request, events: Events) -> None:
         except GatewayError as failure:
             await response.send(events.fail(failure))
         if not events.keep_alive:
-            request.stream.keep_alive = False  # a stream that began before SIGTERM: close after it
+            close_after(request)  # a stream that began before SIGTERM
         await response.eof()
     finally:
         events.close()
