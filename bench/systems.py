@@ -222,7 +222,8 @@ api_key_env = "{UPSTREAM_KEY_ENV}"
 
 def _target_takes_max_connections(tree: Path = ROOT) -> bool:
     """Whether the gateway of ``tree`` knows a target's ``max_connections`` (older revisions do not)."""
-    code = ("from app.config import Target; "
+    code = ("try:\n    from app.catalog.models import Target\n"
+            "except ImportError:\n    from app.config import Target\n"  # revisions before app/catalog/
             "print('max_connections' in getattr(Target, '__dataclass_fields__', {}))")
     try:
         out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=60)

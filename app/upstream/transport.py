@@ -7,7 +7,7 @@ from typing import Callable, Mapping
 import aiohttp
 from aiohttp.payload import BytesPayload
 
-from ..config import Target
+from ..catalog.models import Target
 
 
 class _Body(BytesPayload):

@@ -6,20 +6,34 @@ import asyncio
 
 import pytest
 
-from app.store.base import (
+from app.core.errors import (
+    Conflict,
+)
+from app.store import (
+    Store,
+)
+from app.store.contracts.alerts import (
     Alert,
     AlertSettings,
+)
+from app.store.contracts.audit import (
     AuditEvent,
     AuditQuery,
+)
+from app.store.contracts.grants import (
     Code,
-    Conflict,
-    Invite,
+    Topup,
+)
+from app.store.contracts.keys import (
     KeyRecord,
+)
+from app.store.contracts.ledger import (
     LedgerQuery,
+)
+from app.store.contracts.owners import (
+    Invite,
     Owner,
     Session,
-    Store,
-    Topup,
 )
 from storekit import DAY, T, account_with, entry, package
 

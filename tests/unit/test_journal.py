@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from app import journal
-from app.journal import Journal
+from app.billing import journal
+from app.billing.journal import Journal
 from app.store.sqlite import SqliteStore
 from tests.support import ROOT
 
@@ -36,7 +36,7 @@ async def test_a_dead_process_s_unsettled_requests_are_billed_once(tmp_path):
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from app.journal import Journal
+        from app.billing.journal import Journal
         j = Journal(Path({str(tmp_path / 'journal')!r}), "4242-dead")
         for rid, size in (("a", 400), ("b", 4000), ("c", 40)):
             j.started(rid, "acct_1", "key_1", "zowy-1", "gemini-flash", rid == "b", size, None)
