@@ -23,7 +23,7 @@ from .breaker import Breaker
 from .gemini import GeminiProvider
 from .openai import OpenAIProvider
 from .provider import Provider
-from .transport import AiohttpTransport
+from .transport import make_transport
 
 log = logging.getLogger("zowy.upstream")
 
@@ -187,7 +187,7 @@ class UpstreamClient:
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         per_host = max((t.max_connections for m in settings.models.values() for t in m.targets), default=256)
-        self.transport = transport if transport is not None else AiohttpTransport(per_host)
+        self.transport = transport if transport is not None else make_transport(settings.upstream_transport, per_host)
         self.breaker = breaker or Breaker(
             settings.breaker_min_requests, settings.breaker_failure_ratio, settings.breaker_window, settings.breaker_cooldown
         )
