@@ -1,0 +1,143 @@
+"""Upstream transport candidates that are measured but not part of the product: aiohttp tuned, and
+pyreqwest (reqwest/hyper in Rust). Each has the interface of app/upstream/transport.py; the gateway
+runs one with ``ZOWY_UPSTREAM_TRANSPORT=bench.transports:<Class>``, the bare proxy with
+``--transport``. ``SSL_CERT_FILE`` names the CA a TLS upstream is trusted by, as for the others."""
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+from typing import Callable, Mapping
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from app.config import Target
+from app.upstream.transport import AiohttpTransport, _Body
+
+TRANSPORTS = {
+    "aiohttp": "aiohttp",  # today's transport, app/upstream/transport.py
+    "aiohttp-tuned": "bench.transports:AiohttpTunedTransport",
+    "pyreqwest": "bench.transports:PyreqwestTransport",
+    "h1": "h1",  # app/upstream/transport_h1.py
+}
+
+
+class AiohttpTunedTransport(AiohttpTransport):
+    """aiohttp's client with what per-request work it lets us skip: the URL parsed once per target,
+    the headers handed over as a CIMultiDict, no automatic headers (User-Agent, Accept-Encoding:
+    answers come uncompressed), no trace hooks; the body stays a ready payload (no registry lookup)."""
+
+    def __init__(self, per_host: int = 256) -> None:
+        super().__init__(per_host)
+        self._urls: dict[str, URL] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._per_host, ttl_dns_cache=300, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def send(self, target: Target, body: bytes, headers: Mapping[str, str], on_sent: Callable[[], None]):
+        url = self._urls.get(target.base_url)
+        if url is None:
+            url = self._urls[target.base_url] = URL(target.base_url + "/chat/completions")
+        timeout = self._timeouts.get(target.timeouts.connect)
+        if timeout is None:
+            timeout = self._timeouts[target.timeouts.connect] = aiohttp.ClientTimeout(
+                total=None, sock_connect=target.timeouts.connect
+            )
+        return await self._session._request(
+            "POST", url, data=_Body(body, on_sent), headers=CIMultiDict(headers), timeout=timeout
+        )
+
+
+class _ReqwestResponse:
+    """A pyreqwest streamed response behind the transport's response interface."""
+
+    __slots__ = ("status", "headers", "content", "_request", "_response", "_read", "_closing")
+
+    def __init__(self, request, response) -> None:
+        self.status = response.status
+        self.headers = response.headers  # case-insensitive, like aiohttp's
+        self.content = self
+        self._request = request
+        self._response = response
+        self._read = response.body_reader.read_chunk
+        self._closing: asyncio.Task | None = None
+
+    async def readany(self) -> bytes:
+        if self._closing is not None:
+            raise ConnectionResetError("the response was closed")
+        chunk = await self._read()
+        return b"" if chunk is None else chunk.to_bytes()
+
+    def release(self) -> None:
+        # A body read to its end has already given its connection back to hyper's pool.
+        self._request = None
+
+    def close(self) -> None:
+        """Drop the connection: exiting the request's context is a coroutine, so it runs as a task."""
+        if self._closing is None and self._request is not None:
+            self._closing = asyncio.get_running_loop().create_task(self._request.__aexit__(None, None, None))
+
+
+class PyreqwestTransport:
+    """pyreqwest's async client (reqwest over hyper, rustls, on its own tokio thread).
+
+    What it cannot keep: the connect timeout is the client's (the first target's, 5 s), not each
+    target's; its connection limit counts requests in flight over all hosts, not connections per
+    host; ``on_sent`` is called when the request did not fail to connect (hyper gives no hook at
+    the moment the body is written). Proxy variables are ignored (``no_proxy``), as aiohttp ignores them."""
+
+    def __init__(self, per_host: int = 256, connect_timeout: float = 5.0) -> None:
+        self._per_host = per_host
+        self._connect = connect_timeout
+        self._client = None
+
+    async def start(self) -> None:
+        from pyreqwest.client import ClientBuilder
+
+        builder = (ClientBuilder().no_proxy().follow_redirects(False).error_for_status(False)
+                   .connect_timeout(timedelta(seconds=self._connect)).pool_idle_timeout(timedelta(seconds=60))
+                   .pool_max_idle_per_host(self._per_host).max_connections(self._per_host)
+                   .gzip(False).brotli(False).zstd(False).deflate(False))
+        ca = os.environ.get("SSL_CERT_FILE")
+        if ca:
+            with open(ca, "rb") as f:
+                builder = builder.add_root_certificate_pem(f.read())
+        self._client = builder.build()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def send(self, target: Target, body: bytes, headers: Mapping[str, str], on_sent: Callable[[], None]):
+        from pyreqwest.exceptions import ConnectError, ConnectTimeoutError
+
+        request = (self._client.post(target.base_url + "/chat/completions").headers(headers)
+                   .body_bytes(body).build_streamed())
+        try:
+            response = await request.__aenter__()
+        except (ConnectError, ConnectTimeoutError):
+            raise
+        except BaseException:
+            on_sent()
+            raise
+        on_sent()
+        return _ReqwestResponse(request, response)
+
+    @staticmethod
+    def failure(exc: BaseException) -> str | None:
+        from pyreqwest.exceptions import ConnectError, ConnectTimeoutError, RequestError
+
+        if isinstance(exc, (ConnectError, ConnectTimeoutError)):
+            return "connect"
+        if isinstance(exc, TimeoutError):
+            return "timeout"
+        if isinstance(exc, (RequestError, OSError)):
+            return "connection"
+        return None
