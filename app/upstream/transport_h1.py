@@ -324,14 +324,17 @@ class _Pool:
             try:
                 conn = await waiter
             except BaseException:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self.put(waiter.result())
-                else:
-                    self._wake()
+                if waiter.done() and not waiter.cancelled():
+                    if waiter.result() is not None:
+                        self.put(waiter.result())
+                    else:  # the slot reserved for this waiter goes to the next one
+                        self.open -= 1
+                        self._wake()
                 raise
             if conn is not None:
                 return conn
-        self.open += 1
+        else:
+            self.open += 1  # a waiter woken with None had its slot reserved by _wake
         try:
             return await self._connect(connect_timeout)
         except BaseException:
@@ -378,7 +381,8 @@ class _Pool:
         while self.waiters and self.open < self.limit:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)  # a free slot: the waiter connects
+                self.open += 1  # the slot is the waiter's: it connects
+                waiter.set_result(None)
                 return
 
     def close(self) -> None:
