@@ -57,7 +57,7 @@ class AiohttpTunedTransport(AiohttpTransport):
 class _ReqwestResponse:
     """A pyreqwest streamed response behind the transport's response interface."""
 
-    __slots__ = ("status", "headers", "content", "_request", "_response", "_read", "_closing")
+    __slots__ = ("status", "headers", "content", "_request", "_response", "_read", "_closing", "_reader")
 
     def __init__(self, request, response) -> None:
         self.status = response.status
@@ -67,11 +67,22 @@ class _ReqwestResponse:
         self._response = response
         self._read = response.body_reader.read_chunk
         self._closing: asyncio.Task | None = None
+        self._reader: asyncio.Task | None = None
 
     async def readany(self) -> bytes:
         if self._closing is not None:
             raise ConnectionResetError("the response was closed")
-        chunk = await self._read()
+        # Closing the response does not end a pending read_chunk(): close() cancels the reading
+        # task instead, and the cancellation becomes the connection error the caller expects.
+        self._reader = asyncio.current_task()
+        try:
+            chunk = await self._read()
+        except asyncio.CancelledError:
+            if self._closing is not None and self._reader is not None and self._reader.uncancel() == 0:
+                raise ConnectionResetError("the response was closed") from None
+            raise
+        finally:
+            self._reader = None
         return b"" if chunk is None else chunk.to_bytes()
 
     def release(self) -> None:
@@ -82,6 +93,8 @@ class _ReqwestResponse:
         """Drop the connection: exiting the request's context is a coroutine, so it runs as a task."""
         if self._closing is None and self._request is not None:
             self._closing = asyncio.get_running_loop().create_task(self._request.__aexit__(None, None, None))
+            if self._reader is not None and self._reader is not asyncio.current_task():
+                self._reader.cancel()
 
 
 class PyreqwestTransport:
@@ -118,8 +131,11 @@ class PyreqwestTransport:
     async def send(self, target: Target, body: bytes, headers: Mapping[str, str], on_sent: Callable[[], None]):
         from pyreqwest.exceptions import ConnectError, ConnectTimeoutError
 
+        # Its streamed response waits until this many body bytes are buffered (64 KiB by default)
+        # or the body ends: a stream must be handed over at its first byte.
+        limit = 1 if headers.get("Accept") == "text/event-stream" else 65536
         request = (self._client.post(target.base_url + "/chat/completions").headers(headers)
-                   .body_bytes(body).build_streamed())
+                   .body_bytes(body).streamed_read_buffer_limit(limit).build_streamed())
         try:
             response = await request.__aenter__()
         except (ConnectError, ConnectTimeoutError):
