@@ -72,8 +72,13 @@ def table(runs: list[dict]) -> str:
     keys: list[str] = []
     for run in runs:
         keys += [k for k in run["systems"] if k not in keys]
-    order = sorted(keys, key=lambda k: (k.endswith("-tls") or k == "bare-tls" or k == "gateway-tls",
-                                        not k.startswith("bare"), k))
+    names = list(TRANSPORTS)
+
+    def rank(key: str):
+        c = parse(key) or Candidate(key.split("-")[0], None, False)
+        return (c.tls, c.kind != "bare", -1 if c.transport is None else names.index(c.transport), key)
+
+    order = sorted(keys, key=rank)
     lines = [f"| system ({len(runs)} run{'s' if len(runs) > 1 else ''}: median [min–max]) | "
              + " | ".join(m[0] for m in METRICS) + " |", "|---" + "|---:" * len(METRICS) + "|"]
     for key in order:
@@ -93,12 +98,50 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reference(key: str) -> str:
+    """What a system is compared with in its own run: today's client in the same place (the bare
+    proxy's aiohttp session, or the gateway's aiohttp transport), over the same upstream."""
+    c = parse(key) or Candidate(key, None, False)
+    return c.kind + ("-tls" if c.tls else "")
+
+
+def ratios(runs: list[dict]) -> str:
+    """Markdown: each system's CPU per request and per event over its reference's in the same run."""
+    names = list(TRANSPORTS)
+    keys: list[str] = []
+    for run in runs:
+        keys += [k for k in run["systems"] if k not in keys]
+    keys.sort(key=lambda k: (k.endswith("-tls"), not k.startswith("bare"),
+                             -1 if (parse(k) or Candidate("", None, False)).transport is None
+                             else names.index(parse(k).transport), k))
+    picked = [m for m in METRICS if m[0].startswith("CPU")]
+    lines = ["| system / its reference in the same run (median [min–max]) | "
+             + " | ".join(m[0] for m in picked) + " |", "|---" + "|---:" * len(picked) + "|"]
+    for key in keys:
+        ref = reference(key)
+        if ref == key:
+            continue
+        cells = []
+        for _, path, scale in picked:
+            values = []
+            for run in runs:
+                a, b = run["systems"].get(key), run["systems"].get(ref)
+                va, vb = (value(a, path, scale) if a else None), (value(b, path, scale) if b else None)
+                if va is not None and vb:
+                    values.append(va / vb)
+            cells.append("–" if not values else f"{statistics.median(values):.2f}"
+                         + (f" [{min(values):.2f}–{max(values):.2f}]" if len(values) > 1 else ""))
+        lines.append(f"| {key} / {ref} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bakeoff", description="The bake-off table of bench runs.")
     p.add_argument("runs", nargs="+", type=Path, help="bench result JSON files")
     args = p.parse_args(argv)
     runs = [json.loads(path.read_text()) for path in args.runs]
     print(table(runs))
+    print(ratios(runs))
     return 0
 
 

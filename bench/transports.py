@@ -1,5 +1,5 @@
 """Upstream transport candidates that are measured but not part of the product: aiohttp tuned, and
-pyreqwest (reqwest/hyper in Rust). Each has the interface of app/upstream/transport.py; the gateway
+pyreqwest and pyqwest (both reqwest/hyper in Rust). Each has the interface of app/upstream/transport.py; the gateway
 runs one with ``ZOWY_UPSTREAM_TRANSPORT=bench.transports:<Class>``, the bare proxy with
 ``--transport``. ``SSL_CERT_FILE`` names the CA a TLS upstream is trusted by, as for the others."""
 from __future__ import annotations
@@ -20,6 +20,7 @@ TRANSPORTS = {
     "aiohttp": "aiohttp",  # today's transport, app/upstream/transport.py
     "aiohttp-tuned": "bench.transports:AiohttpTunedTransport",
     "pyreqwest": "bench.transports:PyreqwestTransport",
+    "pyqwest": "bench.transports:PyqwestTransport",
     "h1": "h1",  # app/upstream/transport_h1.py
 }
 
@@ -155,5 +156,92 @@ class PyreqwestTransport:
         if isinstance(exc, TimeoutError):
             return "timeout"
         if isinstance(exc, (RequestError, OSError)):
+            return "connection"
+        return None
+
+
+class _QwestResponse:
+    """A pyqwest response behind the transport's response interface."""
+
+    __slots__ = ("status", "headers", "content", "_response", "_next", "_closing")
+
+    def __init__(self, response) -> None:
+        self.status = response.status
+        self.headers = response.headers  # case-insensitive
+        self.content = self
+        self._response = response
+        self._next = response.content.__aiter__().__anext__
+        self._closing: asyncio.Task | None = None
+
+    async def readany(self) -> bytes:
+        try:
+            return bytes(await self._next())  # pieces come as memoryviews
+        except StopAsyncIteration:
+            return b""
+
+    def release(self) -> None:
+        self._response = None  # a body read to its end has given its connection back
+
+    def close(self) -> None:
+        """Drop the connection (a coroutine, run as a task); a pending read then fails (ReadError)."""
+        if self._closing is None and self._response is not None:
+            self._closing = asyncio.ensure_future(self._response.aclose())
+
+
+class PyqwestTransport:
+    """pyqwest's transport (reqwest over hyper, rustls, on a tokio thread).
+
+    What it cannot keep: proxy variables (HTTP(S)_PROXY) are honoured and cannot be switched off
+    short of naming a proxy (aiohttp ignores them); the connect timeout is the transport's (5 s),
+    not each target's; its connection limit is per resolved address; ``on_sent`` is called when
+    the request did not fail to connect."""
+
+    def __init__(self, per_host: int = 256, connect_timeout: float = 5.0) -> None:
+        self._per_host = per_host
+        self._connect = connect_timeout
+        self._transport = None
+
+    async def start(self) -> None:
+        from pyqwest import HTTPTransport, HTTPVersion
+
+        ca = os.environ.get("SSL_CERT_FILE")
+        pem = None
+        if ca:
+            with open(ca, "rb") as f:
+                pem = f.read()
+        self._transport = HTTPTransport(
+            tls_ca_cert=pem, tls_include_system_certs=True, http_version=HTTPVersion.HTTP1,
+            connect_timeout=self._connect, pool_idle_timeout=60.0, pool_max_idle_per_host=self._per_host,
+            max_connections_per_address=self._per_host, enable_gzip=False, enable_brotli=False,
+            enable_zstd=False, follow_redirects=False, enable_otel=False,
+        )
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
+
+    async def send(self, target: Target, body: bytes, headers: Mapping[str, str], on_sent: Callable[[], None]):
+        from pyqwest import Headers, Request
+
+        try:
+            response = await self._transport.execute(
+                Request("POST", target.base_url + "/chat/completions", headers=Headers(headers), content=body))
+        except BaseException as exc:
+            if self.failure(exc) != "connect":
+                on_sent()
+            raise
+        on_sent()
+        return _QwestResponse(response)
+
+    @staticmethod
+    def failure(exc: BaseException) -> str | None:
+        from pyqwest import ReadError, RemoteProtocolError, WriteError
+
+        if isinstance(exc, ConnectionError) and not isinstance(exc, (ReadError, WriteError)):
+            return "connect"
+        if isinstance(exc, TimeoutError):
+            return "timeout"
+        if isinstance(exc, (ReadError, WriteError, RemoteProtocolError, OSError)):
             return "connection"
         return None

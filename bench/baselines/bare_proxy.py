@@ -5,7 +5,7 @@ come back whole, streams are relayed chunk by chunk as they arrive. ``--client``
 HTTP client so the candidates can be compared under the same server:
 
     python -m bench.baselines.bare_proxy --port 8002 --upstream http://127.0.0.1:8001/v1 \
-        [--client aiohttp|httpx|httpx-aiohttp] [--transport aiohttp|aiohttp-tuned|pyreqwest|h1]
+        [--client aiohttp|httpx|httpx-aiohttp] [--transport aiohttp|aiohttp-tuned|pyreqwest|pyqwest|h1]
 
 ``--transport`` relays through one of the gateway's upstream transports instead (the interface of
 app/upstream/transport.py, with the gateway's request headers): the transport bake-off. An https
@@ -20,7 +20,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
-TRANSPORT_NAMES = ("aiohttp", "aiohttp-tuned", "pyreqwest", "h1")
+TRANSPORT_NAMES = ("aiohttp", "aiohttp-tuned", "pyreqwest", "pyqwest", "h1")
 _SSE = "text/event-stream"
 
 

@@ -521,3 +521,19 @@ async def test_the_upstream_client_over_h1_and_tls_completes_and_streams(certs):
     finally:
         await up.close()
         await upstream.close()
+
+
+# ---------------------------------------------------------------- choosing the transport
+
+
+def test_the_transport_setting_chooses_the_client():
+    from app.config import ConfigError
+    from app.upstream.transport import make_transport
+
+    assert isinstance(UpstreamClient(Settings()).transport, AiohttpTransport)
+    chosen = UpstreamClient(Settings(upstream_transport="h1")).transport
+    assert isinstance(chosen, H1Transport) and chosen.per_host == 256
+    assert type(make_transport("bench.transports:AiohttpTunedTransport", 8)).__name__ == "AiohttpTunedTransport"
+    with pytest.raises(ConfigError, match="ZOWY_UPSTREAM_TRANSPORT"):
+        make_transport("no.such:Transport", 8)
+    assert Settings.from_env({"ZOWY_UPSTREAM_TRANSPORT": "h1", "ZOWY_DEMO": "on"}).upstream_transport == "h1"
