@@ -135,11 +135,45 @@ def ratios(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wide(runs: list[dict]) -> str:
+    """Markdown: candidates × {plain, TLS}, each cell the median over the runs (range in brackets)."""
+    picked = [METRICS[0], METRICS[1], METRICS[2], METRICS[3]]
+    heads = ["CPU µs/req", "CPU µs/event", "p99 ms c=32", "rps c=32"]
+    lines = ["| candidate | where | " + " | ".join(f"{h} plain" for h in heads) + " | "
+             + " | ".join(f"{h} TLS" for h in heads) + " |", "|---|---" + "|---:" * (2 * len(heads)) + "|"]
+    for transport in [None, *TRANSPORTS]:
+        for kind in ("bare", "gateway"):
+            if transport == "aiohttp" and kind == "gateway":
+                continue  # the gateway's default: the "gateway" row
+            key = kind if transport is None else f"{kind}-{transport}"
+            cells = []
+            for tls in (False, True):
+                name = key + ("-tls" if tls else "")
+                for _, path, scale in picked:
+                    values = [v for run in runs if name in run["systems"]
+                              for v in [value(run["systems"][name], path, scale)] if v is not None]
+                    if not values:
+                        cells.append("–")
+                        continue
+                    m = statistics.median(values)
+                    digits = 0 if m >= 100 else 1
+                    cells.append(f"{m:.{digits}f}" + (f" [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+                                                       if len(values) > 1 else ""))
+            label = transport
+            if transport is None:
+                label = "today: aiohttp" + (" (ClientSession directly)" if kind == "bare" else " (AiohttpTransport)")
+            elif transport == "aiohttp":
+                label = "aiohttp (AiohttpTransport, through the seam)"
+            lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bakeoff", description="The bake-off table of bench runs.")
     p.add_argument("runs", nargs="+", type=Path, help="bench result JSON files")
     args = p.parse_args(argv)
     runs = [json.loads(path.read_text()) for path in args.runs]
+    print(wide(runs))
     print(table(runs))
     print(ratios(runs))
     return 0
