@@ -24,7 +24,7 @@ from .breaker import Breaker
 from .stream import UpstreamStream
 from .providers import PROVIDERS
 from .providers.base import Provider
-from .transport import AiohttpTransport
+from .transport import make_transport
 from .transport_base import Response, Transport
 
 log = logging.getLogger("zowy.upstream")
@@ -78,7 +78,9 @@ class UpstreamClient:
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         per_host = max((t.max_connections for m in settings.models.values() for t in m.targets), default=256)
-        self.transport: Transport = transport if transport is not None else AiohttpTransport(per_host)
+        self.transport: Transport = (
+            transport if transport is not None else make_transport(settings.upstream_transport, per_host)
+        )
         self.breaker = breaker or Breaker(
             settings.breaker_min_requests, settings.breaker_failure_ratio, settings.breaker_window,
             settings.breaker_cooldown, settings.breaker_min_accounts,
