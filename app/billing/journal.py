@@ -68,13 +68,13 @@ class Journal:
         return len(self._where)
 
     def started(self, request_id: str, account_id: str | None, key_id: str | None, model: str, target: str,
-                stream: bool, prompt_bytes: int, user: str | None) -> None:
+                stream: bool, prompt_bytes: int, user: str | None, api: str = "chat") -> None:
         """Record that the request's body is going to an upstream: from here on it is billable."""
         segment = self._current or self._open()
         if segment is None:
             return
         line = _STARTED + orjson.dumps(
-            (request_id, account_id, key_id, model, target, stream, prompt_bytes, user, time.time())
+            (request_id, account_id, key_id, model, target, stream, prompt_bytes, user, time.time(), api)
         ) + b"\n"
         try:
             os.write(segment.fd, line)
@@ -250,10 +250,12 @@ def _unsettled(path: Path) -> dict[str, list]:
 
 
 def _lost_entry(record: list) -> LedgerEntry:
-    request_id, account_id, key_id, model, target, stream, prompt_bytes, user, at = record
+    # Records written before the API was kept have nine fields: they came through Chat Completions.
+    request_id, account_id, key_id, model, target, stream, prompt_bytes, user, at = record[:9]
+    api = record[9] if len(record) > 9 else "chat"
     prompt = estimate_tokens(prompt_bytes)
     return LedgerEntry(
         request_id=request_id, account_id=account_id or "", key_id=key_id or "", model=model, target=target,
         prompt_tokens=prompt, completion_tokens=0, total_tokens=prompt, estimated=True, stream=stream,
-        outcome=LOST_OUTCOME, status=LOST_STATUS, latency_ms=0.0, user=user, created_at=at,
+        outcome=LOST_OUTCOME, status=LOST_STATUS, latency_ms=0.0, user=user, created_at=at, api=api,
     )

@@ -45,11 +45,12 @@ class Exchange:
     __slots__ = (
         "services", "request_id", "client_id", "completion_id", "headers", "started", "prompt_bytes",
         "account_id", "key_id", "model", "user", "stream", "attempts", "usage", "upstream",
-        "response_bytes", "outcome", "status", "code", "reservation", "task",
+        "response_bytes", "outcome", "status", "code", "reservation", "task", "api",
     )
 
-    def __init__(self, services: Services, prompt_bytes: int, client_id: str | None) -> None:
+    def __init__(self, services: Services, prompt_bytes: int, client_id: str | None, api: str = "chat") -> None:
         self.services = services
+        self.api = api
         self.started = time.perf_counter()
         self.request_id = new_request_id()
         self.completion_id = "chatcmpl-" + self.request_id
@@ -136,7 +137,7 @@ class Exchange:
         target = self.attempts.target
         self.services.journal.started(
             self.request_id, self.account_id, self.key_id, self.model, target.name if target else "",
-            self.stream, self.prompt_bytes, self.user,
+            self.stream, self.prompt_bytes, self.user, self.api,
         )
 
     # the end
@@ -196,6 +197,7 @@ class Exchange:
             lease_id=self.reservation.lease_id if self.reservation else None,
             reserved=settles,
             key_lease_id=self.reservation.key_lease_id if self.reservation else None,
+            api=self.api,
         ))
 
     def _count(self, usage: Usage | None, latency: float) -> None:
@@ -221,6 +223,7 @@ class Exchange:
             "account_id": self.account_id,
             "model": self.model,
             "target": target.name if target and usage is not None else "",
+            "api": self.api,
             "stream": self.stream,
             "status": self.status,
             "outcome": self.outcome,

@@ -27,6 +27,8 @@ STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 class ClientApi(Protocol):
     """What differs between client APIs; everything else of the pipeline is theirs alike."""
 
+    name: str  # recorded on the request's ledger entry and access line: "chat", "responses", "messages"
+
     def parse(self, body: bytes, limits: RequestLimits) -> tuple[dict[str, Any], RequestFacts]:
         """The body as the chat request upstreams take, and what was learned of it; InvalidRequest."""
 

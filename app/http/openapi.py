@@ -144,7 +144,7 @@ def _op(operation_id: str, summary: str, responses: dict, *, body: str | None = 
     return op
 
 
-_LEDGER_QUERY = ["cursor", "limit", "model", "key", "since", "until", "outcome"]
+_LEDGER_QUERY = ["cursor", "limit", "model", "api", "key", "since", "until", "outcome"]
 _CSV = {"text/csv": {"schema": {"type": "string"}}}
 
 

@@ -304,6 +304,7 @@ class ChatCompletions:
 
     __slots__ = ()
 
+    name = "chat"
     parse = staticmethod(parse_chat_request)
 
     @staticmethod

@@ -13,6 +13,7 @@ from app.billing import packages
 from app.core.config import Settings
 from app.http.app import create_app
 from app.store import open_store
+from app.store.contracts.ledger import LedgerQuery
 from app.upstream import demo
 from app.upstream.mock import MockTransport
 
@@ -32,6 +33,15 @@ async def gateway(tmp_path):
     transport = MockTransport(demo.answer)
     app = create_app(settings, transport, name=f"in_process_{uuid.uuid4().hex[:8]}")
     yield app.asgi_client, transport, settings, account, {"authorization": f"Bearer {key}"}
+
+
+async def ledger_page(settings: Settings, account_id: str, query: LedgerQuery) -> list:
+    store = open_store(settings)
+    await store.init()
+    try:
+        return await store.ledger_page(account_id, query)
+    finally:
+        await store.close()
 
 
 async def ledger_count(settings: Settings, account_id: str) -> int:
@@ -58,6 +68,9 @@ async def test_a_chat_completion_goes_from_the_key_to_the_ledger(gateway):
     assert sent.body["messages"][0] == {"role": "system", "content": settings.persona_prompt}
     assert sent.headers["Authorization"] == "Bearer upstream-key"
     assert await ledger_count(settings, account.id) == 1
+    (entry,) = await ledger_page(settings, account.id, LedgerQuery(api="chat"))
+    assert entry.request_id == response.headers["x-request-id"] and entry.api == "chat"
+    assert await ledger_page(settings, account.id, LedgerQuery(api="responses")) == []
 
 
 async def test_a_stream_is_sent_event_by_event_and_billed(gateway):

@@ -100,6 +100,20 @@ async def test_ledger_pages_newest_first_with_filters(store: Store):
     assert await store.ledger_page("acc_9", LedgerQuery()) == []
 
 
+async def test_ledger_entries_keep_the_api_they_came_through(store: Store):
+    await account_with(store, "acc_1", package("pkg_a", "acc_1", 10**9, T))
+    await store.record([
+        entry("via-chat", "acc_1", 10, T),
+        entry("via-responses", "acc_1", 20, T + 1, api="responses"),
+        entry("via-messages", "acc_1", 30, T + 2, api="messages"),
+    ])
+    assert (await store.ledger_entry("via-responses")).api == "responses"
+    assert (await store.ledger_entry("via-chat")).api == "chat"
+    for api, expected in (("chat", ["via-chat"]), ("responses", ["via-responses"]), ("messages", ["via-messages"])):
+        assert [e.request_id for e in await store.ledger_page("acc_1", LedgerQuery(api=api))] == expected
+    assert len(await store.ledger_page("acc_1", LedgerQuery())) == 3
+
+
 # owners, invites, sessions
 
 

@@ -32,7 +32,7 @@ CSV_PAGE = 1000
 CSV_MAX_ROWS = 1_000_000
 LEDGER_FIELDS = (
     "request_id", "created_at", "key_id", "model", "prompt_tokens", "completion_tokens", "total_tokens",
-    "estimated", "stream", "outcome", "status", "latency_ms", "user",
+    "estimated", "stream", "outcome", "status", "latency_ms", "user", "api",
 )
 
 
@@ -168,6 +168,7 @@ def _ledger_query(request: Request, limit: int) -> LedgerQuery:
         model=args.get("model") or None,
         key_id=args.get("key") or None,
         outcome=args.get("outcome") or None,
+        api=args.get("api") or None,
     )
 
 

@@ -17,7 +17,7 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     services: Services = request.app.ctx.services
     await io.receive(request, services.settings)
     headers = request.headers
-    with Exchange(services, len(request.body), headers.get("x-request-id")) as exchange:
+    with Exchange(services, len(request.body), headers.get("x-request-id"), CHAT_COMPLETIONS.name) as exchange:
         request.ctx.headers = exchange.headers
         call = pipeline.Call(
             request.body, headers.get("content-type", ""), headers.get("authorization"), request.ip,

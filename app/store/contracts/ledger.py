@@ -54,6 +54,8 @@ class LedgerEntry:
     lease_id: str | None = None
     reserved: int = 0
     key_lease_id: str | None = None
+    # The client API the request came through: "chat" (Chat Completions), "responses", "messages".
+    api: str = "chat"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +95,7 @@ class LedgerQuery:
     model: str | None = None
     key_id: str | None = None
     outcome: str | None = None
+    api: str | None = None
 
 
 def active_packages(packages: list[Package], now: float) -> list[Package]:

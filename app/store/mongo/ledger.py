@@ -345,9 +345,12 @@ class MongoLedger(MongoBase):
 
     async def ledger_page(self, account_id: str, query: LedgerQuery) -> list[LedgerEntry]:
         match: dict[str, Any] = {"account_id": account_id}
-        for name, value in (("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome)):
+        for name, value in (("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome),
+                        ("api", query.api)):
             if value is not None:
                 match[name] = value
+        if query.api == "chat":
+            match["api"] = {"$in": ["chat", None]}  # entries written before the field was kept
         span = {op: v for op, v in (("$gte", query.since), ("$lt", query.until)) if v is not None}
         if span:
             match["created_at"] = span

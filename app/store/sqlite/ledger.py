@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     cached_tokens INTEGER NOT NULL DEFAULT 0,
     lease_id TEXT,
     reserved INTEGER NOT NULL DEFAULT 0,
-    key_lease_id TEXT
+    key_lease_id TEXT,
+    api TEXT NOT NULL DEFAULT 'chat'
 );
 CREATE INDEX IF NOT EXISTS ledger_account_time ON ledger(account_id, created_at);
 """
@@ -54,6 +55,7 @@ _LEDGER_COLUMNS = (
     "request_id", "account_id", "key_id", "model", "target", "prompt_tokens", "completion_tokens",
     "total_tokens", "estimated", "stream", "outcome", "status", "latency_ms", "user", "created_at",
     "attempts", "debits", "reasoning_tokens", "cached_tokens", "lease_id", "reserved", "key_lease_id",
+    "api",
 )
 # Columns added after the first release, for files made before them.
 ADDED_COLUMNS = (
@@ -62,6 +64,7 @@ ADDED_COLUMNS = (
     ("ledger", "lease_id", "TEXT"),
     ("ledger", "reserved", "INTEGER NOT NULL DEFAULT 0"),
     ("ledger", "key_lease_id", "TEXT"),
+    ("ledger", "api", "TEXT NOT NULL DEFAULT 'chat'"),
 )
 _INSERT_LEDGER = (
     f"INSERT INTO ledger ({', '.join(_LEDGER_COLUMNS)}) "
@@ -204,7 +207,8 @@ class SqliteLedger(SqliteBase):
 
     async def ledger_page(self, account_id: str, query: LedgerQuery) -> list[LedgerEntry]:
         where, args = page_filter(
-            (("account_id", account_id), ("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome)),
+            (("account_id", account_id), ("model", query.model), ("key_id", query.key_id), ("outcome", query.outcome),
+             ("api", query.api)),
             "created_at", "request_id", query.since, query.until, query.after,
         )
         sql = (
@@ -222,6 +226,7 @@ def _ledger_row(entry: LedgerEntry) -> tuple[Any, ...]:
         int(entry.stream), entry.outcome, entry.status, entry.latency_ms, entry.user,
         entry.created_at, entry.attempts, orjson.dumps(entry.debits).decode(),
         entry.reasoning_tokens, entry.cached_tokens, entry.lease_id, entry.reserved, entry.key_lease_id,
+        entry.api,
     )
 
 

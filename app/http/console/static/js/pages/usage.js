@@ -1,15 +1,21 @@
-// The usage log: one row per request, newest first, filtered by model, key, outcome and dates, paged,
+// The usage log: one row per request, newest first, filtered by model, API, key, outcome and dates, paged,
 // and exported as CSV with the same filters.
 
 import { badge, dayStart, h, int, ms, section, table, time } from "../dom.js";
 import { form } from "../forms.js";
 
+const APIS = [
+  { value: "chat", label: "Chat" },
+  { value: "responses", label: "Responses" },
+  { value: "messages", label: "Messages" },
+];
+const API_LABELS = new Map(APIS.map((a) => [a.value, a.label]));
 const OUTCOMES = ["ok", "upstream_error", "upstream_timeout", "client_disconnected", "cut_by_gateway", "server_error"];
 
 function filters(query) {
   const until = query.until ? dayStart(query.until) + 86400 : null; // the until day is included
   return {
-    model: query.model, key: query.key, outcome: query.outcome,
+    model: query.model, api: query.api, key: query.key, outcome: query.outcome,
     since: query.since ? dayStart(query.since) : null, until,
   };
 }
@@ -38,6 +44,7 @@ export async function render(main, ctx) {
     { label: "Time (UTC)", value: (e) => time(e.created_at) },
     { label: "Key", class: "key", value: (e) => keyCell(e.key_id) },
     { label: "Model", value: (e) => e.model },
+    { label: "API", value: (e) => API_LABELS.get(e.api) || e.api },
     { label: "Prompt", numeric: true, value: (e) => int(e.prompt_tokens) },
     { label: "Completion", numeric: true, value: (e) => int(e.completion_tokens) },
     { label: "Total tokens", numeric: true, value: (e) => (e.estimated ? `≈${int(e.total_tokens)}` : int(e.total_tokens)) },
@@ -52,6 +59,7 @@ export async function render(main, ctx) {
     inline: true,
     fields: [
       { name: "model", label: "Model", type: "select", value: query.model || "", options: [{ value: "", label: "Any model" }, ...state.config.models.map((m) => ({ value: m, label: m }))] },
+      { name: "api", label: "API", type: "select", value: query.api || "", options: [{ value: "", label: "Any API" }, ...APIS] },
       { name: "key", label: "Key", type: "select", value: query.key || "", options: [{ value: "", label: "Any key" }, ...keys.data.map((k) => ({ value: k.id, label: keyNames.get(k.id) }))] },
       { name: "outcome", label: "Outcome", type: "select", value: query.outcome || "", options: [{ value: "", label: "Any outcome" }, ...OUTCOMES.map((o) => ({ value: o, label: o }))] },
       { name: "since", label: "From (UTC date)", type: "date", value: query.since },
@@ -78,8 +86,8 @@ export async function render(main, ctx) {
       more.disabled = false;
     }
   });
-  const { model, key, outcome: oc, since, until } = filters(query);
-  const csv = `/api/v1/ledger.csv${api.query({ model, key, outcome: oc, since, until })}`;
+  const { model, api: apiName, key, outcome: oc, since, until } = filters(query);
+  const csv = `/api/v1/ledger.csv${api.query({ model, api: apiName, key, outcome: oc, since, until })}`;
   main.append(
     h("div", { class: "page-head" },
       h("h1", null, "Usage log"),
