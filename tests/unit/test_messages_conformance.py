@@ -8,9 +8,9 @@ from collections import defaultdict
 
 import pytest
 
-from app.metering import estimate_usage
-from app.relay import OPENAI
-from app.upstream.gemini import GeminiDialect
+from app.wire.usage import estimate_usage
+from app.wire.rewrite import OPENAI
+from app.upstream.providers.gemini import GeminiDialect
 from app.wire.messages.answer import message_from_completion
 from app.wire.messages.errors import envelope, error_event
 from app.wire.messages.models import model_page

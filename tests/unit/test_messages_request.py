@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.config import RequestLimits
-from app.errors import InvalidRequest
+from app.core.config import RequestLimits
+from app.core.errors import InvalidRequest
 from app.wire.messages import signature
 from app.wire.messages.count import count_tokens
 from app.wire.messages.request import parse_count_request, parse_messages_request
@@ -62,7 +62,7 @@ def test_every_client_request_is_accepted(path):
     body = doc["body"]
     if doc["path"].endswith("count_tokens"):
         chat, facts = parse_count_request(orjson.dumps(body))
-        assert count_tokens(chat, facts, 0) > 0
+        assert count_tokens(chat, facts, 0, 1500) > 0
         return
     if path.stem == "anthropic-sdk-0008":
         error = refused(body)
@@ -350,10 +350,10 @@ def test_limits():
 def test_count_tokens_estimate():
     chat, facts = parse_count_request(orjson.dumps({"model": "zowy-1", "system": "s" * 400,
                                                      "messages": [{"role": "user", "content": "u" * 400}]}))
-    assert count_tokens(chat, facts, guard_chars=0) == 200 + 3 * 3
-    assert count_tokens(chat, facts, guard_chars=400) == 300 + 3 * 3
+    assert count_tokens(chat, facts, guard_chars=0, image_tokens=1500) == 200 + 3 * 3
+    assert count_tokens(chat, facts, guard_chars=400, image_tokens=1500) == 300 + 3 * 3
     with_tools, tool_facts = parse_count_request(orjson.dumps({
         "model": "zowy-1", "messages": [{"role": "user", "content": "u" * 400}],
         "tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"x": {"type": "string"}}}}],
     }))
-    assert count_tokens(with_tools, tool_facts, 0) > count_tokens(chat, facts, 0) - 100
+    assert count_tokens(with_tools, tool_facts, 0, 1500) > count_tokens(chat, facts, 0, 1500) - 100

@@ -10,9 +10,9 @@ import random
 import orjson
 import pytest
 
-from app.metering import Usage, estimate_usage
-from app.relay import OPENAI, MalformedUpstream
-from app.upstream.gemini import GeminiDialect
+from app.wire.usage import Usage, estimate_usage
+from app.wire.rewrite import OPENAI, MalformedUpstream
+from app.upstream.providers.gemini import GeminiDialect
 from app.wire.messages import signature
 from app.wire.messages.answer import message_from_completion, stop_reason, token_counts
 from app.wire.messages.request import parse_messages_request

@@ -6,7 +6,7 @@ from typing import Callable
 
 import orjson
 
-from ...metering import Usage, estimate_tokens
+from ..usage import Usage, estimate_tokens
 from . import signature
 
 _MESSAGE_HEAD = ("type", "message"), ("role", "assistant")

@@ -12,9 +12,9 @@ from typing import Any
 
 import orjson
 
-from ...config import RequestLimits
-from ...errors import InvalidRequest
-from ...schemas import RequestFacts
+from ...core.config import RequestLimits
+from ...core.errors import InvalidRequest
+from ..chat import RequestFacts
 from . import schema, signature
 
 # Anthropic's effort levels, and a thinking budget, as the chat API's reasoning_effort.

@@ -8,47 +8,13 @@ from typing import Any
 from pydantic_core import PydanticCustomError, SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
-from ...errors import InvalidRequest
+from ...core.errors import InvalidRequest
+from ..validation import ANY_OBJECT, BOOLEAN, STRING, array, integer, literal, number, obj, opt, req
 
-INT64 = 2**63 - 1
 # Labels of the plain (untagged) unions: they appear in an error's location but not in the caller's
 # document, so they are left out of the path; a tagged union's tag stays in it, as Anthropic writes.
 _STR, _LIST = "\x00str", "\x00list"
 _LABELS = frozenset((_STR, _LIST))
-
-
-def _opt(schema: cs.CoreSchema) -> cs.TypedDictField:
-    return cs.typed_dict_field(cs.nullable_schema(schema), required=False)
-
-
-def _req(schema: cs.CoreSchema) -> cs.TypedDictField:
-    return cs.typed_dict_field(schema, required=True)
-
-
-def _obj(fields: dict[str, cs.TypedDictField]) -> cs.CoreSchema:
-    """An object with these fields and no others. When it has more keys than fields, the first
-    unknown key is reported alone before the object is validated: a body of a million unknown keys
-    costs one error, not a million."""
-    schema = cs.typed_dict_schema(fields, extra_behavior="forbid")
-    known = frozenset(fields)
-    limit = len(fields)
-
-    def few_enough_keys(value: Any) -> Any:
-        if type(value) is dict and len(value) > limit:
-            unknown = next(k for k in value if k not in known)
-            raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted", {"field": unknown})
-        return value
-
-    return cs.no_info_before_validator_function(few_enough_keys, schema)
-
-
-def _list(items: cs.CoreSchema, **constraints: int) -> cs.ListSchema:
-    """An array; validation stops at the first bad item, so a long bad array costs one error."""
-    return cs.list_schema(items, strict=True, fail_fast=True, **constraints)
-
-
-def _lit(*values: str) -> cs.LiteralSchema:
-    return cs.literal_schema(list(values))
 
 
 def _refused(message: str) -> cs.CoreSchema:
@@ -60,70 +26,67 @@ def _refused(message: str) -> cs.CoreSchema:
     return cs.no_info_plain_validator_function(refuse)
 
 
-_str = cs.str_schema(strict=True)
 _text = cs.str_schema(strict=True, min_length=1)
-_bool = cs.bool_schema(strict=True)
 _any = cs.any_schema()
-_any_obj = cs.dict_schema(cs.str_schema(strict=True), _any, strict=True, fail_fast=True)
 # cache_control is accepted wherever Anthropic takes it (any keys: clients send new ones, such as a
 # scope); the targets cache prompts on their own, so it is never sent on.
-_cache = _opt(_any_obj)
+_cache = opt(ANY_OBJECT)
 
 
 def _tagged(choices: dict[str, cs.CoreSchema]) -> cs.CoreSchema:
     return cs.tagged_union_schema(choices, discriminator="type")
 
 
-TEXT = _obj({"type": _req(_lit("text")), "text": _req(_str), "cache_control": _cache, "citations": _opt(_list(_any))})
+TEXT = obj({"type": req(literal("text")), "text": req(STRING), "cache_control": _cache, "citations": opt(array(_any))})
 
 _image_source = _tagged({
-    "base64": _obj({
-        "type": _req(_lit("base64")),
-        "media_type": _req(_lit("image/jpeg", "image/png", "image/gif", "image/webp")),
-        "data": _req(_text),
+    "base64": obj({
+        "type": req(literal("base64")),
+        "media_type": req(literal("image/jpeg", "image/png", "image/gif", "image/webp")),
+        "data": req(_text),
     }),
-    "url": _obj({"type": _req(_lit("url")), "url": _req(_text)}),
-    "file": _obj({"type": _req(_lit("file")), "file_id": _req(_str)}),
+    "url": obj({"type": req(literal("url")), "url": req(_text)}),
+    "file": obj({"type": req(literal("file")), "file_id": req(STRING)}),
 })
-IMAGE = _obj({
-    "type": _req(_lit("image")), "source": _req(_image_source), "cache_control": _cache, "transformations": _opt(_any),
+IMAGE = obj({
+    "type": req(literal("image")), "source": req(_image_source), "cache_control": _cache, "transformations": opt(_any),
 })
 
 _document_source = _tagged({
-    "text": _obj({"type": _req(_lit("text")), "media_type": _req(_lit("text/plain")), "data": _req(_str)}),
-    "content": _obj({"type": _req(_lit("content")), "content": _req(cs.union_schema([
-        (_str, _STR), (_list(_tagged({"text": TEXT, "image": IMAGE})), _LIST),
+    "text": obj({"type": req(literal("text")), "media_type": req(literal("text/plain")), "data": req(STRING)}),
+    "content": obj({"type": req(literal("content")), "content": req(cs.union_schema([
+        (STRING, _STR), (array(_tagged({"text": TEXT, "image": IMAGE})), _LIST),
     ]))}),
-    "base64": _obj({"type": _req(_lit("base64")), "media_type": _req(_str), "data": _req(_str)}),
-    "url": _obj({"type": _req(_lit("url")), "url": _req(_str)}),
-    "file": _obj({"type": _req(_lit("file")), "file_id": _req(_str)}),
+    "base64": obj({"type": req(literal("base64")), "media_type": req(STRING), "data": req(STRING)}),
+    "url": obj({"type": req(literal("url")), "url": req(STRING)}),
+    "file": obj({"type": req(literal("file")), "file_id": req(STRING)}),
 })
-DOCUMENT = _obj({
-    "type": _req(_lit("document")), "source": _req(_document_source), "cache_control": _cache,
-    "citations": _opt(_any), "context": _opt(_str), "title": _opt(_str),
+DOCUMENT = obj({
+    "type": req(literal("document")), "source": req(_document_source), "cache_control": _cache,
+    "citations": opt(_any), "context": opt(STRING), "title": opt(STRING),
 })
 
-TOOL_USE = _obj({
-    "type": _req(_lit("tool_use")),
-    "id": _req(_text),
-    "name": _req(_text),
-    "input": _req(_any_obj),
+TOOL_USE = obj({
+    "type": req(literal("tool_use")),
+    "id": req(_text),
+    "name": req(_text),
+    "input": req(ANY_OBJECT),
     "cache_control": _cache,
-    "caller": _opt(_any),
-    "toolset_name": _opt(_str),
+    "caller": opt(_any),
+    "toolset_name": opt(STRING),
 })
-TOOL_RESULT = _obj({
-    "type": _req(_lit("tool_result")),
-    "tool_use_id": _req(_text),
-    "content": _opt(cs.union_schema([
-        (_str, _STR), (_list(_tagged({"text": TEXT, "image": IMAGE, "document": DOCUMENT})), _LIST),
+TOOL_RESULT = obj({
+    "type": req(literal("tool_result")),
+    "tool_use_id": req(_text),
+    "content": opt(cs.union_schema([
+        (STRING, _STR), (array(_tagged({"text": TEXT, "image": IMAGE, "document": DOCUMENT})), _LIST),
     ])),
-    "is_error": _opt(_bool),
+    "is_error": opt(BOOLEAN),
     "cache_control": _cache,
-    "toolset_name": _opt(_str),
+    "toolset_name": opt(STRING),
 })
-THINKING = _obj({"type": _req(_lit("thinking")), "thinking": _req(_str), "signature": _req(_str)})
-REDACTED_THINKING = _obj({"type": _req(_lit("redacted_thinking")), "data": _req(_str)})
+THINKING = obj({"type": req(literal("thinking")), "thinking": req(STRING), "signature": req(STRING)})
+REDACTED_THINKING = obj({"type": req(literal("redacted_thinking")), "data": req(STRING)})
 
 _block = _tagged({
     "text": TEXT,
@@ -135,22 +98,22 @@ _block = _tagged({
     "redacted_thinking": REDACTED_THINKING,
 })
 # Claude Code sends role "system" entries inside messages (for model names it does not know).
-MESSAGE = _obj({
-    "role": _req(_lit("user", "assistant", "system")),
-    "content": _req(cs.union_schema([(_str, _STR), (_list(_block), _LIST)])),
+MESSAGE = obj({
+    "role": req(literal("user", "assistant", "system")),
+    "content": req(cs.union_schema([(STRING, _STR), (array(_block), _LIST)])),
 })
 
-_CUSTOM_TOOL = _obj({
-    "type": _opt(_lit("custom")),
-    "name": _req(cs.str_schema(strict=True, pattern=r"^[a-zA-Z0-9_-]{1,64}$")),
-    "description": _opt(_str),
-    "input_schema": _req(_any_obj),
+_CUSTOM_TOOL = obj({
+    "type": opt(literal("custom")),
+    "name": req(cs.str_schema(strict=True, pattern=r"^[a-zA-Z0-9_-]{1,64}$")),
+    "description": opt(STRING),
+    "input_schema": req(ANY_OBJECT),
     "cache_control": _cache,
-    "strict": _opt(_bool),
-    "eager_input_streaming": _opt(_bool),
-    "defer_loading": _opt(_bool),
-    "input_examples": _opt(_list(_any)),
-    "allowed_callers": _opt(_list(_any)),
+    "strict": opt(BOOLEAN),
+    "eager_input_streaming": opt(BOOLEAN),
+    "defer_loading": opt(BOOLEAN),
+    "input_examples": opt(array(_any)),
+    "allowed_callers": opt(array(_any)),
 })
 
 
@@ -165,51 +128,51 @@ def _tool_kind(value: Any) -> str | None:
 
 TOOL = cs.tagged_union_schema({"custom": _CUSTOM_TOOL}, discriminator=_tool_kind)
 
-_parallel = {"disable_parallel_tool_use": _opt(_bool)}
+_parallel = {"disable_parallel_tool_use": opt(BOOLEAN)}
 TOOL_CHOICE = _tagged({
-    "auto": _obj({"type": _req(_lit("auto")), **_parallel}),
-    "any": _obj({"type": _req(_lit("any")), **_parallel}),
-    "tool": _obj({"type": _req(_lit("tool")), "name": _req(_text), **_parallel}),
-    "none": _obj({"type": _req(_lit("none"))}),
+    "auto": obj({"type": req(literal("auto")), **_parallel}),
+    "any": obj({"type": req(literal("any")), **_parallel}),
+    "tool": obj({"type": req(literal("tool")), "name": req(_text), **_parallel}),
+    "none": obj({"type": req(literal("none"))}),
 })
-_display = {"display": _opt(_lit("summarized", "omitted"))}
+_display = {"display": opt(literal("summarized", "omitted"))}
 THINKING_CONFIG = _tagged({
-    "enabled": _obj({"type": _req(_lit("enabled")), "budget_tokens": _req(cs.int_schema(ge=1024, le=INT64, strict=True)), **_display}),
-    "adaptive": _obj({"type": _req(_lit("adaptive")), **_display}),
-    "disabled": _obj({"type": _req(_lit("disabled"))}),
+    "enabled": obj({"type": req(literal("enabled")), "budget_tokens": req(integer(1024)), **_display}),
+    "adaptive": obj({"type": req(literal("adaptive")), **_display}),
+    "disabled": obj({"type": req(literal("disabled"))}),
 })
-JSON_FORMAT = _obj({"type": _req(_lit("json_schema")), "schema": _req(_any_obj)})
-OUTPUT_CONFIG = _obj({"effort": _opt(_lit("low", "medium", "high", "xhigh", "max")), "format": _opt(JSON_FORMAT)})
+JSON_FORMAT = obj({"type": req(literal("json_schema")), "schema": req(ANY_OBJECT)})
+OUTPUT_CONFIG = obj({"effort": opt(literal("low", "medium", "high", "xhigh", "max")), "format": opt(JSON_FORMAT)})
 
 
 def _fields(max_tokens_required: bool) -> dict[str, cs.TypedDictField]:
     return {
-        "model": _req(_text),
-        "max_tokens": cs.typed_dict_field(cs.int_schema(ge=1, le=INT64, strict=True), required=max_tokens_required),
-        "messages": _req(_list(MESSAGE, min_length=1)),
-        "system": _opt(cs.union_schema([(_str, _STR), (_list(_tagged({"text": TEXT})), _LIST)])),
-        "metadata": _opt(_obj({"user_id": _opt(cs.str_schema(strict=True, max_length=256))})),
-        "stop_sequences": _opt(_list(_str)),
-        "stream": _opt(_bool),
-        "temperature": _opt(cs.float_schema(ge=0, le=1, strict=True, allow_inf_nan=False)),
-        "top_p": _opt(cs.float_schema(ge=0, le=1, strict=True, allow_inf_nan=False)),
-        "top_k": _opt(cs.int_schema(ge=0, le=INT64, strict=True)),
-        "tools": _opt(_list(TOOL)),
-        "tool_choice": _opt(TOOL_CHOICE),
-        "thinking": _opt(THINKING_CONFIG),
-        "output_config": _opt(OUTPUT_CONFIG),
-        "output_format": _opt(JSON_FORMAT),
-        "service_tier": _opt(_lit("auto", "standard_only")),
-        "context_management": _opt(_any_obj),
+        "model": req(_text),
+        "max_tokens": cs.typed_dict_field(integer(1), required=max_tokens_required),
+        "messages": req(array(MESSAGE, min_length=1)),
+        "system": opt(cs.union_schema([(STRING, _STR), (array(_tagged({"text": TEXT})), _LIST)])),
+        "metadata": opt(obj({"user_id": opt(cs.str_schema(strict=True, max_length=256))})),
+        "stop_sequences": opt(array(STRING)),
+        "stream": opt(BOOLEAN),
+        "temperature": opt(number(0, 1)),
+        "top_p": opt(number(0, 1)),
+        "top_k": opt(integer(0)),
+        "tools": opt(array(TOOL)),
+        "tool_choice": opt(TOOL_CHOICE),
+        "thinking": opt(THINKING_CONFIG),
+        "output_config": opt(OUTPUT_CONFIG),
+        "output_format": opt(JSON_FORMAT),
+        "service_tier": opt(literal("auto", "standard_only")),
+        "context_management": opt(ANY_OBJECT),
         "cache_control": _cache,
-        "container": _opt(_refused("Containers are not supported: no model of this gateway runs code on its side.")),
-        "mcp_servers": _opt(_refused("MCP servers are not supported: connect them to your client and pass their tools as client tools.")),
+        "container": opt(_refused("Containers are not supported: no model of this gateway runs code on its side.")),
+        "mcp_servers": opt(_refused("MCP servers are not supported: connect them to your client and pass their tools as client tools.")),
     }
 
 
-REQUEST = _obj(_fields(max_tokens_required=True))
+REQUEST = obj(_fields(max_tokens_required=True))
 # count_tokens takes the same body, without max_tokens.
-COUNT = _obj(_fields(max_tokens_required=False))
+COUNT = obj(_fields(max_tokens_required=False))
 _validators = {id(REQUEST): SchemaValidator(REQUEST), id(COUNT): SchemaValidator(COUNT)}
 
 

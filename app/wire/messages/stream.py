@@ -19,9 +19,9 @@ from typing import Callable
 
 import orjson
 
-from ...metering import Usage, estimate_tokens
-from ...relay import MalformedUpstream
-from ...sse import DONE, EventFramer, event_data
+from ..rewrite import MalformedUpstream
+from ..sse import DONE, EventFramer, event_data
+from ..usage import Usage, estimate_tokens
 from . import signature
 from .answer import message_id, stop_reason, token_counts, tool_use_id, usage_object
 
