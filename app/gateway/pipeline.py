@@ -17,7 +17,8 @@ from ..core.config import RequestLimits
 from ..core.errors import GatewayError, InvalidRequest, ModelNotFound
 from ..upstream.stream import UpstreamStream
 from ..wire.chat import RequestFacts
-from ..wire.rewrite import StreamRewriter
+from ..wire.rewrite import Dialect, StreamRewriter
+from ..wire.usage import Usage
 from .exchange import Exchange
 from .services import Services
 
@@ -38,8 +39,14 @@ class ClientApi(Protocol):
     def limit(self, request: dict[str, Any], tokens: int) -> None:
         """Limit each choice of the answer to ``tokens`` (what the balance can pay for)."""
 
-    def include_usage(self, request: dict[str, Any]) -> bool:
-        """Whether the stream carries the usage at its end."""
+    def answer(self, model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
+        """How a non-stream upstream body (and its provider's dialect) becomes this API's answer and
+        the usage it shows; MalformedUpstream on a body it cannot read."""
+
+    def rewriter(self, request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """What reads the upstream's stream (with its provider's dialect): an object with the chat
+        ``StreamRewriter``'s interface whose output is this API's events."""
 
     def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream's bytes for the caller, from the rewritten chat chunks."""
@@ -130,7 +137,8 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     if exchange.stream:
         return await _stream(services, api, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
-        model, body, exchange.request_id, exchange.attempts, exchange.completion_id
+        model, body, exchange.request_id, exchange.attempts, exchange.completion_id,
+        api.answer(model.id, exchange.request_id, exchange.estimate),
     )
     return out
 
@@ -144,9 +152,8 @@ def _still_wanted(call: Call) -> None:
 
 
 async def _stream(services: Services, api: ClientApi, model: PublicModel, body: dict, exchange: Exchange) -> Events:
-    include_usage = api.include_usage(body)
     upstream = exchange.upstream = await services.upstream.stream(
         model, body, exchange.request_id, exchange.attempts,
-        lambda dialect: StreamRewriter(model.id, exchange.completion_id, include_usage, dialect, exchange.estimate),
+        api.rewriter(body, model.id, exchange.request_id, exchange.estimate),
     )
     return Events(api.events(upstream), exchange, api, upstream, services)
