@@ -258,3 +258,26 @@ def test_key_controls_hold(gateway):
     with sdk(gateway, customer.key) as client:
         with pytest.raises(anthropic.NotFoundError):
             client.messages.create(model="zowy-1", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+def test_a_hang_up_mid_stream_is_billed_once(gateway, customer):
+    import socket
+    import time
+
+    payload = json.dumps({"model": "zowy-1-pro", "max_tokens": 500, "stream": True,
+                          "messages": [{"role": "user", "content": "long [[fake:chunks=200,delay=0.05]]"}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", gateway.process.port), timeout=10)
+    sock.sendall(b"POST /v1/messages?beta=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"x-api-key: {customer.key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    received = b""
+    while received.count(b"event: content_block_delta") < 4:
+        received += sock.recv(65536)
+    request_id = received.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
+    sock.close()
+    recorded = entry(gateway, request_id)
+    assert recorded.outcome == "client_disconnected" and recorded.stream and getattr(recorded, "api", "messages") == "messages"
+    assert recorded.estimated and recorded.completion_tokens >= 3
+    time.sleep(0.5)
+    assert ledger_count(gateway, customer.account_id) == 1
+    (package,) = support.run_store(gateway, lambda s: s.packages(customer.account_id))
+    assert package.used == recorded.total_tokens
