@@ -139,7 +139,7 @@ def test_claude_code_runs_a_bash_turn(scripted, scripted_gateway, tmp_path, mode
         # Gemini's thought signature came back with its call, through Claude Code's history.
         assert call["extra_content"] == {"google": {"thought_signature": SIGNATURE}}
     entries = support.wait_until(lambda: (e := ledger(scripted_gateway, customer.account_id)) and len(e) == 2 and e)
-    assert {getattr(e, "api", "messages") for e in entries} == {"messages"}
+    assert {e.api for e in entries} == {"messages"}
     assert sorted(e.total_tokens for e in entries) == ([3030, 3108] if model == "zowy-1" else [3100, 3108])
 
 

@@ -25,7 +25,7 @@ async def messages(request: Request) -> HTTPResponse | None:
     services: Services = request.app.ctx.services
     await io.receive(request, services.settings)
     headers = request.headers
-    with Exchange(services, len(request.body), headers.get("x-request-id")) as exchange:
+    with Exchange(services, len(request.body), headers.get("x-request-id"), MESSAGES.name) as exchange:
         exchange.headers["request-id"] = exchange.request_id  # where Anthropic's SDKs look for it
         request.ctx.headers = exchange.headers
         call = pipeline.Call(

@@ -79,7 +79,7 @@ def test_stream(exchange, client, capture, replay, replay_gateway):
         "refusal" if refusal else "end_turn")
     assert_no_upstream_identity(exchange, capture.received())
     entry = ledger(replay_gateway, request_id)
-    assert entry.outcome == "ok" and entry.stream and getattr(entry, "api", "messages") == "messages"
+    assert entry.outcome == "ok" and entry.stream and entry.api == "messages"
     shown = (final.usage.input_tokens, final.usage.cache_read_input_tokens, final.usage.output_tokens)
     assert shown == (token_counts(Usage(entry.prompt_tokens, entry.completion_tokens, entry.total_tokens,
                                         cached_tokens=entry.cached_tokens)))
@@ -106,7 +106,7 @@ def test_completion(exchange, client, capture, replay, replay_gateway):
     assert (message.usage.input_tokens, message.usage.cache_read_input_tokens, message.usage.output_tokens) == expected_usage(exchange)
     assert_no_upstream_identity(exchange, capture.received())
     entry = ledger(replay_gateway, request_id)
-    assert getattr(entry, "api", "messages") == "messages" and not entry.estimated
+    assert entry.api == "messages" and not entry.estimated
 
 
 @pytest.mark.parametrize("exchange", ERRORS, ids=lambda e: e.id)
@@ -127,7 +127,7 @@ def test_error(exchange, client, capture, replay, replay_gateway):
         assert error.response.headers["retry-after"]
     assert_no_upstream_identity(exchange, capture.received())
     entry = ledger(replay_gateway, error.response.headers["x-request-id"])
-    assert entry.outcome == "upstream_error" and entry.total_tokens == 0 and getattr(entry, "api", "messages") == "messages"
+    assert entry.outcome == "upstream_error" and entry.total_tokens == 0 and entry.api == "messages"
 
 
 def turns(name: str) -> list[corpus.Exchange]:
