@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable
 
-import orjson
-
 from ...core.errors import GatewayError, InvalidApiKey
-from ..rewrite import Dialect, MalformedUpstream
+from ..rewrite import Dialect, read_completion
 from ..usage import Usage
 from .answer import message_from_completion
 from .errors import envelope, error_event
@@ -41,13 +39,7 @@ class MessagesApi:
         is billed when the upstream reported none)."""
 
         def answer(raw: bytes, dialect: Dialect) -> tuple[bytes, Usage | None]:
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise MalformedUpstream("not JSON") from None
-            if type(doc) is not dict or type(doc.get("choices")) is not list:
-                raise MalformedUpstream("no choices")
-            dialect.completion(doc, "chatcmpl-" + request_id)
+            doc = read_completion(raw, "chatcmpl-" + request_id, dialect)
             return message_from_completion(doc, model, request_id, estimate)
 
         return answer
