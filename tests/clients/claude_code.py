@@ -52,14 +52,15 @@ class Run:
         return json.loads(self.stdout.strip().splitlines()[-1])
 
 
-def run(base_url: str, api_key: str, prompt: str, workdir: Path, *, model: str = "zowy-1", bearer: bool = False,
-        timeout: float = 150.0, extra: tuple[str, ...] = ()) -> Run:
-    """``claude -p PROMPT --model MODEL --allowedTools Bash --output-format json`` in ``workdir``."""
+def run(base_url: str, api_key: str, prompt: str, workdir: Path, *, model: str | None = "zowy-1", bearer: bool = False,
+        timeout: float = 150.0, env: dict[str, str] | None = None) -> Run:
+    """``claude -p PROMPT [--model MODEL] --allowedTools Bash --output-format json`` in ``workdir``."""
     home = workdir / ".home"
     (home / ".claude").mkdir(parents=True, exist_ok=True)
+    chosen = ["--model", model] if model else []
     completed = subprocess.run(
-        [str(BINARY), "-p", prompt, "--model", model, "--allowedTools", "Bash", "--output-format", "json", *extra],
-        cwd=workdir, env=environment(base_url, api_key, home, bearer=bearer), stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=timeout,
+        [str(BINARY), "-p", prompt, *chosen, "--allowedTools", "Bash", "--output-format", "json"],
+        cwd=workdir, env={**environment(base_url, api_key, home, bearer=bearer), **(env or {})},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )
     return Run(completed.returncode, completed.stdout, completed.stderr)

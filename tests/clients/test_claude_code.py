@@ -151,3 +151,17 @@ def test_claude_code_with_a_bearer_token(scripted, scripted_gateway, tmp_path):
     run = claude_code.run(scripted_gateway.url, customer.key, "Say hello.", tmp_path, bearer=True)
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert run.result["result"] == "Hello there."
+
+
+def test_claude_code_with_the_model_in_its_environment(scripted, scripted_gateway, tmp_path):
+    """The README's setup: no --model, the public model named by ANTHROPIC_MODEL (and for Claude
+    Code's small background model), with non-essential traffic off: one request."""
+    scripted.reset()
+    customer = support.new_customer(scripted_gateway)
+    scripted.push({"status": 200, "content_type": "text/event-stream", "body": openai_text("Hello from the environment.")})
+    env = {"ANTHROPIC_MODEL": "zowy-1", "ANTHROPIC_SMALL_FAST_MODEL": "zowy-1"}
+    run = claude_code.run(scripted_gateway.url, customer.key, "Say hello.", tmp_path, model=None, env=env)
+    assert run.returncode == 0, (run.stdout, run.stderr)
+    assert run.result["result"] == "Hello from the environment."
+    (sent,) = scripted.received
+    assert sent["model"] == "gpt-5.4-mini"  # zowy-1's target here
