@@ -7,9 +7,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
-ORDER = ("direct", "bare", "nginx", "gateway", "litellm")
+ORDER = ("direct", "bare", "nginx", "gateway", "gateway-messages", "litellm")
 NAMES = {"direct": "direct (fake upstream)", "bare": "bare Sanic proxy", "nginx": "nginx",
-         "gateway": "Zowy gateway", "litellm": "LiteLLM proxy"}
+         "gateway": "Zowy gateway", "gateway-messages": "Zowy gateway, Messages API", "litellm": "LiteLLM proxy"}
+# The gateway through another client API, held to Chat Completions' costs in the same run.
+APIS = {"gateway-messages": "Messages API"}
+API_RATIO = 1.3
 
 
 def keys(out: dict) -> list[str]:
@@ -119,6 +122,24 @@ def targets(out: dict) -> list[dict]:
     rows = []
     for key in gateway_keys(out):
         rows += gateway_targets(out, key)
+    return rows + api_targets(out)
+
+
+def api_targets(out: dict) -> list[dict]:
+    """Each other client API's CPU per request and per relayed event against Chat Completions'."""
+    s = out["systems"]
+    chat = s.get("gateway")
+    rows = []
+    for key, name in APIS.items():
+        api = s.get(key)
+        if api is None or chat is None:
+            continue
+        for what, value in (("CPU per non-stream request", cpu_per_request_us),
+                            ("CPU per 10-event stream request", lambda x: cpu_per_request_us(x, "stream")),
+                            ("CPU per relayed event (long streams)", cpu_per_event)):
+            ours, theirs = value(api), value(chat)
+            rows.append(_target(f"{name}: {what} <= {API_RATIO}x Chat Completions", _div(ours, theirs), API_RATIO, False,
+                                "x", f"{_f(ours, 1)} / {_f(theirs, 1)} µs"))
     return rows
 
 

@@ -32,7 +32,10 @@ from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile
 from .systems import Context, System, Unavailable
 
 CONCURRENCY = 32
-ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "litellm")
+ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "gateway-messages", "litellm")
+# The gateway measured through another client API than Chat Completions, against "gateway" in the same run.
+APIS = {"gateway-messages": "messages"}
+MESSAGES_MAX_TOKENS = 1024
 OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
 HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
 PROMPT = "You are a helpful assistant. Answer briefly."
@@ -53,13 +56,23 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, lo
             doc["stream"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    files = {
-        "plain": body(False, "Say hello to the benchmark, please."),
-        "stream": body(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
-        "hold": body(True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
-        "long": body(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
-        "capacity": body(True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
+    def messages(stream: bool, text: str) -> bytes:
+        """The same request in the Messages API (max_tokens is required there)."""
+        doc = {"model": systems.PUBLIC_MODEL, "max_tokens": MESSAGES_MAX_TOKENS, "system": PROMPT,
+               "messages": [{"role": "user", "content": text}]}
+        if stream:
+            doc["stream"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    texts = {
+        "plain": (False, "Say hello to the benchmark, please."),
+        "stream": (True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
+        "hold": (True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
+        "long": (True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
+        "capacity": (True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
     }
+    files = {name: body(stream, text) for name, (stream, text) in texts.items()}
+    files.update({f"{name}@messages": messages(stream, text) for name, (stream, text) in texts.items()})
     out = {}
     for name, data in files.items():
         path = work / f"body-{name}.json"
@@ -106,9 +119,13 @@ class Bench:
     def _preexec(self):
         return procs.preexec(self.gen_cpus)
 
+    def body_file(self, system: System, body: str) -> Path:
+        """The payload ``body`` in the client API the system's URL speaks."""
+        return self.bodies[body if system.api == "chat" else f"{body}@{system.api}"]
+
     def loadgen(self, mode: str, system: System, body: str, *opts: str, timeout: float = 600) -> dict:
         args = [sys.executable, "-m", "bench.loadgen", mode, "--url", system.url,
-                "--body-file", str(self.bodies[body]), *self._header_args(system), *opts]
+                "--body-file", str(self.body_file(system, body)), *self._header_args(system), *opts]
         out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                              preexec_fn=self._preexec())
         for line in out.stdout.splitlines():
@@ -126,7 +143,7 @@ class Bench:
     def _lua(self, system: System, body: str) -> Path:
         path = self.work / f"wrk-{system.key}-{body}.lua"
         if not path.exists():
-            wrk.script(path, self.bodies[body].read_bytes(), {"Content-Type": "application/json", **system.headers})
+            wrk.script(path, self.body_file(system, body).read_bytes(), {"Content-Type": "application/json", **system.headers})
         return path
 
     def throughput(self, system: System, body: str, seconds: float, warmup: bool = False) -> dict:
@@ -180,7 +197,7 @@ class Bench:
     def open_streams(self, system: System) -> dict:
         n = self.args.streams
         args = [sys.executable, "-m", "bench.loadgen", "hold", "--url", system.url,
-                "--body-file", str(self.bodies["hold"]), *self._header_args(system), "--streams", str(n),
+                "--body-file", str(self.body_file(system, "hold")), *self._header_args(system), "--streams", str(n),
                 "--open-timeout", str(self.args.open_timeout), "--hold", "120"]
         before = rss_bytes(system.pids())
         proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -319,7 +336,7 @@ class Bench:
                 "refused_per_s": round(refused / seconds, 1) if seconds else None}
 
     def status(self, system: System, body: str) -> int:
-        request = urllib.request.Request(system.url, data=self.bodies[body].read_bytes(), method="POST",
+        request = urllib.request.Request(system.url, data=self.body_file(system, body).read_bytes(), method="POST",
                                          headers={"Content-Type": "application/json", **system.headers})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -418,6 +435,9 @@ class Bench:
                 tree, tree_info = self.trees.tree("gateway")
                 transport = bakeoff.TRANSPORTS[candidate.transport] if candidate.transport else None
                 system = systems.gateway(self.ctx, tee_port, key, tree, tree_info, transport, candidate.tls)
+            elif key in APIS:
+                tree, tree_info = self.trees.tree("gateway")
+                system = systems.gateway(self.ctx, free_port(), key, tree, tree_info, api=APIS[key])
             elif key == "direct":
                 system = systems.direct(self.ctx)
             elif key.startswith("bare"):

@@ -1,5 +1,6 @@
 """A seconds-long smoke of the bench harness: it starts the fake upstream, the bare proxy, the
-gateway and the gateway of HEAD (a git worktree), runs every phase with tiny numbers (long streams,
+gateway (through Chat Completions and through the Messages API) and the gateway of HEAD (a git
+worktree), runs every phase with tiny numbers (long streams,
 refusals, one capacity probe), and writes its JSON and markdown files. The targets are for the bench
 report, not for CI: nothing here asserts them."""
 from __future__ import annotations
@@ -17,16 +18,16 @@ def test_harness_runs_and_writes_its_files(tmp_path):
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--duration", "0.5", "--generator", "aiohttp",
-         "--systems", "direct,bare,gateway,gateway@HEAD",
+         "--systems", "direct,bare,gateway,gateway-messages,gateway@HEAD",
          "--streams", "10", "--long-streams", "4", "--long-chunks", "20", "--capacity-start", "4", "--capacity-max", "4",
          "--capacity-window", "0.5", "--capacity-budget", "10", "--no-install", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
+        cwd=ROOT, capture_output=True, text=True, timeout=200,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [result_file] = list(out.glob("*.json"))
     [md_file] = list(out.glob("*.md"))
     result = json.loads(result_file.read_text())
-    assert set(result["systems"]) == {"direct", "bare", "gateway", "gateway@HEAD"}, result.get("skipped")
+    assert set(result["systems"]) == {"direct", "bare", "gateway", "gateway-messages", "gateway@HEAD"}, result.get("skipped")
     for key, system in result["systems"].items():
         for kind in ("non_stream", "stream"):
             assert system["throughput"][kind]["rps"] > 0, (key, kind, system["throughput"][kind])
@@ -41,7 +42,9 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
     assert result["systems"]["gateway"]["fidelity"]["met"] is True, result["systems"]["gateway"]["fidelity"]
-    for key in ("gateway", "gateway@HEAD"):
+    api_rows = [t for t in result["targets"] if t["target"].startswith("Messages API:")]
+    assert len(api_rows) == 3 and all(t["value"] > 0 for t in api_rows), api_rows
+    for key in ("gateway", "gateway-messages", "gateway@HEAD"):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal
     assert result["systems"]["gateway@HEAD"]["info"]["commit"], result["systems"]["gateway@HEAD"]["info"]
@@ -50,7 +53,7 @@ def test_harness_runs_and_writes_its_files(tmp_path):
     text = md_file.read_text()
     for heading in ("## Targets", "## Long streams", "## Capacity", "## Refused requests", "## Gateway variants"):
         assert heading in text, heading
-    assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text
+    assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text and "| Zowy gateway, Messages API |" in text
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "zowy-bench-" not in worktrees, worktrees
 
