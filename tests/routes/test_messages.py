@@ -281,3 +281,16 @@ def test_a_hang_up_mid_stream_is_billed_once(gateway, customer):
     assert ledger_count(gateway, customer.account_id) == 1
     (package,) = support.run_store(gateway, lambda s: s.packages(customer.account_id))
     assert package.used == recorded.total_tokens
+
+
+def test_a_small_balance_is_served_a_limited_answer(gateway):
+    """A balance that cannot hold max_tokens serves the answer limited to what it holds, which ends
+    for its length (max_tokens), as a max_tokens of the caller's would; billed within the balance."""
+    customer = support.new_customer(gateway, tokens=3000)
+    with sdk(gateway, customer.key) as client:
+        raw = client.messages.with_raw_response.create(
+            model="zowy-1", max_tokens=20_000, messages=[{"role": "user", "content": "hi [[fake:honor_max=1,chunks=20000]]"}])
+    answer = raw.parse()
+    assert answer.stop_reason == "max_tokens" and 0 < answer.usage.output_tokens < 3000
+    recorded = entry(gateway, raw.headers["x-request-id"])
+    assert recorded.total_tokens == answer.usage.input_tokens + answer.usage.output_tokens <= 3000
