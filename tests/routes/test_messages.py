@@ -206,7 +206,7 @@ def test_upstream_failures_are_server_errors(gateway, customer):
         assert r.status_code == 502 and error_of(r)["type"] == "api_error"
         r = h.post("/v1/messages", headers={"x-api-key": customer.key},
                    json={"model": "zowy-1-pro", "max_tokens": 5, "stream": True,
-                         "messages": [{"role": "user", "content": "x [[fake:error_event=2]]"}]})
+                         "messages": [{"role": "user", "content": "x [[fake:error_event=2,delay=0.1]]"}]})
     assert r.status_code == 200
     last = [block for block in r.text.split("\n\n") if block][-1]
     assert last.startswith("event: error\ndata: ")
