@@ -51,7 +51,7 @@ class GatewayErrorHandler(ErrorHandler):
             headers.update(ctx_headers)
         headers.update(error.headers)
         request_id = headers.setdefault("x-request-id", new_request_id())
-        render = getattr(_api(request), "error_body", None)
+        render = getattr(_api(request, exception), "error_body", None)
         body = error.body() if render is None else render(error, request_id)
         return HTTPResponse(body, status=error.status, headers=headers, content_type="application/json")
 
@@ -59,14 +59,20 @@ class GatewayErrorHandler(ErrorHandler):
         return self.response(request, exception)
 
 
-def _api(request: Request | None) -> object | None:
-    """The client API a request is answered in, if its route (or handler) named one."""
+def _api(request: Request | None, exception: BaseException) -> object | None:
+    """The client API a request is answered in, if its route (or handler) named one; for a method
+    the path does not take, the API of the path's routes."""
     if request is None:
         return None
     chosen = getattr(request.ctx, "api", None)
     if chosen is not None:
         return chosen
     route = request.route
+    if route is None and isinstance(exception, sanic_errors.MethodNotAllowed) and exception.allowed_methods:
+        try:
+            route = request.app.router.get(request.path, next(iter(exception.allowed_methods)), None)[0]
+        except Exception:
+            return None
     return getattr(route.ctx, "api", None) if route is not None else None
 
 
