@@ -159,7 +159,7 @@ def test_claude_code_with_the_model_in_its_environment(scripted, scripted_gatewa
     scripted.reset()
     customer = support.new_customer(scripted_gateway)
     scripted.push({"status": 200, "content_type": "text/event-stream", "body": openai_text("Hello from the environment.")})
-    env = {"ANTHROPIC_MODEL": "zowy-1", "ANTHROPIC_SMALL_FAST_MODEL": "zowy-1"}
+    env = {"ANTHROPIC_MODEL": "zowy-1", "ANTHROPIC_DEFAULT_HAIKU_MODEL": "zowy-1"}
     run = claude_code.run(scripted_gateway.url, customer.key, "Say hello.", tmp_path, model=None, env=env)
     assert run.returncode == 0, (run.stdout, run.stderr)
     assert run.result["result"] == "Hello from the environment."
