@@ -43,10 +43,10 @@ class ClientApi(Protocol):
         """How a non-stream upstream body (and its provider's dialect) becomes this API's answer and
         the usage it shows; MalformedUpstream on a body it cannot read."""
 
-    def reader(self, request: dict[str, Any], model: str, completion_id: str, estimate: Callable[[int], Usage],
-               dialect: Dialect) -> StreamRewriter:
-        """What reads the upstream stream into the caller's bytes, given the provider's dialect: the
-        chat rewriter, or a reader that translates as it reads (each upstream event parsed once)."""
+    def rewriter(self, request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """What reads the upstream's stream (with its provider's dialect): an object with the chat
+        ``StreamRewriter``'s interface whose output is this API's events."""
 
     def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream's bytes for the caller, from the rewritten chat chunks."""
@@ -154,6 +154,6 @@ def _still_wanted(call: Call) -> None:
 async def _stream(services: Services, api: ClientApi, model: PublicModel, body: dict, exchange: Exchange) -> Events:
     upstream = exchange.upstream = await services.upstream.stream(
         model, body, exchange.request_id, exchange.attempts,
-        lambda dialect: api.reader(body, model.id, exchange.completion_id, exchange.estimate, dialect),
+        api.rewriter(body, model.id, exchange.request_id, exchange.estimate),
     )
     return Events(api.events(upstream), exchange, api, upstream, services)

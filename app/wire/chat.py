@@ -329,11 +329,12 @@ class ChatCompletions:
         return lambda raw, dialect: rewrite_completion(raw, model, completion_id, dialect)
 
     @staticmethod
-    def reader(request: dict[str, Any], model: str, completion_id: str, estimate: Callable[[int], Usage],
-               dialect: Dialect) -> StreamRewriter:
-        """The rewriter: the upstream's chunks with our identity, a usage chunk at the end when asked."""
+    def rewriter(request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """The upstream's chunks with our identity; a usage chunk last when the caller asked for it."""
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        return StreamRewriter(model, completion_id, include_usage, dialect, estimate)
+        completion_id = "chatcmpl-" + request_id
+        return lambda dialect: StreamRewriter(model, completion_id, include_usage, dialect, estimate)
 
     @staticmethod
     def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -45,12 +45,10 @@ class MessagesApi:
         return answer
 
     @staticmethod
-    def reader(request: dict[str, Any], model: str, completion_id: str, estimate: Callable[[int], Usage],
-               dialect: Dialect) -> MessagesStream:
-        """Anthropic's events as the upstream's chunks come; message_start shows the prompt's
-        estimate until the upstream reports its own count."""
-        request_id = completion_id.removeprefix("chatcmpl-")  # the exchange's id: ours are msg_ and toolu_ + it
-        return MessagesStream(model, request_id, dialect, estimate, estimate(0).prompt_tokens)
+    def rewriter(request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], MessagesStream]:
+        prompt = estimate(0).prompt_tokens  # what message_start shows until the upstream reports
+        return lambda dialect: MessagesStream(model, request_id, dialect, estimate, prompt)
 
     @staticmethod
     def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
