@@ -34,6 +34,11 @@ class MessagesApi:
         request["max_tokens"] = tokens
 
     @staticmethod
+    async def resolve(request: dict[str, Any], facts: Any, account_id: str, store: Any) -> tuple[dict[str, Any], Any]:
+        """A Messages request refers to nothing stored: the whole conversation comes with it."""
+        return request, facts
+
+    @staticmethod
     def answer(model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
         """The message object of the upstream's completion, and the usage it shows (the estimate that
         is billed when the upstream reported none)."""
