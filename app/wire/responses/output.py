@@ -158,13 +158,12 @@ def _format(text_format: dict | None) -> dict:
 
 def _tool(tool: dict) -> dict:
     if tool["type"] == "function":
-        return {
-            "type": "function",
-            "description": tool.get("description"),
-            "name": tool["name"],
-            "parameters": tool.get("parameters"),
-            "strict": tool.get("strict"),
-        }
+        echo = {"type": "function", "description": tool.get("description"), "name": tool["name"]}
+        if tool.get("output_schema") is not None:
+            echo["output_schema"] = tool["output_schema"]
+        echo["parameters"] = tool.get("parameters")
+        echo["strict"] = tool.get("strict")
+        return echo
     return tool
 
 

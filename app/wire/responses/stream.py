@@ -252,13 +252,14 @@ class ResponsesStream:
             last = len(item.parts) - 1
             for i, (kind, pieces) in enumerate(item.parts):
                 out.append(self._part_added(item, i))
-                text = "".join(pieces)
-                if kind == "output_text":
-                    out.append(self._event("response.output_text.delta", item_id=item.id, output_index=n,
-                                           content_index=i, delta=text, logprobs=item.logprobs))
-                else:
-                    out.append(self._event("response.refusal.delta", item_id=item.id, output_index=n,
-                                           content_index=i, delta=text))
+                # What waited goes out in the pieces it came in.
+                for piece in pieces:
+                    if kind == "output_text":
+                        out.append(self._event("response.output_text.delta", item_id=item.id, output_index=n,
+                                               content_index=i, delta=piece, logprobs=[]))
+                    else:
+                        out.append(self._event("response.refusal.delta", item_id=item.id, output_index=n,
+                                               content_index=i, delta=piece))
                 if i < last:
                     out.append(self._part_done(item, i))
             return
@@ -267,9 +268,10 @@ class ResponsesStream:
         item.id = self._frame.ids.item(kind, n)
         out.append(self._event("response.output_item.added", output_index=n,
                                item=call_item(item.id, item.call_id, item.tool, "", "in_progress")))
-        if item.args and item.tool.kind != "custom":
-            out.append(self._event("response.function_call_arguments.delta", item_id=item.id, output_index=n,
-                                   delta="".join(item.args)))
+        if item.tool.kind != "custom":
+            for piece in item.args:
+                out.append(self._event("response.function_call_arguments.delta", item_id=item.id, output_index=n,
+                                       delta=piece))
 
     def _carrier(self, out: list[bytes]) -> None:
         """A done reasoning item carrying the vendor fields of the calls seen so far."""
