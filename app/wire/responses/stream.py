@@ -55,7 +55,7 @@ class ResponsesStream:
     """Feeds on upstream chat-chunk bytes; returns the Responses events to send."""
 
     __slots__ = (
-        "_frame", "_tools", "dialect", "_estimate", "_framer", "_seq", "_started", "done", "error", "usage",
+        "_frame", "_tools", "dialect", "_normalise", "_estimate", "_framer", "_tail", "_seq", "_started", "done", "error", "usage",
         "events", "text_chars", "created", "tool_calls", "_items", "_open", "_queue", "_message", "_calls",
         "_carried", "_finish", "_ncalls", "_logprobs", "response",
     )
@@ -66,7 +66,10 @@ class ResponsesStream:
         self._tools = tools
         self.dialect = dialect
         self._estimate = estimate or _completion_only
-        self._framer = EventFramer()
+        # OpenAI's chunks need no normalising; another provider's dialect sees every chunk.
+        self._normalise = None if type(dialect) is Dialect else dialect.chunk
+        self._framer: EventFramer | None = None
+        self._tail = b""
         self._seq = 0
         self._started = False
         self.done = False
@@ -96,54 +99,94 @@ class ResponsesStream:
 
     def feed(self, chunk: bytes) -> bytes:
         """The events to send for the upstream events ``chunk`` completes. Raises MalformedUpstream."""
-        return self._events(self._framer.feed(chunk))
+        if self._framer is not None:
+            return self._events(self._framer.feed(chunk))
+        buffer = self._tail + chunk if self._tail else chunk
+        if buffer.find(b"\r") >= 0:
+            # CR line ends (none seen from either provider): the general framer from here on.
+            self._framer = EventFramer()
+            self._tail = b""
+            return self._events(self._framer.feed(buffer))
+        events = buffer.split(b"\n\n")
+        self._tail = events.pop()
+        return self._events(events) if events else b""
 
     def finish(self) -> bytes:
         """At the end of the upstream body: what a held-back line end or a last event without its
         blank line completes."""
-        out = self._events(self._framer.finish())
-        rest = self._framer.pending()
+        if self._framer is not None:
+            out = self._events(self._framer.finish())
+            rest = self._framer.pending()
+        else:
+            out, rest = b"", self._tail
+        self._tail = b""
         if rest.strip() and not (self.done or self.error is not None):
-            event = rest.rstrip(b"\r\n") + b"\n\n"
-            if event_data(event) is not None:
-                out += self._events([event])
+            out += self._events([rest.rstrip(b"\r\n")])
         return out
 
     def _events(self, events: list[bytes]) -> bytes:
+        """Events without their blank line; each upstream event parsed once, text deltas to the
+        open message written straight from its template."""
         out: list[bytes] = []
+        loads = orjson.loads
         for event in events:
             if self.done or self.error is not None:
                 break
-            data = event_data(event)
-            if data is None:
-                continue
+            if event.startswith(b"data: ") and event.find(b"\n") < 0:
+                data = event[6:]
+            else:
+                data = event_data(event + b"\n\n")
+                if data is None:
+                    continue
             if data == DONE:
                 out.append(self._complete())
                 continue
             try:
-                doc = orjson.loads(data)
+                doc = loads(data)
             except orjson.JSONDecodeError:
                 raise MalformedUpstream("event is not JSON") from None
             if type(doc) is not dict:
                 raise MalformedUpstream("event is not a JSON object")
-            if "error" in doc and not doc.get("choices"):
+            choices = doc.get("choices")
+            if "error" in doc and not choices:
                 error = doc["error"]
                 self.error = error if isinstance(error, dict) else {"message": str(error)}
                 break
             self.events += 1
             if not self._started:
                 out.append(self._start(doc))
-            self.dialect.chunk(doc, self)
+            if self._normalise is not None:
+                self._normalise(doc, self)
+                choices = doc.get("choices")
             usage = doc.get("usage")
             if usage is not None:
                 reported = Usage.from_upstream(usage)
                 if reported is not None:
                     self.usage = reported
-            choices = doc.get("choices")
-            if type(choices) is list and choices:
-                choice = choices[0]
-                if type(choice) is dict:
-                    self._choice(choice, out)
+            if type(choices) is not list or not choices:
+                continue
+            choice = choices[0]
+            if type(choice) is not dict:
+                continue
+            delta = choice.get("delta")
+            message = self._message
+            if (
+                message is not None and message is self._open and type(delta) is dict and not self._logprobs
+                and message.parts and message.parts[-1][0] == "output_text"
+                and delta.get("tool_calls") is None and not delta.get("refusal")
+            ):
+                text = delta.get("content")
+                if type(text) is str:
+                    if text:
+                        message.parts[-1][1].append(text)
+                        self.text_chars += len(text)
+                        out.append(message.delta % (self._seq, orjson.dumps(text), b"[]"))
+                        self._seq += 1
+                    finish = choice.get("finish_reason")
+                    if finish:
+                        self._finish = finish
+                    continue
+            self._choice(choice, out)
         return b"".join(out)
 
     def _start(self, doc: dict) -> bytes:
