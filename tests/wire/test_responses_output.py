@@ -5,7 +5,7 @@ import orjson
 
 from app.metering import Usage
 from app.wire.responses import signatures
-from app.wire.responses.output import Frame, completion_output, response_of_item, usage_object
+from app.wire.responses.output import Frame, completion_output, usage_object
 from app.wire.responses.request import parse_responses_request
 from app.wire.responses.translate import Tool
 
@@ -26,8 +26,6 @@ def test_text_answer():
     assert incomplete is None
     assert output == [{"id": f"msg_{RID}0000", "type": "message", "status": "completed",
                        "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": "Hi!"}], "role": "assistant"}]
-    assert response_of_item(output[0]["id"]) == f"resp_{RID}"
-    assert response_of_item("msg_someone_else") is None
 
 
 def test_tool_calls_with_signatures_and_text():

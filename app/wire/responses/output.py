@@ -24,14 +24,6 @@ def response_id(request_id: str) -> str:
     return RESPONSE_PREFIX + request_id
 
 
-def response_of_item(item_id: str) -> str | None:
-    """The id of the response an item id of ours belongs to (None for any other id)."""
-    prefix, _, rest = item_id.partition("_")
-    if prefix not in ("msg", "fc", "ctc", "rs", "call") or len(rest) != 28:
-        return None
-    return RESPONSE_PREFIX + rest[:24]
-
-
 class Ids:
     """The ids of one response and of its items, numbered in output order."""
 
