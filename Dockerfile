@@ -17,11 +17,11 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > requirements.txt \
     && pip install -r requirements.txt
 
-# The gateway itself (demo mode's model is built in: app/demo.py).
+# The gateway itself (demo mode's model is built in: app/upstream/demo.py).
 COPY README.md ./
 COPY app ./app
 RUN pip install --no-deps . \
-    && python -c "import app.cli, app.demo"
+    && python -c "import app.cli, app.upstream.demo"
 
 # ---- runtime: the virtualenv on a clean slim image, as an unprivileged user
 FROM ${PYTHON_IMAGE}

@@ -1,7 +1,7 @@
 """``python -m app``: the command line."""
 import sys
 
-from . import stop_signals
+from .process import stop_signals
 
 stop_signals.hold()  # first, before the imports that take most of a start
 

@@ -19,15 +19,18 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from . import accounts, audit, grants, logs, operations, stop_signals
-from .alerts import Alerts
-from .audit import CLI
-from .config import ConfigError, Settings
-from .errors import GatewayError, InvalidRequest, NotFound
-from .keys import key_hash
-from .metrics import MULTIPROC_ENV
+from .accounts import audit, owners, provisioning
+from .accounts.audit import CLI
+from .alerts.rules import Alerts
+from .billing import grants, packages, reconciliation
+from .core import config, logs
+from .core.config import ConfigError, Settings
+from .core.digests import key_hash
+from .core.errors import GatewayError, InvalidRequest, NotFound
+from .core.metrics import MULTIPROC_ENV
+from .process import stop_signals
 from .store import Store, open_store
-from .store.base import AuditQuery
+from .store.contracts.audit import AuditQuery
 
 _UNSET = object()
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "serve" and args.worker_of is not None:
-        from .worker import main as worker
+        from .process.worker import main as worker
 
         return worker()
     try:
@@ -180,7 +183,7 @@ def _print(value: Any) -> None:
 
 
 async def _accounts_create(store: Store, settings: Settings, args) -> int:
-    account = await operations.create_account(store, args.name, CLI)
+    account = await provisioning.create_account(store, args.name, CLI)
     _print({"id": account.id, "name": account.name})
     return 0
 
@@ -232,8 +235,8 @@ def _controls(args, limits: bool = False) -> dict:
 
 
 async def _keys_create(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    record, key = await operations.create_key(
+    account = await provisioning.find_account(store, args.account)
+    record, key = await provisioning.create_key(
         store, settings, account, args.per_minute, args.per_hour, controls=_controls(args), actor=CLI
     )
     print(f"key id: {record.id}  account: {account.name} ({account.id})")
@@ -243,45 +246,45 @@ async def _keys_create(store: Store, settings: Settings, args) -> int:
 
 
 async def _keys_revoke(store: Store, settings: Settings, args) -> int:
-    await operations.revoke_key(store, args.key_id, CLI)
+    await provisioning.revoke_key(store, args.key_id, CLI)
     print(f"revoked {args.key_id}")
     return 0
 
 
 async def _keys_list(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    _print([operations.key_view(k) for k in await store.keys(account.id)])
+    account = await provisioning.find_account(store, args.account)
+    _print([provisioning.key_view(k) for k in await store.keys(account.id)])
     return 0
 
 
 async def _keys_limits(store: Store, settings: Settings, args) -> int:
-    await operations.set_limits(store, args.key_id, args.per_minute, args.per_hour, CLI)
+    await provisioning.set_limits(store, args.key_id, args.per_minute, args.per_hour, CLI)
     _print({"id": args.key_id, "per_minute": args.per_minute, "per_hour": args.per_hour})
     return 0
 
 
 async def _packages_grant(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    package = await operations.grant_package(store, settings, account, args.plan, args.tokens, args.days, CLI)
-    _print(operations.package_view(package, time.time()))
+    account = await provisioning.find_account(store, args.account)
+    package = await packages.grant_package(store, settings, account, args.plan, args.tokens, args.days, CLI)
+    _print(packages.package_view(package, time.time()))
     return 0
 
 
 async def _packages_list(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    _print(await operations.balance(store, account))
+    account = await provisioning.find_account(store, args.account)
+    _print(await packages.balance(store, account))
     return 0
 
 
 async def _keys_set(store: Store, settings: Settings, args) -> int:
-    record = await operations.set_key_controls(store, settings, args.key_id, _controls(args, limits=True), actor=CLI)
-    _print(operations.key_view(record))
+    record = await provisioning.set_key_controls(store, settings, args.key_id, _controls(args, limits=True), actor=CLI)
+    _print(provisioning.key_view(record))
     return 0
 
 
 async def _owners_invite(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    made, token = await accounts.invite(store, settings, account, args.email, CLI)
+    account = await provisioning.find_account(store, args.account)
+    made, token = await owners.invite(store, settings, account, args.email, CLI)
     print(f"invite {made.id} for {made.email} to {account.name} ({account.id}), valid until "
           f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(made.expires_at))}")
     print("Accept with POST /api/v1/auth/invite/accept {\"token\", \"password\"}. The token, shown once:")
@@ -290,21 +293,21 @@ async def _owners_invite(store: Store, settings: Settings, args) -> int:
 
 
 async def _owners_create(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
+    account = await provisioning.find_account(store, args.account)
     if sys.stdin.isatty():
         import getpass
 
         password = getpass.getpass("password: ")
     else:
         password = sys.stdin.readline().rstrip("\n")
-    owner = await accounts.create_owner(store, settings, account, args.email, password, CLI)
-    _print(accounts.owner_view(owner))
+    owner = await owners.create_owner(store, settings, account, args.email, password, CLI)
+    _print(owners.owner_view(owner))
     return 0
 
 
 async def _owners_list(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    _print([accounts.owner_view(o) for o in await store.owners(account.id)])
+    account = await provisioning.find_account(store, args.account)
+    _print([owners.owner_view(o) for o in await store.owners(account.id)])
     return 0
 
 
@@ -329,13 +332,13 @@ async def _codes_list(store: Store, settings: Settings, args) -> int:
 
 
 async def _alerts_show(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
+    account = await provisioning.find_account(store, args.account)
     _print(await Alerts(settings, store).describe(account.id))
     return 0
 
 
 async def _alerts_set(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
+    account = await provisioning.find_account(store, args.account)
     url = None if args.url.strip().lower() == "none" else args.url
     thresholds = None
     if args.thresholds:
@@ -348,26 +351,26 @@ async def _alerts_set(store: Store, settings: Settings, args) -> int:
 
 
 async def _audit(store: Store, settings: Settings, args) -> int:
-    account_id = (await operations.find_account(store, args.account)).id if args.account else None
+    account_id = (await provisioning.find_account(store, args.account)).id if args.account else None
     query = AuditQuery(
         limit=max(1, min(args.limit, 10_000)), account_id=account_id, action=args.action,
-        since=operations.parse_time(args.since, "since"), until=operations.parse_time(args.until, "until"),
+        since=provisioning.parse_time(args.since, "since"), until=provisioning.parse_time(args.until, "until"),
     )
     _print((await audit.page(store, query))["data"])
     return 0
 
 
 async def _usage(store: Store, settings: Settings, args) -> int:
-    account = await operations.find_account(store, args.account)
-    report = await operations.usage_report(
-        store, account, operations.parse_time(args.since, "since"), operations.parse_time(args.until, "until")
+    account = await provisioning.find_account(store, args.account)
+    report = await packages.usage_report(
+        store, account, provisioning.parse_time(args.since, "since"), provisioning.parse_time(args.until, "until")
     )
     _print(report)
     return 0
 
 
 async def _reconcile(store: Store, settings: Settings, args) -> int:
-    report = await operations.reconcile(store, settings)
+    report = await reconciliation.reconcile(store, settings)
     _print(report)
     return 0 if report["ok"] else 1
 
@@ -379,7 +382,7 @@ async def _db_init(store: Store, settings: Settings, args) -> int:
 
 def serve(settings: Settings, args) -> int:
     """Run the gateway with its workers; in demo mode, with the built-in demo model answering."""
-    from .supervisor import Supervisor, bind
+    from .process.supervisor import Supervisor, bind
 
     changes = {k: v for k, v in (("host", args.host), ("port", args.port), ("workers", args.workers)) if v is not None}
     settings = settings.with_(**changes)
@@ -401,7 +404,7 @@ def _metrics_dir(settings: Settings) -> None:
     directory = Path(settings.data_dir).resolve() / "metrics" / f"{socket.gethostname()}-{settings.port}"
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    os.environ[MULTIPROC_ENV] = str(directory)
+    config.export(MULTIPROC_ENV, str(directory))
 
 
 def _announce_demo(settings: Settings) -> Settings:
@@ -420,7 +423,7 @@ def _announce_demo(settings: Settings) -> Settings:
     print(f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
     print("    -d '{\"model\": \"zowy-1\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'")
     if settings.console.enabled:
-        from .console import demo as console_demo
+        from .accounts import demo as console_demo
 
         settings, access = console_demo.prepare(settings)
         print(*access.lines(), sep="\n")
@@ -439,10 +442,10 @@ async def _demo_key(settings: Settings) -> str:
             record = await store.key_by_hash(key_hash(key, settings.key_pepper))
             if record is not None and record.active:
                 return key
-        account = await store.account("demo") or await operations.create_account(store, "demo")
+        account = await store.account("demo") or await provisioning.create_account(store, "demo")
         if not [p for p in await store.packages(account.id) if p.active_at(time.time())]:
-            await operations.grant_package(store, settings, account, "pro")
-        _, key = await operations.create_key(store, settings, account)
+            await packages.grant_package(store, settings, account, "pro")
+        _, key = await provisioning.create_key(store, settings, account)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import capacity, fidelity, machine, procs, report, systems, variants, wrk
+from . import bakeoff, capacity, fidelity, machine, procs, report, systems, variants, wrk
 from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile, rss_bytes
 from .systems import Context, System, Unavailable
 
@@ -138,7 +139,8 @@ class Bench:
         """Run a load phase and add the CPU seconds the system, the upstream and the rest used;
         ``count(result)`` the units (events, refusals) to divide the system's CPU by, when not requests."""
         sys_pids = system.pids()
-        up_pids = [] if system.key == "direct" else self.ctx.upstream.pids()
+        upstream = self.ctx.tls_upstream if system.info.get("tls") else self.ctx.upstream
+        up_pids = [] if system.key == "direct" else upstream.pids()
         c0, u0 = cpu_seconds(sys_pids), cpu_seconds(up_pids)
         busy0 = machine.cpu_times()
         ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -218,12 +220,17 @@ class Bench:
     def settle(self, timeout: float = 60.0) -> dict:
         """Wait until the upstream has no open requests left (the system passed on the disconnects)."""
         started = time.monotonic()
-        url = f"http://127.0.0.1:{self.ctx.upstream_port}/_fake/stats"
+        urls = [(f"http://127.0.0.1:{self.ctx.upstream_port}/_fake/stats", None)]
+        if self.ctx.tls_upstream is not None:
+            urls.append((f"https://127.0.0.1:{self.ctx.tls_port}/_fake/stats",
+                         ssl.create_default_context(cafile=str(self.ctx.tls_ca))))
         open_ = None
         while time.monotonic() - started < timeout:
             try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    open_ = json.loads(r.read())["open"]
+                open_ = 0
+                for url, context in urls:
+                    with urllib.request.urlopen(url, timeout=5, context=context) as r:
+                        open_ += json.loads(r.read())["open"]
             except OSError:
                 open_ = None
             if open_ == 0:
@@ -246,6 +253,14 @@ class Bench:
         log(f"{system.key}: throughput c={CONCURRENCY} stream, {a.duration}s")
         r["throughput"]["stream"] = self.accounted(system, lambda: self.throughput(system, "stream", a.duration))
         if not full:
+            return r
+        if a.lean:
+            if a.long_streams:
+                log(f"{system.key}: {a.long_streams} long streams ({a.long_chunks} events {a.long_delay * 1000:g} ms apart), "
+                    f"started for {a.duration}s")
+                r["long_streams"] = self.long_streams(system)
+                r["long_streams"]["settle"] = self.settle()
+            r["alive"] = system.alive()
             return r
         lat = str(a.latency_duration)
         # Latency at c=1 is paired: the direct upstream is measured right before the system, so the
@@ -372,14 +387,17 @@ class Bench:
         }
         systems.start_upstream(self.ctx)
         try:
+            if any((bakeoff.parse(k) or bakeoff.Candidate("", None, False)).tls for k in wanted):
+                systems.start_tls_upstream(self.ctx)
             for key in wanted:
                 self._one(key, out)
                 if key == "bare" and a.clients:
                     for client in a.clients:
                         self._one("bare-" + client, out, client=client)
         finally:
-            if self.ctx.upstream is not None:
-                self.ctx.upstream.stop()
+            for upstream in (self.ctx.upstream, self.ctx.tls_upstream):
+                if upstream is not None:
+                    upstream.stop()
             self.trees.close()
         if a.micro:
             out["micro"] = self.micro()
@@ -392,7 +410,15 @@ class Bench:
         system = None
         try:
             log(f"starting {key}")
-            if key == "direct":
+            candidate = bakeoff.parse(key)
+            if candidate is not None and candidate.kind == "bare":
+                system = systems.bare(self.ctx, transport=candidate.transport, tls=candidate.tls, key=key)
+            elif candidate is not None:
+                tee_port = free_port()
+                tree, tree_info = self.trees.tree("gateway")
+                transport = bakeoff.TRANSPORTS[candidate.transport] if candidate.transport else None
+                system = systems.gateway(self.ctx, tee_port, key, tree, tree_info, transport, candidate.tls)
+            elif key == "direct":
                 system = systems.direct(self.ctx)
             elif key.startswith("bare"):
                 system = systems.bare(self.ctx, client or "aiohttp")
@@ -410,7 +436,7 @@ class Bench:
                 out["client_comparison"][client] = self.measure(system, full=False)
                 return
             result = self.measure(system)
-            if variants.is_gateway(key):
+            if variants.is_gateway(key) or (candidate is not None and candidate.kind == "gateway"):
                 log(f"{key}: stream fidelity check")
                 result["fidelity"] = fidelity.check(
                     system.url, system.headers, systems.FIDELITY_MODEL, tee_port, self.ctx.upstream_port, HIDDEN)
@@ -495,6 +521,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
                    help="run the micro-benchmarks too (default: yes, except with --quick)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
+    p.add_argument("--lean", action="store_true",
+                   help="per system only the throughput and long-stream phases (the transport bake-off, bench/bakeoff.py)")
     p.add_argument("--nice", type=int, default=None,
                    help="niceness of every bench process (default -5 as root, else 0): on a shared "
                         "machine, other work then disturbs the measurements less")
@@ -513,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.capacity_settle, args.capacity_open_timeout = (0.5, 10.0) if args.quick else (1.0, 20.0)
     if args.systems:
         args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-        unknown = [s for s in args.systems if s not in ALL_SYSTEMS and not variants.is_gateway(s)]
+        unknown = [s for s in args.systems if s not in ALL_SYSTEMS and not variants.is_gateway(s) and not bakeoff.parse(s)]
         if unknown:
             p.error(f"unknown system(s) {', '.join(unknown)}: choose from {', '.join(ALL_SYSTEMS)} or gateway@<rev>")
     else:

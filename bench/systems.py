@@ -38,10 +38,21 @@ class Context:
     upstream_port: int = 0
     log: object = print
     gateway_tree: Path = ROOT  # the source tree the gateway runs from (another checkout: before/after)
+    tls_upstream: Proc | None = None  # the same fake upstream over TLS (bench/tls_upstream.py), when asked for
+    tls_port: int = 0
+    tls_ca: Path | None = None  # the CA its certificate is signed by: SSL_CERT_FILE of the systems in front of it
 
     @property
     def upstream_base(self) -> str:
         return f"http://127.0.0.1:{self.upstream_port}/v1"
+
+    @property
+    def tls_base(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}/v1"
+
+    def tls_env(self) -> dict[str, str]:
+        """The environment of a system in front of the TLS upstream: it trusts the run's CA."""
+        return {**os.environ, "SSL_CERT_FILE": str(self.tls_ca)}
 
 
 @dataclass
@@ -79,20 +90,58 @@ def start_upstream(ctx: Context) -> Proc:
     return proc
 
 
+def start_tls_upstream(ctx: Context) -> Proc:
+    """The fake upstream over TLS, its CA and certificate made into the run's work dir."""
+    port = free_port()
+    certs = ctx.work / "tls"
+    proc = spawn("fake-upstream-tls", [sys.executable, "-m", "bench.tls_upstream", "--host", "127.0.0.1",
+                                       "--port", str(port), "--cert-dir", str(certs)], ctx.work, cpus=ctx.sut_cpus)
+    ctx.tls_ca = certs / "upstream-ca.pem"
+    wait_https(f"https://127.0.0.1:{port}/_fake/stats", proc, ctx)
+    ctx.tls_upstream, ctx.tls_port = proc, port
+    return proc
+
+
+def wait_https(url: str, proc: Proc, ctx: Context, timeout: float = 30.0) -> None:
+    import ssl
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log()}")
+        try:
+            context = ssl.create_default_context(cafile=str(ctx.tls_ca))
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
+                r.read()
+                return
+        except (OSError, ssl.SSLError):
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:g} s:\n{proc.log()}")
+
+
 def direct(ctx: Context) -> System:
     return System("direct", "fake upstream, direct", f"{ctx.upstream_base}/chat/completions",
                   {"Authorization": f"Bearer {UPSTREAM_KEY}"}, [ctx.upstream], owned=False)
 
 
-def bare(ctx: Context, client: str = "aiohttp") -> System:
+def bare(ctx: Context, client: str = "aiohttp", transport: str | None = None, tls: bool = False,
+         key: str | None = None) -> System:
+    """The bare proxy with ``client`` (or relaying through the gateway's ``transport``), in front of
+    the plain or the TLS fake upstream."""
     port = free_port()
-    name = "bare" if client == "aiohttp" else f"bare-{client}"
-    proc = spawn(name, [sys.executable, "-m", "bench.baselines.bare_proxy", "--port", str(port),
-                        "--upstream", ctx.upstream_base, "--client", client, "--api-key", UPSTREAM_KEY],
-                 ctx.work, cpus=ctx.sut_cpus)
+    name = key or ("bare" if client == "aiohttp" else f"bare-{client}")
+    args = [sys.executable, "-m", "bench.baselines.bare_proxy", "--port", str(port),
+            "--upstream", ctx.tls_base if tls else ctx.upstream_base, "--client", client, "--api-key", UPSTREAM_KEY]
+    if transport:
+        args += ["--transport", transport]
+    proc = spawn(name, args, ctx.work, cpus=ctx.sut_cpus, env=ctx.tls_env() if tls else None)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-    return System(name, f"bare Sanic proxy ({client})", f"http://127.0.0.1:{port}/v1/chat/completions",
-                  {"Authorization": "Bearer unused"}, [proc], info={"client": client})
+    what = f"transport {transport}" if transport else client
+    return System(name, f"bare Sanic proxy ({what}{', TLS upstream' if tls else ''})",
+                  f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": "Bearer unused"}, [proc],
+                  info={"client": client, "transport": transport, "tls": tls})
 
 
 # ---------------------------------------------------------------- nginx
@@ -222,7 +271,8 @@ api_key_env = "{UPSTREAM_KEY_ENV}"
 
 def _target_takes_max_connections(tree: Path = ROOT) -> bool:
     """Whether the gateway of ``tree`` knows a target's ``max_connections`` (older revisions do not)."""
-    code = ("from app.config import Target; "
+    code = ("try:\n    from app.catalog.models import Target\n"
+            "except ImportError:\n    from app.config import Target\n"  # revisions before app/catalog/
             "print('max_connections' in getattr(Target, '__dataclass_fields__', {}))")
     try:
         out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=60)
@@ -252,17 +302,22 @@ def cli(env: dict[str, str], *args: str, tree: Path = ROOT) -> str:
 
 
 def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path | None = None,
-            tree_info: dict | None = None) -> System:
+            tree_info: dict | None = None, transport: str | None = None, tls: bool = False) -> System:
     """The gateway from ``tree`` (default ``ctx.gateway_tree``), reported as ``key``; besides the
-    bench key it makes a key limited to 1 request a minute for the refusal phase."""
+    bench key it makes a key limited to 1 request a minute for the refusal phase. ``transport``:
+    its ``ZOWY_UPSTREAM_TRANSPORT``; ``tls``: the bench model served by the TLS fake upstream."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", key)
     tree = tree or ctx.gateway_tree
     data = ctx.work / name
     data.mkdir(exist_ok=True)
     models = ctx.work / f"models-{name}.toml"
-    models.write_text(models_toml(ctx.upstream_base, f"http://127.0.0.1:{fidelity_port}/v1",
+    models.write_text(models_toml(ctx.tls_base if tls else ctx.upstream_base, f"http://127.0.0.1:{fidelity_port}/v1",
                                   _target_takes_max_connections(tree)))
     env = gateway_env(data, models)
+    if transport:
+        env["ZOWY_UPSTREAM_TRANSPORT"] = transport
+    if tls:
+        env["SSL_CERT_FILE"] = str(ctx.tls_ca)
     cli(env, "accounts", "create", "bench", tree=tree)
     api_key = _new_key(env, tree, "100000000", "1000000000")
     limited_key = _new_key(env, tree, "1", "100000")
@@ -272,10 +327,12 @@ def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path |
                         "--workers", "1"], ctx.work, env=env, cpus=ctx.sut_cpus, cwd=tree)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
     label = "Zowy gateway (auth+limits+metering, SQLite, 1 worker)"
-    if key != "gateway":
+    if transport or tls:
+        label += f" with transport {transport or 'aiohttp'}{', TLS upstream' if tls else ''}"
+    elif key != "gateway":
         label = f"Zowy {key} ({(tree_info or {}).get('commit', tree)})"
     return System(key, label, f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {api_key}"},
-                  [proc], info={"models_file": str(models), "data_dir": str(data), "store": "sqlite",
+                  [proc], info={"models_file": str(models), "data_dir": str(data), "store": "sqlite", "tls": tls,
                                 "workers": 1, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")},
                                 **(tree_info or {})},
                   limited_headers={"Authorization": f"Bearer {limited_key}"})
@@ -389,4 +446,4 @@ def stop_all(systems: list[System]) -> None:
 
 
 __all__ = ["Context", "System", "Unavailable", "bare", "direct", "gateway", "litellm", "nginx",
-           "start_upstream", "stop_all", "procs"]
+           "start_tls_upstream", "start_upstream", "stop_all", "procs"]

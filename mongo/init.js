@@ -1,6 +1,6 @@
 // Zowy Gateway: collections and indexes, for the official mongo image's /docker-entrypoint-initdb.d/.
 // The gateway creates the same on start (MongoStore.init); this lets a database be prepared ahead.
-// The INDEXES block is JSON and must equal app/store/mongo.py INDEXES (tests/store/test_mongo_init.py).
+// The INDEXES block is JSON and must equal app/store/mongo/ INDEXES (tests/store/test_mongo_init.py).
 
 const target = db.getSiblingDB(process.env.ZOWY_MONGO_DB || "zowy");
 

@@ -231,7 +231,7 @@ class Gateway:
         return f"{self.process.url}/api/v1"
 
     def settings(self):
-        from app.config import Settings
+        from app.core.config import Settings
 
         return Settings.from_env(self.env)
 
@@ -287,16 +287,17 @@ class Customer:
 
 
 async def _customer(settings, name: str, tokens: int | None, per_minute: int | None, per_hour: int | None) -> Customer:
-    from app import operations
+    from app.accounts import provisioning
+    from app.billing import packages
     from app.store import open_store
 
     store = open_store(settings)
     try:
         await store.init()
-        account = await operations.create_account(store, name)
+        account = await provisioning.create_account(store, name)
         if tokens is not None:
-            await operations.grant_package(store, settings, account, "pro", tokens=tokens)
-        record, key = await operations.create_key(store, settings, account, per_minute, per_hour)
+            await packages.grant_package(store, settings, account, "pro", tokens=tokens)
+        record, key = await provisioning.create_key(store, settings, account, per_minute, per_hour)
         return Customer(account.id, record.id, key)
     finally:
         await store.close()

@@ -146,7 +146,7 @@ def test_a_stop_signal_held_while_a_one_shot_command_starts_stops_it_once_it_run
     default action back, and a SIGTERM that came meanwhile ends it then."""
     code = (
         "import os, signal, sys, time\n"
-        "from app import stop_signals\n"
+        "from app.process import stop_signals\n"
         "stop_signals.hold()\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(0.2)\n"

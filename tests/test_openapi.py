@@ -10,9 +10,10 @@ import orjson
 import pytest
 from pydantic_core import ValidationError
 
-from app.config import Settings
-from app.openapi import UNDOCUMENTED, document
-from app.schemas import ADMIN_SCHEMAS, _admin_validators, _chat_validator
+from app.core.config import Settings
+from app.http.openapi import UNDOCUMENTED, document
+from app.wire.bodies import ADMIN_SCHEMAS, _admin_validators
+from app.wire.chat import _chat_validator
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http
@@ -34,7 +35,7 @@ def test_served_document_is_the_generated_one(gateway):
 def test_every_route_is_documented_and_every_documented_route_exists(settings, tmp_path):
     from sanic import Sanic
 
-    from app.server import create_app
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     app = create_app(settings.with_(data_dir=tmp_path), name=f"openapi_{uuid.uuid4().hex[:6]}")
@@ -75,7 +76,7 @@ def test_chat_schema_agrees_with_the_validator(settings, raw):
     ("package", {"plan": "pro", "extra": 1}, False), ("package", {"tokens": 5}, False),
 ])
 def test_admin_schemas_agree_with_the_validators(kind, value, ok):
-    from app.openapi import json_schema
+    from app.http.openapi import json_schema
 
     schema = json_schema(ADMIN_SCHEMAS[kind])
     assert jsonschema.Draft202012Validator(schema).is_valid(value) is ok

@@ -1,10 +1,11 @@
-"""Storage: the domain contract and the backend chosen by settings."""
+"""Storage: the contract (``contracts/``, one module per feature) and the backend chosen by settings,
+SQLite (``sqlite/``) or MongoDB (``mongo/``), each split per feature as the contract is."""
 from __future__ import annotations
 
-from ..config import Settings
-from .base import Account, Conflict, KeyRecord, Mismatch, Package, Store, UsageRow, WindowCount
+from ..core.config import Settings
+from .contracts import Store
 
-__all__ = ["Account", "Conflict", "KeyRecord", "Mismatch", "Package", "Store", "UsageRow", "WindowCount", "open_store"]
+__all__ = ["Store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

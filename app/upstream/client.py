@@ -13,22 +13,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from ..config import PROVIDER_NAMES, PublicModel, Settings, Target
-from ..errors import GatewayError, InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
-from ..metering import Usage
-from ..metrics import BREAKER_STATES, Metrics
-from ..persona import guard_message, scrub
-from ..relay import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
+from ..catalog.models import PublicModel, Target
+from ..core.config import Settings
+from ..core.errors import GatewayError, InvalidRequest, Overloaded, UpstreamError, UpstreamTimeout
+from ..core.metrics import BREAKER_STATES, Metrics
+from ..wire.persona import guard_message, scrub
+from ..wire.rewrite import Dialect, MalformedUpstream, StreamRewriter, rewrite_completion
+from ..wire.usage import Usage
 from .breaker import Breaker
-from .gemini import GeminiProvider
-from .openai import OpenAIProvider
-from .provider import Provider
-from .transport import AiohttpTransport
+from .stream import UpstreamStream
+from .providers import PROVIDERS
+from .providers.base import Provider
+from .transport import make_transport
+from .transport_base import Response, Transport
 
 log = logging.getLogger("zowy.upstream")
-
-ADAPTERS: dict[str, Provider] = {"openai": OpenAIProvider(), "gemini": GeminiProvider()}
-assert set(ADAPTERS) == set(PROVIDER_NAMES)
 
 _RETRYABLE_STATUS = frozenset((408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529))
 
@@ -74,122 +73,14 @@ def _upstream_failures(classify: Callable[[BaseException], str | None]) -> Itera
         raise _Retryable(UpstreamTimeout() if kind == "timeout" else UpstreamError(), kind) from None
 
 
-class UpstreamStream:
-    """An open upstream stream whose first event has been read. Iterate it for the bytes to send to
-    the caller; it raises a GatewayError if the stream breaks, and closes itself when it ends (the
-    connection goes back to the pool after a clean end)."""
-
-    __slots__ = (
-        "_response", "_read", "_classify", "rewriter", "_first", "_idle", "_deadline", "_loop", "_timer",
-        "_last", "_timed_out", "_cut", "_open", "_ending",
-    )
-
-    def __init__(self, response, rewriter: StreamRewriter, first: bytes, idle: float, deadline: float,
-                 classify: Callable[[BaseException], str | None]) -> None:
-        self._response = response
-        self._read = response.content.readany
-        self._classify = classify
-        self.rewriter = rewriter
-        self._first: bytes | None = first
-        self._idle = idle
-        self._deadline = deadline
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timed_out = False
-        self._cut = False
-        self._open = True
-        self._ending: GatewayError | None = None
-        self._arm()
-
-    def __aiter__(self) -> "UpstreamStream":
-        return self
-
-    async def __anext__(self) -> bytes:
-        first = self._first
-        if first is not None:
-            self._first = None
-            if first:
-                return first
-        rewriter = self.rewriter
-        while not rewriter.done and self._open:
-            try:
-                chunk = await self._read()
-            except Exception as exc:
-                raise self._broken(exc) from None
-            self._last = self._loop.time()
-            try:
-                out = rewriter.feed(chunk) if chunk else rewriter.finish()
-            except MalformedUpstream:
-                raise self._fail(UpstreamError("The model backend sent an unreadable event.")) from None
-            if rewriter.error is not None:
-                raise self._fail(UpstreamError("The model backend failed while streaming the response."))
-            if not chunk and not rewriter.done:
-                # The body ended without [DONE]: what it completed goes out, then the failure.
-                self._ending = UpstreamError("The model backend ended the stream early.")
-                self.close(clean=False)
-                if out:
-                    return out
-                break
-            if out:
-                return out
-        if self._ending is not None:
-            error, self._ending = self._ending, None
-            raise error
-        self.close(clean=True)
-        raise StopAsyncIteration
-
-    def _arm(self) -> None:
-        self._timer = self._loop.call_at(min(self._last + self._idle, self._deadline), self._check)
-
-    def _check(self) -> None:
-        """The idle timer: one per stream, moved along lazily instead of a timeout per read."""
-        now = self._loop.time()
-        if now >= self._deadline or now - self._last >= self._idle:
-            self._timed_out = True
-            self._response.close()
-        elif self._open:
-            self._arm()
-
-    def _broken(self, exc: Exception) -> GatewayError:
-        if self._cut:
-            return self._fail(StreamCut())
-        if self._timed_out:
-            return self._fail(UpstreamTimeout("The model backend stopped sending the response."))
-        if self._classify(exc) is None:
-            self.close(clean=False)
-            raise exc
-        return self._fail(UpstreamError("The model backend connection failed mid-response."))
-
-    def _fail(self, error: GatewayError) -> GatewayError:
-        self.close(clean=False)
-        return error
-
-    def cut(self) -> None:
-        """End the stream now (the drain deadline): the reader sees StreamCut."""
-        if self._open:
-            self._cut = True
-            self._response.close()
-
-    def close(self, clean: bool = False) -> None:
-        """Release the connection to the pool after a clean end, drop it otherwise; idempotent."""
-        if not self._open:
-            return
-        self._open = False
-        if self._timer is not None:
-            self._timer.cancel()
-        if clean:
-            self._response.release()
-        else:
-            self._response.close()
-
-
 class UpstreamClient:
-    def __init__(self, settings: Settings, transport=None, breaker: Breaker | None = None,
+    def __init__(self, settings: Settings, transport: Transport | None = None, breaker: Breaker | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         per_host = max((t.max_connections for m in settings.models.values() for t in m.targets), default=256)
-        self.transport = transport if transport is not None else AiohttpTransport(per_host)
+        self.transport: Transport = (
+            transport if transport is not None else make_transport(settings.upstream_transport, per_host)
+        )
         self.breaker = breaker or Breaker(
             settings.breaker_min_requests, settings.breaker_failure_ratio, settings.breaker_window,
             settings.breaker_cooldown, settings.breaker_min_accounts,
@@ -220,14 +111,14 @@ class UpstreamClient:
                     return await self._body(response)
 
         raw = await self._dispatch(model, attempt, attempts)
-        dialect = ADAPTERS[attempts.target.provider].dialect
+        dialect = PROVIDERS[attempts.target.provider].dialect
         try:
             out, usage = rewrite_completion(raw, model.id, completion_id, dialect)
         except MalformedUpstream:
             raise UpstreamError("The model backend sent an unreadable response.") from None
         return out, usage, len(raw)
 
-    async def _body(self, response) -> bytes:
+    async def _body(self, response: Response) -> bytes:
         """The whole body of a non-stream answer, up to the configured cap (502 beyond it)."""
         parts, size = [], 0
         try:
@@ -257,7 +148,7 @@ class UpstreamClient:
                 with _upstream_failures(self.transport.failure):
                     async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)):
                         response = await self._send(target, request, request_id, True, attempts)
-                        rewriter = new_rewriter(ADAPTERS[target.provider].dialect)
+                        rewriter = new_rewriter(PROVIDERS[target.provider].dialect)
                         while True:
                             chunk = await response.content.readany()
                             if not chunk:
@@ -347,9 +238,9 @@ class UpstreamClient:
         if after != before:
             self.metrics.breaker.labels(target).set(BREAKER_STATES[after])
 
-    async def _send(self, target: Target, request: dict, request_id: str, stream: bool, attempts: Attempts):
+    async def _send(self, target: Target, request: dict, request_id: str, stream: bool, attempts: Attempts) -> Response:
         """POST to ``target``; a 200's response, or a failure mapped to ours. The caller bounds it in time."""
-        provider = ADAPTERS[target.provider]
+        provider = PROVIDERS[target.provider]
         body = provider.body(request, target, self._guard, stream)
         headers = {
             "Authorization": f"Bearer {target.api_key}",

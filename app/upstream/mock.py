@@ -8,7 +8,7 @@ from typing import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 
 import orjson
 
-from ..config import Target
+from ..catalog.models import Target
 
 
 @dataclass

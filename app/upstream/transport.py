@@ -2,12 +2,14 @@
 place its exceptions are told apart (``upstream/`` is the only package that imports aiohttp)."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Mapping
 
 import aiohttp
 from aiohttp.payload import BytesPayload
 
-from ..config import Target
+from ..catalog.models import Target
+from ..core.config import ConfigError
 
 
 class _Body(BytesPayload):
@@ -71,3 +73,20 @@ class AiohttpTransport:
         if isinstance(exc, (aiohttp.ClientError, OSError)):
             return "connection"
         return None
+
+
+def make_transport(name: str, per_host: int):
+    """The transport ``ZOWY_UPSTREAM_TRANSPORT`` names: ``aiohttp`` (the default), ``h1`` (our
+    HTTP/1.1 client, app/upstream/transport_h1.py), or ``package.module:Class`` (a candidate the
+    bench measures, built with ``per_host``)."""
+    if name == "aiohttp":
+        return AiohttpTransport(per_host)
+    if name == "h1":
+        from .transport_h1 import H1Transport
+
+        return H1Transport(per_host)
+    module, _, cls = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)(per_host)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"ZOWY_UPSTREAM_TRANSPORT={name!r} names no transport: use aiohttp, h1 or module:Class ({exc})") from None

@@ -1,1 +1,2 @@
-"""What crosses the wire, pure: request schemas, answers and streams of each API the gateway speaks."""
+"""What crosses the wire, pure: request schemas and their validation, SSE framing, usage as
+upstreams report it, the rewriting of upstream answers, the persona, page cursors."""

@@ -5,7 +5,11 @@ come back whole, streams are relayed chunk by chunk as they arrive. ``--client``
 HTTP client so the candidates can be compared under the same server:
 
     python -m bench.baselines.bare_proxy --port 8002 --upstream http://127.0.0.1:8001/v1 \
-        [--client aiohttp|httpx|httpx-aiohttp]
+        [--client aiohttp|httpx|httpx-aiohttp] [--transport aiohttp|aiohttp-tuned|pyreqwest|pyqwest|h1]
+
+``--transport`` relays through one of the gateway's upstream transports instead (the interface of
+app/upstream/transport.py, with the gateway's request headers): the transport bake-off. An https
+upstream is trusted through ``SSL_CERT_FILE``.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
+TRANSPORT_NAMES = ("aiohttp", "aiohttp-tuned", "pyreqwest", "pyqwest", "h1")
 _SSE = "text/event-stream"
 
 
@@ -81,7 +86,59 @@ class HttpxRelay:
         await self.client.aclose()
 
 
-def create_app(upstream: str, client: str, api_key: str) -> Sanic:
+class TransportRelay:
+    """One of the gateway's upstream transports (bench/transports.py:TRANSPORTS), used as the gateway
+    uses it: ``send`` with the gateway's four headers, ``content.readany()``, then ``release()``."""
+
+    def __init__(self, name: str, upstream: str, api_key: str) -> None:
+        from app.catalog.models import Target
+        from app.upstream.transport import make_transport
+
+        from ..transports import TRANSPORTS
+
+        self.transport = make_transport(TRANSPORTS[name], 4096)
+        self.target = Target(name="bench", provider="openai", base_url=upstream.rstrip("/"), model="bench",
+                             api_key_env="", api_key=api_key)
+        self.auth = f"Bearer {api_key}"
+        self.count = 0
+
+    async def start(self) -> None:
+        await self.transport.start()
+
+    async def relay(self, request: Request, url: str, headers: dict) -> HTTPResponse | None:
+        self.count += 1
+        stream = b'"stream":true' in request.body
+        upstream = await self.transport.send(self.target, request.body, {
+            "Authorization": self.auth, "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json", "X-Request-Id": f"bench-{self.count}",
+        }, _nothing)
+        read = upstream.content.readany
+        try:
+            content_type = upstream.headers.get("content-type", "application/json")
+            if not content_type.startswith(_SSE):
+                parts = []
+                while chunk := await read():
+                    parts.append(chunk)
+                upstream.release()
+                return HTTPResponse(b"".join(parts), status=upstream.status, content_type=content_type)
+            response = await request.respond(status=upstream.status, content_type=content_type)
+            while chunk := await read():
+                await response.send(chunk)
+            upstream.release()
+            await response.eof()
+            return None
+        finally:
+            upstream.close()  # a no-op after release()
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+
+def _nothing() -> None:
+    return None
+
+
+def create_app(upstream: str, client: str, api_key: str, transport: str | None = None) -> Sanic:
     app = Sanic("bare_proxy", configure_logging=False)
     app.config.update(ACCESS_LOG=False, MOTD=False, KEEP_ALIVE_TIMEOUT=75, REQUEST_MAX_SIZE=64 * 1024 * 1024)
     url = upstream.rstrip("/") + "/chat/completions"
@@ -89,7 +146,11 @@ def create_app(upstream: str, client: str, api_key: str) -> Sanic:
 
     @app.before_server_start
     async def start(app: Sanic) -> None:
-        app.ctx.relay = AiohttpRelay() if client == "aiohttp" else HttpxRelay(client == "httpx-aiohttp")
+        if transport:
+            app.ctx.relay = TransportRelay(transport, upstream, api_key)
+            await app.ctx.relay.start()
+        else:
+            app.ctx.relay = AiohttpRelay() if client == "aiohttp" else HttpxRelay(client == "httpx-aiohttp")
 
     @app.after_server_stop
     async def stop(app: Sanic) -> None:
@@ -112,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8002)
     p.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:8001/v1")
     p.add_argument("--client", choices=CLIENTS, default="aiohttp")
+    p.add_argument("--transport", choices=TRANSPORT_NAMES, help="relay through this upstream transport instead")
     p.add_argument("--api-key", default="sk-bench-upstream")
     args = p.parse_args(argv)
-    app = create_app(args.upstream, args.client, args.api_key)
-    print(f"bare proxy ({args.client}) on http://{args.host}:{args.port} -> {args.upstream}", flush=True)
+    app = create_app(args.upstream, args.client, args.api_key, args.transport)
+    print(f"bare proxy ({args.transport or args.client}) on http://{args.host}:{args.port} -> {args.upstream}", flush=True)
     app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False, backlog=1024)
     return 0
 

@@ -10,8 +10,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from app.ids import new_request_id
-from app.journal import Journal
+from app.billing.journal import Journal
+from app.core.ids import new_request_id
 
 from .timing import measure
 

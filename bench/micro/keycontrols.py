@@ -14,10 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.admission import Admission
-from app.config import Settings
-from app.keys import key_hash
-from app.store import KeyRecord, Package
+from app.core.config import Settings
+from app.core.digests import key_hash
+from app.gateway.admission import Admission
+from app.store.contracts.keys import KeyRecord
+from app.store.contracts.ledger import Package
 from app.store.sqlite import SqliteStore
 
 KEYS = {

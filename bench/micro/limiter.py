@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.admission import Admission
-from app.config import Settings
-from app.store import KeyRecord, Store
+from app.core.config import Settings
+from app.gateway.admission import Admission
+from app.store import Store
+from app.store.contracts.keys import KeyRecord
 
 
 async def _time(store: Store, calls: int) -> tuple[float, float]:

@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import SchemaValidator
 
-from app import schemas
+from app.wire import chat
 
 from .timing import measure
 
@@ -142,13 +142,13 @@ class ChatRequest(_Strict):
 
 
 def _validator() -> SchemaValidator:
-    return getattr(schemas, "_chat_validator", None) or SchemaValidator(schemas.CHAT_REQUEST_SCHEMA)
+    return getattr(chat, "_chat_validator", None) or SchemaValidator(chat.CHAT_REQUEST_SCHEMA)
 
 
 def candidates() -> dict:
     validator = _validator()
     return {
-        "parse_chat_request (gateway: validate_json + role checks)": schemas.parse_chat_request,
+        "parse_chat_request (gateway: validate_json + role checks)": chat.parse_chat_request,
         "pydantic-core validate_json": validator.validate_json,
         "orjson.loads + validate_python": lambda body: validator.validate_python(orjson.loads(body)),
         "json.loads + pydantic BaseModel": lambda body: ChatRequest.model_validate(json.loads(body)),

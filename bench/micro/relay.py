@@ -15,8 +15,8 @@ import random
 
 import orjson
 
-from app.relay import StreamRewriter
-from app.sse import EventFramer, event_data
+from app.wire.rewrite import StreamRewriter
+from app.wire.sse import EventFramer, event_data
 
 from .timing import measure
 

@@ -14,8 +14,8 @@ import json
 
 import orjson
 
-from app.relay import StreamRewriter
-from app.schemas import parse_chat_request
+from app.wire.rewrite import StreamRewriter
+from app.wire.chat import parse_chat_request
 from app.wire.responses.output import Frame
 from app.wire.responses.request import parse_responses_request
 from app.wire.responses.stream import ResponsesStream

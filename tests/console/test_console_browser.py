@@ -13,7 +13,7 @@ import uuid
 import openai
 import pytest
 
-from app.metering import LedgerEntry
+from app.store.contracts.ledger import LedgerEntry
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http, sdk_client

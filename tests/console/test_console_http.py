@@ -9,7 +9,7 @@ import uuid
 import httpx2
 import pytest
 
-from app.console import CSP, STATIC
+from app.http.console import CSP, STATIC
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http, sdk_client
@@ -207,9 +207,9 @@ def test_traffic_sums_the_workers_counters_and_shows_breakers(console_gateway):
 def test_console_can_be_turned_off(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.config import Settings
-    from app.openapi import document
-    from app.server import create_app
+    from app.core.config import Settings
+    from app.http.openapi import document
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     settings = Settings.from_env({"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_path), "ZOWY_DEMO": "off",

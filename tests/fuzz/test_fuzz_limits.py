@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.config import RequestLimits, Settings
+from app.core.config import RequestLimits, Settings
 from tests import support
 from tests.fuzz import strategies as fs
 from tests.fuzz.conftest import batch

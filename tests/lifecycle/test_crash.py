@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from app import operations
+from app.billing import reconciliation
 from tests import support
 from tests.lifecycle.conftest import ROUNDS
 
@@ -81,7 +81,7 @@ def test_kill_9_of_a_worker_under_load(tmp_path, models_path, upstreams, store_e
         1 for status, raw in results
         if status == 200 and (support.sse_events(raw)[-1:] == [b"[DONE]"] or b'"chat.completion"' in support.response_body(raw)))
     settings = gateway.settings()
-    report = support.run_store(gateway, lambda store: operations.reconcile(store, settings))
+    report = support.run_store(gateway, lambda store: reconciliation.reconcile(store, settings))
     assert report["ok"] and report["journal"]["unrecovered"] == 0 and report["worker_lost"] >= len(lost), report
     gateway.stop()
     assert "Task was destroyed" not in gateway.process.log()
@@ -136,5 +136,5 @@ def test_an_instance_killed_whole_is_billed_at_its_next_start(tmp_path, models_p
     entries = support.wait_until(lambda: (e := _ledger(again, ids)) and len(e) == len(ids) and e, timeout=20)
     assert {e.outcome for e in entries.values()} == {"worker_lost"}
     settings = again.settings()
-    report = support.run_store(again, lambda store: operations.reconcile(store, settings))
+    report = support.run_store(again, lambda store: reconciliation.reconcile(store, settings))
     assert report["ok"] and report["recovered"] == 0 and report["worker_lost"] == 30, report

@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from app import operations
-from app.worker import STOP_MARGIN
+from app.billing import reconciliation
+from app.process.worker import STOP_MARGIN
 from tests import support
 from tests.lifecycle.conftest import ROUNDS
 
@@ -53,7 +53,7 @@ def spawn_instance(data_dir, models, workers: int = 2, **env) -> tuple:
 
 def reconciled(gateway: support.Gateway) -> dict:
     settings = gateway.settings()
-    return support.run_store(gateway, lambda store: operations.reconcile(store, settings))
+    return support.run_store(gateway, lambda store: reconciliation.reconcile(store, settings))
 
 
 def stop_and_check(gateway: support.Gateway, before_exit=None) -> float:

@@ -84,8 +84,8 @@ def test_reconcile_endpoint(admin):
 def test_admin_api_off_without_token(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.config import Settings
-    from app.server import create_app
+    from app.core.config import Settings
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     settings = Settings.from_env({"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_path), "ZOWY_DEMO": "off"})

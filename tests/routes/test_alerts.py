@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from app import webhooks
-from app.store.base import AlertSettings
+from app.core import signing
+from app.store.contracts.alerts import AlertSettings
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import sdk_client
@@ -133,7 +133,7 @@ def test_one_signed_alert_per_crossing_across_instances(pair, receiver):
     for delivery in delivered:
         headers = {k.lower(): v for k, v in delivery["headers"].items()}
         event = orjson.loads(delivery["body"])
-        webhooks.verify(kit.ALERT_SECRET, headers["x-zowy-timestamp"], headers["x-zowy-signature"], delivery["body"],
+        signing.verify(kit.ALERT_SECRET, headers["x-zowy-timestamp"], headers["x-zowy-signature"], delivery["body"],
                         time.time(), 300)
         assert headers["idempotency-key"] == event["id"] and headers["content-type"] == "application/json"
         assert event["type"] == "balance.low" and event["account"]["id"] == owner.customer.account_id
@@ -212,9 +212,9 @@ def test_alert_settings_are_validated_and_audited(pair):
 def test_private_receivers_and_disabled_alerts_are_refused(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.alerts import check_settings
-    from app.config import Settings
-    from app.errors import InvalidRequest
+    from app.alerts.rules import check_settings
+    from app.core.config import Settings
+    from app.core.errors import InvalidRequest
 
     base = {"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_path), "ZOWY_DEMO": "off"}
     settings = Settings.from_env({**base, "ZOWY_ALERT_SECRET": "s"})
@@ -224,7 +224,7 @@ def test_private_receivers_and_disabled_alerts_are_refused(tmp_path, models_path
         assert info.value.code == "url_not_public", url
     assert check_settings(settings, "https://hooks.example.com/x", [0, 50]) == ("https://hooks.example.com/x", (50, 0))
 
-    from app.server import create_app
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     app = create_app(Settings.from_env({**base, "ZOWY_ADMIN_TOKEN": "t"}), name=f"alerts_off_{uuid.uuid4().hex[:6]}")

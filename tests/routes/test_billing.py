@@ -57,10 +57,10 @@ def test_debits_spill_into_the_next_package(gateway):
     customer = support.new_customer(gateway, tokens=150)
 
     async def grant(store):
-        from app import operations
+        from app.billing import packages
 
         account = await store.account(customer.account_id)
-        await operations.grant_package(store, gateway.settings(), account, "pro", tokens=10_000)
+        await packages.grant_package(store, gateway.settings(), account, "pro", tokens=10_000)
 
     support.run_store(gateway, grant)
     with sdk_client(gateway, customer.key) as client:

@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 
-from app.config import DEFAULT_PERSONA_PROMPT
+from app.core.config import DEFAULT_PERSONA_PROMPT
 from bench.fake_upstream import reply_text, usage_for
 from tests import support
 from tests.conftest import http, sdk_client

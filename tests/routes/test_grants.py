@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from app.store.base import Code
+from app.store.contracts.grants import Code
 from tests import accounts_kit as kit
 from tests import support
 from tests.conftest import http, sdk_client
@@ -90,7 +90,7 @@ def test_codes_batch_then_redeem_once(pair):
 
 
 def test_expired_code_is_refused(pair):
-    from app.grants import code_hash, new_code, normalize_code
+    from app.billing.grants import code_hash, new_code, normalize_code
 
     text = new_code()
     settings = pair.first.settings()
@@ -209,8 +209,8 @@ def test_concurrent_replays_grant_once(pair):
 def test_topup_webhook_is_off_without_a_secret(tmp_path, models_path):
     from sanic import Sanic
 
-    from app.config import Settings
-    from app.server import create_app
+    from app.core.config import Settings
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     settings = Settings.from_env({"ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_path), "ZOWY_DEMO": "off"})

@@ -67,7 +67,7 @@ def _get_routes(gateway) -> list[str]:
     """Every GET route the gateway serves, as path templates."""
     from sanic import Sanic
 
-    from app.server import create_app
+    from app.http.app import create_app
 
     Sanic.test_mode = True
     app = create_app(gateway.settings(), name=f"protocol_{uuid.uuid4().hex[:6]}")

@@ -9,8 +9,8 @@ import asyncio
 import aiohttp
 import orjson
 
-from app.config import DEFAULT_PERSONA_PROMPT
-from app.metering import request_need
+from app.billing.need import request_need
+from app.core.config import DEFAULT_PERSONA_PROMPT
 from bench.fake_upstream import usage_for
 from tests import accounts_kit as kit
 from tests import support

@@ -10,8 +10,8 @@ import json
 import aiohttp
 import orjson
 
-from app.config import DEFAULT_PERSONA_PROMPT, Settings
-from app.metering import request_need
+from app.billing.need import request_need
+from app.core.config import DEFAULT_PERSONA_PROMPT, Settings
 from bench.fake_upstream import usage_for
 from tests import support
 

@@ -19,7 +19,7 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 from storekit import T, entry, package  # noqa: E402
 from tests.support import NxServer  # noqa: E402
 
-from app.store.base import Store  # noqa: E402
+from app.store import Store  # noqa: E402
 from app.store.mongo import MongoStore  # noqa: E402
 from app.store.sqlite import SqliteStore  # noqa: E402
 

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from app.store.base import Store
+from app.store import Store
 from tests.support import NxServer
 
 pytest.register_assert_rewrite("storekit")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from app.metering import LedgerEntry
-from app.store.base import Package, Store
+from app.store import Store
+from app.store.contracts.ledger import LedgerEntry, Package
 
 DAY = 86400.0
 T = 1_760_000_000.0  # ledger and package times: 2025-10-09

@@ -8,18 +8,27 @@ from dataclasses import replace
 
 import pytest
 
-from app.errors import StoreUnavailable
-from app.metering import LedgerEntry, PackageBalance, allocate
-from app.store.base import (
+from app.core.errors import Conflict, StoreUnavailable
+from app.store import (
+    Store,
+)
+from app.store.contracts.accounts import (
     Account,
-    Conflict,
+)
+from app.store.contracts.keys import (
     KeyRecord,
+)
+from app.store.contracts.ledger import (
+    LedgerEntry,
     Mismatch,
     Package,
-    Store,
+    PackageBalance,
     UsageRow,
-    WindowCount,
     active_packages,
+    allocate,
+)
+from app.store.contracts.limits import (
+    WindowCount,
 )
 from storekit import DAY, FAR, T, account_with, debits, entry, hour_start, package, used
 

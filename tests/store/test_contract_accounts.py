@@ -6,20 +6,34 @@ import asyncio
 
 import pytest
 
-from app.store.base import (
+from app.core.errors import (
+    Conflict,
+)
+from app.store import (
+    Store,
+)
+from app.store.contracts.alerts import (
     Alert,
     AlertSettings,
+)
+from app.store.contracts.audit import (
     AuditEvent,
     AuditQuery,
+)
+from app.store.contracts.grants import (
     Code,
-    Conflict,
-    Invite,
+    Topup,
+)
+from app.store.contracts.keys import (
     KeyRecord,
+)
+from app.store.contracts.ledger import (
     LedgerQuery,
+)
+from app.store.contracts.owners import (
+    Invite,
     Owner,
     Session,
-    Store,
-    Topup,
 )
 from storekit import DAY, T, account_with, entry, package
 
@@ -84,6 +98,20 @@ async def test_ledger_pages_newest_first_with_filters(store: Store):
     window = await store.ledger_page("acc_1", LedgerQuery(since=T + 2, until=T + 4))
     assert {e.request_id for e in window} == {"r04", "r05", "r06", "r07"}
     assert await store.ledger_page("acc_9", LedgerQuery()) == []
+
+
+async def test_ledger_entries_keep_the_api_they_came_through(store: Store):
+    await account_with(store, "acc_1", package("pkg_a", "acc_1", 10**9, T))
+    await store.record([
+        entry("via-chat", "acc_1", 10, T),
+        entry("via-responses", "acc_1", 20, T + 1, api="responses"),
+        entry("via-messages", "acc_1", 30, T + 2, api="messages"),
+    ])
+    assert (await store.ledger_entry("via-responses")).api == "responses"
+    assert (await store.ledger_entry("via-chat")).api == "chat"
+    for api, expected in (("chat", ["via-chat"]), ("responses", ["via-responses"]), ("messages", ["via-messages"])):
+        assert [e.request_id for e in await store.ledger_page("acc_1", LedgerQuery(api=api))] == expected
+    assert len(await store.ledger_page("acc_1", LedgerQuery())) == 3
 
 
 # owners, invites, sessions

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from app.store.base import CapAsk, KeyRecord, Store
+from app.store import Store
+from app.store.contracts.keys import KeyRecord
+from app.store.contracts.leases import CapAsk
 from storekit import DAY, T, account_with, entry, package, used
 
 
@@ -120,7 +122,7 @@ async def test_expired_cap_leases_hold_nothing_and_are_swept(store: Store):
 async def test_an_entry_written_but_not_yet_settled_counts_once_against_the_cap(backend, store: Store):
     if not backend.is_mongo:
         return  # SQLite writes and settles an entry in one transaction: there is no such moment
-    from app.store.mongo import _ledger_doc
+    from app.store.mongo.ledger import _ledger_doc
 
     now = await capped_account(store)
     await store.lease("acc_1", "w:acc_1", 300, exact, now, now + 60, ask("w", 300))

@@ -1,4 +1,4 @@
-"""mongo/init.js declares exactly the collections and indexes of app/store/mongo.py INDEXES."""
+"""mongo/init.js declares exactly the collections and indexes of the MongoDB store's INDEXES (app/store/mongo/)."""
 from __future__ import annotations
 
 import json

@@ -10,9 +10,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from app import ratelimit
-from app.store.base import Mismatch
-from app.store.mongo import INDEXES, MongoStore, _ledger_doc
+from app.store.contracts import limits
+from app.store.contracts.ledger import Mismatch
+from app.store.mongo import INDEXES, MongoStore
+from app.store.mongo.ledger import _ledger_doc
 from storekit import T, account_with, debits, entry, hour_start, package, used
 
 
@@ -43,10 +44,10 @@ async def test_rate_window_document(backend, store):
     await store.hit("key_1", 60, 1000, now + 60)
     client, db = backend.raw_mongo()
     try:
-        doc = db.rate_windows.find_one({"_id": f"key_1:{ratelimit.hour_of(now)}"})
+        doc = db.rate_windows.find_one({"_id": f"key_1:{limits.hour_of(now)}"})
         assert doc["h"] == 2 and doc["m"] == {"2": 1, "3": 1}
         # A real BSON date, so the TTL index can expire it: the upsert copied it from the filter.
-        expires = datetime.fromtimestamp(ratelimit.window_expiry(now), tz=timezone.utc).replace(tzinfo=None)
+        expires = datetime.fromtimestamp(limits.window_expiry(now), tz=timezone.utc).replace(tzinfo=None)
         assert isinstance(doc["expires_at"], datetime) and doc["expires_at"] == expires
         assert db.rate_windows.count_documents({"expires_at": {"$lt": datetime(2200, 1, 1)}}) == 1
         assert db.rate_windows.count_documents({"expires_at": {"$lt": expires}}) == 0
@@ -62,7 +63,7 @@ async def test_spent_rate_window_is_expired_by_ttl(backend, store):
     client, db = backend.raw_mongo()
     try:
         # nx-27017 purges expired documents when the collection is next read.
-        assert db.rate_windows.find_one({"_id": f"key_1:{ratelimit.hour_of(spent)}"}) is None
+        assert db.rate_windows.find_one({"_id": f"key_1:{limits.hour_of(spent)}"}) is None
     finally:
         client.close()
 

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from app.admission import Admission
-from app.config import RateLimits, Settings
-from app.errors import InvalidApiKey, RateLimited, StoreUnavailable
-from app.keys import key_hash
-from app.store import KeyRecord
+from app.core.config import RateLimits, Settings
+from app.core.digests import key_hash
+from app.core.errors import InvalidApiKey, RateLimited, StoreUnavailable
+from app.gateway.admission import Admission
+from app.store.contracts.keys import KeyRecord
 from app.store.sqlite import SqliteStore
 
 

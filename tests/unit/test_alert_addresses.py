@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 
-from app.alerts import check_settings
-from app.config import Hooks, Settings
-from app.errors import InvalidRequest
-from app.upstream.webhook import UNREACHABLE, DeliveryFailed, WebhookClient, host_refusal, ipv4_literal, refusal
+from app.alerts.delivery import UNREACHABLE, DeliveryFailed, WebhookClient, host_refusal, ipv4_literal, refusal
+from app.alerts.rules import check_settings
+from app.core.config import Hooks, Settings
+from app.core.errors import InvalidRequest
 
 PUBLIC = Settings(hooks=Hooks(alert_secret="s"))
 PRIVATE = Settings(hooks=Hooks(alert_secret="s", alert_private_urls=True))

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from app.store.base import Charge, Package, _plan_each, plan_debits
+from app.store.contracts.ledger import Charge, Package, _plan_each, plan_debits
 
 
 def reference(packages, charges):

@@ -6,7 +6,7 @@ import json
 import orjson
 import pytest
 
-from app.demo import REPLY, answer, tool_call
+from app.upstream.demo import REPLY, answer, tool_call
 from app.upstream.mock import MockRequest
 
 EXEC = {"type": "function", "function": {"name": "exec_command", "parameters": {

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from app import errors
-from app.ratelimit import Decision, duration
+from app.access.windows import Decision, duration
+from app.core import errors
 
 CASES = [
     (errors.InvalidRequest("bad", param="x"), 400, "invalid_request_error", "invalid_value"),

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from app import journal
-from app.journal import Journal
+from app.billing import journal
+from app.billing.journal import Journal
 from app.store.sqlite import SqliteStore
 from tests.support import ROOT
 
@@ -36,7 +36,7 @@ async def test_a_dead_process_s_unsettled_requests_are_billed_once(tmp_path):
     script = textwrap.dedent(f"""
         import os
         from pathlib import Path
-        from app.journal import Journal
+        from app.billing.journal import Journal
         j = Journal(Path({str(tmp_path / 'journal')!r}), "4242-dead")
         for rid, size in (("a", 400), ("b", 4000), ("c", 40)):
             j.started(rid, "acct_1", "key_1", "zowy-1", "gemini-flash", rid == "b", size, None)
@@ -62,10 +62,21 @@ async def test_a_dead_process_s_unsettled_requests_are_billed_once(tmp_path):
         assert b.total_tokens == 1000 and b.stream and await store.ledger_entry("c") is None
         assert await store.ledger_count(outcome="worker_lost") == 2
         # Billing again (another worker racing, a crash after the write) adds nothing.
-        again = await store.record([journal._lost_entry(["a", "acct_1", "key_1", "zowy-1", "t", False, 400, None, 1.0])])
+        old = journal._lost_entry(["a", "acct_1", "key_1", "zowy-1", "t", False, 400, None, 1.0])
+        assert old.api == "chat"  # a started record of nine fields, as written before the API was kept
+        again = await store.record([old])
         assert again == 0
     finally:
         await store.close()
+
+
+def test_a_lost_request_is_billed_to_the_api_it_came_through(tmp_path):
+    j = journal.Journal(tmp_path, "4243-test")
+    j.started("r1", "acct_1", "key_1", "zowy-1", "gemini-flash", True, 300, None, "messages")
+    (record,) = journal._unsettled(next(tmp_path.iterdir())).values()
+    lost = journal._lost_entry(record)
+    assert (lost.request_id, lost.api, lost.outcome, lost.prompt_tokens) == ("r1", "messages", "worker_lost", 75)
+    j.close()
 
 
 async def test_a_live_process_s_journal_is_left_alone(tmp_path):

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from app.errors import StoreUnavailable
-from app.ledger import Meter, Spool
-from app.metering import LedgerEntry
-from app.store import Package
+from app.billing.ledger_writer import LedgerWriter
+from app.billing.spool import Spool
+from app.core.errors import StoreUnavailable
+from app.store.contracts.ledger import LedgerEntry, Package
 from app.store.sqlite import SqliteStore
 
 
@@ -57,7 +57,7 @@ async def used(store) -> int:
 
 
 async def test_entries_are_written_in_batches_and_debited_once(store, tmp_path):
-    meter = Meter(store, tmp_path / "spool", batch=3, interval=10)
+    meter = LedgerWriter(store, tmp_path / "spool", batch=3, interval=10)
     for n in range(7):
         meter.record(entry(n))
     await meter.flush()
@@ -70,7 +70,7 @@ async def test_entries_are_written_in_batches_and_debited_once(store, tmp_path):
 
 async def test_an_outage_spools_then_replays_exactly_once(store, tmp_path):
     flaky = Flaky(store)
-    meter = Meter(flaky, tmp_path / "spool", batch=2, interval=10)
+    meter = LedgerWriter(flaky, tmp_path / "spool", batch=2, interval=10)
     flaky.down = True
     for n in range(5):
         meter.record(entry(n))
@@ -94,7 +94,7 @@ async def test_the_next_process_replays_what_a_stopped_one_spooled(store, tmp_pa
     path = next((tmp_path / "spool").glob("*.spool"))
     with open(path, "ab") as f:
         f.write(b'{"request_id": "r9", "acc')
-    meter = Meter(store, tmp_path / "spool", interval=10)
+    meter = LedgerWriter(store, tmp_path / "spool", interval=10)
     await meter.start()
     assert await store.ledger_count() == 2 and await store.ledger_entry("r9") is None
     assert not path.exists()

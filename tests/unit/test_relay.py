@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from app.persona import scrub
-from app.relay import MalformedUpstream, StreamRewriter, rewrite_completion
-from app.metering import Usage
+from app.wire.persona import scrub
+from app.wire.rewrite import MalformedUpstream, StreamRewriter, rewrite_completion
+from app.wire.usage import Usage
 
 PUBLIC = "zowy-1"
 OURS = "chatcmpl-ours123"
@@ -163,7 +163,7 @@ GEMINI_CALL = (
 
 
 def gemini_rewriter(include_usage: bool = True) -> StreamRewriter:
-    from app.upstream.gemini import GeminiDialect
+    from app.upstream.providers.gemini import GeminiDialect
 
     return StreamRewriter(PUBLIC, OURS, include_usage, GeminiDialect())
 
@@ -192,7 +192,7 @@ def test_gemini_tool_calls_get_an_index_an_id_and_a_type():
 
 
 def test_a_call_seen_again_keeps_its_index():
-    from app.upstream.gemini import _numbered
+    from app.upstream.providers.gemini import _numbered
 
     seen: dict[str, int] = {}
     assert _numbered({"id": "a", "function": {}}, seen, OURS)["index"] == 0
@@ -217,14 +217,14 @@ def test_a_one_chunk_answer_does_not_estimate_zero():
 
 def test_plain_content_reads_are_not_parsed(monkeypatch):
     """After the first event, a read of ordinary content events costs byte searches and swaps only."""
-    import app.relay
+    import app.wire.rewrite
 
     events = openai_stream(include_usage=False)
     rewriter = StreamRewriter(PUBLIC, OURS, False)
     rewriter.feed(events[0])
     parsed = []
-    real = app.relay.orjson.loads
-    monkeypatch.setattr(app.relay.orjson, "loads", lambda data: parsed.append(data) or real(data))
+    real = app.wire.rewrite.orjson.loads
+    monkeypatch.setattr(app.wire.rewrite.orjson, "loads", lambda data: parsed.append(data) or real(data))
     out = rewriter.feed(events[1] * 50)
     assert parsed == [] and out.count(OURS.encode()) == 50
 
@@ -311,14 +311,14 @@ def test_spaced_usage_is_read_and_kept_from_callers_who_did_not_ask(style):
 def test_spans_of_compact_heads_read_a_spaced_finish_and_usage(include_usage, monkeypatch):
     """One event per read, as a live stream comes: after the first event the identity head is known
     and spans are swapped whole; a spaced finish or usage in them is still seen."""
-    import app.relay
+    import app.wire.rewrite
 
     rewriter = StreamRewriter(PUBLIC, OURS, include_usage)
     events = spaced(openai_stream(), "compact-head")
     out = rewriter.feed(events[0])
     parsed = []
-    real = app.relay.orjson.loads
-    monkeypatch.setattr(app.relay.orjson, "loads", lambda data: parsed.append(data) or real(data))
+    real = app.wire.rewrite.orjson.loads
+    monkeypatch.setattr(app.wire.rewrite.orjson, "loads", lambda data: parsed.append(data) or real(data))
     for event in events[1:]:
         out += rewriter.feed(event)
     assert len(parsed) == 1 and b'"usage": {' in parsed[0]  # content and finish took the plain path
@@ -336,7 +336,7 @@ def test_a_spaced_empty_delta_is_not_counted_as_text():
 
 
 def test_spaced_gemini_usage_moves_to_its_own_last_chunk():
-    from app.upstream.gemini import GeminiDialect
+    from app.upstream.providers.gemini import GeminiDialect
 
     rewriter = StreamRewriter(PUBLIC, OURS, True, GeminiDialect())
     out = rewriter.feed(b"".join(spaced(gemini_stream(), "spaced"))) + rewriter.finish()

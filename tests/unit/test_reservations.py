@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from app.config import Settings
-from app.errors import InsufficientQuota
-from app.metering import LedgerEntry, lease_size, request_need
-from app.reservations import Reservations
-from app.store import Package
+from app.billing.need import lease_size, request_need
+from app.billing.reservations import Reservations
+from app.core.config import Settings
+from app.core.errors import InsufficientQuota
+from app.store.contracts.ledger import LedgerEntry, Package
 from app.store.sqlite import SqliteStore
 
 SETTINGS = Settings(reserve_slice=1000, reserve_share=4, reserve_floor=500, reserve_ttl=60, reserve_idle=0)

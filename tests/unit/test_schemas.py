@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from app.errors import InvalidRequest
-from app.schemas import parse_chat_request
+from app.core.errors import InvalidRequest
+from app.wire.chat import parse_chat_request
 
 USER = [{"role": "user", "content": "hi"}]
 

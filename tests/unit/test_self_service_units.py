@@ -8,12 +8,14 @@ import time
 
 import pytest
 
-from app import accounts, grants, webhooks
-from app.alerts import Balance, alert_id, balance_of
-from app.clientip import allowed, client_address, parse_networks
-from app.config import ConfigError, Settings
-from app.errors import InvalidSignature
-from app.store import Package
+from app.access.clientip import allowed, client_address, parse_networks
+from app.accounts import owners, signin
+from app.alerts.rules import Balance, alert_id, balance_of
+from app.billing import grants
+from app.core import signing
+from app.core.config import ConfigError, Settings
+from app.core.errors import InvalidSignature
+from app.store.contracts.ledger import Package
 
 SECRET = "s3cret"
 NOW = 1_800_000_000.0
@@ -21,11 +23,11 @@ NOW = 1_800_000_000.0
 
 def test_signature_is_hmac_of_timestamp_dot_body():
     body = b'{"event_id":"evt_1"}'
-    headers = webhooks.sign(SECRET, body, NOW)
+    headers = signing.sign(SECRET, body, NOW)
     assert headers["X-Zowy-Timestamp"] == "1800000000"
     expected = hmac.new(SECRET.encode(), b"1800000000." + body, hashlib.sha256).hexdigest()
     assert headers["X-Zowy-Signature"] == f"v1={expected}"
-    assert webhooks.verify(SECRET, headers["X-Zowy-Timestamp"], headers["X-Zowy-Signature"], body, NOW + 299, 300) == int(NOW)
+    assert signing.verify(SECRET, headers["X-Zowy-Timestamp"], headers["X-Zowy-Signature"], body, NOW + 299, 300) == int(NOW)
 
 
 @pytest.mark.parametrize("change, code", [
@@ -40,17 +42,17 @@ def test_signature_is_hmac_of_timestamp_dot_body():
 ])
 def test_signature_refusals(change, code):
     body = b"{}"
-    headers = webhooks.sign(SECRET, body, NOW)
+    headers = signing.sign(SECRET, body, NOW)
     timestamp, signature, sent = change(headers["X-Zowy-Timestamp"], headers["X-Zowy-Signature"], body)
     with pytest.raises(InvalidSignature) as info:
-        webhooks.verify(SECRET, timestamp, signature, sent, NOW, 300)
+        signing.verify(SECRET, timestamp, signature, sent, NOW, 300)
     assert info.value.code == code and info.value.status == 401
 
 
 def test_any_of_several_signatures_may_match():
-    headers = webhooks.sign(SECRET, b"x", NOW)
+    headers = signing.sign(SECRET, b"x", NOW)
     both = "v1=" + "ab" * 32 + ", " + headers["X-Zowy-Signature"]
-    assert webhooks.verify(SECRET, headers["X-Zowy-Timestamp"], both, b"x", NOW, 300)
+    assert signing.verify(SECRET, headers["X-Zowy-Timestamp"], both, b"x", NOW, 300)
 
 
 def test_client_address_behind_trusted_proxies():
@@ -70,32 +72,32 @@ def test_client_address_behind_trusted_proxies():
 
 
 def test_passwords_are_salted_scrypt_and_verified():
-    first = accounts.hash_password("correct horse battery", 10)
-    second = accounts.hash_password("correct horse battery", 10)
+    first = owners.hash_password("correct horse battery", 10)
+    second = owners.hash_password("correct horse battery", 10)
     assert first != second and first.startswith("scrypt$10$8$1$")
-    assert accounts.verify_password("correct horse battery", first)
-    assert not accounts.verify_password("correct horse batterY", first)
-    assert not accounts.verify_password("x", "bcrypt$whatever")
-    assert not accounts.verify_password("x", "scrypt$bad")
+    assert owners.verify_password("correct horse battery", first)
+    assert not owners.verify_password("correct horse batterY", first)
+    assert not owners.verify_password("x", "bcrypt$whatever")
+    assert not owners.verify_password("x", "scrypt$bad")
     assert Settings().self_service.scrypt_cost == 15  # 32 MiB and about 0.1 s a hash by default
     started = time.perf_counter()
-    accounts.verify_password("correct horse battery", accounts.hash_password("correct horse battery", 15))
+    owners.verify_password("correct horse battery", owners.hash_password("correct horse battery", 15))
     assert time.perf_counter() - started > 0.02
 
 
 def test_csrf_token_belongs_to_its_session():
     settings = Settings(key_pepper="pepper")
-    token = accounts.csrf_token(settings, "zs-one")
-    assert accounts.csrf_ok(settings, "zs-one", token)
-    assert not accounts.csrf_ok(settings, "zs-two", token)
-    assert not accounts.csrf_ok(settings, "zs-one", None) and not accounts.csrf_ok(settings, "zs-one", "")
+    token = signin.csrf_token(settings, "zs-one")
+    assert signin.csrf_ok(settings, "zs-one", token)
+    assert not signin.csrf_ok(settings, "zs-two", token)
+    assert not signin.csrf_ok(settings, "zs-one", None) and not signin.csrf_ok(settings, "zs-one", "")
 
 
 def test_emails_and_codes_are_normalised():
-    assert accounts.normalize_email("  Ann@Example.COM ") == "ann@example.com"
+    assert owners.normalize_email("  Ann@Example.COM ") == "ann@example.com"
     for bad in ("ann", "a@b", "a b@c.d", 5):
         with pytest.raises(Exception):
-            accounts.normalize_email(bad)
+            owners.normalize_email(bad)
     code = grants.new_code()
     assert code.startswith("ZOWY-") and len(code) == 28
     compact = grants.normalize_code(code)

@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from app import accounts, operators
-from app.clientip import throttle_source
-from app.config import SelfService, Settings
-from app.errors import AdminUnauthorized, InvalidCredentials, RateLimited
-from app.store.base import Owner
+from app.access.clientip import throttle_source
+from app.accounts import operators, owners
+from app.core.config import SelfService, Settings
+from app.core.errors import AdminUnauthorized, InvalidCredentials, RateLimited
+from app.store.contracts.owners import Owner
 from app.store.sqlite import SqliteStore
 from tests import support
 
@@ -32,7 +32,7 @@ async def store(tmp_path):
     store = SqliteStore(tmp_path / "zowy.db", timeout=1)
     await store.init()
     await store.create_account("acct_1", "acme", time.time())
-    await store.create_owner(Owner("usr_1", "acct_1", "ann@example.com", time.time()), accounts.hash_password(PASSWORD, 10))
+    await store.create_owner(Owner("usr_1", "acct_1", "ann@example.com", time.time()), owners.hash_password(PASSWORD, 10))
     yield store
     await store.close()
 
@@ -41,20 +41,20 @@ async def store(tmp_path):
 def checked(monkeypatch) -> list[str]:
     """The passwords that reached the (costly) check."""
     seen: list[str] = []
-    real = accounts.verify_password
+    real = owners.verify_password
 
     def counting(password: str, encoded: str) -> bool:
         seen.append(password)
         return real(password, encoded)
 
-    monkeypatch.setattr(accounts, "verify_password", counting)
+    monkeypatch.setattr(owners, "verify_password", counting)
     return seen
 
 
 async def attempt(store, password: str, ip: str, settings: Settings = SETTINGS) -> int:
     """The HTTP status a sign-in would get."""
     try:
-        await accounts.sign_in(store, settings, "ann@example.com", password, ip)
+        await owners.sign_in(store, settings, "ann@example.com", password, ip)
     except InvalidCredentials:
         return 401
     except RateLimited:

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from app.sse import EventFramer, event_data
+from app.wire.sse import EventFramer, event_data
 
 EVENTS = [
     b'data: {"a":1}\n\n',

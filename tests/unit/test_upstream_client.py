@@ -8,11 +8,12 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from app.config import Condition, ParamPolicy, PublicModel, Settings, Target, Timeouts
-from app.errors import InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
-from app.relay import StreamRewriter
+from app.catalog.models import Condition, ParamPolicy, PublicModel, Target, Timeouts
+from app.core.config import Settings
+from app.core.errors import InvalidRequest, Overloaded, StreamCut, UpstreamError, UpstreamTimeout
 from app.upstream.client import Attempts, UpstreamClient
 from app.upstream.mock import MockRequest, MockResponse, MockTransport
+from app.wire.rewrite import StreamRewriter
 
 FAST = Timeouts(connect=0.2, first_byte=0.3, idle=0.2, total=3.0)
 

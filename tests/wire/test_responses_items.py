@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import InvalidRequest
+from app.core.errors import InvalidRequest
 from app.wire.responses import items
 from app.wire.responses.output import Ids
 

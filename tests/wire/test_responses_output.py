@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import orjson
 
-from app.metering import Usage
+from app.wire.usage import Usage
 from app.wire.responses import signatures
 from app.wire.responses.output import Frame, completion_output, usage_object
 from app.wire.responses.request import parse_responses_request

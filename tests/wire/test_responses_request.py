@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app.config import RequestLimits
-from app.errors import InvalidRequest
+from app.core.config import RequestLimits
+from app.core.errors import InvalidRequest
 from app.wire.responses import signatures
 from app.wire.responses.request import parse_responses_request
 from app.wire.responses.translate import chat_call_id, to_chat

@@ -8,9 +8,9 @@ import random
 import orjson
 import pytest
 
-from app.metering import Usage
-from app.relay import MalformedUpstream
-from app.upstream.gemini import GeminiDialect
+from app.wire.usage import Usage
+from app.wire.rewrite import MalformedUpstream
+from app.upstream.providers.gemini import GeminiDialect
 from app.wire.responses import signatures
 from app.wire.responses.output import Frame
 from app.wire.responses.request import parse_responses_request

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ...errors import InvalidRequest
+from ...core.errors import InvalidRequest
 from .output import RESPONSE_PREFIX
 
 _PREFIXES = {

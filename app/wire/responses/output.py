@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ...metering import Usage
+from ..usage import Usage
 from . import signatures
 from .translate import Tool
 

@@ -12,9 +12,10 @@ from typing import Any
 from pydantic_core import SchemaValidator, ValidationError
 from pydantic_core import core_schema as cs
 
-from ...config import RequestLimits
-from ...errors import InvalidRequest
-from ...schemas import _any_obj, _bool, _check_free_form, _float, _int, _invalid, _list, _lit, _obj, _opt, _req, _str
+from ...core.config import RequestLimits
+from ...core.errors import InvalidRequest
+from ..chat import _check_free_form
+from ..validation import ANY_OBJECT, BOOLEAN, STRING, array, integer, invalid, literal, number, obj, opt, req
 
 # Hosted tools: run by OpenAI's servers, never by a Chat Completions target.
 HOSTED_TOOLS = (
@@ -36,8 +37,8 @@ INCLUDABLE = (
     "web_search_call.action.sources", "code_interpreter_call.outputs",
 )
 NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
-_status = _opt(_lit("in_progress", "completed", "incomplete"))
-_caller = _opt(_any_obj)
+_status = opt(literal("in_progress", "completed", "incomplete"))
+_caller = opt(ANY_OBJECT)
 _name = cs.str_schema(strict=True, pattern=NAME_PATTERN)
 _id = cs.str_schema(strict=True, min_length=1, max_length=256)
 
@@ -66,99 +67,99 @@ def _item_tag(value: Any) -> str | None:
     return kind if type(kind) is str else "-"
 
 
-_cache_breakpoint = _opt(_any_obj)
-_input_text = _obj({"type": _req(_lit("input_text")), "text": _req(_str), "prompt_cache_breakpoint": _cache_breakpoint})
-_input_image = _obj({
-    "type": _req(_lit("input_image")),
-    "image_url": _opt(_str),
-    "file_id": _opt(_str),
-    "detail": _opt(_lit("auto", "low", "high", "original")),
+_cache_breakpoint = opt(ANY_OBJECT)
+_input_text = obj({"type": req(literal("input_text")), "text": req(STRING), "prompt_cache_breakpoint": _cache_breakpoint})
+_input_image = obj({
+    "type": req(literal("input_image")),
+    "image_url": opt(STRING),
+    "file_id": opt(STRING),
+    "detail": opt(literal("auto", "low", "high", "original")),
     "prompt_cache_breakpoint": _cache_breakpoint,
 })
-_input_file = _obj({
-    "type": _req(_lit("input_file")),
-    "file_id": _opt(_str),
-    "file_data": _opt(_str),
-    "file_url": _opt(_str),
-    "filename": _opt(_str),
-    "detail": _opt(_lit("auto", "low", "high")),
+_input_file = obj({
+    "type": req(literal("input_file")),
+    "file_id": opt(STRING),
+    "file_data": opt(STRING),
+    "file_url": opt(STRING),
+    "filename": opt(STRING),
+    "detail": opt(literal("auto", "low", "high")),
     "prompt_cache_breakpoint": _cache_breakpoint,
 })
-_output_text = _obj({
-    "type": _req(_lit("output_text")),
-    "text": _req(_str),
-    "annotations": _opt(_list(cs.any_schema())),
-    "logprobs": _opt(_list(cs.any_schema())),
+_output_text = obj({
+    "type": req(literal("output_text")),
+    "text": req(STRING),
+    "annotations": opt(array(cs.any_schema())),
+    "logprobs": opt(array(cs.any_schema())),
 })
-_refusal = _obj({"type": _req(_lit("refusal")), "refusal": _req(_str)})
+_refusal = obj({"type": req(literal("refusal")), "refusal": req(STRING)})
 _part = _tagged({
     "input_text": _input_text, "input_image": _input_image, "input_file": _input_file,
     "output_text": _output_text, "refusal": _refusal,
 })
-_content = cs.union_schema([(_str, "@text"), (_list(_part), "@parts")])
+_content = cs.union_schema([(STRING, "@text"), (array(_part), "@parts")])
 _tool_output = cs.union_schema([
-    (_str, "@text"),
-    (_list(_tagged({"input_text": _input_text, "input_image": _input_image, "input_file": _input_file})), "@parts"),
+    (STRING, "@text"),
+    (array(_tagged({"input_text": _input_text, "input_image": _input_image, "input_file": _input_file})), "@parts"),
 ])
 
-_message = _obj({
-    "type": _opt(_lit("message")),
-    "role": _req(_lit("user", "system", "developer", "assistant")),
-    "content": _req(_content),
-    "id": _opt(_id),
+_message = obj({
+    "type": opt(literal("message")),
+    "role": req(literal("user", "system", "developer", "assistant")),
+    "content": req(_content),
+    "id": opt(_id),
     "status": _status,
-    "phase": _opt(_lit("commentary", "final_answer")),
+    "phase": opt(literal("commentary", "final_answer")),
 })
-_function_call = _obj({
-    "type": _req(_lit("function_call")),
-    "call_id": _req(_id),
-    "name": _req(_name),
-    "arguments": _req(_str),
-    "id": _opt(_id),
+_function_call = obj({
+    "type": req(literal("function_call")),
+    "call_id": req(_id),
+    "name": req(_name),
+    "arguments": req(STRING),
+    "id": opt(_id),
     "status": _status,
-    "namespace": _opt(_name),
+    "namespace": opt(_name),
     "caller": _caller,
     # What the SDKs' own parsed items carry when a caller sends one back.
-    "parsed_arguments": _opt(cs.any_schema()),
+    "parsed_arguments": opt(cs.any_schema()),
 })
-_function_call_output = _obj({
-    "type": _req(_lit("function_call_output")),
-    "call_id": _req(_id),
-    "output": _req(_tool_output),
-    "id": _opt(_id),
+_function_call_output = obj({
+    "type": req(literal("function_call_output")),
+    "call_id": req(_id),
+    "output": req(_tool_output),
+    "id": opt(_id),
     "status": _status,
-    "name": _opt(_str),
-    "namespace": _opt(_str),
+    "name": opt(STRING),
+    "namespace": opt(STRING),
     "caller": _caller,
 })
-_custom_tool_call = _obj({
-    "type": _req(_lit("custom_tool_call")),
-    "call_id": _req(_id),
-    "name": _req(_name),
-    "input": _req(_str),
-    "id": _opt(_id),
+_custom_tool_call = obj({
+    "type": req(literal("custom_tool_call")),
+    "call_id": req(_id),
+    "name": req(_name),
+    "input": req(STRING),
+    "id": opt(_id),
     "status": _status,
-    "namespace": _opt(_name),
+    "namespace": opt(_name),
     "caller": _caller,
 })
-_custom_tool_call_output = _obj({
-    "type": _req(_lit("custom_tool_call_output")),
-    "call_id": _req(_id),
-    "output": _req(_tool_output),
-    "id": _opt(_id),
+_custom_tool_call_output = obj({
+    "type": req(literal("custom_tool_call_output")),
+    "call_id": req(_id),
+    "output": req(_tool_output),
+    "id": opt(_id),
     "status": _status,
     "caller": _caller,
 })
-_text_entry = lambda kind: _obj({"type": _req(_lit(kind)), "text": _req(_str)})  # noqa: E731
-_reasoning = _obj({
-    "type": _req(_lit("reasoning")),
-    "id": _opt(_id),
-    "summary": _opt(_list(_text_entry("summary_text"))),
-    "content": _opt(_list(_text_entry("reasoning_text"))),
-    "encrypted_content": _opt(_str),
+_text_entry = lambda kind: obj({"type": req(literal(kind)), "text": req(STRING)})  # noqa: E731
+_reasoning = obj({
+    "type": req(literal("reasoning")),
+    "id": opt(_id),
+    "summary": opt(array(_text_entry("summary_text"))),
+    "content": opt(array(_text_entry("reasoning_text"))),
+    "encrypted_content": opt(STRING),
     "status": _status,
 })
-_item_reference = _obj({"type": _opt(_lit("item_reference")), "id": _req(_id)})
+_item_reference = obj({"type": opt(literal("item_reference")), "id": req(_id)})
 _item = cs.tagged_union_schema(
     {
         "message": _message,
@@ -168,118 +169,118 @@ _item = cs.tagged_union_schema(
         "custom_tool_call_output": _custom_tool_call_output,
         "reasoning": _reasoning,
         "item_reference": _item_reference,
-        **{kind: _any_obj for kind in HOSTED_ITEMS},
+        **{kind: ANY_OBJECT for kind in HOSTED_ITEMS},
     },
     discriminator=_item_tag,
 )
 
 _function_fields = {
-    "type": _req(_lit("function")),
-    "name": _req(_name),
-    "description": _opt(_str),
-    "parameters": _opt(_any_obj),
-    "strict": _opt(_bool),
-    "output_schema": _opt(_any_obj),
-    "allowed_callers": _opt(_list(_lit("direct", "programmatic"))),
-    "defer_loading": _opt(_bool),
+    "type": req(literal("function")),
+    "name": req(_name),
+    "description": opt(STRING),
+    "parameters": opt(ANY_OBJECT),
+    "strict": opt(BOOLEAN),
+    "output_schema": opt(ANY_OBJECT),
+    "allowed_callers": opt(array(literal("direct", "programmatic"))),
+    "defer_loading": opt(BOOLEAN),
 }
-_grammar = _obj({
-    "type": _req(_lit("grammar")),
-    "syntax": _req(_lit("lark", "regex")),
-    "definition": _req(_str),
+_grammar = obj({
+    "type": req(literal("grammar")),
+    "syntax": req(literal("lark", "regex")),
+    "definition": req(STRING),
 })
 _custom_fields = {
-    "type": _req(_lit("custom")),
-    "name": _req(_name),
-    "description": _opt(_str),
-    "format": _opt(_tagged({"text": _obj({"type": _req(_lit("text"))}), "grammar": _grammar})),
-    "allowed_callers": _opt(_list(_lit("direct", "programmatic"))),
-    "defer_loading": _opt(_bool),
+    "type": req(literal("custom")),
+    "name": req(_name),
+    "description": opt(STRING),
+    "format": opt(_tagged({"text": obj({"type": req(literal("text"))}), "grammar": _grammar})),
+    "allowed_callers": opt(array(literal("direct", "programmatic"))),
+    "defer_loading": opt(BOOLEAN),
 }
-_namespace = _obj({
-    "type": _req(_lit("namespace")),
-    "name": _req(_name),
-    "description": _opt(_str),
-    "tools": _req(_list(_tagged({"function": _obj(_function_fields), "custom": _obj(_custom_fields)}, "function"), min_length=1)),
+_namespace = obj({
+    "type": req(literal("namespace")),
+    "name": req(_name),
+    "description": opt(STRING),
+    "tools": req(array(_tagged({"function": obj(_function_fields), "custom": obj(_custom_fields)}, "function"), min_length=1)),
 })
 _tool = _tagged({
-    "function": _obj(_function_fields),
-    "custom": _obj(_custom_fields),
+    "function": obj(_function_fields),
+    "custom": obj(_custom_fields),
     "namespace": _namespace,
-    **{kind: _any_obj for kind in HOSTED_TOOLS},
+    **{kind: ANY_OBJECT for kind in HOSTED_TOOLS},
 })
-_named_choice = lambda kind: _obj({"type": _req(_lit(kind)), "name": _req(_str)})  # noqa: E731
+_named_choice = lambda kind: obj({"type": req(literal(kind)), "name": req(STRING)})  # noqa: E731
 _tool_choice = cs.union_schema([
-    (_lit("auto", "none", "required"), "@mode"),
+    (literal("auto", "none", "required"), "@mode"),
     (_tagged({
         "function": _named_choice("function"),
         "custom": _named_choice("custom"),
-        "allowed_tools": _obj({
-            "type": _req(_lit("allowed_tools")),
-            "mode": _req(_lit("auto", "required")),
-            "tools": _req(_list(_any_obj)),
+        "allowed_tools": obj({
+            "type": req(literal("allowed_tools")),
+            "mode": req(literal("auto", "required")),
+            "tools": req(array(ANY_OBJECT)),
         }),
-        **{kind: _any_obj for kind in HOSTED_TOOLS},
+        **{kind: ANY_OBJECT for kind in HOSTED_TOOLS},
     }), "@tool"),
 ])
 
-_json_schema_format = _obj({
-    "type": _req(_lit("json_schema")),
-    "name": _req(cs.str_schema(strict=True, pattern=NAME_PATTERN)),
-    "schema": _req(_any_obj),
-    "description": _opt(_str),
-    "strict": _opt(_bool),
+_json_schema_format = obj({
+    "type": req(literal("json_schema")),
+    "name": req(cs.str_schema(strict=True, pattern=NAME_PATTERN)),
+    "schema": req(ANY_OBJECT),
+    "description": opt(STRING),
+    "strict": opt(BOOLEAN),
 })
-_text = _obj({
-    "format": _opt(_tagged({
-        "text": _obj({"type": _req(_lit("text"))}),
-        "json_object": _obj({"type": _req(_lit("json_object"))}),
+_text = obj({
+    "format": opt(_tagged({
+        "text": obj({"type": req(literal("text"))}),
+        "json_object": obj({"type": req(literal("json_object"))}),
         "json_schema": _json_schema_format,
     })),
-    "verbosity": _opt(_lit("low", "medium", "high")),
+    "verbosity": opt(literal("low", "medium", "high")),
 })
-_reasoning_options = _obj({
-    "effort": _opt(_lit("none", "minimal", "low", "medium", "high", "xhigh", "max")),
-    "summary": _opt(_lit("auto", "concise", "detailed")),
-    "generate_summary": _opt(_lit("auto", "concise", "detailed")),
+_reasoning_options = obj({
+    "effort": opt(literal("none", "minimal", "low", "medium", "high", "xhigh", "max")),
+    "summary": opt(literal("auto", "concise", "detailed")),
+    "generate_summary": opt(literal("auto", "concise", "detailed")),
 })
 
-RESPONSES_REQUEST_SCHEMA = _obj({
-    "model": _req(cs.str_schema(strict=True, min_length=1)),
-    "input": _opt(cs.union_schema([(_str, "@text"), (_list(_item), "@items")])),
-    "instructions": _opt(_str),
-    "tools": _opt(_list(_tool)),
-    "tool_choice": _opt(_tool_choice),
-    "parallel_tool_calls": _opt(_bool),
-    "text": _opt(_text),
-    "reasoning": _opt(_reasoning_options),
-    "max_output_tokens": _opt(_int(16)),
-    "max_tool_calls": _opt(_int(1)),
-    "temperature": _opt(_float(0, 2)),
-    "top_p": _opt(_float(0, 1)),
-    "top_logprobs": _opt(_int(0, 20)),
-    "stream": _opt(_bool),
-    "stream_options": _opt(_obj({"include_obfuscation": _opt(_bool)})),
-    "store": _opt(_bool),
-    "previous_response_id": _opt(_id),
-    "include": _opt(_list(_lit(*INCLUDABLE))),
-    "metadata": _opt(cs.dict_schema(
+RESPONSES_REQUEST_SCHEMA = obj({
+    "model": req(cs.str_schema(strict=True, min_length=1)),
+    "input": opt(cs.union_schema([(STRING, "@text"), (array(_item), "@items")])),
+    "instructions": opt(STRING),
+    "tools": opt(array(_tool)),
+    "tool_choice": opt(_tool_choice),
+    "parallel_tool_calls": opt(BOOLEAN),
+    "text": opt(_text),
+    "reasoning": opt(_reasoning_options),
+    "max_output_tokens": opt(integer(16)),
+    "max_tool_calls": opt(integer(1)),
+    "temperature": opt(number(0, 2)),
+    "top_p": opt(number(0, 1)),
+    "top_logprobs": opt(integer(0, 20)),
+    "stream": opt(BOOLEAN),
+    "stream_options": opt(obj({"include_obfuscation": opt(BOOLEAN)})),
+    "store": opt(BOOLEAN),
+    "previous_response_id": opt(_id),
+    "include": opt(array(literal(*INCLUDABLE))),
+    "metadata": opt(cs.dict_schema(
         cs.str_schema(strict=True, max_length=64), cs.str_schema(strict=True, max_length=512),
         max_length=16, strict=True, fail_fast=True,
     )),
-    "user": _opt(cs.str_schema(strict=True, max_length=256)),
-    "safety_identifier": _opt(cs.str_schema(strict=True, max_length=256)),
-    "prompt_cache_key": _opt(_str),
-    "prompt_cache_retention": _opt(_lit("in_memory", "24h")),
-    "truncation": _opt(_lit("auto", "disabled")),
-    "service_tier": _opt(_lit("auto", "default", "flex", "scale", "priority")),
+    "user": opt(cs.str_schema(strict=True, max_length=256)),
+    "safety_identifier": opt(cs.str_schema(strict=True, max_length=256)),
+    "prompt_cache_key": opt(STRING),
+    "prompt_cache_retention": opt(literal("in_memory", "24h")),
+    "truncation": opt(literal("auto", "disabled")),
+    "service_tier": opt(literal("auto", "default", "flex", "scale", "priority")),
     # Codex's own per-turn facts; nothing is done with them.
-    "client_metadata": _opt(_any_obj),
+    "client_metadata": opt(ANY_OBJECT),
     # Known to OpenAI, refused below with what to do instead.
-    "background": _opt(_bool),
-    "conversation": _opt(cs.any_schema()),
-    "prompt": _opt(cs.any_schema()),
-    "context_management": _opt(cs.any_schema()),
+    "background": opt(BOOLEAN),
+    "conversation": opt(cs.any_schema()),
+    "prompt": opt(cs.any_schema()),
+    "context_management": opt(cs.any_schema()),
 })
 
 _validator = SchemaValidator(RESPONSES_REQUEST_SCHEMA)
@@ -295,7 +296,7 @@ def parse_responses_request(body: bytes, limits: RequestLimits = RequestLimits()
     try:
         request = _validator.validate_json(body)
     except ValidationError as exc:
-        raise _invalid(RESPONSES_REQUEST_SCHEMA, exc) from None
+        raise invalid(RESPONSES_REQUEST_SCHEMA, exc) from None
     if request.get("background"):
         raise InvalidRequest(
             "Background responses are not supported: leave out 'background' (or set it to false) and stream "

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import orjson
 
-from ...metering import Usage, estimate_tokens, estimate_usage
-from ...relay import OPENAI, Dialect, MalformedUpstream
-from ...sse import DONE, EventFramer, event_data
+from ..rewrite import OPENAI, Dialect, MalformedUpstream
+from ..sse import DONE, EventFramer, event_data
+from ..usage import Usage, estimate_tokens, estimate_usage
 from .output import INCOMPLETE, Frame, call_item, custom_input, message_item, reasoning_item, tool_of, usage_object
 from .translate import Tool
 

@@ -14,9 +14,9 @@ from typing import Any, Callable, NamedTuple
 
 import orjson
 
-from ...config import RequestLimits
-from ...errors import InvalidRequest
-from ...schemas import RequestFacts, _check_image_url, _check_vendor_field
+from ...core.config import RequestLimits
+from ...core.errors import InvalidRequest
+from ..chat import RequestFacts, _check_image_url, _check_vendor_field
 from . import signatures
 from .request import HOSTED_ITEMS, HOSTED_TOOLS
 

@@ -16,12 +16,12 @@ import json
 import orjson
 import pytest
 
-from app.errors import InvalidRequest
+from app.core.errors import InvalidRequest
 from app.wire.responses.output import Frame, completion_output, usage_object
 from app.wire.responses.request import parse_responses_request
 from app.wire.responses.stream import ResponsesStream
 from app.wire.responses.translate import to_chat
-from app.metering import Usage
+from app.wire.usage import Usage
 from tests.conformance.responses import corpus
 
 RECORDED = corpus.load()

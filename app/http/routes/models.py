@@ -1,0 +1,39 @@
+"""GET /api/v1/models and /api/v1/models/{id}: the public models the key may use, in OpenAI's
+list/retrieve shape."""
+from __future__ import annotations
+
+import orjson
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from ...catalog.models import PublicModel
+from ...core.errors import ModelNotFound
+from ...gateway.services import Services
+
+bp = Blueprint("models")
+
+
+def model_object(model: PublicModel) -> dict:
+    return {"id": model.id, "object": "model", "created": model.created, "owned_by": "zowy"}
+
+
+async def list_models(request: Request) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    key = await services.admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
+    data = [model_object(m) for m in services.settings.models.values() if key.allows(m.id)]
+    return HTTPResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def retrieve_model(request: Request, model_id: str) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    key = await services.admission.key(request.headers.get("authorization"), request.ip, request.headers.get("x-forwarded-for"))
+    model = services.settings.models.get(model_id)
+    if model is None or not key.allows(model.id):
+        raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param="model")
+    return HTTPResponse(orjson.dumps(model_object(model)), content_type="application/json")
+
+
+for prefix in ("/api/v1", "/v1"):
+    alias = "" if prefix == "/api/v1" else "_v1"
+    bp.add_route(list_models, f"{prefix}/models", methods=["GET"], name=f"list_models{alias}")
+    bp.add_route(retrieve_model, f"{prefix}/models/<model_id:path>", methods=["GET"], name=f"retrieve_model{alias}")

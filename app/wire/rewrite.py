@@ -1,0 +1,477 @@
+"""What a caller receives of an upstream answer: the upstream's bytes with the identity fields
+swapped for ours, and provider differences turned into exact OpenAI chunks.
+
+A stream is rewritten one read at a time. The complete events of a read form one span; when the
+span needs nothing but the identity swaps (found by byte search) they are applied to it whole and
+no event is parsed. Only events that carry usage, an error, a fingerprint, a provider difference
+(``Dialect.markers``) or unknown identity are parsed, normalised and re-encoded. The byte searches
+are written for compact JSON, as both providers send it; where a key is written another way (spaces
+around its colon), a regular expression decides, for that read only.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+
+import orjson
+
+from .sse import DONE, EventFramer, event_data, format_event
+from .usage import Usage, estimate_tokens, estimate_usage
+
+
+class MalformedUpstream(ValueError):
+    """The upstream sent something that is not a chat completion."""
+
+
+class Dialect:
+    """How a provider's chat completions differ from OpenAI's; OpenAI itself differs in nothing.
+
+    ``markers`` are byte strings whose presence in a stream event means ``chunk`` must see it.
+    """
+
+    markers: tuple[bytes, ...] = ()
+
+    def chunk(self, doc: dict, stream: "StreamRewriter") -> bool:
+        """Make one parsed stream chunk an exact OpenAI chunk, in place; True if it changed."""
+        return False
+
+    def completion(self, doc: dict, completion_id: str) -> None:
+        """Make one parsed non-stream answer an exact OpenAI completion, in place."""
+
+
+OPENAI = Dialect()
+
+
+def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
+                       dialect: Dialect = OPENAI) -> tuple[bytes, Usage | None]:
+    """A non-stream upstream answer with identity fields replaced; and its usage."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedUpstream("not JSON") from None
+    if type(doc) is not dict or type(doc.get("choices")) is not list:
+        raise MalformedUpstream("no choices")
+    dialect.completion(doc, completion_id)
+    created = doc.get("created")
+    # OpenAI's key order, whatever order the upstream wrote.
+    out = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created if type(created) is int else int(time.time()),
+        "model": public_model,
+    }
+    for key, value in doc.items():
+        if key not in out and key != "system_fingerprint":
+            out[key] = value
+    return orjson.dumps(out), Usage.from_upstream(doc.get("usage"))
+
+
+_KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}
+# The byte tests count a key's compact forms (as both providers write JSON); only where they do not
+# account for every occurrence of the key (spaces about its colon, as Python's json.dumps writes it)
+# does the key's expression decide. They search with ``bytes.find``/``count``, not ``in``: on CPython
+# 3.11 ``in`` first tries its operand as an integer and clears the TypeError, which costs more than
+# the search itself (bench/micro/relay.py).
+_FINGERPRINT = b'"system_fingerprint"'
+_NULL_FINGERPRINT = b'"system_fingerprint":null'
+_NULL_FINGERPRINT_ANY = re.compile(rb'"system_fingerprint"\s*:\s*null')
+_USAGE = b'"usage"'
+_NULL_USAGE = b'"usage":null'
+_NULL_USAGE_ANY = re.compile(rb'"usage"\s*:\s*null')
+_FINISH_KEY = b'"finish_reason"'
+_FINISH = b'"finish_reason":"'
+_NULL_FINISH = b'"finish_reason":null'
+_FINISH_ANY = re.compile(rb'"finish_reason"\s*:\s*"')
+_EMPTY_DELTA = b'"delta":{}'
+_FULL_DELTA = b'"delta":{"'
+_EMPTY_DELTA_ANY = re.compile(rb'"delta"\s*:\s*\{\s*\}')
+
+
+def _null_usage(data: bytes) -> bool:
+    """Whether every ``"usage"`` in ``data`` is null (or there is none), however spaced."""
+    usages = data.count(_USAGE)
+    return usages == data.count(_NULL_USAGE) or usages == len(_NULL_USAGE_ANY.findall(data))
+
+
+def top_level_token(data: bytes, key: str, value: Any) -> bytes | None:
+    """The exact bytes of ``"key":value`` where the event writes it at the top level.
+
+    Providers order keys differently (Gemini alphabetically, so a tool call's ``"id"`` comes
+    before the chunk's): the token is built from the parsed top-level value and must occur once.
+    """
+    if type(value) is not str:
+        return None
+    wanted = orjson.dumps(value)
+    found = [m for m in _KEY[key].finditer(data) if data.startswith(wanted, m.end())]
+    if len(found) != 1:
+        return None
+    start = found[0].start()
+    return data[start:found[0].end() + len(wanted)]
+
+
+class StreamRewriter:
+    """Turns upstream SSE bytes into the bytes a caller receives, one read at a time."""
+
+    __slots__ = (
+        "_public_model", "_completion_id", "_include_usage", "dialect", "_tail", "_framer", "_separator",
+        "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
+        "usage", "_usage_doc", "_usage_held", "_usage_owed", "_estimate", "events", "text_chars", "done",
+        "error", "tool_calls", "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
+    )
+
+    def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI,
+                 estimate: Callable[[int], Usage] | None = None) -> None:
+        """``estimate`` gives the usage billed for a completion of so many tokens when the upstream
+        reports none; a caller who asked for usage gets it in the usage chunk."""
+        self._public_model = public_model
+        self._completion_id = completion_id
+        self._include_usage = include_usage
+        self._estimate = estimate or _completion_only
+        self.dialect = dialect
+        self._markers = dialect.markers
+        self._new_model = orjson.dumps(public_model)
+        self._tail = b""
+        self._framer: EventFramer | None = None
+        self._separator = b"\n\n"
+        self._id_token: bytes | None = None
+        self._model_token: bytes | None = None
+        self._fingerprint_token: bytes | None = None
+        self._swaps: list[tuple[bytes, bytes]] = []
+        self.created = 0
+        self.usage: Usage | None = None
+        self._usage_doc: dict | None = None
+        # The upstream's own usage chunk, held to go out last; and whether a usage chunk is still owed.
+        self._usage_held: bytes | None = None
+        self._usage_owed = include_usage
+        self.events = 0
+        self.text_chars = 0
+        self.done = False
+        self.error: dict | None = None
+        # Per choice: the index given to each tool call (by its id) a dialect had to number.
+        self.tool_calls: dict[int, dict[str, int]] = {}
+        # Whether a finish_reason went out, and whether tool calls did: a stream that ends without
+        # one gets a finish chunk, as OpenAI always sends.
+        self._finished = False
+        self._calls = False
+        # The fast path's byte tests, set when the identity is learned: the head every event of a
+        # plain span carries once, and bytes none of them may hold.
+        self._head = b""
+        self._new_head = b""
+        self._forbidden: tuple[bytes, ...] = ()
+        self.text_tokens = 0
+
+    @property
+    def completion_id(self) -> str:
+        return self._completion_id
+
+    # reading
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send for the events ``chunk`` completes; an incomplete tail waits.
+
+        After an upstream error event ``error`` is set and nothing more is produced.
+        Raises MalformedUpstream on an event that is not a JSON object.
+        """
+        if self._framer is not None:
+            return self._events(self._framer.feed(chunk))
+        buffer = self._tail + chunk if self._tail else chunk
+        if buffer.find(b"\r") >= 0 and not self._crlf(buffer):
+            # Mixed or lone-CR line ends: frame event by event from here on.
+            self._framer = EventFramer()
+            self._tail = b""
+            return self._events(self._framer.feed(buffer))
+        end = buffer.rfind(self._separator)
+        if end < 0:
+            self._tail = buffer
+            return b""
+        end += len(self._separator)
+        if end == len(buffer):
+            self._tail = b""
+            return self._span(buffer)
+        self._tail = buffer[end:]
+        return self._span(buffer[:end])
+
+    def _crlf(self, buffer: bytes) -> bool:
+        """Whether every line end seen is CRLF (then events end at CRLF CRLF)."""
+        crlf = buffer.count(b"\r\n")
+        if crlf != buffer.count(b"\r") - (1 if buffer.endswith(b"\r") else 0) or crlf != buffer.count(b"\n"):
+            return False
+        self._separator = b"\r\n\r\n"
+        return True
+
+    def finish(self) -> bytes:
+        """Bytes owed when the upstream body ended: events a held-back line end completed, and the
+        usage chunk if one is owed. Raises MalformedUpstream if the body ended inside an event."""
+        out = []
+        if self._framer is not None:
+            out.append(self._events(self._framer.finish()))
+            rest = self._framer.pending()
+        else:
+            rest = self._tail
+        if rest.strip() and not (self.done or self.error is not None):
+            # The body ended without the blank line after its last event: take the event if it is
+            # whole (``data: [DONE]`` or complete JSON); a cut one is malformed.
+            event = rest.rstrip(b"\r\n") + self._separator
+            if event_data(event) is not None:
+                out.append(self._one(event) or b"")
+        self._tail = b""
+        if self._usage_owed and not self.done and self.error is None:
+            out.append(self._usage_chunk())
+        return b"".join(out)
+
+    def _closing(self) -> bytes:
+        """What OpenAI sends before [DONE] and the upstream may not have: a finish chunk, then the
+        usage chunk when asked for (always last)."""
+        owed = b""
+        if not self._finished and self.events:
+            self._finished = True
+            owed = format_event(self._identity({
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if self._calls else "stop"}],
+            }))
+        if self._usage_owed:
+            owed += self._usage_chunk()
+        return owed
+
+    # spans and events
+
+    def _span(self, span: bytes) -> bytes:
+        if self.done or self.error is not None:
+            return b""
+        head = self._head
+        if head:
+            count = span.count
+            n = count(self._separator)
+            if count(head) == n:
+                find = span.find
+                for marker in self._forbidden:
+                    if find(marker) >= 0:
+                        break
+                else:
+                    # OpenAI's chunks carry "usage":null once each when usage is asked for, as we do.
+                    if count(_NULL_USAGE) == n or _null_usage(span):
+                        # About a token per content event: never more than the text relayed.
+                        self.text_tokens += n
+                        if not self._finished:
+                            keys = count(_FINISH_KEY)
+                            if keys and keys != count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(span)):
+                                self._finished = True
+                                self.text_tokens -= 1  # the finish chunk carries no text
+                        self.events += n
+                        return span.replace(head, self._new_head)
+        separator = self._separator
+        return self._events([event + separator for event in span.split(separator)[:-1]])
+
+    def _plain(self, data: bytes) -> bool:
+        """True when ``data`` holds nothing but content the identity swaps cover."""
+        find = data.find
+        if find(b"[DONE]") >= 0 or find(b'"error"') >= 0:
+            return False
+        if find(_USAGE) >= 0 and data.count(_NULL_USAGE) != 1 and not _null_usage(data):
+            return False
+        if find(_FINGERPRINT) >= 0:
+            n = data.count(_FINGERPRINT)
+            token = self._fingerprint_token
+            swapped = data.count(token) if token is not None else 0
+            if n != swapped + data.count(_NULL_FINGERPRINT) and n != swapped + len(_NULL_FINGERPRINT_ANY.findall(data)):
+                return False
+        for marker in self._markers:
+            if find(marker) >= 0:
+                return False
+        return True
+
+    def _events(self, events: list[bytes]) -> bytes:
+        out = []
+        for event in events:
+            if self.done or self.error is not None:
+                break
+            if event.strip():
+                rewritten = self._one(event)
+                if rewritten:
+                    out.append(rewritten)
+        return b"".join(out)
+
+    def _one(self, event: bytes) -> bytes | None:
+        data = event_data(event)
+        if data is None:
+            return event  # a comment or a field-only event: passed on as is
+        if data == DONE:
+            self.done = True
+            owed = self._closing()
+            return owed + event if owed else event
+        if not (data.startswith(b"{") and data.endswith(b"}")):
+            raise MalformedUpstream("event is not a JSON object")
+        if self._swappable(data):
+            for old, new in self._swaps:
+                event = event.replace(old, new)
+            self.events += 1
+            find = data.find
+            if find(_EMPTY_DELTA) < 0 and (find(_FULL_DELTA) >= 0 or _EMPTY_DELTA_ANY.search(data) is None):
+                self.text_tokens += 1
+            if not self._finished:
+                keys = data.count(_FINISH_KEY)
+                if keys and keys != data.count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(data)):
+                    self._finished = True
+            return event
+        return self._parsed(event, data)
+
+    def _swappable(self, data: bytes) -> bool:
+        """Whether one event needs nothing but the identity swaps."""
+        return (
+            self._id_token is not None and self._plain(data)
+            and data.count(self._id_token) == 1 and data.count(self._model_token) == 1
+        )
+
+
+
+    def _parsed(self, event: bytes, data: bytes) -> bytes | None:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MalformedUpstream("event is not JSON") from None
+        if type(doc) is not dict:
+            raise MalformedUpstream("event is not a JSON object")
+        if "error" in doc and not doc.get("choices"):
+            error = doc["error"]
+            self.error = error if isinstance(error, dict) else {"message": str(error)}
+            return None
+        self.events += 1
+        self._learn(doc, data)
+        changed = self.dialect.chunk(doc, self)
+        self._read(doc)
+        usage = doc.get("usage")
+        if usage is not None:
+            return self._usage_event(doc, usage)
+        if not changed and self._swappable(data):
+            for old, new in self._swaps:
+                event = event.replace(old, new)
+            return event
+        return format_event(self._identity(doc))
+
+    def _read(self, doc: dict) -> None:
+        """What a parsed chunk tells: its text (for an estimate), tool calls, a finish."""
+        choices = doc.get("choices")
+        if type(choices) is not list:
+            return
+        chars = 0
+        for choice in choices:
+            if type(choice) is not dict:
+                continue
+            if choice.get("finish_reason"):
+                self._finished = True
+            delta = choice.get("delta")
+            if type(delta) is not dict:
+                continue
+            for name in ("content", "refusal", "reasoning_content"):
+                if type(delta.get(name)) is str:
+                    chars += len(delta[name])
+            calls = delta.get("tool_calls")
+            if type(calls) is list and calls:
+                self._calls = True
+                for call in calls:
+                    function = call.get("function") if type(call) is dict else None
+                    if type(function) is dict and type(function.get("arguments")) is str:
+                        chars += len(function["arguments"])
+        self.text_chars += chars
+
+    def _learn(self, doc: dict, data: bytes) -> None:
+        """Learn the byte tokens to swap from an event that writes its identity at the top level."""
+        if type(doc.get("created")) is int:
+            self.created = doc["created"]
+        if self._head and data.find(self._head) >= 0:
+            return  # the identity this stream already taught (Gemini's chunks are all parsed)
+        id_token = top_level_token(data, "id", doc.get("id"))
+        model_token = top_level_token(data, "model", doc.get("model"))
+        if id_token is None or model_token is None:
+            return
+        fingerprint = doc.get("system_fingerprint")
+        fingerprint_token = top_level_token(data, "system_fingerprint", fingerprint)
+        if fingerprint is not None and fingerprint_token is None:
+            return
+        self._id_token, self._model_token, self._fingerprint_token = id_token, model_token, fingerprint_token
+        self._swaps = [(id_token, b'"id":' + orjson.dumps(self._completion_id)), (model_token, b'"model":' + self._new_model)]
+        if fingerprint_token is not None:
+            self._swaps.append((fingerprint_token, _NULL_FINGERPRINT))
+        if len(orjson.dumps(doc)) == len(data):
+            self._learn_head(doc, data)
+
+    def _learn_head(self, doc: dict, data: bytes) -> None:
+        """For compact JSON, as both providers write it: the bytes from the first identity field to the
+        last, the same in every chunk of a stream (ids, model, object, created, service tier). A span
+        whose every event carries them once, and none of a few other byte strings, is swapped whole."""
+        tokens = [t for t in (self._id_token, self._model_token, self._fingerprint_token) if t]
+        if "system_fingerprint" in doc and doc["system_fingerprint"] is None and data.count(_NULL_FINGERPRINT) == 1:
+            tokens.append(_NULL_FINGERPRINT)
+        places = [(data.find(t), t) for t in tokens]
+        start = min(at for at, _ in places)
+        head = data[start:max(at + len(t) for at, t in places)]
+        if data.count(head) != 1:
+            return
+        new_head = head
+        for old, new in self._swaps:
+            new_head = new_head.replace(old, new)
+        forbidden = [b'"error"', *self._markers]
+        if "system_fingerprint" not in doc:
+            forbidden.append(_FINGERPRINT)
+        self._head, self._new_head, self._forbidden = head, new_head, tuple(forbidden)
+
+    def _identity(self, doc: dict) -> bytes:
+        doc["id"] = self._completion_id
+        doc["model"] = self._public_model
+        doc["object"] = "chat.completion.chunk"
+        if type(doc.get("created")) is not int:
+            doc["created"] = self.created or int(time.time())
+        if "system_fingerprint" in doc:
+            doc["system_fingerprint"] = None
+        return orjson.dumps(doc)
+
+    def _usage_event(self, doc: dict, usage: Any) -> bytes | None:
+        reported = Usage.from_upstream(usage)
+        if reported is not None:
+            self.usage = reported
+            self._usage_doc = usage
+            self._usage_held = None
+        if not doc.get("choices"):
+            # The upstream's usage chunk: held until [DONE], so that nothing follows it.
+            if reported is not None and self._include_usage:
+                self._usage_held = format_event(self._identity(doc))
+            return None
+        # Usage riding on a content chunk (Gemini): OpenAI sends it alone, in a chunk with empty
+        # choices just before [DONE], and only when asked.
+        if self._include_usage:
+            doc["usage"] = None
+        else:
+            del doc["usage"]
+        return format_event(self._identity(doc))
+
+    def _usage_chunk(self) -> bytes:
+        """The usage chunk owed to a caller who asked for it: the upstream's own, else one with the
+        usage it reported on a content chunk, else the estimate that is billed (kept as ``usage``)."""
+        self._usage_owed = False
+        if self._usage_held is not None:
+            return self._usage_held
+        if self.usage is None:
+            self.usage = usage = self._estimate(self.estimated_completion_tokens())
+            self._usage_doc = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            }
+        return format_event(orjson.dumps({
+            "id": self._completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created or int(time.time()),
+            "model": self._public_model,
+            "choices": [],
+            "usage": self._usage_doc,
+        }))
+
+    def estimated_completion_tokens(self) -> int:
+        """Tokens of the text relayed so far, for a stream that ended without upstream usage: one per
+        plain content event (a provider streams about a token per event), and about one per four
+        characters of parsed ones; at least one if any text went out, never more than its characters."""
+        return self.text_tokens + estimate_tokens(self.text_chars)
+
+
+def _completion_only(completion_tokens: int) -> Usage:
+    return estimate_usage(0, completion_tokens)
