@@ -364,3 +364,19 @@ def test_no_upstream_identity_in_any_event():
     raw = json.dumps(out)
     for marker in ("chatcmpl-UPSTREAM", "gpt-5.4-mini", "fp_up"):
         assert marker not in raw
+
+
+def test_what_a_failing_read_made_goes_out_with_the_failure():
+    stream = translator()
+    head = parse_events(stream.feed(chunk({"role": "assistant", "content": "a"})))
+    assert stream.feed(chunk({"content": "b"}) + b'data: {"error":{"message":"boom"}}\n\n') == b""
+    tail = parse_events(stream.failed("server_error", "failed"))
+    events = head + tail
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert [e.get("delta") for e in events if e["type"] == "response.output_text.delta"] == ["a", "b"]
+    stream = translator()
+    stream.feed(chunk({"role": "assistant", "content": "a"}))
+    with pytest.raises(MalformedUpstream):
+        stream.feed(chunk({"content": "b"}) + b"data: {oops\n\n")
+    tail = parse_events(stream.failed("server_error", "failed"))
+    assert tail[0]["type"] == "response.output_text.delta" and tail[0]["delta"] == "b"

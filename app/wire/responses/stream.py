@@ -57,11 +57,13 @@ class ResponsesStream:
     __slots__ = (
         "_frame", "_tools", "dialect", "_normalise", "_estimate", "_framer", "_tail", "_seq", "_started", "done", "error", "usage",
         "events", "text_chars", "created", "tool_calls", "_items", "_open", "_queue", "_message", "_calls",
-        "_carried", "_finish", "_ncalls", "_logprobs", "response",
+        "_carried", "_finish", "_ncalls", "_logprobs", "response", "_hold", "terminal", "_unsent",
     )
 
     def __init__(self, frame: Frame, tools: dict[str, Tool], dialect: Dialect = OPENAI,
-                 estimate: Callable[[int], Usage] | None = None, logprobs: bool = False) -> None:
+                 estimate: Callable[[int], Usage] | None = None, logprobs: bool = False, hold: bool = False) -> None:
+        """``hold``: keep the terminal event (``terminal``) out of what ``feed`` returns, for the
+        caller to send once it has stored the response."""
         self._frame = frame
         self._tools = tools
         self.dialect = dialect
@@ -90,6 +92,9 @@ class ResponsesStream:
         self._ncalls = 0
         self._logprobs = logprobs
         self.response: dict | None = None  # the final response object, once the stream is done
+        self._hold = hold
+        self.terminal = b""
+        self._unsent = b""
 
     @property
     def completion_id(self) -> str:
@@ -126,8 +131,21 @@ class ResponsesStream:
 
     def _events(self, events: list[bytes]) -> bytes:
         """Events without their blank line; each upstream event parsed once, text deltas to the
-        open message written straight from its template."""
+        open message written straight from its template. What the read made before an upstream
+        error or a malformed event waits in ``_unsent`` for ``failed`` (the reader of an upstream
+        that fails sends nothing of that read), so no sequence number goes missing."""
         out: list[bytes] = []
+        try:
+            self._read(events, out)
+        except MalformedUpstream:
+            self._unsent = b"".join(out)
+            raise
+        if self.error is not None:
+            self._unsent = b"".join(out)
+            return b""
+        return b"".join(out)
+
+    def _read(self, events: list[bytes], out: list[bytes]) -> None:
         loads = orjson.loads
         for event in events:
             if self.done or self.error is not None:
@@ -187,7 +205,6 @@ class ResponsesStream:
                         self._finish = finish
                     continue
             self._choice(choice, out)
-        return b"".join(out)
 
     def _start(self, doc: dict) -> bytes:
         self._started = True
@@ -425,7 +442,11 @@ class ResponsesStream:
         output = [self._snapshot(item, status) for item in self._items]
         self.response = self._frame.response(status, output, usage_object(self.usage), incomplete=incomplete)
         kind = "response.incomplete" if incomplete else "response.completed"
-        out.append(self._event(kind, response=self.response))
+        terminal = self._event(kind, response=self.response)
+        if self._hold:
+            self.terminal = terminal  # sent by whoever stores the response first
+        else:
+            out.append(terminal)
         self.done = True
         return b"".join(out)
 
@@ -435,7 +456,7 @@ class ResponsesStream:
         if self.done:
             return b""
         self.done = True
-        out = b"" if self._started else self._start({})
+        out = self._unsent if self._started else self._start({})
         error = {"type": "server_error", "code": code, "message": message, "param": None}
         out += self._event("error", code=code, message=message, param=None, error=error)
         output = [self._snapshot(item, "incomplete") for item in self._items if item.done]
