@@ -1,4 +1,4 @@
-"""Codex CLI (``codex exec``) pointed at a gateway, as the README tells a newcomer to configure it,
+"""Codex CLI (``codex exec``) pointed at a gateway with the config.toml the README gives a newcomer,
 run non-interactively in a private CODEX_HOME; nothing may leave 127.0.0.1."""
 from __future__ import annotations
 
@@ -11,28 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent / "codex"
 BINARY = ROOT / "node_modules" / ".bin" / "codex"
 
-CONFIG = """\
-model = "{model}"
-model_provider = "zowy"
-check_for_update_on_startup = false
-web_search = "disabled"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
-[model_providers.zowy]
-name = "Zowy"
-base_url = "{base_url}"
-wire_api = "responses"
-env_key = "ZOWY_API_KEY"
-stream_max_retries = {retries}
-request_max_retries = {retries}
 
-[analytics]
-enabled = false
-
-[features]
-plugins = false
-apps = false
-remote_plugin = false
-"""
+def readme_config(base_url: str, model: str, retries: int) -> str:
+    """The config.toml the README gives a newcomer, pointed at ``base_url``, with the test's retries."""
+    text = README.read_text()
+    block = text[text.index("**Codex CLI**"):]
+    block = block[block.index("```toml\n") + 8:]
+    block = block[:block.index("```")]
+    assert 'base_url = "http://127.0.0.1:8000/v1"' in block and 'model = "zowy-1"' in block
+    block = block.replace('base_url = "http://127.0.0.1:8000/v1"', f'base_url = "{base_url}"\n'
+                          f"stream_max_retries = {retries}\nrequest_max_retries = {retries}")
+    return block.replace('model = "zowy-1"', f'model = "{model}"') + "\n[analytics]\nenabled = false\n"
 
 
 @dataclass
@@ -57,7 +48,7 @@ def run(base_url: str, key: str, prompt: str, home: Path, model: str = "zowy-1",
     work = home / "work"
     codex_home.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    (codex_home / "config.toml").write_text(CONFIG.format(model=model, base_url=base_url, retries=retries))
+    (codex_home / "config.toml").write_text(readme_config(base_url, model, retries))
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
