@@ -195,3 +195,21 @@ def test_unauthenticated_and_both_prefixes(gateway, customer):
             r = h.post(path, json={"model": "zowy-1", "input": "x"}, headers={"Authorization": f"Bearer {customer.key}"})
             assert r.status_code == 200 and r.json()["object"] == "response"
         assert h.get("/v1/responses/resp_nope", headers={"Authorization": f"Bearer {customer.key}"}).status_code == 404
+
+
+def test_stored_on_one_instance_read_on_another_on_both_stores(cluster):
+    """Two instances of two workers on one store (SQLite, and MongoDB over the wire): a response
+    stored through one is retrieved, listed, continued and deleted through the other at once."""
+    first, second = cluster
+    customer = support.new_customer(first)
+    with sdk_client(first, customer.key) as a, sdk_client(second, customer.key) as b:
+        made = a.responses.create(model="zowy-1", input=[{"role": "user", "content": "remember 42"}])
+        assert b.responses.retrieve(made.id).output_text == made.output_text
+        assert [i.id for i in b.responses.input_items.list(made.id).data] == [i.id for i in a.responses.input_items.list(made.id).data]
+        follow = b.responses.create(model="zowy-1", previous_response_id=made.id, input="what number?")
+        assert a.responses.retrieve(follow.id).previous_response_id == made.id
+        b.responses.delete(made.id)
+        with pytest.raises(openai.NotFoundError):
+            a.responses.retrieve(made.id)
+        with pytest.raises(openai.BadRequestError):
+            a.responses.create(model="zowy-1", previous_response_id=made.id, input="again")
