@@ -14,7 +14,7 @@ import pytest
 
 from tests import support
 from tests.conftest import http, leaks
-from tests.routes.test_ledger_durability import settle, upstream_count
+from tests.routes.test_ledger_durability import _stream_and_drop, settle, upstream_count
 from tests.routes.test_leaks import hosts
 
 
@@ -130,28 +130,6 @@ def test_ledger_entry_matches_the_response(gateway, customer):
     assert entry.api == "responses"
 
 
-async def _stream_and_drop(port: int, key: str, content: str, keep_bytes: int | None) -> str | None:
-    payload = json.dumps({"model": "zowy-1-pro", "stream": True, "input": content}).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"POST /v1/responses HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
-    )
-    await writer.drain()
-    received = b""
-    try:
-        while keep_bytes is None or len(received) < keep_bytes:
-            chunk = await asyncio.wait_for(reader.read(4096), 20)
-            if not chunk:
-                break
-            received += chunk
-    finally:
-        writer.transport.abort()
-    if b"x-request-id: " in received:
-        return received.split(b"x-request-id: ")[1].split(b"\r\n")[0].decode()
-    return None
-
-
 def test_hang_ups_mid_stream_are_billed_exactly_once(gateway, upstreams):
     customer = support.new_customer(gateway)
     marker = f"drop-{uuid.uuid4().hex[:8]}"
@@ -159,8 +137,9 @@ def test_hang_ups_mid_stream_are_billed_exactly_once(gateway, upstreams):
     drops = [rng.choice([0, 300, 1500, 3000, 6000, None]) for _ in range(24)]
 
     async def run():
-        return await asyncio.gather(*(_stream_and_drop(gateway.process.port, customer.key,
-                                                       f"{marker} [[fake:chunks=40,delay=0.01]]", d) for d in drops))
+        body = {"model": "zowy-1-pro", "stream": True, "input": f"{marker} [[fake:chunks=40,delay=0.01]]"}
+        return await asyncio.gather(*(_stream_and_drop(gateway.process.port, customer.key, "", d, "/v1/responses", body)
+                                      for d in drops))
 
     ids = asyncio.run(run())
     time.sleep(0.5)
