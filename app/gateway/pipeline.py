@@ -16,8 +16,8 @@ from ..catalog.models import PublicModel
 from ..core.config import RequestLimits
 from ..core.errors import GatewayError, InvalidRequest, ModelNotFound
 from ..upstream.stream import UpstreamStream
-from ..wire.chat import RequestFacts
 from ..store import Store
+from ..wire.chat import RequestFacts
 from ..wire.rewrite import Dialect, StreamRewriter
 from ..wire.usage import Usage
 from .exchange import Exchange
@@ -37,24 +37,26 @@ class ClientApi(Protocol):
     def completion(self, request: dict[str, Any], default: int) -> tuple[int, int]:
         """The tokens each choice of the answer may use, and how many choices are asked."""
 
-    def limit(self, request: dict[str, Any], tokens: int) -> None:
-        """Limit each choice of the answer to ``tokens`` (what the balance can pay for)."""
-
     async def resolve(self, request: dict[str, Any], facts: RequestFacts, account_id: str,
                       store: Store) -> tuple[dict[str, Any], RequestFacts]:
         """The request with what it refers to that the account has stored (a Responses request's
-        previous response and item references), read once the caller is known."""
+        previous response and item references), read once the caller is known; what it read counts
+        in the reservation as ``facts.history_bytes``."""
 
-    def reader(self, request: dict[str, Any], model: str, completion_id: str, estimate: Callable[[int], Usage],
-               dialect: Dialect) -> StreamRewriter:
-        """What reads the upstream stream into the caller's bytes, given the provider's dialect: the
-        chat rewriter, or a reader that translates as it reads (each upstream event parsed once)."""
+    def limit(self, request: dict[str, Any], tokens: int) -> None:
+        """Limit each choice of the answer to ``tokens`` (what the balance can pay for)."""
+
+    def answer(self, model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
+        """How a non-stream upstream body (and its provider's dialect) becomes this API's answer and
+        the usage it shows; MalformedUpstream on a body it cannot read."""
+
+    def rewriter(self, request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """What reads the upstream's stream (with its provider's dialect): an object with the chat
+        ``StreamRewriter``'s interface whose output is this API's events."""
 
     def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The stream's bytes for the caller, from what the reader made of the upstream's."""
-
-    async def answer(self, completion: bytes) -> bytes:
-        """The non-stream answer's body, from the rewritten chat completion."""
+        """The stream's bytes for the caller, from the rewritten chat chunks."""
 
     def error_event(self, error: GatewayError) -> bytes:
         """The event that ends a stream that failed after it began."""
@@ -144,9 +146,10 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     if exchange.stream:
         return await _stream(services, api, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
-        model, body, exchange.request_id, exchange.attempts, exchange.completion_id
+        model, body, exchange.request_id, exchange.attempts, exchange.completion_id,
+        api.answer(model.id, exchange.request_id, exchange.estimate),
     )
-    return await api.answer(out)
+    return out
 
 
 def _still_wanted(call: Call) -> None:
@@ -160,6 +163,6 @@ def _still_wanted(call: Call) -> None:
 async def _stream(services: Services, api: ClientApi, model: PublicModel, body: dict, exchange: Exchange) -> Events:
     upstream = exchange.upstream = await services.upstream.stream(
         model, body, exchange.request_id, exchange.attempts,
-        lambda dialect: api.reader(body, model.id, exchange.completion_id, exchange.estimate, dialect),
+        api.rewriter(body, model.id, exchange.request_id, exchange.estimate),
     )
     return Events(api.events(upstream), exchange, api, upstream, services)

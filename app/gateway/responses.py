@@ -26,7 +26,7 @@ from ..wire.responses.output import Frame, completion_output, usage_object
 from ..wire.responses.request import parse_responses_request
 from ..wire.responses.stream import ResponsesStream
 from ..wire.responses.translate import ChatRequest, to_chat
-from ..wire.rewrite import Dialect
+from ..wire.rewrite import Dialect, read_completion
 from ..wire.usage import Usage, estimate_tokens
 from .exchange import Exchange
 
@@ -53,6 +53,7 @@ class ResponsesApi:
         self._resolved: dict[str, dict] = {}
         self._account_id = ""
         self._store: Store | None = None
+        self.response: dict | None = None  # the non-stream response object, once answered
 
     # the request
 
@@ -121,11 +122,16 @@ class ResponsesApi:
 
     # the answer
 
-    def reader(self, request: dict[str, Any], model: str, completion_id: str, estimate: Callable[[int], Usage],
-               dialect: Dialect) -> ResponsesStream:
+    def rewriter(self, request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], ResponsesStream]:
+        """The upstream stream read straight into Responses events (one parse per upstream event)."""
         logprobs = "message.output_text.logprobs" in (self._request.get("include") or ())
-        self._reader = ResponsesStream(self._frame, self._chat.tools, dialect, estimate, logprobs, hold=self._frame.store)
-        return self._reader
+
+        def reader(dialect: Dialect) -> ResponsesStream:
+            self._reader = ResponsesStream(self._frame, self._chat.tools, dialect, estimate, logprobs, hold=self._frame.store)
+            return self._reader
+
+        return reader
 
     async def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
@@ -135,18 +141,24 @@ class ResponsesApi:
             await self._save(reader.response)
             yield reader.terminal
 
-    async def answer(self, completion: bytes) -> bytes:
-        exchange = self.exchange
-        doc = orjson.loads(completion)
-        output, incomplete = completion_output(doc, self._frame.ids, self._chat.tools)
-        if exchange.usage is None:
-            # Billed as the exchange bills an answer without usage, and shown as billed.
-            exchange.usage = exchange.estimate(estimate_tokens(exchange.response_bytes))
-        response = self._frame.response("incomplete" if incomplete else "completed", output,
-                                        usage_object(exchange.usage), incomplete=incomplete)
-        if self._frame.store:
-            await self._save(response)
-        return orjson.dumps(response)
+    def answer(self, model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
+        """The response object of a non-stream upstream answer, read once; without upstream usage it
+        shows the estimate that is billed."""
+
+        def read(raw: bytes, dialect: Dialect) -> tuple[bytes, Usage | None]:
+            doc = read_completion(raw, self._frame.id, dialect)
+            output, incomplete = completion_output(doc, self._frame.ids, self._chat.tools)
+            usage = Usage.from_upstream(doc.get("usage")) or estimate(estimate_tokens(len(raw)))
+            self.response = self._frame.response("incomplete" if incomplete else "completed", output,
+                                                 usage_object(usage), incomplete=incomplete)
+            return orjson.dumps(self.response), usage
+
+        return read
+
+    async def store_answer(self) -> None:
+        """Store the non-stream response (when ``store``), before the caller gets it."""
+        if self.response is not None and self._frame.store:
+            await self._save(self.response)
 
     def error_event(self, error: GatewayError) -> bytes:
         reader = self._reader

@@ -17,7 +17,7 @@ from pydantic_core import core_schema as cs
 
 from ..core.config import RequestLimits
 from ..core.errors import GatewayError, InvalidRequest
-from .rewrite import Dialect, StreamRewriter
+from .rewrite import Dialect, StreamRewriter, rewrite_completion
 from .sse import format_event
 from .usage import Usage
 from .validation import (
@@ -330,21 +330,23 @@ class ChatCompletions:
         return request, facts
 
     @staticmethod
-    def reader(request: dict[str, Any], model: str, completion_id: str, estimate: Callable[[int], Usage],
-               dialect: Dialect) -> StreamRewriter:
-        """The rewriter: the upstream's chunks with our identity, a usage chunk at the end when asked."""
+    def answer(model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
+        """The upstream's completion with our identity (its usage as reported)."""
+        completion_id = "chatcmpl-" + request_id
+        return lambda raw, dialect: rewrite_completion(raw, model, completion_id, dialect)
+
+    @staticmethod
+    def rewriter(request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """The upstream's chunks with our identity; a usage chunk last when the caller asked for it."""
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        return StreamRewriter(model, completion_id, include_usage, dialect, estimate)
+        completion_id = "chatcmpl-" + request_id
+        return lambda dialect: StreamRewriter(model, completion_id, include_usage, dialect, estimate)
 
     @staticmethod
     def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream's bytes for the caller: the rewritten chunks themselves."""
         return chunks
-
-    @staticmethod
-    async def answer(completion: bytes) -> bytes:
-        """The non-stream answer: the rewritten completion itself."""
-        return completion
 
     @staticmethod
     def error_event(error: GatewayError) -> bytes:

@@ -25,12 +25,14 @@ async def create(request: Request) -> HTTPResponse | None:
             request.body, headers.get("content-type", ""), headers.get("authorization"), request.ip,
             headers.get("x-forwarded-for"), lambda: io.gone(request),
         )
+        api = responses.ResponsesApi(exchange)
         try:
-            answer = await pipeline.serve(services, responses.ResponsesApi(exchange), exchange, call)
+            answer = await pipeline.serve(services, api, exchange, call)
         except ModelNotFound as missing:
             # The Responses API answers an unknown model with 400 (recorded), not chat's 404.
             raise InvalidRequest(missing.message, param="model", code="model_not_found") from None
         if type(answer) is bytes:
+            await api.store_answer()
             return HTTPResponse(answer, status=200, headers=exchange.headers, content_type="application/json")
         await io.send_events(request, answer)
         return None
