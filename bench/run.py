@@ -329,12 +329,13 @@ class Bench:
         a = self.args
         responses = dataclasses.replace(system, key=f"{system.key}-responses",
                                         url=system.url.replace("/chat/completions", "/responses"), owned=False)
-        out: dict = {}
+        out: dict = {"throughput": {}}
         for name, body in (("non_stream", "responses_plain"), ("non_stream_stored", "responses_plain_stored"),
                            ("stream", "responses_stream")):
             log(f"{responses.key}: throughput c={CONCURRENCY} {name}, {a.duration}s")
-            self.throughput(responses, body, a.warmup) if a.warmup >= 1 or not self.wrk else None
-            out[name] = self.accounted(responses, lambda body=body: self.throughput(responses, body, a.duration))
+            if a.warmup >= 1 or not self.wrk:
+                self.throughput(responses, body, a.warmup)
+            out["throughput"][name] = self.accounted(responses, lambda body=body: self.throughput(responses, body, a.duration))
         if a.long_streams:
             log(f"{responses.key}: {a.long_streams} long streams, started for {a.duration}s")
 
