@@ -32,9 +32,14 @@ from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile
 from .systems import Context, System, Unavailable
 
 CONCURRENCY = 32
-ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "gateway-messages", "litellm")
-# The gateway measured through another client API than Chat Completions, against "gateway" in the same run.
-APIS = {"gateway-messages": "messages"}
+ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "litellm")
+# The gateway's other client APIs, loaded on the same gateway after chat: the route replacing
+# /chat/completions, the key's header (empty: chat's), and the loads measured (BODIES' keys).
+CLIENT_APIS = {
+    "responses": ("/responses", {}, ("non_stream", "non_stream_stored", "stream")),
+    "messages": ("/messages", {"x-api-key": "{key}"}, ("non_stream", "stream")),
+}
+BODIES = {"non_stream": "plain", "non_stream_stored": "plain_stored", "stream": "stream"}
 MESSAGES_MAX_TOKENS = 1024
 OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
 HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
@@ -56,23 +61,36 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, lo
             doc["stream"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    def responses(stream: bool, text: str, store: bool = False) -> bytes:
+        doc = {"model": systems.PUBLIC_MODEL, "instructions": PROMPT, "input": text, "store": store}
+        if stream:
+            doc["stream"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
     def messages(stream: bool, text: str) -> bytes:
-        """The same request in the Messages API (max_tokens is required there)."""
         doc = {"model": systems.PUBLIC_MODEL, "max_tokens": MESSAGES_MAX_TOKENS, "system": PROMPT,
                "messages": [{"role": "user", "content": text}]}
         if stream:
             doc["stream"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
-    texts = {
-        "plain": (False, "Say hello to the benchmark, please."),
-        "stream": (True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
-        "hold": (True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
-        "long": (True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
-        "capacity": (True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
+    files = {
+        "plain": body(False, "Say hello to the benchmark, please."),
+        "stream": body(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
+        "hold": body(True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
+        "long": body(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
+        "capacity": body(True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
+        # The same conversations through the Responses API (store: false, as Codex sends it; and the
+        # default, stored, for the non-stream request).
+        "responses_plain": responses(False, "Say hello to the benchmark, please."),
+        "responses_plain_stored": responses(False, "Say hello to the benchmark, please.", store=True),
+        "responses_stream": responses(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
+        "responses_long": responses(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
+        # And through the Messages API (max_tokens is required there).
+        "messages_plain": messages(False, "Say hello to the benchmark, please."),
+        "messages_stream": messages(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
+        "messages_long": messages(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
     }
-    files = {name: body(stream, text) for name, (stream, text) in texts.items()}
-    files.update({f"{name}@messages": messages(stream, text) for name, (stream, text) in texts.items()})
     out = {}
     for name, data in files.items():
         path = work / f"body-{name}.json"
@@ -119,13 +137,9 @@ class Bench:
     def _preexec(self):
         return procs.preexec(self.gen_cpus)
 
-    def body_file(self, system: System, body: str) -> Path:
-        """The payload ``body`` in the client API the system's URL speaks."""
-        return self.bodies[body if system.api == "chat" else f"{body}@{system.api}"]
-
     def loadgen(self, mode: str, system: System, body: str, *opts: str, timeout: float = 600) -> dict:
         args = [sys.executable, "-m", "bench.loadgen", mode, "--url", system.url,
-                "--body-file", str(self.body_file(system, body)), *self._header_args(system), *opts]
+                "--body-file", str(self.bodies[body]), *self._header_args(system), *opts]
         out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                              preexec_fn=self._preexec())
         for line in out.stdout.splitlines():
@@ -143,7 +157,7 @@ class Bench:
     def _lua(self, system: System, body: str) -> Path:
         path = self.work / f"wrk-{system.key}-{body}.lua"
         if not path.exists():
-            wrk.script(path, self.body_file(system, body).read_bytes(), {"Content-Type": "application/json", **system.headers})
+            wrk.script(path, self.bodies[body].read_bytes(), {"Content-Type": "application/json", **system.headers})
         return path
 
     def throughput(self, system: System, body: str, seconds: float, warmup: bool = False) -> dict:
@@ -197,7 +211,7 @@ class Bench:
     def open_streams(self, system: System) -> dict:
         n = self.args.streams
         args = [sys.executable, "-m", "bench.loadgen", "hold", "--url", system.url,
-                "--body-file", str(self.body_file(system, "hold")), *self._header_args(system), "--streams", str(n),
+                "--body-file", str(self.bodies["hold"]), *self._header_args(system), "--streams", str(n),
                 "--open-timeout", str(self.args.open_timeout), "--hold", "120"]
         before = rss_bytes(system.pids())
         proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -277,6 +291,7 @@ class Bench:
                     f"started for {a.duration}s")
                 r["long_streams"] = self.long_streams(system)
                 r["long_streams"]["settle"] = self.settle()
+            r.update(self.client_apis(system))
             r["alive"] = system.alive()
             return r
         lat = str(a.latency_duration)
@@ -303,6 +318,7 @@ class Bench:
                 f"started for {a.duration}s")
             r["long_streams"] = self.long_streams(system)
             r["long_streams"]["settle"] = self.settle()
+        r.update(self.client_apis(system))
         if system.limited_headers:
             log(f"{system.key}: refused (429) requests c={CONCURRENCY}, {a.duration}s")
             r["refusal"] = self.refusal(system)
@@ -324,6 +340,40 @@ class Bench:
         result["cpu_per_event_us"] = result["cpu"]["per_unit_us"]
         return result
 
+    def client_apis(self, system: System) -> dict:
+        """The gateway's other client APIs (those not switched off), each under its name."""
+        if not system.key.startswith("gateway"):
+            return {}
+        return {api: self.client_api(system, api) for api in CLIENT_APIS if getattr(self.args, api)}
+
+    def client_api(self, system: System, api: str) -> dict:
+        """A client API on the same gateway, right after its chat phases: the same loads through its
+        route, for CPU per request and per relayed event against chat in the same run."""
+        a = self.args
+        path, headers, loads = CLIENT_APIS[api]
+        token = system.headers.get("Authorization", "").removeprefix("Bearer ")
+        other = dataclasses.replace(system, key=f"{system.key}-{api}", url=system.url.replace("/chat/completions", path),
+                                    headers={k: v.format(key=token) for k, v in headers.items()} or system.headers,
+                                    owned=False)
+        out: dict = {"throughput": {}}
+        for name in loads:
+            body = f"{api}_{BODIES[name]}"
+            log(f"{other.key}: throughput c={CONCURRENCY} {name}, {a.duration}s")
+            if a.warmup >= 1 or not self.wrk:
+                self.throughput(other, body, a.warmup)
+            out["throughput"][name] = self.accounted(other, lambda body=body: self.throughput(other, body, a.duration))
+        if a.long_streams:
+            log(f"{other.key}: {a.long_streams} long streams, started for {a.duration}s")
+
+            def run() -> dict:
+                return self.loadgen("streams", other, f"{api}_long", "--streams", str(a.long_streams), "--duration",
+                                    str(a.duration), "--spacing", str(a.long_delay), "--tail", "60")
+
+            out["long_streams"] = self.accounted(other, run, count=lambda r: r.get("events"))
+            out["long_streams"]["cpu_per_event_us"] = out["long_streams"]["cpu"]["per_unit_us"]
+            out["long_streams"]["settle"] = self.settle()
+        return out
+
     def refusal(self, system: System) -> dict:
         """The limited key's minute window filled, then the same non-stream load as the throughput phase."""
         limited = dataclasses.replace(system, key=f"{system.key}-limited", headers=system.limited_headers, owned=False)
@@ -336,7 +386,7 @@ class Bench:
                 "refused_per_s": round(refused / seconds, 1) if seconds else None}
 
     def status(self, system: System, body: str) -> int:
-        request = urllib.request.Request(system.url, data=self.body_file(system, body).read_bytes(), method="POST",
+        request = urllib.request.Request(system.url, data=self.bodies[body].read_bytes(), method="POST",
                                          headers={"Content-Type": "application/json", **system.headers})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -435,9 +485,6 @@ class Bench:
                 tree, tree_info = self.trees.tree("gateway")
                 transport = bakeoff.TRANSPORTS[candidate.transport] if candidate.transport else None
                 system = systems.gateway(self.ctx, tee_port, key, tree, tree_info, transport, candidate.tls)
-            elif key in APIS:
-                tree, tree_info = self.trees.tree("gateway")
-                system = systems.gateway(self.ctx, free_port(), key, tree, tree_info, api=APIS[key])
             elif key == "direct":
                 system = systems.direct(self.ctx)
             elif key.startswith("bare"):
@@ -541,6 +588,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
                    help="run the micro-benchmarks too (default: yes, except with --quick)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
+    p.add_argument("--responses", action=argparse.BooleanOptionalAction, default=True,
+                   help="also load the gateway through the Responses API (default: yes)")
+    p.add_argument("--messages", action=argparse.BooleanOptionalAction, default=True,
+                   help="also load the gateway through the Messages API (default: yes)")
     p.add_argument("--lean", action="store_true",
                    help="per system only the throughput and long-stream phases (the transport bake-off, bench/bakeoff.py)")
     p.add_argument("--nice", type=int, default=None,

@@ -65,7 +65,6 @@ class System:
     owned: bool = True  # stop() stops its processes (not so for "direct": the upstream is shared)
     info: dict = field(default_factory=dict)
     limited_headers: dict[str, str] = field(default_factory=dict)  # a key whose per-minute limit is 1
-    api: str = "chat"  # the client API its URL speaks: "chat" (Chat Completions) or "messages" (Anthropic's)
 
     def pids(self) -> list[int]:
         out: list[int] = []
@@ -303,11 +302,10 @@ def cli(env: dict[str, str], *args: str, tree: Path = ROOT) -> str:
 
 
 def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path | None = None,
-            tree_info: dict | None = None, transport: str | None = None, tls: bool = False, api: str = "chat") -> System:
+            tree_info: dict | None = None, transport: str | None = None, tls: bool = False) -> System:
     """The gateway from ``tree`` (default ``ctx.gateway_tree``), reported as ``key``; besides the
     bench key it makes a key limited to 1 request a minute for the refusal phase. ``transport``:
-    its ``ZOWY_UPSTREAM_TRANSPORT``; ``tls``: the bench model served by the TLS fake upstream;
-    ``api``: measured through Chat Completions, or the Messages API (``/v1/messages``, x-api-key)."""
+    its ``ZOWY_UPSTREAM_TRANSPORT``; ``tls``: the bench model served by the TLS fake upstream."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", key)
     tree = tree or ctx.gateway_tree
     data = ctx.work / name
@@ -331,20 +329,13 @@ def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path |
     label = "Zowy gateway (auth+limits+metering, SQLite, 1 worker)"
     if transport or tls:
         label += f" with transport {transport or 'aiohttp'}{', TLS upstream' if tls else ''}"
-    elif api != "chat":
-        label += f", {api} API"
     elif key != "gateway":
         label = f"Zowy {key} ({(tree_info or {}).get('commit', tree)})"
-    if api == "messages":
-        url, header, limited = f"http://127.0.0.1:{port}/v1/messages", {"x-api-key": api_key}, {"x-api-key": limited_key}
-    else:
-        url = f"http://127.0.0.1:{port}/api/v1/chat/completions"
-        header, limited = {"Authorization": f"Bearer {api_key}"}, {"Authorization": f"Bearer {limited_key}"}
-    return System(key, label, url, header,
+    return System(key, label, f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {api_key}"},
                   [proc], info={"models_file": str(models), "data_dir": str(data), "store": "sqlite", "tls": tls,
-                                "workers": 1, "api": api, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")},
+                                "workers": 1, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")},
                                 **(tree_info or {})},
-                  limited_headers=limited, api=api)
+                  limited_headers={"Authorization": f"Bearer {limited_key}"})
 
 
 def _new_key(env: dict[str, str], tree: Path, per_minute: str, per_hour: str) -> str:

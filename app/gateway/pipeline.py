@@ -2,9 +2,10 @@
 its windows, reserve what it may cost, call the upstream, and hand back the answer's bytes or its
 stream; the exchange records all of it.
 
-A client API is a parameter (``ClientApi``): Chat Completions today (wire/chat.py); another API
-brings its own request parsing, answer and stream translation and error events, and reuses
-admission, reservations, the upstream client and metering as they are.
+A client API is a parameter (``ClientApi``): Chat Completions (wire/chat.py), the Responses API
+(gateway/responses.py) and the Messages API (wire/messages/api.py) each bring their request parsing,
+answer and stream translation and error events, and reuse admission, reservations, the upstream
+client and metering as they are.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..catalog.models import PublicModel
 from ..core.config import RequestLimits
 from ..core.errors import GatewayError, InvalidRequest, ModelNotFound
 from ..upstream.stream import UpstreamStream
+from ..store import Store
 from ..wire.chat import RequestFacts
 from ..wire.rewrite import Dialect, StreamRewriter
 from ..wire.usage import Usage
@@ -35,6 +37,12 @@ class ClientApi(Protocol):
 
     def completion(self, request: dict[str, Any], default: int) -> tuple[int, int]:
         """The tokens each choice of the answer may use, and how many choices are asked."""
+
+    async def resolve(self, request: dict[str, Any], facts: RequestFacts, account_id: str,
+                      store: Store) -> tuple[dict[str, Any], RequestFacts]:
+        """The request with what it refers to that the account has stored (a Responses request's
+        previous response and item references), read once the caller is known; what it read counts
+        in the reservation as ``facts.history_bytes``."""
 
     def limit(self, request: dict[str, Any], tokens: int) -> None:
         """Limit each choice of the answer to ``tokens`` (what the balance can pay for)."""
@@ -114,6 +122,7 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     exchange.key_id, exchange.account_id = key.id, key.account_id
     admission.refuse_if_full(key)  # a retry loop against a full window costs no parsing, no store
     body, facts = api.parse(call.body, services.settings.request_limits)
+    body, facts = await api.resolve(body, facts, key.account_id, services.store)
     model = services.settings.models.get(body["model"])
     if model is None or not key.allows(model.id):
         raise ModelNotFound(f"The model '{body['model']}' does not exist or you do not have access to it.", param="model")
@@ -127,7 +136,8 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
     completion, choices = api.completion(body, model.default_completion_tokens)
-    prompt = prompt_need(len(call.body), facts.image_bytes, facts.images, services.guard_bytes)
+    exchange.prompt_bytes += facts.history_bytes
+    prompt = prompt_need(len(call.body) + facts.history_bytes, facts.image_bytes, facts.images, services.guard_bytes)
     reservation = exchange.reservation = await admission.reserve(key, prompt, completion, choices)
     if reservation.tokens < prompt + completion * choices:
         # The balance (or the key's cap) holds less than the answer allowed: the answer is limited

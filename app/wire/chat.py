@@ -149,12 +149,14 @@ _CONTENT_REQUIRED = frozenset(("system", "developer", "user", "tool"))
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
     """What validation learned of a request on its way: its images (where the first one is, and
-    how many bytes of the body they take) and how many characters of text it holds."""
+    how many bytes of the body they take), how many characters of text it holds, and how many
+    bytes its prompt holds beyond the body (a conversation it continues, read from the store)."""
 
     first_image: str | None = None
     images: int = 0
     image_bytes: int = 0
     text_chars: int = 0
+    history_bytes: int = 0
 
 
 def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> tuple[dict[str, Any], RequestFacts]:
@@ -299,6 +301,13 @@ def _check_image_url(url: str, param: str, limits: RequestLimits) -> None:
     )
 
 
+async def nothing_stored(request: dict[str, Any], facts: RequestFacts, account_id: str,
+                         store: Any) -> tuple[dict[str, Any], RequestFacts]:
+    """The request as it came: it refers to nothing the account has stored (the whole conversation
+    comes with it)."""
+    return request, facts
+
+
 class ChatCompletions:
     """The Chat Completions API at the edges of the chat pipeline (gateway/pipeline.py): its request
     is already the chat request upstreams take, its answer and its stream are the rewritten upstream
@@ -321,6 +330,8 @@ class ChatCompletions:
         target's own field is sent)."""
         request.pop("max_completion_tokens", None)
         request["max_tokens"] = tokens
+
+    resolve = staticmethod(nothing_stored)
 
     @staticmethod
     def answer(model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:

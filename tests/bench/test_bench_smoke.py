@@ -1,8 +1,8 @@
 """A seconds-long smoke of the bench harness: it starts the fake upstream, the bare proxy, the
-gateway (through Chat Completions and through the Messages API) and the gateway of HEAD (a git
-worktree), runs every phase with tiny numbers (long streams,
-refusals, one capacity probe), and writes its JSON and markdown files. The targets are for the bench
-report, not for CI: nothing here asserts them."""
+gateway (through Chat Completions, the Responses API and the Messages API) and the gateway of HEAD
+(a git worktree), runs every phase with tiny numbers (long streams, refusals, one capacity probe),
+and writes its JSON and markdown files. The targets are for the bench report, not for CI: nothing
+here asserts them."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ def test_harness_runs_and_writes_its_files(tmp_path):
     out = tmp_path / "results"
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--duration", "0.5", "--generator", "aiohttp",
-         "--systems", "direct,bare,gateway,gateway-messages,gateway@HEAD",
+         "--systems", "direct,bare,gateway,gateway@HEAD",
          "--streams", "10", "--long-streams", "4", "--long-chunks", "20", "--capacity-start", "4", "--capacity-max", "4",
          "--capacity-window", "0.5", "--capacity-budget", "10", "--no-install", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=200,
@@ -27,7 +27,7 @@ def test_harness_runs_and_writes_its_files(tmp_path):
     [result_file] = list(out.glob("*.json"))
     [md_file] = list(out.glob("*.md"))
     result = json.loads(result_file.read_text())
-    assert set(result["systems"]) == {"direct", "bare", "gateway", "gateway-messages", "gateway@HEAD"}, result.get("skipped")
+    assert set(result["systems"]) == {"direct", "bare", "gateway", "gateway@HEAD"}, result.get("skipped")
     for key, system in result["systems"].items():
         for kind in ("non_stream", "stream"):
             assert system["throughput"][kind]["rps"] > 0, (key, kind, system["throughput"][kind])
@@ -42,9 +42,15 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
     assert result["systems"]["gateway"]["fidelity"]["met"] is True, result["systems"]["gateway"]["fidelity"]
-    api_rows = [t for t in result["targets"] if t["target"].startswith("Messages API:")]
-    assert len(api_rows) == 3 and all(t["value"] > 0 for t in api_rows), api_rows
-    for key in ("gateway", "gateway-messages", "gateway@HEAD"):
+    for api, kinds in (("responses", ("non_stream", "non_stream_stored", "stream")), ("messages", ("non_stream", "stream"))):
+        phase = result["systems"]["gateway"][api]
+        for kind in kinds:
+            assert phase["throughput"][kind]["rps"] > 0, (api, kind, phase["throughput"][kind])
+        assert phase["long_streams"]["events"] >= 4 * 20 and phase["long_streams"]["failed"] == 0, (api, phase["long_streams"])
+    for name, rows in (("Responses API", 8), ("Messages API", 6)):  # gateway and gateway@HEAD
+        measured = {t["target"]: t["value"] for t in result["targets"] if t["target"].startswith(name)}
+        assert len(measured) == rows and all(v is not None for v in measured.values()), measured
+    for key in ("gateway", "gateway@HEAD"):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal
     assert result["systems"]["gateway@HEAD"]["info"]["commit"], result["systems"]["gateway@HEAD"]["info"]
@@ -53,7 +59,7 @@ def test_harness_runs_and_writes_its_files(tmp_path):
     text = md_file.read_text()
     for heading in ("## Targets", "## Long streams", "## Capacity", "## Refused requests", "## Gateway variants"):
         assert heading in text, heading
-    assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text and "| Zowy gateway, Messages API |" in text
+    assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "zowy-bench-" not in worktrees, worktrees
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator, Callable
 
 from ...core.errors import GatewayError, InvalidApiKey
+from ..chat import nothing_stored
 from ..rewrite import Dialect, read_completion
 from ..usage import Usage
 from .answer import message_from_completion
@@ -33,10 +34,7 @@ class MessagesApi:
     def limit(request: dict[str, Any], tokens: int) -> None:
         request["max_tokens"] = tokens
 
-    @staticmethod
-    async def resolve(request: dict[str, Any], facts: Any, account_id: str, store: Any) -> tuple[dict[str, Any], Any]:
-        """A Messages request refers to nothing stored: the whole conversation comes with it."""
-        return request, facts
+    resolve = staticmethod(nothing_stored)
 
     @staticmethod
     def answer(model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:

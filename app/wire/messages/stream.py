@@ -19,7 +19,7 @@ from typing import Callable
 
 import orjson
 
-from ..rewrite import MalformedUpstream
+from ..rewrite import MalformedUpstream, read_chunk
 from ..sse import DONE, EventFramer, event_data
 from ..usage import Usage, estimate_tokens
 from . import signature
@@ -150,17 +150,11 @@ class MessagesStream:
                     out.append(self._prefix + text + _END)
                 self.events += 1
                 return
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise MalformedUpstream("event is not JSON") from None
-        if type(doc) is not dict:
-            raise MalformedUpstream("event is not a JSON object")
-        choices = doc.get("choices")
-        if "error" in doc and not choices:
-            error = doc["error"]
-            self.error = error if type(error) is dict else {"message": str(error)}
+        doc, error = read_chunk(data)
+        if error is not None:
+            self.error = error
             return
+        choices = doc.get("choices")
         self.events += 1
         usage = doc.get("usage")
         if usage is not None:
