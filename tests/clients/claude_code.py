@@ -53,13 +53,13 @@ class Run:
 
 
 def run(base_url: str, api_key: str, prompt: str, workdir: Path, *, model: str | None = "zowy-1", bearer: bool = False,
-        timeout: float = 150.0, env: dict[str, str] | None = None) -> Run:
-    """``claude -p PROMPT [--model MODEL] --allowedTools Bash --output-format json`` in ``workdir``."""
+        timeout: float = 150.0, env: dict[str, str] | None = None, tools: str = "Bash") -> Run:
+    """``claude -p PROMPT [--model MODEL] --allowedTools TOOLS --output-format json`` in ``workdir``."""
     home = workdir / ".home"
     (home / ".claude").mkdir(parents=True, exist_ok=True)
     chosen = ["--model", model] if model else []
     completed = subprocess.run(
-        [str(BINARY), "-p", prompt, *chosen, "--allowedTools", "Bash", "--output-format", "json"],
+        [str(BINARY), "-p", prompt, *chosen, "--allowedTools", tools, "--output-format", "json"],
         cwd=workdir, env={**environment(base_url, api_key, home, bearer=bearer), **(env or {})},
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
     )

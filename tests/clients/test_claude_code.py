@@ -1,7 +1,8 @@
 """Claude Code (``claude -p``) against the gateway, configured as the README tells a newcomer
 (``ANTHROPIC_BASE_URL``, a key), with a scripted upstream: the model asks to run a Bash command,
 Claude Code runs it, the model answers after its output. The run exits 0, the upstream saw the
-command's real output, and the ledger holds both turns as Messages requests."""
+command's real output, and the ledger holds both turns as Messages requests. And a file edit: Read,
+then Edit, the change on disk."""
 from __future__ import annotations
 
 import json
@@ -90,6 +91,18 @@ def gemini_call(command: str) -> str:
     return "data: " + orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode() + "\n\ndata: [DONE]\n\n"
 
 
+def openai_tool(name: str, arguments: dict, n: int) -> str:
+    """One whole tool call, as an OpenAI target streams it."""
+    base = {"id": f"chatcmpl-upstream-tool{n}", "object": "chat.completion.chunk", "created": 1, "model": "gpt-5.4-mini"}
+    return sse([
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [{
+            "index": 0, "id": f"call_upstream{n}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}]}, "finish_reason": None}]},
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+        {**base, "choices": [], "usage": {"prompt_tokens": 3000 + n, "completion_tokens": 20, "total_tokens": 3020 + n}},
+    ])
+
+
 def openai_text(text: str) -> str:
     base = {"id": "chatcmpl-upstream2", "object": "chat.completion.chunk", "created": 1, "model": "gpt-5.4-mini"}
     words = text.split(" ")
@@ -165,3 +178,30 @@ def test_claude_code_with_the_model_in_its_environment(scripted, scripted_gatewa
     assert run.result["result"] == "Hello from the environment."
     (sent,) = scripted.received
     assert sent["model"] == "gpt-5.4-mini"  # zowy-1's target here
+
+
+def test_claude_code_edits_a_file(scripted, scripted_gateway, tmp_path):
+    """A real edit: the model reads a file with Read, changes it with Edit, and Claude Code writes the
+    change to disk; the model answers after the edit's result. Three Messages requests, three entries."""
+    scripted.reset()
+    customer = support.new_customer(scripted_gateway)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("colour = blue\nsize = 3\n")
+    scripted.push({"status": 200, "content_type": "text/event-stream",
+                   "body": openai_tool("Read", {"file_path": str(notes)}, 1)})
+    scripted.push({"status": 200, "content_type": "text/event-stream",
+                   "body": openai_tool("Edit", {"file_path": str(notes), "old_string": "colour = blue",
+                                                "new_string": "colour = green"}, 2)})
+    scripted.push({"status": 200, "content_type": "text/event-stream", "body": openai_text("The colour is green now.")})
+    run = claude_code.run(scripted_gateway.url, customer.key, "In notes.txt, change the colour from blue to green.",
+                          tmp_path, tools="Read,Edit")
+    assert run.returncode == 0, (run.stdout, run.stderr, scripted_gateway.process.log()[-3000:])
+    assert run.result["is_error"] is False and run.result["result"] == "The colour is green now."
+    assert notes.read_text() == "colour = green\nsize = 3\n"
+    read, edit, answer = scripted.received
+    # What Read returned went back to the model before it asked for the edit, and the edit's result after.
+    assert "colour = blue" in next(m for m in edit["messages"] if m["role"] == "tool")["content"]
+    last_tool = [m for m in answer["messages"] if m["role"] == "tool"][-1]
+    assert "notes.txt" in last_tool["content"] and not last_tool["content"].startswith("Error")
+    entries = support.wait_until(lambda: (e := ledger(scripted_gateway, customer.account_id)) and len(e) == 3 and e)
+    assert {e.api for e in entries} == {"messages"}
