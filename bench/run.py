@@ -33,6 +33,14 @@ from .systems import Context, System, Unavailable
 
 CONCURRENCY = 32
 ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "litellm")
+# The gateway's other client APIs, loaded on the same gateway after chat: the route replacing
+# /chat/completions, the key's header (empty: chat's), and the loads measured (BODIES' keys).
+CLIENT_APIS = {
+    "responses": ("/responses", {}, ("non_stream", "non_stream_stored", "stream")),
+    "messages": ("/messages", {"x-api-key": "{key}"}, ("non_stream", "stream")),
+}
+BODIES = {"non_stream": "plain", "non_stream_stored": "plain_stored", "stream": "stream"}
+MESSAGES_MAX_TOKENS = 1024
 OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
 HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
 PROMPT = "You are a helpful assistant. Answer briefly."
@@ -59,6 +67,13 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, lo
             doc["stream"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    def messages(stream: bool, text: str) -> bytes:
+        doc = {"model": systems.PUBLIC_MODEL, "max_tokens": MESSAGES_MAX_TOKENS, "system": PROMPT,
+               "messages": [{"role": "user", "content": text}]}
+        if stream:
+            doc["stream"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
     files = {
         "plain": body(False, "Say hello to the benchmark, please."),
         "stream": body(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
@@ -71,6 +86,10 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, lo
         "responses_plain_stored": responses(False, "Say hello to the benchmark, please.", store=True),
         "responses_stream": responses(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
         "responses_long": responses(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
+        # And through the Messages API (max_tokens is required there).
+        "messages_plain": messages(False, "Say hello to the benchmark, please."),
+        "messages_stream": messages(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
+        "messages_long": messages(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
     }
     out = {}
     for name, data in files.items():
@@ -272,8 +291,7 @@ class Bench:
                     f"started for {a.duration}s")
                 r["long_streams"] = self.long_streams(system)
                 r["long_streams"]["settle"] = self.settle()
-            if a.responses and system.key.startswith("gateway"):
-                r["responses"] = self.responses_api(system)
+            r.update(self.client_apis(system))
             r["alive"] = system.alive()
             return r
         lat = str(a.latency_duration)
@@ -300,8 +318,7 @@ class Bench:
                 f"started for {a.duration}s")
             r["long_streams"] = self.long_streams(system)
             r["long_streams"]["settle"] = self.settle()
-        if a.responses and system.key.startswith("gateway"):
-            r["responses"] = self.responses_api(system)
+        r.update(self.client_apis(system))
         if system.limited_headers:
             log(f"{system.key}: refused (429) requests c={CONCURRENCY}, {a.duration}s")
             r["refusal"] = self.refusal(system)
@@ -323,27 +340,36 @@ class Bench:
         result["cpu_per_event_us"] = result["cpu"]["per_unit_us"]
         return result
 
-    def responses_api(self, system: System) -> dict:
-        """The Responses API on the same gateway, right after its chat phases: the same loads through
-        POST /v1/responses, for CPU per request and per relayed event against chat in the same run."""
+    def client_apis(self, system: System) -> dict:
+        """The gateway's other client APIs (those not switched off), each under its name."""
+        if not system.key.startswith("gateway"):
+            return {}
+        return {api: self.client_api(system, api) for api in CLIENT_APIS if getattr(self.args, api)}
+
+    def client_api(self, system: System, api: str) -> dict:
+        """A client API on the same gateway, right after its chat phases: the same loads through its
+        route, for CPU per request and per relayed event against chat in the same run."""
         a = self.args
-        responses = dataclasses.replace(system, key=f"{system.key}-responses",
-                                        url=system.url.replace("/chat/completions", "/responses"), owned=False)
+        path, headers, loads = CLIENT_APIS[api]
+        token = system.headers.get("Authorization", "").removeprefix("Bearer ")
+        other = dataclasses.replace(system, key=f"{system.key}-{api}", url=system.url.replace("/chat/completions", path),
+                                    headers={k: v.format(key=token) for k, v in headers.items()} or system.headers,
+                                    owned=False)
         out: dict = {"throughput": {}}
-        for name, body in (("non_stream", "responses_plain"), ("non_stream_stored", "responses_plain_stored"),
-                           ("stream", "responses_stream")):
-            log(f"{responses.key}: throughput c={CONCURRENCY} {name}, {a.duration}s")
+        for name in loads:
+            body = f"{api}_{BODIES[name]}"
+            log(f"{other.key}: throughput c={CONCURRENCY} {name}, {a.duration}s")
             if a.warmup >= 1 or not self.wrk:
-                self.throughput(responses, body, a.warmup)
-            out["throughput"][name] = self.accounted(responses, lambda body=body: self.throughput(responses, body, a.duration))
+                self.throughput(other, body, a.warmup)
+            out["throughput"][name] = self.accounted(other, lambda body=body: self.throughput(other, body, a.duration))
         if a.long_streams:
-            log(f"{responses.key}: {a.long_streams} long streams, started for {a.duration}s")
+            log(f"{other.key}: {a.long_streams} long streams, started for {a.duration}s")
 
             def run() -> dict:
-                return self.loadgen("streams", responses, "responses_long", "--streams", str(a.long_streams), "--duration",
+                return self.loadgen("streams", other, f"{api}_long", "--streams", str(a.long_streams), "--duration",
                                     str(a.duration), "--spacing", str(a.long_delay), "--tail", "60")
 
-            out["long_streams"] = self.accounted(responses, run, count=lambda r: r.get("events"))
+            out["long_streams"] = self.accounted(other, run, count=lambda r: r.get("events"))
             out["long_streams"]["cpu_per_event_us"] = out["long_streams"]["cpu"]["per_unit_us"]
             out["long_streams"]["settle"] = self.settle()
         return out
@@ -564,6 +590,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
     p.add_argument("--responses", action=argparse.BooleanOptionalAction, default=True,
                    help="also load the gateway through the Responses API (default: yes)")
+    p.add_argument("--messages", action=argparse.BooleanOptionalAction, default=True,
+                   help="also load the gateway through the Messages API (default: yes)")
     p.add_argument("--lean", action="store_true",
                    help="per system only the throughput and long-stream phases (the transport bake-off, bench/bakeoff.py)")
     p.add_argument("--nice", type=int, default=None,

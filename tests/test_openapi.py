@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 
 import jsonschema
 import orjson
@@ -68,6 +69,32 @@ def test_chat_schema_agrees_with_the_validator(settings, raw):
         return  # not JSON at all: nothing for a schema to say
     doc_valid = jsonschema.Draft202012Validator(schema).is_valid(doc)
     assert doc_valid == structurally_valid(raw), raw[:200]
+
+
+MESSAGES_CLIENTS = sorted((Path(__file__).parent / "conformance" / "messages" / "clients").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", MESSAGES_CLIENTS, ids=lambda p: p.stem)
+def test_messages_schema_agrees_with_the_validator(settings, path):
+    """Real clients' bodies, and each broken in a few ways, are valid for the document exactly when
+    the validator takes their structure."""
+    from app.wire.messages.schema import COUNT, REQUEST, _validators
+
+    doc = json.loads(path.read_text())
+    count = doc["path"].endswith("count_tokens")
+    schema = document(settings)["components"]["schemas"]["MessagesCountRequest" if count else "MessagesRequest"]
+    validator = _validators[id(COUNT if count else REQUEST)]
+    body = {**doc["body"], "model": "zowy-1"}  # the document lists this deployment's models
+    variants = [body, {**body, "frobnicate": 1}, {**body, "messages": [{"role": "tool", "content": "x"}]},
+                {**body, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, {**body, "container": "c"},
+                {**body, "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "extra": 1}]}]}]
+    for variant in variants:
+        try:
+            validator.validate_python(variant)
+            valid = True
+        except ValidationError:
+            valid = False
+        assert jsonschema.Draft202012Validator(schema).is_valid(variant) == valid, json.dumps(variant)[:300]
 
 
 @pytest.mark.parametrize("kind, value, ok", [
@@ -185,14 +212,37 @@ def test_every_status_served_is_declared(served):
             call("GET", f"{prefix}/usage", 200, headers=owner.auth)
             call("GET", f"{prefix}/usage", 401)
             call("GET", f"{prefix}/usage?since=yesterday", 400, headers=key)
+        for prefix in ("/v1", "/api/v1"):
+            messages, count = f"{prefix}/messages", f"{prefix}/messages/count_tokens"
+            anthropic = {"x-api-key": owner.customer.key, "anthropic-version": "2023-06-01"}
+            body = {"model": "zowy-1", "max_tokens": 16, "messages": hi}
+            call("POST", messages, 200, headers=anthropic, json=body)
+            call("POST", f"{messages}?beta=true", 200, headers=anthropic, json={**body, "stream": True})
+            call("POST", messages, 401, json=body)
+            call("POST", messages, 400, headers=anthropic, json={**body, "temperature": 9})
+            call("POST", messages, 404, headers=anthropic, json={**body, "model": "no-such-model"})
+            call("POST", messages, 402, headers={"x-api-key": broke.key}, json=body)
+            for status in (500, 503, 429, 400):
+                content = f"hi [[fake:status={status}]]"
+                call("POST", messages, headers=anthropic, json={**body, "model": "zowy-1-pro", "messages": [{"role": "user", "content": content}]})
+            call("POST", count, 200, headers=anthropic, json={"model": "zowy-1", "messages": hi})
+            call("POST", count, 401, json={"model": "zowy-1", "messages": hi})
+            call("POST", count, 400, headers=anthropic, json={"model": "zowy-1"})
+            call("POST", count, 404, headers=anthropic, json={"model": "no-such-model", "messages": hi})
+            call("GET", f"{prefix}/models", 200, headers=anthropic)
+            call("GET", f"{prefix}/models/zowy-1", 200, headers=anthropic)
+            call("GET", f"{prefix}/models/no-such-model", 404, headers=anthropic)
         slow_key = {"Authorization": f"Bearer {slow.key}"}
         call("POST", "/api/v1/chat/completions", 200, headers=slow_key, json={"model": "zowy-1", "messages": hi})
         call("POST", "/api/v1/chat/completions", 429, headers=slow_key, json={"model": "zowy-1", "messages": hi})
+        call("POST", "/v1/messages/count_tokens", 429, headers={"x-api-key": slow.key}, json={"model": "zowy-1", "messages": hi})
         with kit.admin(gateway) as a:
             assert a.patch(f"/admin/v1/keys/{fenced.key_id}", json={"ips": ["10.9.9.9"]}).status_code == 200
         fenced_key = {"Authorization": f"Bearer {fenced.key}"}
         support.wait_until(lambda: h.get("/api/v1/models", headers=fenced_key).status_code == 403, timeout=5)
         call("POST", "/api/v1/chat/completions", 403, headers=fenced_key, json={"model": "zowy-1", "messages": hi})
+        call("POST", "/v1/messages", 403, headers={"x-api-key": fenced.key}, json={"model": "zowy-1", "max_tokens": 5, "messages": hi})
+        call("POST", "/v1/messages/count_tokens", 403, headers={"x-api-key": fenced.key}, json={"model": "zowy-1", "messages": hi})
         call("GET", "/api/v1/models", 403, headers=fenced_key)
         call("GET", "/api/v1/models/zowy-1", 403, headers=fenced_key)
         call("GET", "/api/v1/usage", 403, headers=fenced_key)

@@ -2,9 +2,10 @@
 its windows, reserve what it may cost, call the upstream, and hand back the answer's bytes or its
 stream; the exchange records all of it.
 
-A client API is a parameter (``ClientApi``): Chat Completions today (wire/chat.py); another API
-brings its own request parsing, answer and stream translation and error events, and reuses
-admission, reservations, the upstream client and metering as they are.
+A client API is a parameter (``ClientApi``): Chat Completions (wire/chat.py), the Responses API
+(gateway/responses.py) and the Messages API (wire/messages/api.py) each bring their request parsing,
+answer and stream translation and error events, and reuse admission, reservations, the upstream
+client and metering as they are.
 """
 from __future__ import annotations
 

@@ -33,13 +33,15 @@ from ..core.metrics import Metrics
 from ..gateway.services import Services
 from ..upstream.transport_base import Transport
 from . import console, io
-from .routes import account, admin, chat, health, models, responses, topup, usage
+from .routes import account, admin, chat, health, messages, models, responses, topup, usage
 
 log = logging.getLogger("zowy")
 
 
 class GatewayErrorHandler(ErrorHandler):
-    """Every exception, ours or Sanic's, becomes an OpenAI-style error response."""
+    """Every exception, ours or Sanic's, becomes an error response: in the envelope of the client API
+    the route speaks (its ``ctx_api``, or the one a handler chose in ``request.ctx.api``, when that
+    API has an ``error_body`` of its own), else OpenAI's."""
 
     def response(self, request: Request | None, exception: BaseException) -> HTTPResponse:
         error = as_gateway_error(request, exception)
@@ -48,11 +50,30 @@ class GatewayErrorHandler(ErrorHandler):
         if ctx_headers:
             headers.update(ctx_headers)
         headers.update(error.headers)
-        headers.setdefault("x-request-id", new_request_id())
-        return HTTPResponse(error.body(), status=error.status, headers=headers, content_type="application/json")
+        request_id = headers.setdefault("x-request-id", new_request_id())
+        render = getattr(_api(request, exception), "error_body", None)
+        body = error.body() if render is None else render(error, request_id)
+        return HTTPResponse(body, status=error.status, headers=headers, content_type="application/json")
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:
         return self.response(request, exception)
+
+
+def _api(request: Request | None, exception: BaseException) -> object | None:
+    """The client API a request is answered in, if its route (or handler) named one; for a method
+    the path does not take, the API of the path's routes."""
+    if request is None:
+        return None
+    chosen = getattr(request.ctx, "api", None)
+    if chosen is not None:
+        return chosen
+    route = request.route
+    if route is None and isinstance(exception, sanic_errors.MethodNotAllowed) and exception.allowed_methods:
+        try:
+            route = request.app.router.get(request.path, next(iter(exception.allowed_methods)), None)[0]
+        except Exception:
+            return None
+    return getattr(route.ctx, "api", None) if route is not None else None
 
 
 class GatewayRouter(Router):
@@ -114,7 +135,8 @@ def create_app(settings: Settings, transport: Transport | None = None, *, name: 
         GRACEFUL_SHUTDOWN_TIMEOUT=settings.drain_timeout,
     )
     app.ctx.settings = settings
-    for blueprint in (chat.bp, responses.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, topup.bp):
+    for blueprint in (chat.bp, responses.bp, messages.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp,
+                      topup.bp):
         app.blueprint(blueprint)
     if settings.console.enabled:
         app.blueprint(console.bp)

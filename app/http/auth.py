@@ -25,6 +25,13 @@ def services(request: Request) -> Services:
     return request.app.ctx.services
 
 
+def api_key(request: Request) -> str | None:
+    """The API key as the Authorization header admission reads: Anthropic's ``x-api-key`` header
+    (what Claude Code sends), else the caller's ``Authorization``."""
+    key = request.headers.get("x-api-key")
+    return f"Bearer {key}" if key else request.headers.get("authorization")
+
+
 def client_ip(request: Request) -> str:
     """The caller's address: the peer, or the client a trusted proxy forwarded."""
     return services(request).admission.client(request.ip, request.headers.get("x-forwarded-for"))

@@ -7,6 +7,8 @@ from typing import Any
 from ..core.config import Settings
 from ..wire.bodies import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS
 from ..wire.chat import CHAT_REQUEST_SCHEMA
+from ..wire.messages.schema import COUNT as MESSAGES_COUNT_SCHEMA
+from ..wire.messages.schema import REQUEST as MESSAGES_REQUEST_SCHEMA
 from ..wire.responses.request import RESPONSES_REQUEST_SCHEMA
 
 
@@ -58,6 +60,8 @@ def json_schema(core: dict) -> dict[str, Any]:
         return {"oneOf": [json_schema(c) for c in core["choices"].values()]}
     if kind == "any":
         return {}
+    if kind == "function-plain":
+        return {"not": {}}  # a field the gateway knows and refuses whatever its value
     raise ValueError(f"no JSON Schema for core schema type {kind!r}")
 
 
@@ -84,6 +88,25 @@ _ERROR = {
     },
 }
 _JSON = "application/json"
+# Anthropic's error envelope, which the Messages routes answer every failure in.
+_ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {
+                "type": {"type": "string", "description": "invalid_request_error, authentication_error, billing_error, "
+                         "permission_error, not_found_error, request_too_large, rate_limit_error, api_error, "
+                         "overloaded_error, timeout_error"},
+                "message": {"type": "string", "description": "starts with the field it concerns, as in 'messages.0.content.1.type: ...'"},
+            },
+        },
+        "request_id": {"type": "string"},
+    },
+}
 
 
 # What each error status means, on whichever route answers it.
@@ -108,16 +131,16 @@ _ANY = (408, 413, 431, 500)
 
 
 def _responses(ok: str, *errors: int, status: int = 200, stream: bool | str = False, store: bool = True,
-               content: dict | None = None) -> dict:
+               content: dict | None = None, error: str = "Error") -> dict:
     """An operation's responses: its success ``status`` and every error status it answers (503 when
-    it needs the store)."""
+    it needs the store), each in the ``error`` envelope."""
     content = content or {_JSON: {"schema": {"type": "object"}}}
     if stream:
         events = stream if isinstance(stream, str) else "data: {chat.completion.chunk} events, then data: [DONE]"
         content["text/event-stream"] = {"schema": {"type": "string", "description": events}}
     out = {str(status): {"description": ok, "content": content}}
-    for error in sorted({*errors, *_ANY, *((503,) if store else ())}):
-        out[str(error)] = {"description": _ERRORS[error], "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for failure in sorted({*errors, *_ANY, *((503,) if store else ())}):
+        out[str(failure)] = {"description": _ERRORS[failure], "content": {_JSON: {"schema": {"$ref": f"#/components/schemas/{error}"}}}}
     return out
 
 
@@ -239,10 +262,32 @@ def _admin_self_service_paths(paths: dict, admin: str) -> None:
         admin=True, query=["account", "action", "since", "until", "cursor", "limit"])}
 
 
+_MESSAGES_EVENTS = ("event: message_start, then per content block content_block_start, content_block_delta…, "
+                    "content_block_stop, then message_delta and message_stop (ping between; error on a failure)")
+_ANTHROPIC_KEY = [{"anthropicKey": []}, {"apiKey": []}]
+
+
+def _messages_paths(paths: dict, settings: Settings) -> None:
+    """Anthropic's Messages API: the key as x-api-key or a bearer token, errors in Anthropic's envelope."""
+    for prefix, suffix in (("/v1", ""), ("/api/v1", "_api")):
+        paths[f"{prefix}/messages"] = {"post": _op(
+            f"createMessage{suffix}", "Create a message (Anthropic's Messages API; stream: true for its events; ?beta=true accepted)",
+            _responses("a message, or an SSE stream of Anthropic's events", 400, 401, 402, 403, 404, 408, 413, 429, 500, 502, 503, 504,
+                       stream=_MESSAGES_EVENTS, error="AnthropicError"),
+            body="MessagesRequest", query=["beta"], security=_ANTHROPIC_KEY)}
+        paths[f"{prefix}/messages/count_tokens"] = {"post": _op(
+            f"countMessageTokens{suffix}", "Estimate a Messages request's input tokens (not billed)",
+            _responses("{input_tokens}", 400, 401, 403, 404, 429, error="AnthropicError"),
+            body="MessagesCountRequest", query=["beta"], security=_ANTHROPIC_KEY)}
+
+
 def document(settings: Settings) -> dict:
     """The whole document; the chat request's model field lists this deployment's public models."""
     chat_request = json_schema(CHAT_REQUEST_SCHEMA)
     chat_request["properties"]["model"] = {"type": "string", "enum": list(settings.models)}
+    messages_request, messages_count = json_schema(MESSAGES_REQUEST_SCHEMA), json_schema(MESSAGES_COUNT_SCHEMA)
+    for schema in (messages_request, messages_count):
+        schema["properties"]["model"] = {"type": "string", "enum": list(settings.models)}
     responses_request = json_schema(RESPONSES_REQUEST_SCHEMA)
     responses_request["properties"]["model"] = {"type": "string", "enum": list(settings.models)}
     paths: dict[str, dict] = {}
@@ -266,12 +311,16 @@ def document(settings: Settings) -> dict:
         paths[f"{prefix}/responses/{{response_id}}/input_items"] = {"get": _op(
             f"listResponseInputItems{suffix}", "A stored response's input items (a list page)",
             _responses("a list of input items", 400, 401, 403, 404), params=["response_id"], query=["limit", "order", "after"])}
-        paths[f"{prefix}/models"] = {"get": _op(f"listModels{suffix}", "List the public models the key may use", _responses("a list of models", 401, 403))}
+        paths[f"{prefix}/models"] = {"get": _op(
+            f"listModels{suffix}", "List the public models the key may use (in Anthropic's shape, and its errors, with anthropic-version)",
+            _responses("a list of models", 401, 403), security=_ANTHROPIC_KEY)}
         paths[f"{prefix}/models/{{model_id}}"] = {"get": _op(
-            f"retrieveModel{suffix}", "Retrieve a public model", _responses("a model", 401, 403, 404), params=["model_id"])}
+            f"retrieveModel{suffix}", "Retrieve a public model (in Anthropic's shape with anthropic-version)",
+            _responses("a model", 401, 403, 404), params=["model_id"], security=_ANTHROPIC_KEY)}
         paths[f"{prefix}/usage"] = {"get": _op(
             f"getUsage{suffix}", "The caller's balance and usage (an API key or an owner's session)", _responses("balance and usage", 400, 401, 403),
             query=["since", "until"])}
+    _messages_paths(paths, settings)
     paths["/healthz"] = {"get": _op("healthz", "The process answers", _responses("ok", store=False), public=True)}
     paths["/readyz"] = {"get": _op("readyz", "Ready to serve (details with the admin token)", _responses("ready", 503), public=True)}
     paths["/metrics"] = {"get": _op("metrics", "Prometheus metrics", _responses("text exposition format", 401, 404, store=False),
@@ -317,6 +366,8 @@ def document(settings: Settings) -> dict:
         "components": {
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key: zk-..."},
+                "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                 "description": "An API key as Anthropic's clients send it (Messages API, models with anthropic-version)"},
                 "admin": {"type": "http", "scheme": "bearer", "description": "ZOWY_ADMIN_TOKEN"},
                 "session": {"type": "http", "scheme": "bearer", "description": "An owner's session token: zs-..."},
                 "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "zowy_session"},
@@ -327,6 +378,9 @@ def document(settings: Settings) -> dict:
             },
             "schemas": {
                 "ChatCompletionRequest": chat_request,
+                "MessagesRequest": messages_request,
+                "MessagesCountRequest": messages_count,
+                "AnthropicError": _ANTHROPIC_ERROR,
                 "ResponsesRequest": responses_request,
                 "AdminAccount": json_schema(ADMIN_SCHEMAS["account"]),
                 "AdminKey": json_schema(ADMIN_SCHEMAS["key"]),

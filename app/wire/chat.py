@@ -301,6 +301,13 @@ def _check_image_url(url: str, param: str, limits: RequestLimits) -> None:
     )
 
 
+async def nothing_stored(request: dict[str, Any], facts: RequestFacts, account_id: str,
+                         store: Any) -> tuple[dict[str, Any], RequestFacts]:
+    """The request as it came: it refers to nothing the account has stored (the whole conversation
+    comes with it)."""
+    return request, facts
+
+
 class ChatCompletions:
     """The Chat Completions API at the edges of the chat pipeline (gateway/pipeline.py): its request
     is already the chat request upstreams take, its answer and its stream are the rewritten upstream
@@ -324,10 +331,7 @@ class ChatCompletions:
         request.pop("max_completion_tokens", None)
         request["max_tokens"] = tokens
 
-    @staticmethod
-    async def resolve(request: dict[str, Any], facts: RequestFacts, account_id: str, store: Any) -> tuple[dict[str, Any], RequestFacts]:
-        """A chat request refers to nothing stored."""
-        return request, facts
+    resolve = staticmethod(nothing_stored)
 
     @staticmethod
     def answer(model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:

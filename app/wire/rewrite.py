@@ -56,6 +56,21 @@ def read_completion(raw: bytes, completion_id: str, dialect: Dialect = OPENAI) -
     return doc
 
 
+def read_chunk(data: bytes) -> tuple[dict, dict | None]:
+    """An upstream stream event's JSON object, and the error it carries instead of choices (an error
+    event); MalformedUpstream when it is no JSON object."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise MalformedUpstream("event is not JSON") from None
+    if type(doc) is not dict:
+        raise MalformedUpstream("event is not a JSON object")
+    if "error" in doc and not doc.get("choices"):
+        error = doc["error"]
+        return doc, error if type(error) is dict else {"message": str(error)}
+    return doc, None
+
+
 def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
                        dialect: Dialect = OPENAI) -> tuple[bytes, Usage | None]:
     """A non-stream upstream answer with identity fields replaced; and its usage."""
@@ -332,15 +347,9 @@ class StreamRewriter:
 
 
     def _parsed(self, event: bytes, data: bytes) -> bytes | None:
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise MalformedUpstream("event is not JSON") from None
-        if type(doc) is not dict:
-            raise MalformedUpstream("event is not a JSON object")
-        if "error" in doc and not doc.get("choices"):
-            error = doc["error"]
-            self.error = error if isinstance(error, dict) else {"message": str(error)}
+        doc, error = read_chunk(data)
+        if error is not None:
+            self.error = error
             return None
         self.events += 1
         self._learn(doc, data)

@@ -1,7 +1,8 @@
 """A seconds-long smoke of the bench harness: it starts the fake upstream, the bare proxy, the
-gateway and the gateway of HEAD (a git worktree), runs every phase with tiny numbers (long streams,
-refusals, one capacity probe), and writes its JSON and markdown files. The targets are for the bench
-report, not for CI: nothing here asserts them."""
+gateway (through Chat Completions, the Responses API and the Messages API) and the gateway of HEAD
+(a git worktree), runs every phase with tiny numbers (long streams, refusals, one capacity probe),
+and writes its JSON and markdown files. The targets are for the bench report, not for CI: nothing
+here asserts them."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ def test_harness_runs_and_writes_its_files(tmp_path):
          "--systems", "direct,bare,gateway,gateway@HEAD",
          "--streams", "10", "--long-streams", "4", "--long-chunks", "20", "--capacity-start", "4", "--capacity-max", "4",
          "--capacity-window", "0.5", "--capacity-budget", "10", "--no-install", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=150,
+        cwd=ROOT, capture_output=True, text=True, timeout=200,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [result_file] = list(out.glob("*.json"))
@@ -41,12 +42,14 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
     assert result["systems"]["gateway"]["fidelity"]["met"] is True, result["systems"]["gateway"]["fidelity"]
-    responses = result["systems"]["gateway"]["responses"]
-    for kind in ("non_stream", "non_stream_stored", "stream"):
-        assert responses["throughput"][kind]["rps"] > 0, (kind, responses["throughput"][kind])
-    assert responses["long_streams"]["events"] >= 4 * 20 and responses["long_streams"]["failed"] == 0, responses["long_streams"]
-    measured = {t["target"]: t["value"] for t in result["targets"] if t["target"].startswith("Responses API")}
-    assert len(measured) == 8 and all(v is not None for v in measured.values()), measured  # gateway and gateway@HEAD
+    for api, kinds in (("responses", ("non_stream", "non_stream_stored", "stream")), ("messages", ("non_stream", "stream"))):
+        phase = result["systems"]["gateway"][api]
+        for kind in kinds:
+            assert phase["throughput"][kind]["rps"] > 0, (api, kind, phase["throughput"][kind])
+        assert phase["long_streams"]["events"] >= 4 * 20 and phase["long_streams"]["failed"] == 0, (api, phase["long_streams"])
+    for name, rows in (("Responses API", 8), ("Messages API", 6)):  # gateway and gateway@HEAD
+        measured = {t["target"]: t["value"] for t in result["targets"] if t["target"].startswith(name)}
+        assert len(measured) == rows and all(v is not None for v in measured.values()), measured
     for key in ("gateway", "gateway@HEAD"):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal

@@ -157,6 +157,23 @@ def test_slow_bodies_meet_the_body_deadline_on_every_route(gateway):
         assert json.loads(support.response_body(raw))["error"]["code"] == code, where
 
 
+def test_slow_bodies_of_messages_get_anthropics_envelope(gateway):
+    customer = support.new_customer(gateway)
+    routes = ["/v1/messages", "/v1/messages/count_tokens", "/api/v1/messages?beta=true"]
+
+    async def run():
+        return await asyncio.gather(*(_slow_body(gateway.process.port, path, {"x-api-key": customer.key}, 0.3)
+                                      for path in routes))
+
+    for path, (took, raw) in zip(routes, asyncio.run(run())):
+        where = f"{path} after {took:.1f} s: {raw[:60]!r}"
+        assert BODY_TIMEOUT - 0.2 <= took < BODY_TIMEOUT + 1.5, where
+        assert raw.startswith(b"HTTP/1.1 408") and b"connection: close" in raw.lower(), where
+        body = json.loads(support.response_body(raw))
+        assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error", where
+        assert body["error"]["message"] == "The request body was not received in time.", where
+
+
 def test_a_slow_body_after_an_early_answer_is_cut_at_the_deadline(gateway):
     # Answered at once (no such route), then the body the server reads only to discard it.
     took, raw = asyncio.run(_slow_body(gateway.process.port, "/api/v1/no-such-route", {}, 0.3))

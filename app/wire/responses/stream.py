@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..rewrite import OPENAI, Dialect, MalformedUpstream
+from ..rewrite import OPENAI, Dialect, MalformedUpstream, read_chunk
 from ..sse import DONE, EventFramer, event_data
 from ..usage import Usage, estimate_tokens, estimate_usage
 from .output import INCOMPLETE, Frame, call_item, custom_input, message_item, reasoning_item, tool_of, usage_object
@@ -146,7 +146,6 @@ class ResponsesStream:
         return b"".join(out)
 
     def _read(self, events: list[bytes], out: list[bytes]) -> None:
-        loads = orjson.loads
         for event in events:
             if self.done or self.error is not None:
                 break
@@ -159,17 +158,11 @@ class ResponsesStream:
             if data == DONE:
                 out.append(self._complete())
                 continue
-            try:
-                doc = loads(data)
-            except orjson.JSONDecodeError:
-                raise MalformedUpstream("event is not JSON") from None
-            if type(doc) is not dict:
-                raise MalformedUpstream("event is not a JSON object")
-            choices = doc.get("choices")
-            if "error" in doc and not choices:
-                error = doc["error"]
-                self.error = error if isinstance(error, dict) else {"message": str(error)}
+            doc, error = read_chunk(data)
+            if error is not None:
+                self.error = error
                 break
+            choices = doc.get("choices")
             self.events += 1
             if not self._started:
                 out.append(self._start(doc))
