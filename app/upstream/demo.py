@@ -2,10 +2,11 @@
 mock transport. It speaks OpenAI's chat completions, streams word by word, and reports usage.
 
 Offered tools and asked to run, call, execute or use something (or made to by ``tool_choice``), it
-calls the first offered function (or the one ``tool_choice`` names) with arguments made from the
-request: each required parameter (or the first, when none is required) gets the text between
-backticks, or the whole message; given the tool's result, it answers with it. Deterministic, so a
-newcomer's ``codex exec`` asked to run a command runs it against ``make run``."""
+calls a function: the one ``tool_choice`` names, else one the message names, else a shell-like one
+when asked to run something, else the first. Each required parameter (or the first, when none is
+required) gets the text between backticks, or the whole message; given the tool's result, it answers
+with it. Deterministic, so a newcomer's ``codex exec`` or ``claude -p`` asked to run a command runs it
+against ``make run``."""
 from __future__ import annotations
 
 import asyncio
@@ -27,6 +28,8 @@ WORDS_PER_CHUNK = 8
 RESULT_CHARS = 2000
 _ASKS = re.compile(r"\b(run|call|execute|exec|use)\b", re.IGNORECASE)
 _QUOTED = re.compile(r"`([^`]+)`")
+_RUNS = re.compile(r"\b(run|execute|exec)\b", re.IGNORECASE)
+_SHELL = re.compile(r"bash|shell|exec|command|terminal", re.IGNORECASE)
 
 
 def _text(content: object) -> str:
@@ -35,6 +38,22 @@ def _text(content: object) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+def _turn(body: dict) -> dict:
+    """The conversation's last turn: clients such as Claude Code append system notes after it."""
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") not in ("system", "developer"):
+            return message
+    return {}
+
+
+def _words(content: object) -> str:
+    """What the user said in a turn: its last text part (clients put their reminders before it)."""
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return texts[-1] if texts else ""
+    return _text(content)
 
 
 def _usage(body: dict, reply: str) -> dict:
@@ -72,13 +91,20 @@ def tool_call(body: dict) -> tuple[str, str] | None:
         return None
     named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
     forced = choice == "required" or named is not None
-    messages = body.get("messages") or [{}]
-    last = messages[-1] if isinstance(messages[-1], dict) else {}
-    text = _text(last.get("content")) if last.get("role") == "user" else ""
+    last = _turn(body)
+    text = _words(last.get("content")) if last.get("role") == "user" else ""
     if not forced and not (_QUOTED.search(text) or _ASKS.search(text)):
         return None
-    tool = next((t for t in tools if t.get("name") == named), tools[0])
+    tool = _choose(tools, named, text)
     return tool.get("name", "tool"), orjson.dumps(_arguments(tool.get("parameters") or {}, text)).decode()
+
+
+def _choose(tools: list[dict], named: str | None, text: str) -> dict:
+    names = set(re.findall(r"[\w.-]+", text))
+    return (next((t for t in tools if t.get("name") == named), None)
+            or next((t for t in tools if t.get("name") in names), None)
+            or (_RUNS.search(text) and next((t for t in tools if _SHELL.search(str(t.get("name")))), None))
+            or tools[0])
 
 
 def _arguments(schema: dict, text: str) -> dict:
@@ -106,8 +132,7 @@ def _arguments(schema: dict, text: str) -> dict:
 
 def tool_result(body: dict) -> str | None:
     """What the tool returned, when the request ends with a tool's result."""
-    messages = body.get("messages") or [{}]
-    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    last = _turn(body)
     return _text(last.get("content")) if last.get("role") == "tool" else None
 
 

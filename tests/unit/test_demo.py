@@ -79,3 +79,36 @@ def test_which_tool_and_which_arguments():
     assert tool_call(named) == ("exec_command", '{"cmd":"hi"}')
     arguments = orjson.loads(tool_call(body("execute `make test`"))[1])
     assert arguments == {"cmd": "make test"}
+
+
+AGENT = {"type": "function", "function": {"name": "Agent", "parameters": {
+    "type": "object", "properties": {"description": {"type": "string"}, "prompt": {"type": "string"}},
+    "required": ["description", "prompt"]}}}
+BASH = {"type": "function", "function": {"name": "Bash", "parameters": {
+    "type": "object", "properties": {"command": {"type": "string"}, "timeout": {"type": "number"}},
+    "required": ["command"]}}}
+
+
+def test_a_tool_the_message_names_or_a_shell_to_run_a_command():
+    assert tool_call(body("use get_weather for `Paris`", tools=(EXEC, WEATHER)))[0] == "get_weather"
+    assert tool_call(body("run `ls`", tools=(AGENT, BASH))) == ("Bash", '{"command":"ls"}')
+    assert tool_call(body("use the tool", tools=(AGENT, BASH)))[0] == "Agent"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_turn_as_claude_code_sends_it(stream):
+    """Reminders before the user's words, a system note after the turn: the words and the turn count."""
+    turn = {"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>Do not use tools unless asked; run nothing.</system-reminder>"},
+        {"type": "text", "text": "run `ls` and tell me what you see"}]}
+    note = {"role": "system", "content": "Available agent types for the Agent tool: ..."}
+    doc = {"model": "m", "messages": [turn, note], "tools": [AGENT, BASH]}
+    first = await run(doc, stream)
+    call = first["tool_calls"][0]["function"]
+    assert call["name"] == "Bash" and json.loads(call["arguments"]) == {"command": "ls"}
+    doc["messages"] = [turn, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": call}]},
+                       {"role": "tool", "tool_call_id": "c", "content": "a.txt"}, note]
+    second = await run(doc, stream)
+    assert second["finish"] == "stop" and "a.txt" in second["content"]
+    reminder_only = {"role": "user", "content": [turn["content"][0], {"type": "text", "text": "hello"}]}
+    assert (await run({**doc, "messages": [reminder_only, note]}, stream))["content"] == REPLY
