@@ -2,7 +2,7 @@
 (``ANTHROPIC_BASE_URL``, a key), with a scripted upstream: the model asks to run a Bash command,
 Claude Code runs it, the model answers after its output. The run exits 0, the upstream saw the
 command's real output, and the ledger holds both turns as Messages requests. And a file edit: Read,
-then Edit, the change on disk."""
+then Edit, the change on disk. And against the demo model of `make run`."""
 from __future__ import annotations
 
 import json
@@ -205,3 +205,23 @@ def test_claude_code_edits_a_file(scripted, scripted_gateway, tmp_path):
     assert "notes.txt" in last_tool["content"] and not last_tool["content"].startswith("Error")
     entries = support.wait_until(lambda: (e := ledger(scripted_gateway, customer.account_id)) and len(e) == 3 and e)
     assert {e.api for e in entries} == {"messages"}
+
+
+def test_claude_code_against_the_demo_model(tmp_path):
+    """A newcomer's first run against ``make run``: the demo model has Claude Code run the command the
+    prompt quotes with its Bash tool, and answers with the command's output."""
+    from app.core.config import DEFAULT_MODELS_FILE  # noqa: PLC0415
+
+    gateway = support.start_gateway(tmp_path / "data", DEFAULT_MODELS_FILE, ZOWY_DEMO="on")
+    try:
+        key = (tmp_path / "data" / "demo-key").read_text().strip()
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "hello-from-the-demo.txt").write_text("hi\n")
+        run = claude_code.run(gateway.url, key, "run `ls` and tell me what you see", work, model=None,
+                              env={"ANTHROPIC_MODEL": "zowy-1", "ANTHROPIC_DEFAULT_HAIKU_MODEL": "zowy-1"})
+        assert run.returncode == 0, (run.stdout, run.stderr, gateway.process.log()[-3000:])
+        assert run.result["is_error"] is False and run.result["num_turns"] == 2
+        assert "hello-from-the-demo.txt" in run.result["result"]
+    finally:
+        gateway.stop()
