@@ -4,6 +4,8 @@ and writing a streamed answer straight to the connection with the connection's o
 from __future__ import annotations
 
 import asyncio
+import select
+import time
 
 from sanic import Request
 
@@ -19,10 +21,42 @@ async def receive(request: Request, settings: Settings) -> None:
     await request.receive_body()
 
 
+# A request that has run this long since its handler began has waited on something (the store): the
+# caller may have left meanwhile.
+WAITED = 0.001
+_HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_poll: select.poll | None = None
+
+
 def gone(request: Request) -> bool:
-    """Whether the caller has hung up."""
+    """Whether the caller has hung up. After a wait the socket is asked too: a hang-up that came
+    while the request waited reaches the kernel before the loop reads it, and the upstream request
+    that follows would otherwise go out in the same step."""
     conn_info = request.conn_info
-    return conn_info is not None and conn_info.lost
+    if conn_info is None:
+        return False
+    if conn_info.lost:
+        return True
+    stream = request.stream
+    started = getattr(stream, "perft0", None)
+    if started is None or time.perf_counter() - started < WAITED:
+        return False
+    return _hung_up(request.transport)
+
+
+def _hung_up(transport) -> bool:
+    global _poll
+    try:
+        fd = transport.get_extra_info("socket").fileno()
+    except (AttributeError, OSError):
+        return False  # no socket of its own (an ASGI server, a test transport)
+    if _poll is None:
+        _poll = select.poll()
+    _poll.register(fd, select.POLLIN | select.POLLRDHUP)
+    try:
+        return any(events & _HUNG_UP for _, events in _poll.poll(0))
+    finally:
+        _poll.unregister(fd)
 
 
 def close_after(request: Request) -> None:
