@@ -328,7 +328,7 @@ def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path |
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
     label = "Zowy gateway (auth+limits+metering, SQLite, 1 worker)"
     if transport or tls:
-        label += f" with transport {transport or 'aiohttp'}{', TLS upstream' if tls else ''}"
+        label += f" with transport {transport or 'h1'}{', TLS upstream' if tls else ''}"
     elif key != "gateway":
         label = f"Zowy {key} ({(tree_info or {}).get('commit', tree)})"
     return System(key, label, f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {api_key}"},

@@ -163,7 +163,7 @@ class Settings:
     breaker_min_accounts: int = setting("ZOWY_BREAKER_MIN_ACCOUNTS", 2, low=1)
     max_upstream_body_bytes: int = setting("ZOWY_MAX_UPSTREAM_BODY_BYTES", 32 * 1024 * 1024, low=1024)
     # The HTTP client to the upstreams (app/upstream/transport.py:make_transport).
-    upstream_transport: str = setting("ZOWY_UPSTREAM_TRANSPORT", "aiohttp")
+    upstream_transport: str = setting("ZOWY_UPSTREAM_TRANSPORT", "h1")
     drain_timeout: float = setting("ZOWY_DRAIN_TIMEOUT", 30.0, low=0)
     demo_mode: str = setting("ZOWY_DEMO", "auto", choices=("auto", "on", "off"))
     log_level: str = setting("ZOWY_LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
