@@ -267,3 +267,42 @@ async def test_head_gets_the_head_alone_and_a_draining_answer_closes():
     finally:
         await server.close()
         await server.after_stop()
+
+
+def responses(key: str, body: dict) -> bytes:
+    payload = json.dumps(body).encode()
+    lines = ["POST /v1/responses HTTP/1.1", "Host: gw", "Content-Type: application/json",
+             f"Authorization: Bearer {key}", f"Content-Length: {len(payload)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+
+
+def test_the_responses_api_answers_with_the_same_heads_on_one_connection(served):
+    gateway, customer = served
+    conn = Conn(gateway.process.port)
+    try:
+        conn.send(responses(customer.key, {"model": "zowy-1", "input": "hi"})
+                  + responses(customer.key, {"model": "zowy-1", "input": "hi", "stream": True, "store": False})
+                  + chat(customer.key, support.chat_body("after")))
+        head, headers, body, _ = conn.answer()
+        given = route_headers(headers)
+        assert [n for n, _ in given] == ["x-request-id", *RATE_LIMIT]
+        assert head + b"\r\n\r\n" == as_sanic_writes(200, given, body, True, "application/json"), head
+        answer = json.loads(body)
+        assert answer["object"] == "response" and answer["status"] == "completed"
+        assert [part["text"] for item in answer["output"] if item["type"] == "message" for part in item["content"]]
+
+        head, headers, body, raw = conn.answer()
+        given = route_headers(headers)
+        assert [n for n, _ in given] == ["x-request-id", *RATE_LIMIT, "cache-control", "x-accel-buffering"]
+        assert head + b"\r\n\r\n" == as_sanic_writes(200, given, b"", True, "text/event-stream", chunked=True)
+        assert raw.endswith(b"\r\n0\r\n\r\n") and b"\r\n0\r\n\r\n" not in raw[:-7]
+        kinds = [e.split(b"\n", 1)[0] for e in body.split(b"\n\n") if e]
+        assert kinds[:2] == [b"event: response.created", b"event: response.in_progress"], kinds
+        assert kinds[-1] == b"event: response.completed" and b"event: response.output_text.delta" in kinds
+        sequence = [json.loads(e.split(b"data: ", 1)[1])["sequence_number"] for e in body.split(b"\n\n") if e]
+        assert sequence == list(range(len(sequence)))
+
+        _, headers, body, _ = conn.answer()
+        assert dict(headers)["connection"] == "keep-alive" and json.loads(body)["object"] == "chat.completion"
+    finally:
+        conn.close()
