@@ -50,8 +50,8 @@ $(VENV)/.deps-bench: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[bench,loadtest]'
 	@touch $@
 
-## bench: the side-by-side benchmark into bench/results/ (BENCH_ARGS="--with-litellm --duration 10")
-bench: $(VENV)/.deps-bench
+## bench: the side-by-side benchmark into bench/results/ (BENCH_ARGS="--with-litellm --duration 10"); the test extra replays the conformance recordings at its end
+bench: $(VENV)/.deps-bench $(VENV)/.deps-test
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## bench-compare: the gateway of this checkout against the one of REV (default HEAD) in one run, with the bare proxy (BENCH_ARGS for more)

@@ -99,8 +99,8 @@ def table(runs: list[dict]) -> str:
 
 
 def reference(key: str) -> str:
-    """What a system is compared with in its own run: today's client in the same place (the bare
-    proxy's aiohttp session, or the gateway's aiohttp transport), over the same upstream."""
+    """What a system is compared with in its own run: the plain system in the same place (the bare
+    proxy's aiohttp session, or the gateway's default transport), over the same upstream."""
     c = parse(key) or Candidate(key, None, False)
     return c.kind + ("-tls" if c.tls else "")
 
@@ -143,7 +143,7 @@ def wide(runs: list[dict]) -> str:
              + " | ".join(f"{h} TLS" for h in heads) + " |", "|---|---" + "|---:" * (2 * len(heads)) + "|"]
     for transport in [None, *TRANSPORTS]:
         for kind in ("bare", "gateway"):
-            if transport == "aiohttp" and kind == "gateway":
+            if transport == "h1" and kind == "gateway":
                 continue  # the gateway's default: the "gateway" row
             key = kind if transport is None else f"{kind}-{transport}"
             cells = []
@@ -161,7 +161,7 @@ def wide(runs: list[dict]) -> str:
                                                        if len(values) > 1 else ""))
             label = transport
             if transport is None:
-                label = "today: aiohttp" + (" (ClientSession directly)" if kind == "bare" else " (AiohttpTransport)")
+                label = "aiohttp (ClientSession directly)" if kind == "bare" else "the gateway's default (h1; aiohttp in runs before it won)"
             elif transport == "aiohttp":
                 label = "aiohttp (AiohttpTransport, through the seam)"
             lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")

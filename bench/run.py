@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import resource
 import shutil
 import ssl
@@ -32,7 +33,8 @@ from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile
 from .systems import Context, System, Unavailable
 
 CONCURRENCY = 32
-ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", "litellm")
+# report.TWO_WORKERS: the gateway with 2 workers, only its throughput phases (against the 1-worker gateway's)
+ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", report.TWO_WORKERS, "litellm")
 # The gateway's other client APIs, loaded on the same gateway after chat: the route replacing
 # /chat/completions, the key's header (empty: chat's), and the loads measured (BODIES' keys).
 CLIENT_APIS = {
@@ -155,7 +157,7 @@ class Bench:
         return out
 
     def _lua(self, system: System, body: str) -> Path:
-        path = self.work / f"wrk-{system.key}-{body}.lua"
+        path = self.work / f"wrk-{re.sub(r'[^A-Za-z0-9._@-]', '_', system.key)}-{body}.lua"  # gateway@<dir> names a path
         if not path.exists():
             wrk.script(path, self.bodies[body].read_bytes(), {"Content-Type": "application/json", **system.headers})
         return path
@@ -468,6 +470,8 @@ class Bench:
             self.trees.close()
         if a.micro:
             out["micro"] = self.micro()
+        if a.conformance:
+            out["conformance"] = self.conformance()
         out["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         out["machine"]["loadavg_at_end"] = machine.loadavg()
         report.analyse(out)
@@ -495,12 +499,18 @@ class Bench:
                 tee_port = free_port()
                 tree, tree_info = self.trees.tree(key)
                 system = systems.gateway(self.ctx, tee_port, key, tree, tree_info)
+            elif key == report.TWO_WORKERS:
+                tree, tree_info = self.trees.tree("gateway")
+                system = systems.gateway(self.ctx, free_port(), key, tree, tree_info, workers=2)
             elif key == "litellm":
                 system = systems.litellm(self.ctx)
             else:
                 raise SystemExit(f"unknown system {key!r}")
             if client:
                 out["client_comparison"][client] = self.measure(system, full=False)
+                return
+            if key == report.TWO_WORKERS:
+                out["systems"][key] = self.measure(system, full=False)
                 return
             result = self.measure(system)
             if variants.is_gateway(key) or (candidate is not None and candidate.kind == "gateway"):
@@ -545,6 +555,24 @@ class Bench:
             results[body]["raw_file"] = str(svg)
         return results
 
+    def conformance(self) -> dict:
+        """The recorded upstream traffic replayed through this checkout's gateway to the OpenAI SDK
+        (tests/conformance/test_recordings.py): how many recordings pass."""
+        log("conformance recordings")
+        try:
+            done = subprocess.run([sys.executable, "-m", "pytest", "tests/conformance/test_recordings.py", "-q",
+                                   "-p", "no:cacheprovider", "-o", "addopts="], cwd=self.ctx.gateway_tree,
+                                  capture_output=True, text=True, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"error": str(exc)}
+        tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+        counts = {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", tail)}
+        if not counts:
+            return {"error": tail[-500:]}
+        return {"passed": counts.get("passed", 0), "failed": counts.get("failed", 0) + counts.get("error", 0)
+                + counts.get("errors", 0), "skipped": counts.get("skipped", 0), "summary": tail,
+                "failures": [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))][:20]}
+
     def micro(self) -> dict:
         log("micro-benchmarks")
         target = self.work / "micro.json"
@@ -588,6 +616,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
                    help="run the micro-benchmarks too (default: yes, except with --quick)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
+    p.add_argument("--conformance", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the conformance recordings through the gateway at the end (default: yes, except "
+                        "with --quick; needs the test extra)")
     p.add_argument("--responses", action=argparse.BooleanOptionalAction, default=True,
                    help="also load the gateway through the Responses API (default: yes)")
     p.add_argument("--messages", action=argparse.BooleanOptionalAction, default=True,
@@ -627,6 +658,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     if args.micro is None:
         args.micro = not args.quick
+    if args.conformance is None:
+        args.conformance = not args.quick
     if args.nice is None:
         args.nice = -5 if hasattr(os, "geteuid") and os.geteuid() == 0 and not args.quick else 0
     return args
@@ -647,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["md"].read_text())
     for kind, path in paths.items():
         log(f"wrote {kind}: {path}")
+    print("\n".join(["", "Targets of this run:", "", *report.targets_markdown(result)]))
     return 0 if result["systems"] else 1
 
 

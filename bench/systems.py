@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -302,10 +304,11 @@ def cli(env: dict[str, str], *args: str, tree: Path = ROOT) -> str:
 
 
 def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path | None = None,
-            tree_info: dict | None = None, transport: str | None = None, tls: bool = False) -> System:
+            tree_info: dict | None = None, transport: str | None = None, tls: bool = False, workers: int = 1) -> System:
     """The gateway from ``tree`` (default ``ctx.gateway_tree``), reported as ``key``; besides the
     bench key it makes a key limited to 1 request a minute for the refusal phase. ``transport``:
-    its ``ZOWY_UPSTREAM_TRANSPORT``; ``tls``: the bench model served by the TLS fake upstream."""
+    its ``ZOWY_UPSTREAM_TRANSPORT``; ``tls``: the bench model served by the TLS fake upstream;
+    ``workers``: its worker processes."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", key)
     tree = tree or ctx.gateway_tree
     data = ctx.work / name
@@ -324,18 +327,35 @@ def gateway(ctx: Context, fidelity_port: int, key: str = "gateway", tree: Path |
     cli(env, "packages", "grant", "--account", "bench", "--plan", "business", "--tokens", "100000000000", tree=tree)
     port = free_port()
     proc = spawn(name, [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
-                        "--workers", "1"], ctx.work, env=env, cpus=ctx.sut_cpus, cwd=tree)
+                        "--workers", str(workers)], ctx.work, env=env, cpus=ctx.sut_cpus, cwd=tree)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
-    label = "Zowy gateway (auth+limits+metering, SQLite, 1 worker)"
+    if workers > 1:
+        _wait_all_workers(port, proc)
+    label = f"Zowy gateway (auth+limits+metering, SQLite, {workers} worker{'s' if workers > 1 else ''})"
     if transport or tls:
-        label += f" with transport {transport or 'aiohttp'}{', TLS upstream' if tls else ''}"
+        label += f" with transport {transport or 'h1'}{', TLS upstream' if tls else ''}"
     elif key != "gateway":
         label = f"Zowy {key} ({(tree_info or {}).get('commit', tree)})"
     return System(key, label, f"http://127.0.0.1:{port}/api/v1/chat/completions", {"Authorization": f"Bearer {api_key}"},
                   [proc], info={"models_file": str(models), "data_dir": str(data), "store": "sqlite", "tls": tls,
-                                "workers": 1, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")},
+                                "workers": workers, "env": {k: v for k, v in env.items() if k.startswith("ZOWY_")},
                                 **(tree_info or {})},
                   limited_headers={"Authorization": f"Bearer {limited_key}"})
+
+
+def _wait_all_workers(port: int, proc: Proc, timeout: float = 60.0) -> None:
+    """Until /readyz reports every worker of the gateway ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.alive():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                workers = json.loads(r.read())["checks"].get("workers") or {}
+                if workers.get("ready") == workers.get("expected"):
+                    return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"not every gateway worker became ready within {timeout:g} s")
 
 
 def _new_key(env: dict[str, str], tree: Path, per_minute: str, per_hour: str) -> str:

@@ -17,11 +17,11 @@ from app.catalog.models import Target
 from app.upstream.transport import AiohttpTransport, _Body
 
 TRANSPORTS = {
-    "aiohttp": "aiohttp",  # today's transport, app/upstream/transport.py
+    "aiohttp": "aiohttp",  # the gateway's fallback, app/upstream/transport.py (its default before h1)
     "aiohttp-tuned": "bench.transports:AiohttpTunedTransport",
     "pyreqwest": "bench.transports:PyreqwestTransport",
     "pyqwest": "bench.transports:PyqwestTransport",
-    "h1": "h1",  # app/upstream/transport_h1.py
+    "h1": "h1",  # the gateway's default, app/upstream/transport_h1.py
 }
 
 

@@ -1,2 +1,3 @@
 """Low-balance alerts: which thresholds a balance crossed (rules) and the signed webhooks that tell
-the account (delivery, the one other user of aiohttp besides the upstream transport)."""
+the account (delivery: aiohttp's client, whose only other user is the upstream
+transport's aiohttp fallback)."""

@@ -32,7 +32,7 @@ class LedgerWriter:
     """Queue, batch, write; spool on failure; replay when the store is back."""
 
     def __init__(
-        self, store: Store, spool_dir: Path, batch: int = 512, interval: float = 0.05,
+        self, store: Store, spool_dir: Path, batch: int = 512, interval: float = 0.2,
         write_timeout: float = 10.0, metrics: Metrics | None = None, journal: Journal | None = None,
         token: str | None = None,
     ) -> None:

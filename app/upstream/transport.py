@@ -1,5 +1,7 @@
-"""HTTP to the upstream models over aiohttp's pooled client, one session per worker, and the one
-place its exceptions are told apart (``upstream/`` is the only package that imports aiohttp)."""
+"""The transport a worker sends upstream requests with (``make_transport``): h1, our HTTP/1.1 client
+(transport_h1.py), unless ``ZOWY_UPSTREAM_TRANSPORT`` names another; and the aiohttp client it
+replaced, kept as a fallback, with the one place its exceptions are told apart (the other user of
+aiohttp is alert delivery, alerts/delivery.py)."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +12,7 @@ from aiohttp.payload import BytesPayload
 
 from ..catalog.models import Target
 from ..core.config import ConfigError
+from .transport_h1 import H1Transport
 
 
 class _Body(BytesPayload):
@@ -29,7 +32,8 @@ class _Body(BytesPayload):
 
 
 class AiohttpTransport:
-    """Sends chat requests; a response has ``status``, ``headers``, ``content.readany()``,
+    """Sends chat requests over aiohttp's pooled client, one session per worker (the fallback of
+    ``ZOWY_UPSTREAM_TRANSPORT=aiohttp``); a response has ``status``, ``headers``, ``content.readany()``,
     ``release()`` (back to the pool) and ``close()`` (drop the connection)."""
 
     def __init__(self, per_host: int = 256) -> None:
@@ -76,15 +80,13 @@ class AiohttpTransport:
 
 
 def make_transport(name: str, per_host: int):
-    """The transport ``ZOWY_UPSTREAM_TRANSPORT`` names: ``aiohttp`` (the default), ``h1`` (our
-    HTTP/1.1 client, app/upstream/transport_h1.py), or ``package.module:Class`` (a candidate the
-    bench measures, built with ``per_host``)."""
+    """The transport ``ZOWY_UPSTREAM_TRANSPORT`` names: ``h1`` (the default: our HTTP/1.1 client,
+    transport_h1.py), ``aiohttp`` (the client it replaced), or ``package.module:Class`` (a candidate
+    the bench measures, built with ``per_host``)."""
+    if name == "h1":
+        return H1Transport(per_host)
     if name == "aiohttp":
         return AiohttpTransport(per_host)
-    if name == "h1":
-        from .transport_h1 import H1Transport
-
-        return H1Transport(per_host)
     module, _, cls = name.partition(":")
     try:
         return getattr(importlib.import_module(module), cls)(per_host)

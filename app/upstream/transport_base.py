@@ -1,6 +1,6 @@
 """The transport seam: what the upstream client needs of a transport and of the responses it returns.
-The aiohttp transport (transport.py) and the in-process mock (mock.py) both fit it; the client knows
-nothing else of either."""
+The HTTP/1.1 transport (transport_h1.py), the aiohttp fallback (transport.py) and the in-process mock
+(mock.py) all fit it; the client knows nothing else of them."""
 from __future__ import annotations
 
 from typing import Callable, Mapping, Protocol, runtime_checkable

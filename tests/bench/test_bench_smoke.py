@@ -144,3 +144,34 @@ def test_capacity_search_doubles_then_bisects_within_the_budget():
 def test_gateway_variants_are_named_by_revision():
     assert variants.revision_of("gateway@HEAD~3") == "HEAD~3" and variants.revision_of("gateway") is None
     assert variants.is_gateway("gateway@abc") and not variants.is_gateway("bare")
+
+
+def test_targets_compare_with_bare_litellm_and_one_worker_and_name_what_was_not_met():
+    def system(cpu_us: float, rps_ns: float, rps_s: float, cpu_stream_us: float | None = None) -> dict:
+        return {"throughput": {"non_stream": {"rps": rps_ns, "cpu": {"per_1000_requests_s": cpu_us / 1000}},
+                               "stream": {"rps": rps_s, "cpu": {"per_1000_requests_s": (cpu_stream_us or 2 * cpu_us) / 1000}}}}
+
+    bare = {**system(200, 4000, 2000), "long_streams": {"cpu_per_event_us": 20.0},
+            "latency_c1": {"non_stream": {"latency": {"p50_ms": 0.50}}}}
+    gateway = {**system(300, 2000, 1800), "long_streams": {"cpu_per_event_us": 19.0},
+               "latency_c1": {"non_stream": {"latency": {"p50_ms": 0.65}}},
+               "refusal": {"cpu_per_refused_us": 60.0}, "fidelity": {"met": True},
+               "open_streams": {"rss_per_1000_streams_mb": 30.0, "open": 10, "requested": 10}}
+    out = {"systems": {"bare": bare, "gateway": gateway, "gateway-2w": system(345, 2100, 1900, 560),
+                       "litellm": system(15000, 40, 50)},
+           "conformance": {"passed": 90, "failed": 1, "summary": "1 failed, 90 passed"}}
+    out["targets"] = report.targets(out)
+    rows = {t["target"]: t for t in out["targets"]}
+    assert rows["CPU per relayed event (long streams) <= 0.9x bare"]["met"] is False  # 0.95
+    assert rows["CPU per non-stream request <= 1.6x bare"]["met"] is True  # 1.5
+    assert rows["10-event stream throughput >= 0.8x bare (c=32)"]["met"] is True  # 0.9
+    assert rows["added p50 at c=1 over bare <= 0.1 ms"]["met"] is False  # 0.15 ms
+    assert rows["throughput >= 40x LiteLLM, non-stream (c=32)"]["met"] is True  # 50x
+    assert rows["throughput >= 40x LiteLLM, stream (c=32)"]["met"] is False  # 36x
+    assert rows["refused (429) request CPU <= 0.4x admitted non-stream request"]["met"] is True  # 0.2
+    assert rows["stream bytes out == bytes in except id, model, system_fingerprint"]["met"] is True
+    two = {k: v for k, v in rows.items() if k.startswith("2 workers")}
+    assert [t["met"] for t in two.values()] == [False, True]  # 1.15x non-stream, 0.93x stream
+    assert rows["every conformance recording passes (tests/conformance/test_recordings.py)"]["met"] is False
+    table = "\n".join(report.targets_markdown(out))
+    assert table.count("**not met**") == 5 and "| 2 workers: CPU per non-stream request" in table

@@ -108,3 +108,36 @@ async def test_a_spool_file_held_by_a_live_process_is_left_alone(store, tmp_path
     assert await other.replay(store, 100) == 0
     assert await live.replay(store, 100) == 1
     live.close()
+
+
+async def test_a_batch_is_written_off_the_event_loop_which_serves_meanwhile(store, monkeypatch):
+    """The SQLite store writes a ledger batch on a thread of its own: the loop keeps running while
+    the batch is in SQLite."""
+    import asyncio
+    import threading
+
+    real = SqliteStore._record
+    seen = {}
+
+    def record(self, db, entries):
+        seen["thread"] = threading.get_ident()
+        seen["loop_ran"] = ticks[0]
+        time.sleep(0.05)  # a batch that takes a while (a checkpoint, a busy file)
+        seen["loop_ran_meanwhile"] = ticks[0] - seen["loop_ran"]
+        return real(self, db, entries)
+
+    ticks = [0]
+
+    async def tick():
+        while True:
+            ticks[0] += 1
+            await asyncio.sleep(0.001)
+
+    monkeypatch.setattr(SqliteStore, "_record", record)
+    ticker = asyncio.create_task(tick())
+    try:
+        assert await store.record([entry(1), entry(2)]) == 2
+    finally:
+        ticker.cancel()
+    assert seen["thread"] != threading.get_ident() and seen["loop_ran_meanwhile"] > 5
+    assert await used(store) == 20

@@ -229,6 +229,24 @@ def test_plain_content_reads_are_not_parsed(monkeypatch):
     assert parsed == [] and out.count(OURS.encode()) == 50
 
 
+def test_a_stream_read_whole_sends_its_content_events_as_one_span(monkeypatch):
+    """A stream that arrives in one read (an upstream with no think time): the first event teaches
+    the identity, the content events after it go as one span, only the end is taken event by event."""
+    import app.wire.rewrite
+
+    taken = []
+    real = app.wire.rewrite.StreamRewriter._one
+    monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_one", lambda self, event: taken.append(event) or real(self, event))
+    content = '"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026","system_fingerprint":"fp_abc","choices":[{"index":0,"delta":{"content":"w"},"finish_reason":null}],"usage":null'
+    events = openai_stream()
+    stream = events[:1] + [f"data: {{{content}}}\n\n".encode()] * 10 + events[3:]  # role, 10 words, finish, usage, [DONE]
+    out, rewriter = run(stream, include_usage=True)
+    assert [event[:12] for event in taken] == [stream[0][:12], stream[-2][:12], b"data: [DONE]"]
+    expected, _ = run(stream, include_usage=True, splits=len(b"".join(stream)) - 1)  # a byte per read
+    assert out == expected and rewriter.usage == Usage(11, 3, 14) and rewriter.done
+    assert out.count(OURS.encode()) == 13 and b"UP42" not in out
+
+
 def test_a_stream_without_finish_reason_gets_one_before_done():
     rewriter = gemini_rewriter(include_usage=False)
     out = rewriter.feed(GEMINI_CALL.replace(b',"finish_reason":"tool_calls"', b"")) + rewriter.feed(b"data: [DONE]\n\n")

@@ -1,5 +1,5 @@
-"""The upstream seams: every provider a models file may name has a provider (and its dialect), both
-transports fit the transport seam, and an upstream stream closes itself when its reader leaves."""
+"""The upstream seams: every provider a models file may name has a provider (and its dialect), every
+transport fits the transport seam, and an upstream stream closes itself when its reader leaves."""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +9,7 @@ from app.upstream.mock import MockResponse, MockTransport
 from app.upstream.providers import PROVIDERS
 from app.upstream.stream import UpstreamStream
 from app.upstream.transport import AiohttpTransport
+from app.upstream.transport_h1 import H1Transport
 from app.upstream.transport_base import Transport
 from app.wire.rewrite import OPENAI, Dialect, StreamRewriter
 
@@ -20,11 +21,12 @@ def test_every_provider_a_target_may_name_is_registered_with_its_dialect():
     assert PROVIDERS["openai"].dialect is OPENAI and PROVIDERS["gemini"].dialect is not OPENAI
 
 
-def test_both_transports_fit_the_seam():
+def test_every_transport_fits_the_seam():
     async def handler(request):
         return MockResponse.json({})
 
     assert isinstance(MockTransport(handler), Transport)
+    assert isinstance(H1Transport(), Transport)
     assert isinstance(AiohttpTransport(), Transport)
     assert not isinstance(object(), Transport)
 

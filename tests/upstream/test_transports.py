@@ -1,4 +1,4 @@
-"""The upstream transports of the product (aiohttp, h1) against a scripted HTTP/1.1 server on
+"""The upstream transports of the product (h1, and the aiohttp fallback) against a scripted HTTP/1.1 server on
 127.0.0.1, plain and TLS: bodies by length, chunked and until close, keep-alive reuse and a server
 that drops a kept-alive connection, timeouts, the body cap, the per-host limit, and every failure
 mapped to the kind the upstream client expects."""
@@ -531,10 +531,11 @@ def test_the_transport_setting_chooses_the_client():
     from app.core.config import ConfigError
     from app.upstream.transport import make_transport
 
-    assert isinstance(UpstreamClient(Settings()).transport, AiohttpTransport)
-    chosen = UpstreamClient(Settings(upstream_transport="h1")).transport
+    chosen = UpstreamClient(Settings()).transport
     assert isinstance(chosen, H1Transport) and chosen.per_host == 256
+    assert isinstance(UpstreamClient(Settings(upstream_transport="aiohttp")).transport, AiohttpTransport)
     assert type(make_transport("bench.transports:AiohttpTunedTransport", 8)).__name__ == "AiohttpTunedTransport"
     with pytest.raises(ConfigError, match="ZOWY_UPSTREAM_TRANSPORT"):
         make_transport("no.such:Transport", 8)
-    assert Settings.from_env({"ZOWY_UPSTREAM_TRANSPORT": "h1", "ZOWY_DEMO": "on"}).upstream_transport == "h1"
+    assert Settings.from_env({"ZOWY_DEMO": "on"}).upstream_transport == "h1"
+    assert Settings.from_env({"ZOWY_UPSTREAM_TRANSPORT": "aiohttp", "ZOWY_DEMO": "on"}).upstream_transport == "aiohttp"

@@ -34,7 +34,7 @@ async def messages(request: Request) -> HTTPResponse | None:
         )
         answer = await pipeline.serve(services, MESSAGES, exchange, call)
         if type(answer) is bytes:
-            return HTTPResponse(answer, status=200, headers=exchange.headers, content_type="application/json")
+            return await io.answer(request, answer, exchange.headers, services.draining)
         await io.send_events(request, answer)
         return None
 

@@ -33,7 +33,7 @@ async def create(request: Request) -> HTTPResponse | None:
             raise InvalidRequest(missing.message, param="model", code="model_not_found") from None
         if type(answer) is bytes:
             await api.store_answer()
-            return HTTPResponse(answer, status=200, headers=exchange.headers, content_type="application/json")
+            return await io.answer(request, answer, exchange.headers, services.draining)
         await io.send_events(request, answer)
         return None
 

@@ -41,7 +41,7 @@ class SqliteStore(
     async def close(self) -> None:
         self._hot.close()
         self._limits.close()
-        for connection in (self._slow, self._limits_slow):
+        for connection in (self._slow, self._ledger, self._limits_slow):
             await connection.close()
 
     async def ping(self) -> None:

@@ -127,7 +127,8 @@ class Inline:
 
 class SqliteBase:
     """The files and connections every part of the store works on: the main file (statements of a
-    request inline on the loop, the rest on a thread) and the rate windows' file of its own."""
+    request inline on the loop, ledger batches on a thread of their own, the rest on another) and the
+    rate windows' file of its own."""
 
     def __init__(self, path: Path | str, timeout: float = 5.0) -> None:
         self.path = Path(path)
@@ -136,6 +137,9 @@ class SqliteBase:
         # long reports) go to a thread.
         self._slow = Connection(self.path, timeout)
         self._hot = Inline(self.path, self._slow)
+        # Ledger batches: a thread and connection of their own, so the loop never waits on their
+        # writes (nor on the checkpoints they trigger), and a report never delays them.
+        self._ledger = Connection(self.path, timeout)
         self.limits_path = self.path.with_name(self.path.stem + "-limits" + self.path.suffix)
         self._limits_slow = Connection(self.limits_path, timeout)
         self._limits = Inline(self.limits_path, self._limits_slow, synchronous="OFF")

@@ -99,7 +99,7 @@ class SqliteLedger(SqliteBase):
     async def record(self, entries: list[LedgerEntry]) -> int:
         if not entries:
             return 0
-        return await self._hot.run(lambda db: self._record(db, entries))
+        return await self._ledger.run(lambda db: self._record(db, entries))
 
     def _record(self, db: sqlite3.Connection, entries: list[LedgerEntry]) -> int:
         unique: dict[str, LedgerEntry] = {e.request_id: e for e in entries}
