@@ -29,6 +29,10 @@ run: $(VENV)/.deps-run
 test: $(VENV)/.deps-test tests/js/node_modules chromium
 	$(BIN)/python -m pytest
 
+## test-fast: the tests that run in process, in seconds (unit, app, SQLite store, upstream transports and doubles); no other process starts
+test-fast: $(VENV)/.deps-test
+	$(BIN)/python -m pytest --fast
+
 .PHONY: chromium
 chromium:
 	@sh tests/console/install-chromium.sh
