@@ -21,12 +21,17 @@ tests/js/node_modules: tests/js/package.json
 	@if command -v npm >/dev/null 2>&1; then npm install --silent --no-audit --no-fund --prefix tests/js && touch $@; \
 	else echo "npm not found: the JS SDK tests will be skipped"; fi
 
+# Codex CLI (its npm package ships the binary), which tests/clients runs against the gateway.
+tests/clients/codex/node_modules: tests/clients/codex/package.json
+	@if command -v npm >/dev/null 2>&1; then npm install --silent --no-audit --no-fund --prefix tests/clients/codex && touch $@; \
+	else echo "npm not found: the Codex CLI tests will be skipped"; fi
+
 ## run: serve the gateway on 127.0.0.1:8000 (demo mode when no provider keys are set)
 run: $(VENV)/.deps-run
 	$(BIN)/python -m app serve
 
 ## test: the whole suite (installs Debian's chromium for the console's browser tests when it is missing and you are root)
-test: $(VENV)/.deps-test tests/js/node_modules chromium
+test: $(VENV)/.deps-test tests/js/node_modules tests/clients/codex/node_modules chromium
 	$(BIN)/python -m pytest
 
 ## test-fast: the tests that run in process, in seconds (unit, app, SQLite store, upstream transports and doubles); no other process starts
@@ -38,7 +43,7 @@ chromium:
 	@sh tests/console/install-chromium.sh
 
 clean:
-	rm -rf $(VENV) var tests/js/node_modules .pytest_cache
+	rm -rf $(VENV) var tests/js/node_modules tests/clients/codex/node_modules .pytest_cache
 
 $(VENV)/.deps-bench: pyproject.toml | $(BIN)/python
 	$(PIP) -e '.[bench,loadtest]'

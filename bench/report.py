@@ -154,6 +154,27 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     ]
     if os_.get("open") is not None and os_.get("open") != os_.get("requested") and rows[-2]["met"]:
         rows[-2]["met"] = False
+    rows += responses_targets(g, tag)
+    return rows
+
+
+def responses_targets(g: dict, tag: str = "") -> list[dict]:
+    """The Responses API against chat completions on the same gateway in the same run."""
+    r = g.get("responses")
+    if not r:
+        return []
+    rows = []
+    for kind, label in (("non_stream", "non-stream request"), ("stream", "10-event stream request")):
+        ours, chat = cpu_per_request_us(r, kind), cpu_per_request_us(g, kind)
+        rows.append(_target(f"Responses API CPU per {label} <= 1.3x chat{tag}", _div(ours, chat), 1.3, False, "x",
+                            f"{_f(ours, 0)} / {_f(chat, 0)} µs per request (c=32)"))
+    stored = cpu_per_request_us(r, "non_stream_stored")
+    rows.append({"target": f"Responses API CPU per stored non-stream request / chat{tag}",
+                 "value": _div(stored, cpu_per_request_us(g, "non_stream")), "threshold": "reported", "met": "reported",
+                 "note": f"{_f(stored, 0)} µs per request with store: true (one store write each)"})
+    ev, ev_chat = cpu_per_event(r), cpu_per_event(g)
+    rows.append(_target(f"Responses API CPU per relayed event (long streams) <= 1.3x chat{tag}", _div(ev, ev_chat), 1.3,
+                        False, "x", f"{_f(ev, 1)} / {_f(ev_chat, 1)} µs per event"))
     return rows
 
 

@@ -53,12 +53,24 @@ def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, lo
             doc["stream"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
+    def responses(stream: bool, text: str, store: bool = False) -> bytes:
+        doc = {"model": systems.PUBLIC_MODEL, "instructions": PROMPT, "input": text, "store": store}
+        if stream:
+            doc["stream"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
     files = {
         "plain": body(False, "Say hello to the benchmark, please."),
         "stream": body(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
         "hold": body(True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
         "long": body(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
         "capacity": body(True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
+        # The same conversations through the Responses API (store: false, as Codex sends it; and the
+        # default, stored, for the non-stream request).
+        "responses_plain": responses(False, "Say hello to the benchmark, please."),
+        "responses_plain_stored": responses(False, "Say hello to the benchmark, please.", store=True),
+        "responses_stream": responses(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
+        "responses_long": responses(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
     }
     out = {}
     for name, data in files.items():
@@ -260,6 +272,8 @@ class Bench:
                     f"started for {a.duration}s")
                 r["long_streams"] = self.long_streams(system)
                 r["long_streams"]["settle"] = self.settle()
+            if a.responses and system.key.startswith("gateway"):
+                r["responses"] = self.responses_api(system)
             r["alive"] = system.alive()
             return r
         lat = str(a.latency_duration)
@@ -286,6 +300,8 @@ class Bench:
                 f"started for {a.duration}s")
             r["long_streams"] = self.long_streams(system)
             r["long_streams"]["settle"] = self.settle()
+        if a.responses and system.key.startswith("gateway"):
+            r["responses"] = self.responses_api(system)
         if system.limited_headers:
             log(f"{system.key}: refused (429) requests c={CONCURRENCY}, {a.duration}s")
             r["refusal"] = self.refusal(system)
@@ -306,6 +322,31 @@ class Bench:
         result = self.accounted(system, run, count=lambda r: r.get("events"))
         result["cpu_per_event_us"] = result["cpu"]["per_unit_us"]
         return result
+
+    def responses_api(self, system: System) -> dict:
+        """The Responses API on the same gateway, right after its chat phases: the same loads through
+        POST /v1/responses, for CPU per request and per relayed event against chat in the same run."""
+        a = self.args
+        responses = dataclasses.replace(system, key=f"{system.key}-responses",
+                                        url=system.url.replace("/chat/completions", "/responses"), owned=False)
+        out: dict = {"throughput": {}}
+        for name, body in (("non_stream", "responses_plain"), ("non_stream_stored", "responses_plain_stored"),
+                           ("stream", "responses_stream")):
+            log(f"{responses.key}: throughput c={CONCURRENCY} {name}, {a.duration}s")
+            if a.warmup >= 1 or not self.wrk:
+                self.throughput(responses, body, a.warmup)
+            out["throughput"][name] = self.accounted(responses, lambda body=body: self.throughput(responses, body, a.duration))
+        if a.long_streams:
+            log(f"{responses.key}: {a.long_streams} long streams, started for {a.duration}s")
+
+            def run() -> dict:
+                return self.loadgen("streams", responses, "responses_long", "--streams", str(a.long_streams), "--duration",
+                                    str(a.duration), "--spacing", str(a.long_delay), "--tail", "60")
+
+            out["long_streams"] = self.accounted(responses, run, count=lambda r: r.get("events"))
+            out["long_streams"]["cpu_per_event_us"] = out["long_streams"]["cpu"]["per_unit_us"]
+            out["long_streams"]["settle"] = self.settle()
+        return out
 
     def refusal(self, system: System) -> dict:
         """The limited key's minute window filled, then the same non-stream load as the throughput phase."""
@@ -521,6 +562,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
                    help="run the micro-benchmarks too (default: yes, except with --quick)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
+    p.add_argument("--responses", action=argparse.BooleanOptionalAction, default=True,
+                   help="also load the gateway through the Responses API (default: yes)")
     p.add_argument("--lean", action="store_true",
                    help="per system only the throughput and long-stream phases (the transport bake-off, bench/bakeoff.py)")
     p.add_argument("--nice", type=int, default=None,

@@ -46,6 +46,10 @@ const INDEXES = {
   "audit": [
     {"key": {"at": 1}, "name": "at"},
     {"key": {"account_id": 1, "at": 1}, "name": "account_at"}
+  ],
+  "responses": [
+    {"key": {"expires_at": 1}, "name": "expires_at_ttl", "expireAfterSeconds": 0},
+    {"key": {"account_id": 1}, "name": "account_id"}
   ]
 };
 // END INDEXES

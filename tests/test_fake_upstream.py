@@ -304,6 +304,16 @@ async def test_tool_choice_rules(http, upstream):
     assert (await finish(text="call a tool"))["finish_reason"] == "stop"
 
 
+async def test_tool_result_is_answered_with_text(sdk):
+    call = {"id": "call_fake1", "type": "function", "function": {"name": "get_weather", "arguments": TOOL_ARGUMENTS}}
+    messages = [{"role": "user", "content": "please call a tool"}, {"role": "assistant", "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_fake1", "content": "sunny"}]
+    answer = await sdk.chat.completions.create(model="m", tools=[WEATHER_TOOL], messages=messages)
+    assert answer.choices[0].finish_reason == "stop" and answer.choices[0].message.content
+    forced = await sdk.chat.completions.create(model="m", tools=[WEATHER_TOOL], messages=messages, tool_choice="required")
+    assert forced.choices[0].finish_reason == "tool_calls"
+
+
 async def test_logprobs_non_stream_and_stream(http, upstream):
     body = chat("[[fake:chunks=2]]", logprobs=True, top_logprobs=2)
     async with await post(http, upstream, body) as r:

@@ -30,6 +30,7 @@ def test_served_document_is_the_generated_one(gateway):
         served = h.get("/openapi.json").json()
     assert served == json.loads(json.dumps(document(gateway.settings())))
     jsonschema.Draft202012Validator.check_schema(served["components"]["schemas"]["ChatCompletionRequest"])
+    jsonschema.Draft202012Validator.check_schema(served["components"]["schemas"]["ResponsesRequest"])
 
 
 def test_every_route_is_documented_and_every_documented_route_exists(settings, tmp_path):
@@ -156,6 +157,25 @@ def test_every_status_served_is_declared(served):
             for status in (500, 503, 429, 400):
                 content = f"hi [[fake:status={status}]]"
                 call("POST", chat, headers=key, json={"model": "zowy-1-pro", "messages": [{"role": "user", "content": content}]})
+            responses = f"{prefix}/responses"
+            made = call("POST", responses, 200, headers=key, json={"model": "zowy-1", "input": "hi"}).json()["id"]
+            call("POST", responses, 200, headers=key, json={"model": "zowy-1", "input": "hi", "stream": True})
+            call("POST", responses, 401, json={"model": "zowy-1", "input": "hi"})
+            call("POST", responses, 400, headers=key, json={"model": "zowy-1", "input": [{"type": "bogus"}]})
+            call("POST", responses, 400, headers=key, json={"model": "no-such-model", "input": "hi"})
+            call("POST", responses, 402, headers={"Authorization": f"Bearer {broke.key}"}, json={"model": "zowy-1", "input": "hi"})
+            for status in (500, 503, 429, 400):
+                call("POST", responses, headers=key, json={"model": "zowy-1-pro", "input": f"hi [[fake:status={status}]]"})
+            call("GET", f"{responses}/{made}", 200, headers=key)
+            call("GET", f"{responses}/{made}", 401)
+            call("GET", f"{responses}/resp_nobody", 404, headers=key)
+            call("GET", f"{responses}/{made}/input_items", 200, headers=key)
+            call("GET", f"{responses}/{made}/input_items?limit=0", 400, headers=key)
+            call("GET", f"{responses}/resp_nobody/input_items", 404, headers=key)
+            call("GET", f"{responses}/{made}/input_items", 401)
+            call("DELETE", f"{responses}/{made}", 200, headers=key)
+            call("DELETE", f"{responses}/{made}", 404, headers=key)
+            call("DELETE", f"{responses}/{made}", 401)
             call("GET", f"{prefix}/models", 200, headers=key)
             call("GET", f"{prefix}/models", 401)
             call("GET", f"{prefix}/models/zowy-1", 200, headers=key)
@@ -176,6 +196,11 @@ def test_every_status_served_is_declared(served):
         call("GET", "/api/v1/models", 403, headers=fenced_key)
         call("GET", "/api/v1/models/zowy-1", 403, headers=fenced_key)
         call("GET", "/api/v1/usage", 403, headers=fenced_key)
+        call("POST", "/api/v1/responses", 403, headers=fenced_key, json={"model": "zowy-1", "input": "hi"})
+        call("GET", "/api/v1/responses/resp_x", 403, headers=fenced_key)
+        call("DELETE", "/api/v1/responses/resp_x", 403, headers=fenced_key)
+        call("GET", "/api/v1/responses/resp_x/input_items", 403, headers=fenced_key)
+        call("POST", "/api/v1/responses", 429, headers=slow_key, json={"model": "zowy-1", "input": "hi"})
 
         # operations
         call("GET", "/healthz", 200)

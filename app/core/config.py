@@ -152,6 +152,8 @@ class Settings:
     plans: Plans = Plans()
     package_days: int = setting("ZOWY_PACKAGE_DAYS", 30, low=1)
     code_days: int = setting("ZOWY_CODE_DAYS", 365, low=1)
+    # How long a stored Responses API response is kept (OpenAI keeps them 30 days).
+    responses_ttl: int = setting("ZOWY_RESPONSES_TTL", 30 * 86400, low=60)
     meter_batch: int = setting("ZOWY_METER_BATCH", 512, low=1)
     meter_interval: float = setting("ZOWY_METER_INTERVAL", 0.05, low=0.001)
     upstream_attempts: int = setting("ZOWY_UPSTREAM_ATTEMPTS", 3, low=1)

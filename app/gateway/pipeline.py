@@ -16,8 +16,10 @@ from ..catalog.models import PublicModel
 from ..core.config import RequestLimits
 from ..core.errors import GatewayError, InvalidRequest, ModelNotFound
 from ..upstream.stream import UpstreamStream
+from ..store import Store
 from ..wire.chat import RequestFacts
-from ..wire.rewrite import StreamRewriter
+from ..wire.rewrite import Dialect, StreamRewriter
+from ..wire.usage import Usage
 from .exchange import Exchange
 from .services import Services
 
@@ -35,11 +37,23 @@ class ClientApi(Protocol):
     def completion(self, request: dict[str, Any], default: int) -> tuple[int, int]:
         """The tokens each choice of the answer may use, and how many choices are asked."""
 
+    async def resolve(self, request: dict[str, Any], facts: RequestFacts, account_id: str,
+                      store: Store) -> tuple[dict[str, Any], RequestFacts]:
+        """The request with what it refers to that the account has stored (a Responses request's
+        previous response and item references), read once the caller is known; what it read counts
+        in the reservation as ``facts.history_bytes``."""
+
     def limit(self, request: dict[str, Any], tokens: int) -> None:
         """Limit each choice of the answer to ``tokens`` (what the balance can pay for)."""
 
-    def include_usage(self, request: dict[str, Any]) -> bool:
-        """Whether the stream carries the usage at its end."""
+    def answer(self, model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
+        """How a non-stream upstream body (and its provider's dialect) becomes this API's answer and
+        the usage it shows; MalformedUpstream on a body it cannot read."""
+
+    def rewriter(self, request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """What reads the upstream's stream (with its provider's dialect): an object with the chat
+        ``StreamRewriter``'s interface whose output is this API's events."""
 
     def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The stream's bytes for the caller, from the rewritten chat chunks."""
@@ -107,6 +121,7 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     exchange.key_id, exchange.account_id = key.id, key.account_id
     admission.refuse_if_full(key)  # a retry loop against a full window costs no parsing, no store
     body, facts = api.parse(call.body, services.settings.request_limits)
+    body, facts = await api.resolve(body, facts, key.account_id, services.store)
     model = services.settings.models.get(body["model"])
     if model is None or not key.allows(model.id):
         raise ModelNotFound(f"The model '{body['model']}' does not exist or you do not have access to it.", param="model")
@@ -120,7 +135,8 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     decision = await admission.limit(key)
     exchange.headers.update(decision.headers())
     completion, choices = api.completion(body, model.default_completion_tokens)
-    prompt = prompt_need(len(call.body), facts.image_bytes, facts.images, services.guard_bytes)
+    exchange.prompt_bytes += facts.history_bytes
+    prompt = prompt_need(len(call.body) + facts.history_bytes, facts.image_bytes, facts.images, services.guard_bytes)
     reservation = exchange.reservation = await admission.reserve(key, prompt, completion, choices)
     if reservation.tokens < prompt + completion * choices:
         # The balance (or the key's cap) holds less than the answer allowed: the answer is limited
@@ -130,7 +146,8 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     if exchange.stream:
         return await _stream(services, api, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
-        model, body, exchange.request_id, exchange.attempts, exchange.completion_id
+        model, body, exchange.request_id, exchange.attempts, exchange.completion_id,
+        api.answer(model.id, exchange.request_id, exchange.estimate),
     )
     return out
 
@@ -144,9 +161,8 @@ def _still_wanted(call: Call) -> None:
 
 
 async def _stream(services: Services, api: ClientApi, model: PublicModel, body: dict, exchange: Exchange) -> Events:
-    include_usage = api.include_usage(body)
     upstream = exchange.upstream = await services.upstream.stream(
         model, body, exchange.request_id, exchange.attempts,
-        lambda dialect: StreamRewriter(model.id, exchange.completion_id, include_usage, dialect, exchange.estimate),
+        api.rewriter(body, model.id, exchange.request_id, exchange.estimate),
     )
     return Events(api.events(upstream), exchange, api, upstream, services)

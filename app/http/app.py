@@ -33,7 +33,7 @@ from ..core.metrics import Metrics
 from ..gateway.services import Services
 from ..upstream.transport_base import Transport
 from . import console, io
-from .routes import account, admin, chat, health, models, topup, usage
+from .routes import account, admin, chat, health, models, responses, topup, usage
 
 log = logging.getLogger("zowy")
 
@@ -114,7 +114,7 @@ def create_app(settings: Settings, transport: Transport | None = None, *, name: 
         GRACEFUL_SHUTDOWN_TIMEOUT=settings.drain_timeout,
     )
     app.ctx.settings = settings
-    for blueprint in (chat.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, topup.bp):
+    for blueprint in (chat.bp, responses.bp, models.bp, usage.bp, health.bp, admin.bp, account.bp, topup.bp):
         app.blueprint(blueprint)
     if settings.console.enabled:
         app.blueprint(console.bp)

@@ -7,6 +7,7 @@ from typing import Any
 from ..core.config import Settings
 from ..wire.bodies import ACCOUNT_SCHEMAS, ADMIN_SCHEMAS
 from ..wire.chat import CHAT_REQUEST_SCHEMA
+from ..wire.responses.request import RESPONSES_REQUEST_SCHEMA
 
 
 def json_schema(core: dict) -> dict[str, Any]:
@@ -106,13 +107,14 @@ _ERRORS = {
 _ANY = (408, 413, 431, 500)
 
 
-def _responses(ok: str, *errors: int, status: int = 200, stream: bool = False, store: bool = True,
+def _responses(ok: str, *errors: int, status: int = 200, stream: bool | str = False, store: bool = True,
                content: dict | None = None) -> dict:
     """An operation's responses: its success ``status`` and every error status it answers (503 when
     it needs the store)."""
     content = content or {_JSON: {"schema": {"type": "object"}}}
     if stream:
-        content["text/event-stream"] = {"schema": {"type": "string", "description": "data: {chat.completion.chunk} events, then data: [DONE]"}}
+        events = stream if isinstance(stream, str) else "data: {chat.completion.chunk} events, then data: [DONE]"
+        content["text/event-stream"] = {"schema": {"type": "string", "description": events}}
     out = {str(status): {"description": ok, "content": content}}
     for error in sorted({*errors, *_ANY, *((503,) if store else ())}):
         out[str(error)] = {"description": _ERRORS[error], "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -241,12 +243,29 @@ def document(settings: Settings) -> dict:
     """The whole document; the chat request's model field lists this deployment's public models."""
     chat_request = json_schema(CHAT_REQUEST_SCHEMA)
     chat_request["properties"]["model"] = {"type": "string", "enum": list(settings.models)}
+    responses_request = json_schema(RESPONSES_REQUEST_SCHEMA)
+    responses_request["properties"]["model"] = {"type": "string", "enum": list(settings.models)}
     paths: dict[str, dict] = {}
     for prefix, suffix in (("/api/v1", ""), ("/v1", "_v1")):
         paths[f"{prefix}/chat/completions"] = {"post": _op(
             f"createChatCompletion{suffix}", "Create a chat completion (stream: true for SSE)",
             _responses("a chat.completion, or an SSE stream of chat.completion.chunk", 400, 401, 402, 403, 404, 408, 413, 429, 500, 502, 503, 504, stream=True),
             body="ChatCompletionRequest")}
+        paths[f"{prefix}/responses"] = {"post": _op(
+            f"createResponse{suffix}", "Create a response (Responses API; stream: true for SSE)",
+            _responses("a response, or an SSE stream of Responses events", 400, 401, 402, 403, 408, 413, 429, 500, 502, 503, 504,
+                       stream="event: <type> / data: {response event} pairs, sequence_number from 0, ending with "
+                              "response.completed, response.incomplete or response.failed"),
+            body="ResponsesRequest")}
+        paths[f"{prefix}/responses/{{response_id}}"] = {
+            "get": _op(f"retrieveResponse{suffix}", "A stored response of the caller's account",
+                       _responses("the response", 401, 403, 404), params=["response_id"]),
+            "delete": _op(f"deleteResponse{suffix}", "Delete a stored response",
+                          _responses("{id, object: response.deleted, deleted: true}", 401, 403, 404), params=["response_id"]),
+        }
+        paths[f"{prefix}/responses/{{response_id}}/input_items"] = {"get": _op(
+            f"listResponseInputItems{suffix}", "A stored response's input items (a list page)",
+            _responses("a list of input items", 400, 401, 403, 404), params=["response_id"], query=["limit", "order", "after"])}
         paths[f"{prefix}/models"] = {"get": _op(f"listModels{suffix}", "List the public models the key may use", _responses("a list of models", 401, 403))}
         paths[f"{prefix}/models/{{model_id}}"] = {"get": _op(
             f"retrieveModel{suffix}", "Retrieve a public model", _responses("a model", 401, 403, 404), params=["model_id"])}
@@ -291,7 +310,7 @@ def document(settings: Settings) -> dict:
         _responses("the package granted, or duplicate: true for a replay", 400, 401, 403, 404, 409), body="TopupEvent", public=True)}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Zowy Gateway", "version": "1", "description": "OpenAI-compatible chat completions"},
+        "info": {"title": "Zowy Gateway", "version": "1", "description": "OpenAI-compatible chat completions and Responses API"},
         "servers": [{"url": "/"}],
         "security": [{"apiKey": []}],
         "paths": paths,
@@ -308,6 +327,7 @@ def document(settings: Settings) -> dict:
             },
             "schemas": {
                 "ChatCompletionRequest": chat_request,
+                "ResponsesRequest": responses_request,
                 "AdminAccount": json_schema(ADMIN_SCHEMAS["account"]),
                 "AdminKey": json_schema(ADMIN_SCHEMAS["key"]),
                 "AdminLimits": json_schema(ADMIN_SCHEMAS["limits"]),

@@ -99,8 +99,11 @@ class UpstreamClient:
         return sorted({t.name for m in self.settings.models.values() for t in m.targets})
 
     async def complete(self, model: PublicModel, request: dict, request_id: str, attempts: Attempts,
-                       completion_id: str) -> tuple[bytes, Usage | None, int]:
-        """A non-stream completion rewritten for the caller; its usage, and the upstream body's size."""
+                       completion_id: str, answer: Callable[[bytes, Dialect], tuple[bytes, Usage | None]] | None = None,
+                       ) -> tuple[bytes, Usage | None, int]:
+        """A non-stream completion rewritten for the caller; its usage, and the upstream body's size.
+        ``answer`` makes another client API's answer of the upstream body and its provider's dialect
+        (raising MalformedUpstream on a body it cannot read); the chat completion is the default."""
 
         async def attempt(target: Target, deadline: float) -> bytes:
             with _upstream_failures(self.transport.failure):
@@ -113,7 +116,10 @@ class UpstreamClient:
         raw = await self._dispatch(model, attempt, attempts)
         dialect = PROVIDERS[attempts.target.provider].dialect
         try:
-            out, usage = rewrite_completion(raw, model.id, completion_id, dialect)
+            if answer is None:
+                out, usage = rewrite_completion(raw, model.id, completion_id, dialect)
+            else:
+                out, usage = answer(raw, dialect)
         except MalformedUpstream:
             raise UpstreamError("The model backend sent an unreadable response.") from None
         return out, usage, len(raw)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 
@@ -17,7 +17,9 @@ from pydantic_core import core_schema as cs
 
 from ..core.config import RequestLimits
 from ..core.errors import GatewayError, InvalidRequest
+from .rewrite import Dialect, StreamRewriter, rewrite_completion
 from .sse import format_event
+from .usage import Usage
 from .validation import (
     ANY_OBJECT,
     BOOLEAN,
@@ -147,12 +149,14 @@ _CONTENT_REQUIRED = frozenset(("system", "developer", "user", "tool"))
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
     """What validation learned of a request on its way: its images (where the first one is, and
-    how many bytes of the body they take) and how many characters of text it holds."""
+    how many bytes of the body they take), how many characters of text it holds, and how many
+    bytes its prompt holds beyond the body (a conversation it continues, read from the store)."""
 
     first_image: str | None = None
     images: int = 0
     image_bytes: int = 0
     text_chars: int = 0
+    history_bytes: int = 0
 
 
 def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> tuple[dict[str, Any], RequestFacts]:
@@ -321,9 +325,23 @@ class ChatCompletions:
         request["max_tokens"] = tokens
 
     @staticmethod
-    def include_usage(request: dict[str, Any]) -> bool:
-        """Whether the stream ends with a usage chunk."""
-        return bool((request.get("stream_options") or {}).get("include_usage"))
+    async def resolve(request: dict[str, Any], facts: RequestFacts, account_id: str, store: Any) -> tuple[dict[str, Any], RequestFacts]:
+        """A chat request refers to nothing stored."""
+        return request, facts
+
+    @staticmethod
+    def answer(model: str, request_id: str, estimate: Callable[[int], Usage]) -> Callable[[bytes, Dialect], tuple[bytes, Usage | None]]:
+        """The upstream's completion with our identity (its usage as reported)."""
+        completion_id = "chatcmpl-" + request_id
+        return lambda raw, dialect: rewrite_completion(raw, model, completion_id, dialect)
+
+    @staticmethod
+    def rewriter(request: dict[str, Any], model: str, request_id: str,
+                 estimate: Callable[[int], Usage]) -> Callable[[Dialect], StreamRewriter]:
+        """The upstream's chunks with our identity; a usage chunk last when the caller asked for it."""
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        completion_id = "chatcmpl-" + request_id
+        return lambda dialect: StreamRewriter(model, completion_id, include_usage, dialect, estimate)
 
     @staticmethod
     def events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -43,9 +43,9 @@ class Dialect:
 OPENAI = Dialect()
 
 
-def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
-                       dialect: Dialect = OPENAI) -> tuple[bytes, Usage | None]:
-    """A non-stream upstream answer with identity fields replaced; and its usage."""
+def read_completion(raw: bytes, completion_id: str, dialect: Dialect = OPENAI) -> dict:
+    """A non-stream upstream answer, parsed and made an exact OpenAI completion by its provider's
+    dialect; MalformedUpstream when it is not a chat completion."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -53,6 +53,13 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
     if type(doc) is not dict or type(doc.get("choices")) is not list:
         raise MalformedUpstream("no choices")
     dialect.completion(doc, completion_id)
+    return doc
+
+
+def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
+                       dialect: Dialect = OPENAI) -> tuple[bytes, Usage | None]:
+    """A non-stream upstream answer with identity fields replaced; and its usage."""
+    doc = read_completion(raw, completion_id, dialect)
     created = doc.get("created")
     # OpenAI's key order, whatever order the upstream wrote.
     out = {

@@ -21,7 +21,9 @@ Deterministic output
   * tools: when ``tools`` is set and ``tool_choice`` is not ``"none"`` and the last user
     message contains ``call a tool`` (or ``tool_choice`` is ``"required"`` or names a
     function) the reply is a call of the first (or named) tool with arguments
-    ``{"city": "Tashkent"}`` (``finish_reason: "tool_calls"``; streamed in 4 pieces).
+    ``{"city": "Tashkent"}`` (``finish_reason: "tool_calls"``; streamed in 4 pieces); after a
+    tool's result (the last message a ``tool`` one) it answers with text unless ``tool_choice``
+    requires or names a tool.
 
 Directives: ``[[fake:key=value,key=value]]`` anywhere in the LAST user message (all
 occurrences are read, later ones win); they never appear in the reply.
@@ -271,10 +273,16 @@ def _tool_name(body: dict, user_text: str) -> str | None:
         name = (choice.get("function") or {}).get("name")
         if name:
             return name
-    elif choice != "required" and "call a tool" not in user_text.lower():
+    elif choice != "required" and ("call a tool" not in user_text.lower() or _answers_a_call(body)):
         return None
     first = tools[0] if isinstance(tools[0], dict) else {}
     return (first.get("function") or {}).get("name") or first.get("name") or "tool"
+
+
+def _answers_a_call(body: dict) -> bool:
+    """Whether the conversation ends with a tool's result: the model's turn after its call."""
+    messages = body.get("messages")
+    return isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
 
 
 def _logprob_entry(tok: str, top: int) -> dict:

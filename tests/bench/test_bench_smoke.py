@@ -41,6 +41,12 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
     assert result["systems"]["gateway"]["fidelity"]["met"] is True, result["systems"]["gateway"]["fidelity"]
+    responses = result["systems"]["gateway"]["responses"]
+    for kind in ("non_stream", "non_stream_stored", "stream"):
+        assert responses["throughput"][kind]["rps"] > 0, (kind, responses["throughput"][kind])
+    assert responses["long_streams"]["events"] >= 4 * 20 and responses["long_streams"]["failed"] == 0, responses["long_streams"]
+    measured = {t["target"]: t["value"] for t in result["targets"] if t["target"].startswith("Responses API")}
+    assert len(measured) == 8 and all(v is not None for v in measured.values()), measured  # gateway and gateway@HEAD
     for key in ("gateway", "gateway@HEAD"):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal

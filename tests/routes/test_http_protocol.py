@@ -87,6 +87,8 @@ def test_head_wherever_get_answers_the_gets_headers_without_a_body(served):
     routes = _get_routes(gateway)
     assert {"/console", "/api/v1/models", "/healthz", "/readyz", "/admin/v1/accounts", "/api/v1/ledger.csv"} <= set(routes)
     with http(gateway) as h:
+        stored = h.post("/v1/responses", json={"model": "zowy-1", "input": "hi"}, headers=key)
+        values["response_id"] = stored.json()["id"]
         for template in routes:
             path = template.format(**values)
             if template == "/console/api/operator/session":

@@ -39,3 +39,18 @@ def test_js_sdk_smoke(node, gateway, customer):
     assert out["tools"] == {"name": "get_current_time", "arguments": {"city": "Tashkent"}, "finish": "tool_calls"}
     assert out["error"] == {"raised": True, "authentication": True, "status": 401, "code": "invalid_api_key"}
     assert out["badRequest"] == {"raised": True, "badRequest": True, "param": "temperature"}
+
+
+def test_js_sdk_responses(node, gateway, customer):
+    env = {**os.environ, "BASE_URL": f"{gateway.url}/v1", "API_KEY": customer.key}
+    done = subprocess.run([node, "responses.mjs"], cwd=JS, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["create"]["text"] == reply_text(8) and out["create"]["id"].startswith("resp_")
+    assert out["create"]["model"] == "zowy-1" and out["create"]["status"] == "completed" and out["create"]["total"] > 0
+    assert out["stream"] == {"text": reply_text(8), "first": ["response.created", "response.in_progress"], "last": "response.completed"}
+    assert out["helper"] == {"deltas": reply_text(8), "final": reply_text(8)}
+    assert out["tools"] == {"name": "get_weather", "arguments": {"city": "Tashkent"}, "follow": reply_text(8),
+                            "kinds": ["reasoning", "function_call"]}
+    assert out["stored"] == {"same": True, "items": 1, "gone": 404}
+    assert out["badRequest"] == {"raised": True, "status": 400, "param": "input[0].content[0].type"}

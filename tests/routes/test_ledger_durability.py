@@ -21,12 +21,15 @@ def upstream_count(upstream: support.Process, marker: str) -> int:
         return sum(1 for req in json.loads(r.read()) if marker in json.dumps(req.get("body")))
 
 
-async def _stream_and_drop(port: int, key: str, content: str, keep_bytes: int | None) -> str | None:
-    """One streamed request over a raw connection, closed after ``keep_bytes`` (None: read it all)."""
-    payload = json.dumps({"model": "zowy-1-pro", "stream": True, "messages": [{"role": "user", "content": content}]}).encode()
+async def _stream_and_drop(port: int, key: str, content: str, keep_bytes: int | None, path: str = "/api/v1/chat/completions",
+                           body: dict | None = None) -> str | None:
+    """One streamed request over a raw connection, closed after ``keep_bytes`` (None: read it all);
+    a chat request unless ``body`` (to ``path``) says otherwise."""
+    body = body or {"model": "zowy-1-pro", "stream": True, "messages": [{"role": "user", "content": content}]}
+    payload = json.dumps(body).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
-        b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"POST {path} HTTP/1.1\r\n".encode() + b"Host: gw\r\nContent-Type: application/json\r\nConnection: close\r\n"
         + f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
     )
     await writer.drain()

@@ -17,9 +17,12 @@ from .leases import LeaseStore
 from .ledger import LedgerStore
 from .limits import LimitStore
 from .owners import OwnerStore
+from .responses import ResponseStore
 
 
-class Store(AccountStore, KeyStore, LedgerStore, LeaseStore, LimitStore, OwnerStore, GrantStore, AlertStore, AuditStore):
+class Store(
+    AccountStore, KeyStore, LedgerStore, LeaseStore, LimitStore, OwnerStore, GrantStore, AlertStore, AuditStore, ResponseStore,
+):
     """Everything the gateway keeps. A backend composes one part per feature (each part's ``sweep``
     drops what expired of its own and passes on with ``super().sweep``)."""
 
@@ -35,4 +38,4 @@ class Store(AccountStore, KeyStore, LedgerStore, LeaseStore, LimitStore, OwnerSt
         """Raise StoreUnavailable unless the database answers."""
 
     async def sweep(self, now: float) -> None:
-        """Drop spent rate windows, expired leases and expired sessions."""
+        """Drop spent rate windows, expired leases, sessions and stored responses."""

@@ -9,7 +9,7 @@ transactions; see ``MongoLedger.record`` and mongo/README.md.
 from __future__ import annotations
 
 from ..contracts import Store
-from . import accounts, alerts, audit, grants, keys, ledger, limits, owners
+from . import accounts, alerts, audit, grants, keys, ledger, limits, owners, responses
 from .accounts import MongoAccounts
 from .alerts import MongoAlerts
 from .audit import MongoAudit
@@ -20,19 +20,20 @@ from .leases import MongoLeases
 from .ledger import MongoLedger
 from .limits import MongoLimits
 from .owners import MongoOwners
+from .responses import MongoResponses
 
 __all__ = ["INDEXES", "MongoStore", "driver_errors"]
 
 # Every collection the store uses and all its indexes; init() creates them, mongo/init.js mirrors them.
 INDEXES: dict[str, tuple[Index, ...]] = {
     **accounts.INDEXES, **keys.INDEXES, **ledger.INDEXES, **limits.INDEXES, **owners.INDEXES, **grants.INDEXES,
-    **alerts.INDEXES, **audit.INDEXES,
+    **alerts.INDEXES, **audit.INDEXES, **responses.INDEXES,
 }
 
 
 class MongoStore(
     MongoAccounts, MongoKeys, MongoLedger, MongoLeases, MongoLimits, MongoOwners, MongoGrants, MongoAlerts, MongoAudit,
-    Store,
+    MongoResponses, Store,
 ):
     async def init(self) -> None:
         db = self._db

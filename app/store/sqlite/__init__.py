@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..contracts import Store
-from . import accounts, alerts, audit, grants, keys, leases, ledger, limits, owners
+from . import accounts, alerts, audit, grants, keys, leases, ledger, limits, owners, responses
 from .accounts import SqliteAccounts
 from .alerts import SqliteAlerts
 from .audit import SqliteAudit
@@ -19,17 +19,18 @@ from .leases import SqliteLeases
 from .ledger import SqliteLedger
 from .limits import SqliteLimits
 from .owners import SqliteOwners
+from .responses import SqliteResponses
 
 __all__ = ["SqliteStore"]
 
 # The main file's tables, in the order they were first made; the rate windows live in a file of their own.
-SCHEMA = "".join(part.SCHEMA for part in (accounts, keys, ledger, leases, owners, grants, alerts, audit))
+SCHEMA = "".join(part.SCHEMA for part in (accounts, keys, ledger, leases, owners, grants, alerts, audit, responses))
 ADDED_COLUMNS = ledger.ADDED_COLUMNS + keys.ADDED_COLUMNS
 
 
 class SqliteStore(
     SqliteAccounts, SqliteKeys, SqliteLedger, SqliteLimits, SqliteLeases, SqliteOwners, SqliteGrants, SqliteAlerts,
-    SqliteAudit, Store,
+    SqliteAudit, SqliteResponses, Store,
 ):
     async def init(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,73 @@
+"""The Responses API: POST /api/v1/responses on the chat pipeline (gateway/pipeline.py with
+gateway/responses.py's ResponsesApi), and the stored responses: GET and DELETE
+/api/v1/responses/{id}, GET /api/v1/responses/{id}/input_items."""
+from __future__ import annotations
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from ...core.errors import InvalidRequest, ModelNotFound
+from ...gateway import pipeline, responses
+from ...gateway.exchange import Exchange
+from ...gateway.services import Services
+from .. import io
+
+bp = Blueprint("responses")
+
+
+async def create(request: Request) -> HTTPResponse | None:
+    services: Services = request.app.ctx.services
+    await io.receive(request, services.settings)
+    headers = request.headers
+    with Exchange(services, len(request.body), headers.get("x-request-id"), responses.ResponsesApi.name) as exchange:
+        request.ctx.headers = exchange.headers
+        call = pipeline.Call(
+            request.body, headers.get("content-type", ""), headers.get("authorization"), request.ip,
+            headers.get("x-forwarded-for"), lambda: io.gone(request),
+        )
+        api = responses.ResponsesApi(exchange)
+        try:
+            answer = await pipeline.serve(services, api, exchange, call)
+        except ModelNotFound as missing:
+            # The Responses API answers an unknown model with 400 (recorded), not chat's 404.
+            raise InvalidRequest(missing.message, param="model", code="model_not_found") from None
+        if type(answer) is bytes:
+            await api.store_answer()
+            return HTTPResponse(answer, status=200, headers=exchange.headers, content_type="application/json")
+        await io.send_events(request, answer)
+        return None
+
+
+async def _account(request: Request) -> str:
+    services: Services = request.app.ctx.services
+    headers = request.headers
+    key = await services.admission.key(headers.get("authorization"), request.ip, headers.get("x-forwarded-for"))
+    return key.account_id
+
+
+async def retrieve(request: Request, response_id: str) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    body = await responses.retrieve(services.store, await _account(request), response_id)
+    return HTTPResponse(body, content_type="application/json")
+
+
+async def delete(request: Request, response_id: str) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    body = await responses.delete(services.store, await _account(request), response_id)
+    return HTTPResponse(body, content_type="application/json")
+
+
+async def input_items(request: Request, response_id: str) -> HTTPResponse:
+    services: Services = request.app.ctx.services
+    args = {name: request.args.get(name) for name in ("limit", "order", "after")}
+    body = await responses.input_items(services.store, await _account(request), response_id, args)
+    return HTTPResponse(body, content_type="application/json")
+
+
+for prefix, suffix in (("/api/v1", ""), ("/v1", "_v1")):
+    # stream=True: the body is read by the handler, under the gateway's size limit.
+    bp.add_route(create, f"{prefix}/responses", methods=["POST"], name=f"create_response{suffix}", stream=True)
+    bp.add_route(retrieve, f"{prefix}/responses/<response_id:str>", methods=["GET"], name=f"retrieve_response{suffix}")
+    bp.add_route(delete, f"{prefix}/responses/<response_id:str>", methods=["DELETE"], name=f"delete_response{suffix}")
+    bp.add_route(input_items, f"{prefix}/responses/<response_id:str>/input_items", methods=["GET"],
+                 name=f"response_input_items{suffix}")
