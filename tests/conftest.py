@@ -23,7 +23,8 @@ from tests import support
 
 ROOT = Path(__file__).resolve().parent.parent
 # The fast tier: these paths, less the tests marked ``processes``.
-FAST_TIER = ("tests/unit", "tests/app", "tests/store", "tests/upstream", "tests/test_fake_upstream.py")
+FAST_TIER = ("tests/unit", "tests/wire", "tests/app", "tests/store", "tests/upstream",
+             "tests/conformance/responses", "tests/test_fake_upstream.py")
 # What a fast test may still start: making a throwaway TLS certificate (bench/tls.py).
 FAST_TOOLS = frozenset({"openssl"})
 
