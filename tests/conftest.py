@@ -9,6 +9,7 @@ processes included.
 """
 from __future__ import annotations
 
+import _posixsubprocess
 import os
 import subprocess
 import threading
@@ -77,6 +78,13 @@ class StartedAProcess(AssertionError):
     pass
 
 
+# Every way this process can start another: subprocess (fork_exec, or posix_spawn), multiprocessing
+# (fork, or fork_exec for spawn and forkserver), os.system, os.spawn* and pty (fork, forkpty).
+_LAUNCHERS = ((os, "fork"), (os, "forkpty"), (os, "system"), (os, "posix_spawn"), (os, "posix_spawnp"),
+              (_posixsubprocess, "fork_exec"))
+_lifted = threading.local()  # set while an allowed tool (FAST_TOOLS) is being started
+
+
 @contextmanager
 def _no_processes(item):
     """While a fast-tier test runs (its fixtures included), starting a process fails it."""
@@ -84,25 +92,38 @@ def _no_processes(item):
         yield
         return
     execute_child = subprocess.Popen._execute_child
-    fork = os.fork
+    originals = [(owner, name, getattr(owner, name)) for owner, name in _LAUNCHERS if hasattr(owner, name)]
 
     def refuse(what: str):
         raise StartedAProcess(f"{item.nodeid} started {what}: the fast tier runs in process (mark it processes, "
                               "or keep it out of " + ", ".join(FAST_TIER) + ")")
 
+    def guarded(name: str, original):
+        def launcher(*args, **kwargs):
+            if getattr(_lifted, "on", False):
+                return original(*args, **kwargs)
+            refuse(f"a process ({'_posixsubprocess' if name == 'fork_exec' else 'os'}.{name})")
+        return launcher
+
     def guarded_execute_child(self, args, *rest, **kwargs):
         program = args if isinstance(args, (str, bytes)) else args[0]
         if os.path.basename(os.fsdecode(program)) not in FAST_TOOLS:
             refuse(f"a process ({os.fsdecode(program)})")
-        return execute_child(self, args, *rest, **kwargs)
+        _lifted.on = True
+        try:
+            return execute_child(self, args, *rest, **kwargs)
+        finally:
+            _lifted.on = False
 
     subprocess.Popen._execute_child = guarded_execute_child
-    os.fork = lambda: refuse("a fork")
+    for owner, name, original in originals:
+        setattr(owner, name, guarded(name, original))
     try:
         yield
     finally:
         subprocess.Popen._execute_child = execute_child
-        os.fork = fork
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,6 +2,8 @@
 test here runs under that check), but for making a certificate; a test marked ``processes`` may."""
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -21,6 +23,24 @@ def test_a_fast_test_cannot_start_a_process():
         subprocess.run([sys.executable, "-c", "pass"], check=True)
     with pytest.raises(StartedAProcess):
         os.fork()
+    with pytest.raises(StartedAProcess):
+        os.system("true")
+    with pytest.raises(StartedAProcess):
+        os.posix_spawn(sys.executable, [sys.executable, "-c", "pass"], os.environ)
+    with pytest.raises(StartedAProcess):
+        os.spawnv(os.P_WAIT, sys.executable, [sys.executable, "-c", "pass"])
+
+
+async def test_nor_through_asyncio():
+    with pytest.raises(StartedAProcess):
+        await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_nor_through_multiprocessing(method):
+    process = multiprocessing.get_context(method).Process(target=print)
+    with pytest.raises(StartedAProcess):
+        process.start()
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
