@@ -7,7 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.app.conftest import error_of
+from app.upstream.mock import MockTransport
+from tests.app.conftest import error_of, start_gateway
+from tests.clients.scripted import Answer, Scripted, last_tool_output
 
 TOOLS = [{"type": "function", "name": "lookup",
           "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}]
@@ -130,3 +132,42 @@ async def test_an_upstream_refusal_before_any_byte_is_an_error_status(gateway, c
     assert r.status_code >= 500 and set(error_of(r)) >= {"message", "type", "code"}
     r = await respond(gateway, customer, stream=True, input="[[fake:status=400]]")
     assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_tool_loop_through_previous_response_id(tmp_path, stream):
+    """As the Agents SDK runs a function tool: the model calls it, the caller sends its output
+    against the previous response, the model answers from it (the scripted upstream, in process)."""
+
+    def script(body: dict) -> Answer:
+        result = last_tool_output(body)
+        if result is not None:
+            return Answer(text=f"It is {result} in Paris.")
+        return Answer(calls=[("get_weather", orjson.dumps({"city": "Paris"}).decode())])
+
+    upstream = Scripted(script)
+    gateway = await start_gateway(tmp_path, transport=MockTransport(upstream))
+    try:
+        customer = await gateway.customer()
+        tools = [{"type": "function", "name": "get_weather",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+
+        async def turn(**body) -> dict:
+            r = await respond(gateway, customer, stream=stream, tools=tools, **body)
+            assert r.status_code == 200, r.text
+            return response_events(r)[-1]["response"] if stream else orjson.loads(r.content)
+
+        first = await turn(input="weather in Paris?")
+        (call,) = [item for item in first["output"] if item["type"] == "function_call"]
+        assert call["name"] == "get_weather" and orjson.loads(call["arguments"]) == {"city": "Paris"}
+        second = await turn(previous_response_id=first["id"],
+                            input=[{"type": "function_call_output", "call_id": call["call_id"], "output": "sunny"}])
+        assert message_text(second) == "It is sunny in Paris."
+        asked, answered = upstream.received
+        assert asked["messages"][0] == {"role": "system", "content": gateway.settings.persona_prompt}
+        assert answered["messages"][-2]["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert answered["messages"][-1] == {"role": "tool", "tool_call_id": answered["messages"][-2]["tool_calls"][0]["id"],
+                                            "content": "sunny"}
+        assert await gateway.ledger_count(customer.account_id) == 2
+    finally:
+        await gateway.stop()
