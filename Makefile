@@ -34,7 +34,7 @@ run: $(VENV)/.deps-run
 test: $(VENV)/.deps-test tests/js/node_modules tests/clients/codex/node_modules chromium
 	$(BIN)/python -m pytest
 
-## test-fast: the tests that run in process, in seconds (unit, app, SQLite store, upstream transports and doubles); no other process starts
+## test-fast: the inner loop: the tests that run in process, in ~40 s (unit, wire, app, SQLite store, upstream transports and doubles, Responses shapes); no other process starts
 test-fast: $(VENV)/.deps-test
 	$(BIN)/python -m pytest --fast
 
