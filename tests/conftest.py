@@ -10,6 +10,8 @@ processes included.
 from __future__ import annotations
 
 import _posixsubprocess
+import asyncio
+import asyncio.subprocess
 import os
 import subprocess
 import threading
@@ -79,9 +81,12 @@ class StartedAProcess(AssertionError):
 
 
 # Every way this process can start another: subprocess (fork_exec, or posix_spawn), multiprocessing
-# (fork, or fork_exec for spawn and forkserver), os.system, os.spawn* and pty (fork, forkpty).
+# (fork, or fork_exec for spawn and forkserver), os.system, os.spawn* and pty (fork, forkpty), and
+# asyncio's subprocesses (under uvloop they start in libuv, out of Python's sight).
 _LAUNCHERS = ((os, "fork"), (os, "forkpty"), (os, "system"), (os, "posix_spawn"), (os, "posix_spawnp"),
-              (_posixsubprocess, "fork_exec"))
+              (_posixsubprocess, "fork_exec"), (asyncio, "create_subprocess_exec"),
+              (asyncio, "create_subprocess_shell"), (asyncio.subprocess, "create_subprocess_exec"),
+              (asyncio.subprocess, "create_subprocess_shell"))
 _lifted = threading.local()  # set while an allowed tool (FAST_TOOLS) is being started
 
 
@@ -102,7 +107,7 @@ def _no_processes(item):
         def launcher(*args, **kwargs):
             if getattr(_lifted, "on", False):
                 return original(*args, **kwargs)
-            refuse(f"a process ({'_posixsubprocess' if name == 'fork_exec' else 'os'}.{name})")
+            refuse(f"a process ({name})")
         return launcher
 
     def guarded_execute_child(self, args, *rest, **kwargs):

@@ -3,6 +3,7 @@ test here runs under that check), but for making a certificate; a test marked ``
 from __future__ import annotations
 
 import asyncio
+import asyncio.subprocess
 import multiprocessing
 import os
 import shutil
@@ -31,9 +32,20 @@ def test_a_fast_test_cannot_start_a_process():
         os.spawnv(os.P_WAIT, sys.executable, [sys.executable, "-c", "pass"])
 
 
-async def test_nor_through_asyncio():
-    with pytest.raises(StartedAProcess):
-        await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_nor_through_asyncio(loop):
+    async def start():
+        with pytest.raises(StartedAProcess):
+            await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        with pytest.raises(StartedAProcess):
+            await asyncio.subprocess.create_subprocess_shell("true")
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(start())
+    else:
+        asyncio.run(start())
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
