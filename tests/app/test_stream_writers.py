@@ -71,6 +71,8 @@ async def test_on_sanic_s_connection_the_stream_is_written_straight_to_it(tmp_pa
         server.stop_accepting()
         await server.stopping()
         await server.close()
+        # Sanic's own runs (the console's test client) start every registered app that has a server.
+        Sanic.unregister_app(server.app)
 
 
 async def test_elsewhere_the_same_events_go_through_send(gateway, customer, writers):
