@@ -39,6 +39,10 @@ run: $(VENV)/.deps-run
 test: $(VENV)/.deps-test tests/js/node_modules tests/clients/codex/node_modules tests/clients/claude-code/node_modules chromium
 	$(BIN)/python -m pytest
 
+## test-fast: the inner loop: the tests that run in process, in ~40 s (unit, wire, app, SQLite store, upstream transports and doubles, Responses shapes); no other process starts
+test-fast: $(VENV)/.deps-test
+	$(BIN)/python -m pytest --fast
+
 .PHONY: chromium
 chromium:
 	@sh tests/console/install-chromium.sh

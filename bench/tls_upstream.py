@@ -14,9 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from aiohttp import web
-
-from .fake_upstream import _MODES, FakeUpstream
+from .fake_upstream import MODES, FakeUpstream
 from .tls import Certs, make_certs
 
 
@@ -24,27 +22,15 @@ class TlsFakeUpstream(FakeUpstream):
     """A FakeUpstream listening with TLS."""
 
     def __init__(self, certs: Certs, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, ssl_context=certs.server_context(), **kwargs)
         self.certs = certs
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
-
-    async def start(self) -> "TlsFakeUpstream":
-        self._server = web.Server(self._handle, request_factory=self._make_request,
-                                  handler_cancellation=True, access_log=None)
-        self._runner = web.ServerRunner(self._server, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024, ssl_context=self.certs.server_context())
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
 
 
 async def start_tls(certs: Certs, host: str = "127.0.0.1", port: int = 0, mode: str = "openai", **kwargs) -> TlsFakeUpstream:
     """Start a TLS fake upstream on ``host:port`` (0 = a free port) in the running loop."""
-    return await TlsFakeUpstream(certs, host, port, mode, **kwargs).start()
+    server = TlsFakeUpstream(certs, host, port, mode, **kwargs)
+    await server.start()
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8443)
-    p.add_argument("--mode", choices=_MODES, default="openai")
+    p.add_argument("--mode", choices=MODES, default="openai")
     p.add_argument("--cert-dir", type=Path, help="where the CA and certificate are written (default: a temp dir)")
     p.add_argument("--no-uvloop", action="store_true")
     args = p.parse_args(argv)

@@ -589,6 +589,7 @@ async def test_client_disconnect_mid_stream_recorded_within_100ms(http, upstream
     assert stats["open"] == 0
 
 
+@pytest.mark.processes
 @pytest.mark.timeout(15)
 def test_cli_prints_listening_line():
     cmd = [sys.executable, "-m", "bench.fake_upstream", "--port", "0", "--mode", "gemini"]

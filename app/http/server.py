@@ -14,6 +14,7 @@ from ..core.config import Settings
 
 if TYPE_CHECKING:
     from ..gateway.services import Services
+    from ..upstream.transport_base import Transport
 
 BACKLOG = 100
 
@@ -35,7 +36,8 @@ class Server:
         self._served = served
 
     @classmethod
-    async def open(cls, settings: Settings, listen_fd: int, workers_file: Path) -> "Server":
+    async def open(cls, settings: Settings, listen_fd: int, workers_file: Path, transport: Transport | None = None) -> "Server":
+        """The app on the socket ``listen_fd``; ``transport`` carries its upstream requests (None: aiohttp's)."""
         from .app import create_app
         from .connection import GatewayProtocol
 
@@ -43,7 +45,7 @@ class Server:
         # never do (their manager's process does, once), nor do ours.
         config.export("SANIC_IGNORE_PRODUCTION_WARNING", "true")
         sock = socket.socket(fileno=listen_fd)
-        app = create_app(settings)
+        app = create_app(settings, transport)
         app.ctx.workers_file = workers_file
         server = await app.create_server(
             sock=sock, protocol=GatewayProtocol, backlog=BACKLOG, return_asyncio_server=True, access_log=False,

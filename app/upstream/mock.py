@@ -1,5 +1,6 @@
 """An in-process transport whose answers a handler writes: the demo model serves through it, and
-unit tests script upstream answers with it (no sockets)."""
+tests script upstream answers with it (no sockets). A handler takes a ``MockRequest`` and returns a
+``MockResponse``; the same handler can also answer behind a real socket (bench/fakes/server.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -66,14 +67,22 @@ class _Content:
 
 @dataclass
 class MockResponse:
+    """An upstream answer: ``body`` is bytes, or pieces (an iterable or async iterable of bytes; a
+    piece raised is a failure of the connection there). Header names are lowercase."""
+
     status: int = 200
     body: bytes | Iterable | AsyncIterable = b""
     headers: dict[str, str] = field(default_factory=dict)
     released: bool = False
     closed: bool = False
+    _content: _Content | None = field(default=None, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.content = _Content(self.body)
+    @property
+    def content(self) -> _Content:
+        """The body as a client reads it; its pieces are taken from ``body`` from the first read on."""
+        if self._content is None:
+            self._content = _Content(self.body)
+        return self._content
 
     @classmethod
     def json(cls, doc: object, status: int = 200, headers: dict[str, str] | None = None) -> "MockResponse":
@@ -85,7 +94,7 @@ class MockResponse:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.content.close()
+            self.content.close()  # a read still to come fails, as on a dropped connection
 
 
 Handler = Callable[[MockRequest], Awaitable[MockResponse]]

@@ -1,16 +1,18 @@
-"""A scripted upstream: a real HTTP server on 127.0.0.1 speaking OpenAI Chat Completions, whose
-answers a test's function decides from each request (a model that calls a tool, then answers
-after the tool's output). It keeps every request body it received.
+"""A scripted upstream: a handler (bench/fakes) speaking OpenAI Chat Completions, whose answers a
+test's function decides from each request (a model that calls a tool, then answers after the tool's
+output). It keeps every request body it received. In process: ``MockTransport(Scripted(script))``;
+behind a real socket on 127.0.0.1: ``ScriptedUpstream(script).start()``.
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 import time
 from typing import Callable
 
-from aiohttp import web
+import orjson
+
+from app.upstream.mock import MockRequest, MockResponse
+from bench.fakes.server import HandlerServer, ServerThread
 
 SCRIPTED_MODEL = "scripted-upstream-model"
 
@@ -58,59 +60,46 @@ class Answer:
         return out
 
 
-class ScriptedUpstream:
+class Scripted:
+    """Answers every chat request with what ``script`` makes of its body."""
+
     def __init__(self, script: Callable[[dict], Answer]) -> None:
         self.script = script
         self.received: list[dict] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
+        self._lock = threading.Lock()  # bodies are kept from the server's thread, read from the tests'
+
+    async def __call__(self, request: MockRequest) -> MockResponse:
+        path = getattr(request, "path", None)
+        if path is not None and not path.endswith("/chat/completions"):
+            return MockResponse.json({"error": {"message": f"Unknown path {path}."}}, status=404)
+        body = request.body
+        with self._lock:
+            self.received.append(body)
+            n = len(self.received)
+        answer = self.script(body)
+        if not body.get("stream"):
+            return MockResponse.json(answer.completion(n))
+        events = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in answer.chunks(n)] + [b"data: [DONE]\n\n"]
+        return MockResponse(200, events, {"content-type": "text/event-stream"})
+
+
+class ScriptedUpstream(Scripted):
+    """The scripted upstream behind a real socket on 127.0.0.1, served from a thread of its own."""
+
+    def __init__(self, script: Callable[[dict], Answer]) -> None:
+        super().__init__(script)
+        self._thread = ServerThread(HandlerServer(self))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._thread.url
 
     def start(self) -> "ScriptedUpstream":
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="scripted-upstream", daemon=True)
         self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("scripted upstream did not start")
         return self
 
-    def _serve(self, ready: threading.Event) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/{tail:.*}/chat/completions", self._chat)
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.received.append(body)
-        n = len(self.received)
-        answer = self.script(body)
-        if not body.get("stream"):
-            return web.json_response(answer.completion(n))
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        for chunk in answer.chunks(n):
-            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        self._thread.stop()
 
 
 def models_file(path, url: str):

@@ -1,9 +1,11 @@
-"""A replay upstream: a real HTTP server on 127.0.0.1 that answers each chat request with the next
-queued recording, streams split into awkward pieces, and keeps what it received.
+"""The replay upstream: a handler (bench/fakes) that answers each chat request with the next queued
+recording, streams split into awkward pieces with pauses between them, and keeps the request
+bodies it received. In process: ``MockTransport(Replay())``; behind a real socket on 127.0.0.1:
+``ReplayServer().start()``.
 
-Queue from Python (``server.queue(exchange)``) or over HTTP (``POST /_replay/queue`` with
-``{"status", "content_type", "body"}``, as the JS tests do); ``GET /_replay/requests`` lists the
-request bodies received.
+Queue from Python (``replay.queue(exchange)``) or, on the server, over HTTP (``POST /_replay/queue``
+with ``{"status", "content_type", "body"}``, as the JS tests do); ``GET /_replay/requests`` lists
+the request bodies received.
 """
 from __future__ import annotations
 
@@ -12,55 +14,24 @@ import json
 import random
 import threading
 from collections import deque
+from typing import AsyncIterator
 
-from aiohttp import web
-
+from app.upstream.mock import MockRequest, MockResponse
+from bench.fakes.server import HandlerServer, ServerThread
 from tests.conformance.corpus import Exchange
 
+PIECE_SIZES = (1, 2, 7, 40, 113, 512, 4096)
+PAUSE = 0.0005
 
-class ReplayServer:
+
+class Replay:
+    """Answers chat requests with queued recordings, in order; 500 when nothing is queued."""
+
     def __init__(self, seed: int = 7) -> None:
         self._answers: deque[dict] = deque()
         self.received: list[dict] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue is filled from the tests' thread, read from the server's
         self._random = random.Random(seed)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "ReplayServer":
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(ready,), name="replay", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("replay server did not start")
-        return self
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/_replay/queue", self._queue_http)
-        app.router.add_get("/_replay/requests", self._requests_http)
-        app.router.add_post("/{tail:.*}/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._runner.cleanup())
-        loop.close()
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
     def queue(self, exchange: Exchange, times: int = 1) -> None:
         for _ in range(times):
@@ -79,38 +50,61 @@ class ReplayServer:
         with self._lock:
             return len(self._answers)
 
-    async def _queue_http(self, request: web.Request) -> web.Response:
-        self.push(await request.json())
-        return web.json_response({"queued": self.pending()})
-
-    async def _requests_http(self, request: web.Request) -> web.Response:
+    def bodies(self) -> list[dict]:
         with self._lock:
-            return web.json_response(list(self.received))
+            return list(self.received)
 
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+    async def __call__(self, request: MockRequest) -> MockResponse:
+        path = getattr(request, "path", None)
+        if path is not None and not path.endswith("/chat/completions"):
+            return MockResponse.json({"error": {"message": f"Unknown path {path}."}}, status=404)
         with self._lock:
-            self.received.append(body)
+            self.received.append(request.body)
             answer = self._answers.popleft() if self._answers else None
         if answer is None:
-            return web.json_response({"error": {"message": "nothing queued"}}, status=500)
+            return MockResponse.json({"error": {"message": "nothing queued"}}, status=500)
         data = answer["body"].encode()
+        headers = {"content-type": answer["content_type"]}
         if answer["content_type"] != "text/event-stream":
-            return web.Response(body=data, status=answer["status"], content_type=answer["content_type"])
-        response = web.StreamResponse(status=answer["status"], headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        # Pieces of random sizes, some splitting an event or a line end, with pauses between them.
+            return MockResponse(answer["status"], data, headers)
+        return MockResponse(answer["status"], self._pieces(data), headers)
+
+    async def _pieces(self, data: bytes) -> AsyncIterator[bytes]:
+        """Pieces of random sizes, some splitting an event or a line end, with pauses between them."""
         at = 0
         while at < len(data):
-            size = self._random.choice((1, 2, 7, 40, 113, 512, 4096))
-            await response.write(data[at:at + size])
+            size = self._random.choice(PIECE_SIZES)
+            yield data[at:at + size]
             at += size
-            await asyncio.sleep(0.0005)
-        try:
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the gateway may close the connection as soon as it has read [DONE]
-        return response
+            await asyncio.sleep(PAUSE)
+
+
+class ReplayServer(Replay):
+    """The replay upstream behind a real socket on 127.0.0.1, served from a thread of its own."""
+
+    def __init__(self, seed: int = 7) -> None:
+        super().__init__(seed)
+        control = {("POST", "/_replay/queue"): self._queue_http, ("GET", "/_replay/requests"): lambda r: self.bodies()}
+        self._thread = ServerThread(HandlerServer(self, control=control))
+
+    @property
+    def url(self) -> str:
+        return self._thread.url
+
+    @property
+    def port(self) -> int:
+        return self._thread.server.port
+
+    def start(self) -> "ReplayServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._thread.stop()
+
+    def _queue_http(self, request) -> dict:
+        self.push(request.body)
+        return {"queued": self.pending()}
 
 
 def requests_of(url: str) -> list[dict]:

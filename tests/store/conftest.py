@@ -20,6 +20,16 @@ pytest.register_assert_rewrite("storekit")
 BACKENDS = ["sqlite", "mongo-nx", "mongo-real"]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items) -> None:
+    """SQLite runs in process (the fast tier); MongoDB is a server of its own (nx-27017 as a child
+    process, or a real one at TEST_MONGO_URL)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and str(callspec.params.get("backend", "")).startswith("mongo"):
+            item.add_marker(pytest.mark.processes)
+
+
 @pytest.fixture
 def dedicated_nx(tmp_path: Path):
     """An nx-27017 server of the test's own, for tests that stop and restart it."""

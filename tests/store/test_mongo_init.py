@@ -50,6 +50,7 @@ def test_init_js_declares_every_index():
             assert any(d["name"] == index.name and d["key"] == dict(index.key) for d in declared[collection])
 
 
+@pytest.mark.processes  # node runs init.js
 def test_init_js_runs_and_creates_them(tmp_path):
     node = shutil.which("node")
     if node is None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from app.billing import journal
 from app.billing.journal import Journal
 from app.store.sqlite import SqliteStore
@@ -31,6 +33,7 @@ def test_settled_requests_leave_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.processes  # a real process that dies
 async def test_a_dead_process_s_unsettled_requests_are_billed_once(tmp_path):
     # A real process starts three requests, settles one and dies without closing its journal.
     script = textwrap.dedent(f"""
