@@ -84,7 +84,8 @@ async def test_stored_read_back_continued_and_deleted(gateway, customer):
     assert stored.status_code == 200 and orjson.loads(stored.content)["output"] == first["output"]
     items = orjson.loads((await gateway.request("GET", f"/v1/responses/{first['id']}/input_items",
                                                 headers=customer.auth)).content)
-    assert [(item["role"], item["content"]) for item in items["data"]] == [("user", "first turn")]
+    # A string input is listed as OpenAI lists it: a message with one input_text part.
+    assert [(item["role"], item["content"]) for item in items["data"]] == [("user", [{"type": "input_text", "text": "first turn"}])]
 
     second = await respond(gateway, customer, previous_response_id=first["id"], input="second turn")
     assert second.status_code == 200, second.text

@@ -132,7 +132,7 @@ def test_retrieve_input_items_delete(client):
     got = client.responses.retrieve(r.id)
     assert got.id == r.id and got.output_text == r.output_text and got.usage == r.usage
     items = client.responses.input_items.list(r.id, order="asc")
-    assert [i.content[0].text if not isinstance(i.content, str) else i.content for i in items.data] == ["one", "two"]
+    assert [[(part.type, part.text) for part in i.content] for i in items.data] == [[("input_text", "one")], [("input_text", "two")]]
     assert all(i.id for i in items.data)
     newest = client.responses.input_items.list(r.id, limit=1)
     assert len(newest.data) == 1 and newest.has_more and newest.data[0].id == items.data[-1].id

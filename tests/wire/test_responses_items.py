@@ -51,6 +51,18 @@ def test_pages():
     assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
 
 
+def test_a_page_lists_string_content_as_a_text_part():
+    stored = [{"id": "m0", "type": "message", "role": "user", "content": "hi"},
+              {"id": "m1", "type": "message", "role": "assistant", "content": "hello"},
+              {"id": "m2", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "as sent"}]},
+              {"id": "f3", "type": "function_call_output", "call_id": "c", "output": "42"}]
+    listed = items.page(stored, order="asc")["data"]
+    assert [i["content"] for i in listed[:3]] == [[{"type": "input_text", "text": "hi"}],
+                                                  [{"type": "output_text", "text": "hello"}],
+                                                  [{"type": "input_text", "text": "as sent"}]]
+    assert listed[3] == stored[3] and stored[0]["content"] == "hi"
+
+
 @pytest.mark.parametrize("kwargs, param", [({"limit": "0"}, "limit"), ({"limit": "abc"}, "limit"), ({"limit": "101"}, "limit"),
                                            ({"order": "up"}, "order"), ({"after": "nope"}, "after")])
 def test_bad_page_parameters(kwargs, param):

@@ -94,7 +94,7 @@ def page(items: list[dict], limit: Any = None, order: Any = None, after: Any = N
         if after not in ids:
             raise InvalidRequest(f"Invalid 'after': no input item '{after}' in this response.", param="after")
         start = ids.index(after) + 1
-    data = ordered[start:start + count]
+    data = [_listed(item) for item in ordered[start:start + count]]
     return {
         "object": "list",
         "data": data,
@@ -102,6 +102,14 @@ def page(items: list[dict], limit: Any = None, order: Any = None, after: Any = N
         "last_id": data[-1]["id"] if data else None,
         "has_more": start + count < len(ordered),
     }
+
+
+def _listed(item: dict) -> dict:
+    """An item as ``input_items`` lists it: a message's string content as one text part, as OpenAI does."""
+    if item.get("type") == "message" and type(item.get("content")) is str:
+        part = "output_text" if item.get("role") == "assistant" else "input_text"
+        return {**item, "content": [{"type": part, "text": item["content"]}]}
+    return item
 
 
 def deleted(response_id: str) -> dict:
