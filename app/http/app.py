@@ -45,14 +45,7 @@ class GatewayErrorHandler(ErrorHandler):
 
     def response(self, request: Request | None, exception: BaseException) -> HTTPResponse:
         error = as_gateway_error(request, exception)
-        headers = {}
-        ctx_headers = getattr(getattr(request, "ctx", None), "headers", None) if request is not None else None
-        if ctx_headers:
-            headers.update(ctx_headers)
-        headers.update(error.headers)
-        request_id = headers.setdefault("x-request-id", new_request_id())
-        render = getattr(_api(request, exception), "error_body", None)
-        body = error.body() if render is None else render(error, request_id)
+        headers, body = io.error_parts(request, error, _api(request, exception))
         return HTTPResponse(body, status=error.status, headers=headers, content_type="application/json")
 
     def default(self, request: Request, exception: Exception) -> HTTPResponse:

@@ -18,6 +18,7 @@ from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from ..core.config import Settings
 from ..core.errors import GatewayError
+from ..core.ids import new_request_id
 from ..gateway.pipeline import Events
 
 # What every answer written here shares, encoded once: status lines, and the headers that close a
@@ -82,25 +83,47 @@ def close_after(request: Request) -> None:
         request.stream.keep_alive = False
 
 
-async def answer(request: Request, body: bytes, headers: Mapping[str, str], close: bool = False) -> HTTPResponse | None:
-    """Send a whole JSON answer (200) with ``headers``: the head and the body in one write, straight
-    to the connection (None); ``close``: the connection closes after it. Where there is no
-    connection of Sanic's own (an ASGI server), the HTTPResponse that sends the same."""
+async def answer(request: Request, body: bytes, headers: Mapping[str, str], close: bool = False,
+                 status: int = 200) -> HTTPResponse | None:
+    """Send a whole JSON answer with ``headers``: the head and the body in one write, straight to the
+    connection (None); ``close``: the connection closes after it. Where there is no connection of
+    Sanic's own (an ASGI server), the HTTPResponse that sends the same."""
     http = request.stream
     protocol = getattr(http, "protocol", None)
     transport = getattr(protocol, "transport", None)
-    if transport is None or http.stage is not Stage.HANDLER:
+    line = _STATUS_LINES.get(status)
+    if transport is None or http.stage is not Stage.HANDLER or line is None:
         if close:
             close_after(request)
-        return HTTPResponse(body, status=200, headers=headers, content_type="application/json")
+        return HTTPResponse(body, status=status, headers=headers, content_type="application/json")
     if close:
         http.keep_alive = False
     head = b"%b%bcontent-length: %d\r\n%b%b" % (
-        _STATUS_LINES[200], _lines(headers), len(body), _CONNECTION[http.keep_alive], _JSON_END)
+        line, _lines(headers), len(body), _CONNECTION[http.keep_alive], _JSON_END)
     await _writable(http, protocol, transport)
     transport.write(head if http.head_only else head + body)
-    _sent(request, http, protocol, 200)
+    _sent(request, http, protocol, status)
     return None
+
+
+def error_parts(request: Request | None, error: GatewayError, api: object | None) -> tuple[dict, bytes]:
+    """What an error answers with: the request's headers so far (its id, its rate limits), the
+    error's own, and the body in ``api``'s envelope (OpenAI's when the API has none of its own)."""
+    headers: dict = {}
+    ctx_headers = getattr(getattr(request, "ctx", None), "headers", None) if request is not None else None
+    if ctx_headers:
+        headers.update(ctx_headers)
+    headers.update(error.headers)
+    request_id = headers.setdefault("x-request-id", new_request_id())
+    render = getattr(api, "error_body", None)
+    return headers, error.body() if render is None else render(error, request_id)
+
+
+async def refuse(request: Request, error: GatewayError, api: object, close: bool = False) -> HTTPResponse | None:
+    """Answer a request refused before its answer began (401, 402, 429, ...) as a whole answer is
+    written: the error handler's headers and body, without Sanic's exception path."""
+    headers, body = error_parts(request, error, api)
+    return await answer(request, body, headers, close, error.status)
 
 
 async def send_events(request: Request, events: Events) -> None:

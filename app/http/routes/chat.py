@@ -4,6 +4,7 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from ...core.errors import GatewayError
 from ...gateway import pipeline
 from ...gateway.exchange import Exchange
 from ...gateway.services import Services
@@ -23,7 +24,11 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
             request.body, headers.get("content-type", ""), headers.get("authorization"), request.ip,
             headers.get("x-forwarded-for"), lambda: io.gone(request),
         )
-        answer = await pipeline.serve(services, CHAT_COMPLETIONS, exchange, call)
+        try:
+            answer = await pipeline.serve(services, CHAT_COMPLETIONS, exchange, call)
+        except GatewayError as error:
+            exchange.failed(error)
+            return await io.refuse(request, error, CHAT_COMPLETIONS, services.draining)
         if type(answer) is bytes:
             return await io.answer(request, answer, exchange.headers, services.draining)
         await io.send_events(request, answer)

@@ -8,7 +8,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ...billing.need import IMAGE_TOKENS
-from ...core.errors import InvalidRequest, ModelNotFound
+from ...core.errors import GatewayError, InvalidRequest, ModelNotFound
 from ...core.ids import new_request_id
 from ...gateway import pipeline
 from ...gateway.exchange import Exchange
@@ -32,7 +32,11 @@ async def messages(request: Request) -> HTTPResponse | None:
             request.body, headers.get("content-type", ""), auth.api_key(request), request.ip,
             headers.get("x-forwarded-for"), lambda: io.gone(request),
         )
-        answer = await pipeline.serve(services, MESSAGES, exchange, call)
+        try:
+            answer = await pipeline.serve(services, MESSAGES, exchange, call)
+        except GatewayError as error:
+            exchange.failed(error)
+            return await io.refuse(request, error, MESSAGES, services.draining)
         if type(answer) is bytes:
             return await io.answer(request, answer, exchange.headers, services.draining)
         await io.send_events(request, answer)

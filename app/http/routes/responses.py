@@ -6,7 +6,7 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...core.errors import InvalidRequest, ModelNotFound
+from ...core.errors import GatewayError, InvalidRequest, ModelNotFound
 from ...gateway import pipeline, responses
 from ...gateway.exchange import Exchange
 from ...gateway.services import Services
@@ -28,9 +28,12 @@ async def create(request: Request) -> HTTPResponse | None:
         api = responses.ResponsesApi(exchange)
         try:
             answer = await pipeline.serve(services, api, exchange, call)
-        except ModelNotFound as missing:
-            # The Responses API answers an unknown model with 400 (recorded), not chat's 404.
-            raise InvalidRequest(missing.message, param="model", code="model_not_found") from None
+        except GatewayError as error:
+            if isinstance(error, ModelNotFound):
+                # The Responses API answers an unknown model with 400 (recorded), not chat's 404.
+                error = InvalidRequest(error.message, param="model", code="model_not_found")
+            exchange.failed(error)
+            return await io.refuse(request, error, api, services.draining)
         if type(answer) is bytes:
             await api.store_answer()
             return await io.answer(request, answer, exchange.headers, services.draining)
