@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Callable
 import orjson
 
 from ..core.config import RequestLimits
-from ..core.errors import GatewayError, InvalidRequest, NotFound
+from ..core.errors import GatewayError, InvalidRequest, ModelNotFound, NotFound
 from ..store import Store
 from ..store.contracts.responses import StoredResponse
 from ..wire.chat import RequestFacts
@@ -154,6 +154,13 @@ class ResponsesApi:
             return orjson.dumps(self.response), usage
 
         return read
+
+    @staticmethod
+    def refusal(error: GatewayError) -> GatewayError:
+        """An unknown model is a 400 on the Responses API (recorded), not chat's 404."""
+        if isinstance(error, ModelNotFound):
+            return InvalidRequest(error.message, param="model", code="model_not_found")
+        return error
 
     async def store_answer(self) -> None:
         """Store the non-stream response (when ``store``), before the caller gets it."""

@@ -4,35 +4,18 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...core.errors import GatewayError
-from ...gateway import pipeline
-from ...gateway.exchange import Exchange
-from ...gateway.services import Services
 from ...wire.chat import CHAT_COMPLETIONS
-from .. import io
+from .. import client_api
 
 bp = Blueprint("chat")
 
 
 async def chat_completions(request: Request) -> HTTPResponse | None:
-    services: Services = request.app.ctx.services
-    await io.receive(request, services.settings)
-    headers = request.headers
-    with Exchange(services, len(request.body), headers.get("x-request-id"), CHAT_COMPLETIONS.name) as exchange:
-        request.ctx.headers = exchange.headers
-        call = pipeline.Call(
-            request.body, headers.get("content-type", ""), headers.get("authorization"), request.ip,
-            headers.get("x-forwarded-for"), lambda: io.gone(request),
-        )
-        try:
-            answer = await pipeline.serve(services, CHAT_COMPLETIONS, exchange, call)
-        except GatewayError as error:
-            exchange.failed(error)
-            return await io.refuse(request, error, CHAT_COMPLETIONS, services.draining)
-        if type(answer) is bytes:
-            return await io.answer(request, answer, exchange.headers, services.draining)
-        await io.send_events(request, answer)
-        return None
+    return await client_api.create(request, CHAT_COMPLETIONS.name, _chat, request.headers.get("authorization"))
+
+
+def _chat(exchange: object) -> object:
+    return CHAT_COMPLETIONS
 
 
 # stream=True: the body is read by the handler, under the gateway's size limit.

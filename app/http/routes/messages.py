@@ -8,39 +8,24 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from ...billing.need import IMAGE_TOKENS
-from ...core.errors import GatewayError, InvalidRequest, ModelNotFound
+from ...core.errors import InvalidRequest, ModelNotFound
 from ...core.ids import new_request_id
-from ...gateway import pipeline
-from ...gateway.exchange import Exchange
 from ...gateway.services import Services
 from ...wire.messages.api import MESSAGES
 from ...wire.messages.count import count_tokens
 from ...wire.messages.request import parse_count_request
-from .. import auth, io
+from .. import auth, client_api, io
 
 bp = Blueprint("messages")
 
 
 async def messages(request: Request) -> HTTPResponse | None:
-    services: Services = request.app.ctx.services
-    await io.receive(request, services.settings)
-    headers = request.headers
-    with Exchange(services, len(request.body), headers.get("x-request-id"), MESSAGES.name) as exchange:
-        exchange.headers["request-id"] = exchange.request_id  # where Anthropic's SDKs look for it
-        request.ctx.headers = exchange.headers
-        call = pipeline.Call(
-            request.body, headers.get("content-type", ""), auth.api_key(request), request.ip,
-            headers.get("x-forwarded-for"), lambda: io.gone(request),
-        )
-        try:
-            answer = await pipeline.serve(services, MESSAGES, exchange, call)
-        except GatewayError as error:
-            exchange.failed(error)
-            return await io.refuse(request, error, MESSAGES, services.draining)
-        if type(answer) is bytes:
-            return await io.answer(request, answer, exchange.headers, services.draining)
-        await io.send_events(request, answer)
-        return None
+    # request-id: where Anthropic's SDKs look for the request's id.
+    return await client_api.create(request, MESSAGES.name, _messages, auth.api_key(request), id_header="request-id")
+
+
+def _messages(exchange: object) -> object:
+    return MESSAGES
 
 
 async def count(request: Request) -> HTTPResponse:

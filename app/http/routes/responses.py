@@ -6,39 +6,16 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from ...core.errors import GatewayError, InvalidRequest, ModelNotFound
-from ...gateway import pipeline, responses
-from ...gateway.exchange import Exchange
+from ...gateway import responses
 from ...gateway.services import Services
-from .. import io
+from .. import client_api
 
 bp = Blueprint("responses")
 
 
 async def create(request: Request) -> HTTPResponse | None:
-    services: Services = request.app.ctx.services
-    await io.receive(request, services.settings)
-    headers = request.headers
-    with Exchange(services, len(request.body), headers.get("x-request-id"), responses.ResponsesApi.name) as exchange:
-        request.ctx.headers = exchange.headers
-        call = pipeline.Call(
-            request.body, headers.get("content-type", ""), headers.get("authorization"), request.ip,
-            headers.get("x-forwarded-for"), lambda: io.gone(request),
-        )
-        api = responses.ResponsesApi(exchange)
-        try:
-            answer = await pipeline.serve(services, api, exchange, call)
-        except GatewayError as error:
-            if isinstance(error, ModelNotFound):
-                # The Responses API answers an unknown model with 400 (recorded), not chat's 404.
-                error = InvalidRequest(error.message, param="model", code="model_not_found")
-            exchange.failed(error)
-            return await io.refuse(request, error, api, services.draining)
-        if type(answer) is bytes:
-            await api.store_answer()
-            return await io.answer(request, answer, exchange.headers, services.draining)
-        await io.send_events(request, answer)
-        return None
+    return await client_api.create(request, responses.ResponsesApi.name, responses.ResponsesApi,
+                                   request.headers.get("authorization"))
 
 
 async def _account(request: Request) -> str:
