@@ -6,7 +6,6 @@ it on the way, or raises ``InvalidRequest`` naming the offending field as OpenAI
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -26,6 +25,7 @@ from .validation import (
     INT64,
     STRING,
     array,
+    check_free_form,
     integer,
     invalid,
     literal,
@@ -173,35 +173,15 @@ def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> 
         if len(tools) > limits.tools:
             raise InvalidRequest(f"Too many tools: at most {limits.tools} are allowed.", param="tools", code="array_above_max_length")
         for i, tool in enumerate(tools):
-            _check_free_form(tool["function"].get("parameters"), f"tools[{i}].function.parameters")
+            check_free_form(tool["function"].get("parameters"), f"tools[{i}].function.parameters")
     response_format = request.get("response_format")
     if response_format and response_format["type"] == "json_schema":
-        _check_free_form(response_format["json_schema"].get("schema"), "response_format.json_schema.schema")
+        check_free_form(response_format["json_schema"].get("schema"), "response_format.json_schema.schema")
     return request, facts
 
 
-_INT_RANGE = (-(2**63), 2**64 - 1)
-
-
-def _check_free_form(value: Any, param: str) -> None:
-    """Free-form JSON (a tool's parameters, a JSON schema) must survive being sent on: JSON has no
-    NaN or Infinity, and integers wider than 64 bits do not travel."""
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            _check_free_form(item, f"{param}.{key}")
-    elif kind is list:
-        for i, item in enumerate(value):
-            _check_free_form(item, f"{param}[{i}]")
-    elif kind is float:
-        if not math.isfinite(value):
-            raise InvalidRequest(f"Invalid value for '{param}': JSON numbers must be finite.", param=param)
-    elif kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-        raise InvalidRequest(f"Invalid value for '{param}': integers must fit in 64 bits.", param=param)
-
-
 def _check_vendor_field(value: dict | str, param: str, limits: RequestLimits) -> None:
-    _check_free_form(value, param)
+    check_free_form(value, param)
     if len(orjson.dumps(value)) > limits.vendor_field_bytes:
         raise InvalidRequest(
             f"Invalid '{param}': larger than {limits.vendor_field_bytes} bytes.", param=param, code="vendor_field_too_large"
@@ -232,7 +212,7 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> RequestFacts
             raise InvalidRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.", param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
         for echoed in ("audio", "function_call", "annotations"):
             if message.get(echoed) is not None:
-                _check_free_form(message[echoed], f"messages[{i}].{echoed}")
+                check_free_form(message[echoed], f"messages[{i}].{echoed}")
         if message.get("tool_calls") and role != "assistant":
             raise InvalidRequest(f"'messages[{i}].tool_calls' is only allowed on assistant messages.", param=f"messages[{i}].tool_calls")
         for vendor in ("extra_content", "thought_signature"):

@@ -3,6 +3,7 @@ bytes (strict types, unknown keys refused, long bad arrays reported once) and th
 failed validation to one OpenAI-style error naming the field."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic_core import PydanticCustomError, ValidationError
@@ -184,3 +185,36 @@ def param_of(schema: dict, loc: tuple) -> tuple[str, bool]:
         else:
             node = None
     return "".join(out), depth == 1
+
+
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def free_form_fault(value: Any, param: str, index: str = "[{}]") -> tuple[str, str] | None:
+    """Where free-form JSON sent on (a tool's schema, a tool call's input) cannot survive the trip,
+    and why: JSON has no NaN or Infinity, and integers wider than 64 bits do not travel. ``index``
+    writes a list position onto the path (OpenAI's ``[0]``, Anthropic's ``.0``)."""
+    kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            fault = free_form_fault(item, f"{param}.{key}", index)
+            if fault is not None:
+                return fault
+    elif kind is list:
+        for i, item in enumerate(value):
+            fault = free_form_fault(item, param + index.format(i), index)
+            if fault is not None:
+                return fault
+    elif kind is float:
+        if not math.isfinite(value):
+            return param, "JSON numbers must be finite."
+    elif kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        return param, "integers must fit in 64 bits."
+    return None
+
+
+def check_free_form(value: Any, param: str) -> None:
+    """``free_form_fault`` as OpenAI's APIs answer it: a 400 naming the field."""
+    fault = free_form_fault(value, param)
+    if fault is not None:
+        raise InvalidRequest(f"Invalid value for '{fault[0]}': {fault[1]}", param=fault[0])

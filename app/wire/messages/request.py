@@ -7,7 +7,6 @@ or raises InvalidRequest naming the field as Anthropic does (``messages.3.conten
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ import orjson
 from ...core.config import RequestLimits
 from ...core.errors import InvalidRequest
 from ..chat import RequestFacts
+from ..validation import free_form_fault
 from . import schema, signature
 
 # Anthropic's effort levels, and a thinking budget, as the chat API's reasoning_effort.
@@ -22,7 +22,6 @@ _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "
 _BUDGET_LOW, _BUDGET_MEDIUM = 4096, 16384
 # No Chat Completions target takes more stop sequences than this (OpenAI: 4, Gemini: 5).
 MAX_STOP_SEQUENCES = 4
-_INT_RANGE = (-(2**63), 2**64 - 1)
 
 
 def parse_messages_request(body: bytes, limits: RequestLimits = RequestLimits()) -> tuple[dict[str, Any], RequestFacts]:
@@ -388,17 +387,6 @@ def _not_allowed(kind: str, role: str, param: str) -> InvalidRequest:
 
 
 def _free_form(value: Any, param: str) -> None:
-    """Free-form JSON sent on (a tool's schema, a tool use's input) must survive the trip: JSON has
-    no NaN or Infinity, and integers wider than 64 bits do not travel."""
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():
-            _free_form(item, f"{param}.{key}")
-    elif kind is list:
-        for i, item in enumerate(value):
-            _free_form(item, f"{param}.{i}")
-    elif kind is float:
-        if not math.isfinite(value):
-            raise InvalidRequest(f"{param}: JSON numbers must be finite.", param=param)
-    elif kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-        raise InvalidRequest(f"{param}: integers must fit in 64 bits.", param=param)
+    fault = free_form_fault(value, param, ".{}")
+    if fault is not None:
+        raise InvalidRequest(f"{fault[0]}: {fault[1]}", param=fault[0])

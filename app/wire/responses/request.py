@@ -14,8 +14,9 @@ from pydantic_core import core_schema as cs
 
 from ...core.config import RequestLimits
 from ...core.errors import InvalidRequest
-from ..chat import _check_free_form
-from ..validation import ANY_OBJECT, BOOLEAN, STRING, array, integer, invalid, literal, number, obj, opt, req
+from ..validation import (
+    ANY_OBJECT, BOOLEAN, STRING, array, check_free_form, integer, invalid, literal, number, obj, opt, req,
+)
 
 # Hosted tools: run by OpenAI's servers, never by a Chat Completions target.
 HOSTED_TOOLS = (
@@ -313,12 +314,12 @@ def parse_responses_request(body: bytes, limits: RequestLimits = RequestLimits()
         )
     for i, tool in enumerate(request.get("tools") or ()):
         if tool["type"] == "function":
-            _check_free_form(tool.get("parameters"), f"tools[{i}].parameters")
+            check_free_form(tool.get("parameters"), f"tools[{i}].parameters")
         elif tool["type"] == "namespace":
             for j, inner in enumerate(tool["tools"]):
                 if inner.get("type", "function") == "function":
-                    _check_free_form(inner.get("parameters"), f"tools[{i}].tools[{j}].parameters")
+                    check_free_form(inner.get("parameters"), f"tools[{i}].tools[{j}].parameters")
     text_format = (request.get("text") or {}).get("format")
     if text_format and text_format["type"] == "json_schema":
-        _check_free_form(text_format["schema"], "text.format.schema")
+        check_free_form(text_format["schema"], "text.format.schema")
     return request
