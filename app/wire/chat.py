@@ -180,7 +180,7 @@ def parse_chat_request(body: bytes, limits: RequestLimits = RequestLimits()) -> 
     return request, facts
 
 
-def _check_vendor_field(value: dict | str, param: str, limits: RequestLimits) -> None:
+def check_vendor_field(value: dict | str, param: str, limits: RequestLimits) -> None:
     check_free_form(value, param)
     if len(orjson.dumps(value)) > limits.vendor_field_bytes:
         raise InvalidRequest(
@@ -222,10 +222,10 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> RequestFacts
                         f"Unrecognized parameter: 'messages[{i}].{vendor}' (only assistant messages carry it).",
                         param=f"messages[{i}].{vendor}", code="unknown_parameter",
                     )
-                _check_vendor_field(message[vendor], f"messages[{i}].{vendor}", limits)
+                check_vendor_field(message[vendor], f"messages[{i}].{vendor}", limits)
         for k, call in enumerate(message.get("tool_calls") or ()):
             if call.get("extra_content") is not None:
-                _check_vendor_field(call["extra_content"], f"messages[{i}].tool_calls[{k}].extra_content", limits)
+                check_vendor_field(call["extra_content"], f"messages[{i}].tool_calls[{k}].extra_content", limits)
         if type(content) is str:
             chars += len(content)
         elif type(content) is list:
@@ -241,7 +241,7 @@ def _check_messages(messages: list[dict], limits: RequestLimits) -> RequestFacts
                     chars += len(part["text"])
                 elif kind == "image_url":
                     url = part["image_url"]["url"]
-                    _check_image_url(url, f"messages[{i}].content[{j}].image_url.url", limits)
+                    check_image_url(url, f"messages[{i}].content[{j}].image_url.url", limits)
                     if first_image is None:
                         first_image = f"messages[{i}].content[{j}].type"
                     images += 1
@@ -264,7 +264,7 @@ _PARTS_BY_ROLE = {
 }
 
 
-def _check_image_url(url: str, param: str, limits: RequestLimits) -> None:
+def check_image_url(url: str, param: str, limits: RequestLimits) -> None:
     head = url[:11].lower()
     if head.startswith(("https://", "http://")):
         if len(url) > 8192:

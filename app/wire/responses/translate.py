@@ -16,7 +16,7 @@ import orjson
 
 from ...core.config import RequestLimits
 from ...core.errors import InvalidRequest
-from ..chat import RequestFacts, _check_image_url, _check_vendor_field
+from ..chat import RequestFacts, check_image_url, check_vendor_field
 from . import signatures
 from .request import HOSTED_ITEMS, HOSTED_TOOLS
 
@@ -271,7 +271,7 @@ class _Messages:
     def _carry(self, item: dict, param: str) -> None:
         carried = signatures.decode(item.get("encrypted_content"))
         if carried:
-            _check_vendor_field(carried, f"{param}.encrypted_content", self.limits)
+            check_vendor_field(carried, f"{param}.encrypted_content", self.limits)
             self._signatures.update(carried)
 
     def _item(self, item: dict, param: str) -> None:
@@ -343,7 +343,7 @@ class _Messages:
                 code="unsupported_value",
             )
         url = part["image_url"]
-        _check_image_url(url, f"{where}.image_url", self.limits)
+        check_image_url(url, f"{where}.image_url", self.limits)
         if self.first_image is None:
             self.first_image = f"{where}.type"
         self.images += 1
