@@ -33,8 +33,9 @@ from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile
 from .systems import Context, System, Unavailable
 
 CONCURRENCY = 32
-# report.TWO_WORKERS: the gateway with 2 workers, only its throughput phases (against the 1-worker gateway's)
-ALL_SYSTEMS = ("direct", "bare", "nginx", "gateway", report.TWO_WORKERS, "litellm")
+# report.TWO_WORKERS: the gateway with 2 workers, only its throughput phases (against the 1-worker gateway's);
+# report.BARE_TWO_WORKERS: the bare proxy with 2 workers, the same phases: what two workers cost by themselves
+ALL_SYSTEMS = ("direct", "bare", report.BARE_TWO_WORKERS, "nginx", "gateway", report.TWO_WORKERS, "litellm")
 # The gateway's other client APIs, loaded on the same gateway after chat: the route replacing
 # /chat/completions, the key's header (empty: chat's), and the loads measured (BODIES' keys).
 CLIENT_APIS = {
@@ -491,6 +492,8 @@ class Bench:
                 system = systems.gateway(self.ctx, tee_port, key, tree, tree_info, transport, candidate.tls)
             elif key == "direct":
                 system = systems.direct(self.ctx)
+            elif key == report.BARE_TWO_WORKERS:
+                system = systems.bare(self.ctx, key=key, workers=2)
             elif key.startswith("bare"):
                 system = systems.bare(self.ctx, client or "aiohttp")
             elif key == "nginx":
@@ -509,7 +512,7 @@ class Bench:
             if client:
                 out["client_comparison"][client] = self.measure(system, full=False)
                 return
-            if key == report.TWO_WORKERS:
+            if key in (report.TWO_WORKERS, report.BARE_TWO_WORKERS):
                 out["systems"][key] = self.measure(system, full=False)
                 return
             result = self.measure(system)

@@ -129,21 +129,24 @@ def direct(ctx: Context) -> System:
 
 
 def bare(ctx: Context, client: str = "aiohttp", transport: str | None = None, tls: bool = False,
-         key: str | None = None) -> System:
+         key: str | None = None, workers: int = 1) -> System:
     """The bare proxy with ``client`` (or relaying through the gateway's ``transport``), in front of
-    the plain or the TLS fake upstream."""
+    the plain or the TLS fake upstream, in ``workers`` processes."""
     port = free_port()
     name = key or ("bare" if client == "aiohttp" else f"bare-{client}")
     args = [sys.executable, "-m", "bench.baselines.bare_proxy", "--port", str(port),
             "--upstream", ctx.tls_base if tls else ctx.upstream_base, "--client", client, "--api-key", UPSTREAM_KEY]
     if transport:
         args += ["--transport", transport]
+    if workers > 1:
+        args += ["--workers", str(workers)]
     proc = spawn(name, args, ctx.work, cpus=ctx.sut_cpus, env=ctx.tls_env() if tls else None)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     what = f"transport {transport}" if transport else client
+    what += f", {workers} workers" if workers > 1 else ""
     return System(name, f"bare Sanic proxy ({what}{', TLS upstream' if tls else ''})",
                   f"http://127.0.0.1:{port}/v1/chat/completions", {"Authorization": "Bearer unused"}, [proc],
-                  info={"client": client, "transport": transport, "tls": tls})
+                  info={"client": client, "transport": transport, "tls": tls, "workers": workers})
 
 
 # ---------------------------------------------------------------- nginx

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse
+from sanic.worker.loader import AppLoader
 
 CLIENTS = ("aiohttp", "httpx", "httpx-aiohttp")
 TRANSPORT_NAMES = ("aiohttp", "aiohttp-tuned", "pyreqwest", "pyqwest", "h1")
@@ -175,9 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", choices=CLIENTS, default="aiohttp")
     p.add_argument("--transport", choices=TRANSPORT_NAMES, help="relay through this upstream transport instead")
     p.add_argument("--api-key", default="sk-bench-upstream")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (Sanic's own manager above 1)")
     args = p.parse_args(argv)
-    app = create_app(args.upstream, args.client, args.api_key, args.transport)
     print(f"bare proxy ({args.transport or args.client}) on http://{args.host}:{args.port} -> {args.upstream}", flush=True)
+    if args.workers > 1:
+        # Sanic's own manager: each worker process builds the app from the factory.
+        loader = AppLoader(factory=partial(create_app, args.upstream, args.client, args.api_key, args.transport))
+        app = loader.load()
+        app.prepare(host=args.host, port=args.port, workers=args.workers, access_log=False, motd=False, backlog=1024)
+        Sanic.serve(primary=app, app_loader=loader)
+        return 0
+    app = create_app(args.upstream, args.client, args.api_key, args.transport)
     app.run(host=args.host, port=args.port, single_process=True, access_log=False, motd=False, backlog=1024)
     return 0
 

@@ -6,10 +6,14 @@ here asserts them."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 
-from bench import capacity, fidelity, report, streams, variants, wrk
+import pytest
+
+from bench import capacity, fidelity, procs, report, streams, variants, wrk
 
 from tests.support import ROOT
 
@@ -175,3 +179,45 @@ def test_targets_compare_with_bare_litellm_and_one_worker_and_name_what_was_not_
     assert rows["every conformance recording passes (tests/conformance/test_recordings.py)"]["met"] is False
     table = "\n".join(report.targets_markdown(out))
     assert table.count("**not met**") == 5 and "| 2 workers: CPU per non-stream request" in table
+
+
+def test_a_second_worker_is_also_measured_against_the_bare_proxys_second_worker():
+    def system(cpu_us: float, cpu_stream_us: float) -> dict:
+        return {"throughput": {"non_stream": {"rps": 1000, "cpu": {"per_1000_requests_s": cpu_us / 1000}},
+                               "stream": {"rps": 800, "cpu": {"per_1000_requests_s": cpu_stream_us / 1000}}}}
+
+    out = {"systems": {"bare": system(200, 300), "bare-2w": system(230, 300),
+                       "gateway": system(300, 500), "gateway-2w": system(360, 600)}}
+    rows = {t["target"]: t for t in report.targets(out) if t["target"].startswith("2 workers")}
+    raw = [t for name, t in rows.items() if "of the bare proxy's" not in name]
+    against_bare = [t for name, t in rows.items() if "of the bare proxy's" in name]
+    assert [(round(t["value"], 3), t["met"]) for t in raw] == [(1.2, False), (1.2, False)]
+    # 1.2 / 1.15 non-stream, 1.2 / 1.0 stream
+    assert [(round(t["value"], 3), t["met"]) for t in against_bare] == [(1.043, True), (1.2, False)]
+    assert "bare proxy 1.150" in against_bare[0]["note"]
+
+
+@pytest.mark.processes
+def test_the_bare_proxy_runs_with_two_workers_and_ends_on_sigterm(tmp_path):
+    port = procs.free_port()
+    proc = procs.spawn("bare-2w", [sys.executable, "-m", "bench.baselines.bare_proxy", "--port", str(port),
+                                   "--upstream", "http://127.0.0.1:9/v1", "--workers", "2"], tmp_path)
+    try:
+        procs.wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        workers = procs.tree(proc.pid)
+        assert len(workers) >= 3, proc.log()  # Sanic's manager and its two workers
+    finally:
+        proc.stop()
+    assert proc.popen.returncode is not None
+    deadline = time.monotonic() + 10
+    while (left := [pid for pid in workers if pid != proc.pid and _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
