@@ -90,6 +90,7 @@ def rewrite_completion(raw: bytes, public_model: str, completion_id: str,
 
 
 _KEY = {key: re.compile(rb'"' + key.encode() + rb'"\s*:\s*') for key in ("id", "model", "system_fingerprint")}
+_QUOTED = {key: b'"' + key.encode() + b'"' for key in _KEY}
 # The byte tests count a key's compact forms (as both providers write JSON); only where they do not
 # account for every occurrence of the key (spaces about its colon, as Python's json.dumps writes it)
 # does the key's expression decide. They search with ``bytes.find``/``count``, not ``in``: on CPython
@@ -125,6 +126,12 @@ def top_level_token(data: bytes, key: str, value: Any) -> bytes | None:
     if type(value) is not str:
         return None
     wanted = orjson.dumps(value)
+    quoted = _QUOTED[key]
+    if data.count(quoted) == 1:
+        # The key written once, compactly before its value (as both providers write it): no search.
+        token = quoted + b":" + wanted
+        if data.find(token) >= 0:
+            return token
     found = [m for m in _KEY[key].finditer(data) if data.startswith(wanted, m.end())]
     if len(found) != 1:
         return None

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from app.wire.persona import scrub
-from app.wire.rewrite import MalformedUpstream, StreamRewriter, rewrite_completion
+from app.wire.rewrite import MalformedUpstream, StreamRewriter, rewrite_completion, top_level_token
 from app.wire.usage import Usage
 
 PUBLIC = "zowy-1"
@@ -408,3 +408,21 @@ def test_an_early_usage_chunk_still_goes_last():
     docs = chunks(out)
     assert finishes(docs) == ["stop"] and docs[-1]["choices"] == [] and docs[-1]["usage"]["total_tokens"] == 14
     assert len(docs) == 5
+
+
+@pytest.mark.parametrize(("data", "key", "value", "token"), [
+    # Compact, once: the token without a search.
+    (b'{"id":"c-1","model":"m","choices":[]}', "id", "c-1", b'"id":"c-1"'),
+    # Spaced about the colon (json.dumps): found by the key's expression.
+    (b'{"id": "c-1", "model": "m"}', "id", "c-1", b'"id": "c-1"'),
+    # A tool call's own "id" before the chunk's (Gemini's key order): the top-level one, by value.
+    (b'{"choices":[{"delta":{"tool_calls":[{"id":"call-1"}]}}],"id":"c-1"}', "id", "c-1", b'"id":"c-1"'),
+    # The same key and value twice: no token to swap.
+    (b'{"id":"c-1","choices":[{"delta":{"tool_calls":[{"id":"c-1"}]}}]}', "id", "c-1", None),
+    # "model" once as a key and once as a value (a role): the key's token.
+    (b'{"model":"m","choices":[{"delta":{"role":"model"}}]}', "model", "m", b'"model":"m"'),
+    # Not a string: nothing.
+    (b'{"id":1}', "id", 1, None),
+])
+def test_top_level_token_finds_the_key_written_once_with_its_value(data, key, value, token):
+    assert top_level_token(data, key, value) == token
