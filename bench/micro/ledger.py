@@ -38,13 +38,20 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+async def _store(tmp: str) -> SqliteStore:
+    """A fresh store with the account and package the entries debit."""
+    store = SqliteStore(Path(tmp) / "zowy.db", timeout=5)
+    await store.init()
+    now = time.time()
+    await store.create_account("acct_bench", "bench", now)
+    await store.grant_package(Package("pkg_bench", "acct_bench", "business", 10**15, 0, now, now + 86400))
+    return store
+
+
 async def _run(batch: int, on_loop: bool, entries: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(Path(tmp) / "zowy.db", timeout=5)
-        await store.init()
+        store = await _store(tmp)
         now = time.time()
-        await store.create_account("acct_bench", "bench", now)
-        await store.grant_package(Package("pkg_bench", "acct_bench", "business", 10**15, 0, now, now + 86400))
         connection = store._hot if on_loop else store._ledger
 
         async def record(batch_entries: list[LedgerEntry]) -> None:
@@ -94,11 +101,7 @@ def _random_id() -> str:
 
 async def _ids_case(make_id, held: int, batches: int, batch: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(Path(tmp) / "zowy.db", timeout=5)
-        await store.init()
-        now = time.time()
-        await store.create_account("acct_bench", "bench", now)
-        await store.grant_package(Package("pkg_bench", "acct_bench", "business", 10**15, 0, now, now + 86400))
+        store = await _store(tmp)
         for _ in range(held // 1000):
             await store.record([replace(_entry(0, time.time()), request_id=make_id()) for _ in range(1000)])
         cpu0, wall0 = _cpu(), time.perf_counter()
