@@ -421,23 +421,27 @@ async def test_reconcile_during_writes_reports_nothing_false(backend, store: Sto
     writer = await backend.store()
     await account_with(store, "acc_1", package("pkg_a", "acc_1", 10**6, T))
     done = asyncio.Event()
+    passes = 0
 
-    async def write() -> None:
-        for i in range(60):
+    async def write() -> int:
+        # At least 60 batches, and on until reconcile has run 3 times meanwhile, however slow it is.
+        i = 0
+        while i < 60 or (passes < 3 and i < 3000):
             await writer.record([entry(f"r{i}-{j}", "acc_1", 1 + j, T + i + j / 10) for j in range(3)])
             await asyncio.sleep(0.001)  # a store may answer without suspending; let reconcile run between writes
+            i += 1
         done.set()
+        return i
 
-    async def check() -> int:
-        passes = 0
+    async def check() -> None:
+        nonlocal passes
         while not done.is_set() or passes == 0:
             assert await store.reconcile() == []
             passes += 1
-        return passes
 
-    _, passes = await asyncio.gather(write(), check())
-    assert passes > 1
-    assert await used(store, "acc_1") == {"pkg_a": 60 * 6}
+    batches, _ = await asyncio.gather(write(), check())
+    assert passes >= 3
+    assert await used(store, "acc_1") == {"pkg_a": batches * 6}
 
 
 # init
