@@ -390,7 +390,9 @@ def markdown(out: dict) -> str:
         lines += ["", micro_markdown(micro)]
     prof = _get(out["systems"].get("gateway"), "profile")
     if prof:
-        lines += ["", "## Gateway profile (py-spy, worker process, under c=32 load)", ""]
+        lines += ["", "## Gateway profile (py-spy, worker process, under c=32 load)", "",
+                  "Samples of the thread holding the GIL (`--gil`), the fake upstream moved off the worker's "
+                  "CPU meanwhile, so that a sample is the worker's own work.", ""]
         for kind, p in prof.items():
             if "error" in p:
                 lines.append(f"{kind}: {p['error']}")

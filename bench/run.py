@@ -539,23 +539,31 @@ class Bench:
                 self.settle(timeout=30)
 
     def profile(self, system: System) -> dict:
-        """py-spy over the gateway worker during a non-stream throughput phase (``--profile``)."""
+        """py-spy over the gateway worker during the non-stream and stream throughput phases
+        (``--profile``): samples of the thread holding the GIL, with the fake upstream moved to the
+        generators' CPUs meanwhile. py-spy samples wall time: with the upstream on the worker's core,
+        the worker's socket writes collect the samples of the upstream it wakes."""
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if not os.path.exists(pyspy):
             return {"error": "py-spy is not installed"}
         pid = max(system.pids(), key=lambda p: cpu_seconds([p]))  # the busiest process: the worker
+        upstream = self.ctx.upstream.pids() if self.ctx.upstream is not None else []
         results = {}
-        for body in ("plain", "stream"):
-            svg = self.args.out / f"{self.stamp}-profile-{body}.txt"
-            spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(self.args.duration)),
-                                    "--rate", "250", "--format", "raw", "--output", str(svg), "--nonblocking",
-                                    "--full-filenames"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            time.sleep(0.5)
-            self.throughput(system, body, self.args.duration)
-            spy.wait(60)
-            results[body] = report.top_frames(svg) if svg.exists() else {"error": spy.stderr.read()[-500:]}
-            results[body]["raw_file"] = str(svg)
+        _pin(upstream, self.gen_cpus)
+        try:
+            for body in ("plain", "stream"):
+                svg = self.args.out / f"{self.stamp}-profile-{body}.txt"
+                spy = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration", str(int(self.args.duration)),
+                                        "--rate", "250", "--format", "raw", "--output", str(svg), "--nonblocking",
+                                        "--full-filenames", "--gil"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                time.sleep(0.5)
+                self.throughput(system, body, self.args.duration)
+                spy.wait(60)
+                results[body] = report.top_frames(svg) if svg.exists() else {"error": spy.stderr.read()[-500:]}
+                results[body]["raw_file"] = str(svg)
+        finally:
+            _pin(upstream, self.sut_cpus)
         return results
 
     def conformance(self) -> dict:
@@ -585,6 +593,18 @@ class Bench:
         if out.returncode != 0 or not target.exists():
             return {"error": out.stderr[-2000:]}
         return json.loads(target.read_text())
+
+
+def _pin(pids: list[int], cpus: set[int] | None) -> None:
+    """Move running processes (every thread of each) to ``cpus``; nothing when unpinned."""
+    if not cpus:
+        return
+    for pid in pids:
+        try:
+            for thread in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(thread), cpus)
+        except OSError:
+            pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -618,7 +638,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
                    help="run the micro-benchmarks too (default: yes, except with --quick)")
-    p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load")
+    p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load (GIL-holding samples, the upstream moved off its CPU)")
     p.add_argument("--conformance", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the conformance recordings through the gateway at the end (default: yes, except "
                         "with --quick; needs the test extra)")
