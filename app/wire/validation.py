@@ -194,23 +194,37 @@ def free_form_fault(value: Any, param: str, index: str = "[{}]") -> tuple[str, s
     """Where free-form JSON sent on (a tool's schema, a tool call's input) cannot survive the trip,
     and why: JSON has no NaN or Infinity, and integers wider than 64 bits do not travel. ``index``
     writes a list position onto the path (OpenAI's ``[0]``, Anthropic's ``.0``)."""
+    found = _fault(value)
+    if found is None:
+        return None
+    path, why = found
+    return param + "".join(f".{step}" if type(step) is str else index.format(step) for step in reversed(path)), why
+
+
+def _fault(value: Any) -> tuple[list, str] | None:
+    """The walk of ``free_form_fault``: the path (innermost step first) is made only for a fault, not
+    for every node of a valid schema (agents send dozens of tools with every request)."""
     kind = type(value)
     if kind is dict:
-        for key, item in value.items():
-            fault = free_form_fault(item, f"{param}.{key}", index)
-            if fault is not None:
-                return fault
+        items = value.items()
     elif kind is list:
-        for i, item in enumerate(value):
-            fault = free_form_fault(item, param + index.format(i), index)
-            if fault is not None:
-                return fault
+        items = enumerate(value)
     elif kind is float:
-        if not math.isfinite(value):
-            return param, "JSON numbers must be finite."
+        return None if math.isfinite(value) else ([], "JSON numbers must be finite.")
     elif kind is int and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-        return param, "integers must fit in 64 bits."
+        return [], "integers must fit in 64 bits."
+    else:
+        return None
+    for step, item in items:
+        if type(item) in _WALKED:
+            found = _fault(item)
+            if found is not None:
+                found[0].append(step)
+                return found
     return None
+
+
+_WALKED = frozenset({dict, list, float, int})
 
 
 def check_free_form(value: Any, param: str) -> None:
