@@ -109,10 +109,7 @@ async def answer(request: Request, body: bytes, headers: Mapping[str, str], clos
 def error_parts(request: Request | None, error: GatewayError, api: object | None) -> tuple[dict, bytes]:
     """What an error answers with: the request's headers so far (its id, its rate limits), the
     error's own, and the body in ``api``'s envelope (OpenAI's when the API has none of its own)."""
-    headers: dict = {}
-    ctx_headers = getattr(getattr(request, "ctx", None), "headers", None) if request is not None else None
-    if ctx_headers:
-        headers.update(ctx_headers)
+    headers = dict(getattr(getattr(request, "ctx", None), "headers", None) or ())
     headers.update(error.headers)
     request_id = headers.setdefault("x-request-id", new_request_id())
     render = getattr(api, "error_body", None)
