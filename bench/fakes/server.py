@@ -26,7 +26,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -208,33 +208,19 @@ class HandlerServer:
         await response.prepare(request)
         progress.phase = "body"
         write = response.write
-        if hasattr(body, "__aiter__"):
-            pieces = body.__aiter__()
-            try:
-                while True:
-                    try:
-                        piece = await pieces.__anext__()
-                    except StopAsyncIteration:
-                        break
-                    except ConnectionError:
-                        return await self._abort(request, progress)
-                    await write(piece)
-                    progress.events += 1
-            finally:
-                aclose = getattr(pieces, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-        else:
-            pieces = iter(body)
+        pieces = _each(body)
+        try:
             while True:
                 try:
-                    piece = next(pieces)
-                except StopIteration:
+                    piece = await pieces.__anext__()
+                except StopAsyncIteration:
                     break
                 except ConnectionError:
                     return await self._abort(request, progress)
                 await write(piece)
                 progress.events += 1
+        finally:
+            await pieces.aclose()
         await response.write_eof()
         return response
 
@@ -246,6 +232,22 @@ class HandlerServer:
             transport.close()  # flushes what was written, then FIN
         await asyncio.sleep(5)
         return progress.response or web.Response(status=499)
+
+
+async def _each(body) -> AsyncIterator[bytes]:
+    """The pieces of a body given as an iterable or an async iterable (closed however the reading ends)."""
+    if not hasattr(body, "__aiter__"):
+        for piece in body:
+            yield piece
+        return
+    pieces = body.__aiter__()
+    try:
+        async for piece in pieces:
+            yield piece
+    finally:
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def serve(handler: Handler, host: str = "127.0.0.1", port: int = 0, **kwargs) -> HandlerServer:
