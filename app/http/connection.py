@@ -1,19 +1,27 @@
-"""Sanic's HTTP/1.1 protocol with total deadlines for each request's head and body.
+"""Sanic's HTTP/1.1 protocol with total deadlines for each request's head and body, which serves
+a client API's plainest requests itself (http/direct.py) and hands every other to Sanic.
 
 Sanic's request timeout restarts with every byte received, so a head or a body sent a byte at a
 time (a slowloris) could hold a connection forever. Here the head must be complete
 ``header_timeout`` seconds after the connection opened, or after the first byte of a later request
 on it; and the body, on every route, ``body_timeout`` seconds after its head (a body still arriving
 then gets 408 and the connection is closed, also when it was only being read to be discarded).
+
+A request taken directly skips Sanic's head parsing, routing and request cycle: its handler runs on
+Sanic's own stream (``Http``) set up as Sanic sets it, so it answers, fails and is cut as any other.
 """
 from __future__ import annotations
 
 import asyncio
+from time import monotonic, perf_counter
 
+from sanic.exceptions import RequestCancelled, ServerError
 from sanic.http import Http, Stage
+from sanic.response import BaseHTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
 
 from ..core.errors import HeaderTimeout, RequestTimeout
+from . import direct
 
 
 class GatewayHttp(Http):
@@ -27,7 +35,7 @@ class GatewayHttp(Http):
 
 
 class GatewayProtocol(HttpProtocol):
-    __slots__ = ("_head_timer", "_head_count", "_body_timer")
+    __slots__ = ("_head_timer", "_head_count", "_body_timer", "_direct", "_direct_task")
     HTTP_CLASS = GatewayHttp
 
     def connection_made(self, transport) -> None:
@@ -36,12 +44,25 @@ class GatewayProtocol(HttpProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._arm(0)
         self.request_handler = self._handle
+        self._direct = direct_routes(self.app)
+        self._direct_task: asyncio.Task | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._direct_task is not None:
+            # Bytes sent while a request taken directly is served: Sanic reads them after it.
+            self._time = monotonic()
+            self.recv_buffer += data
+            if len(self.recv_buffer) >= self.app.config.REQUEST_BUFFER_SIZE:
+                self.transport.pause_reading()
+            return
         http = getattr(self, "_http", None)  # set once the connection task runs
-        # The first bytes of another request on a kept-alive connection start its head's clock.
-        if http is not None and http.stage is Stage.IDLE and self.state["requests_count"] != self._head_count:
-            self._arm(self.state["requests_count"])
+        if http is not None and http.stage is Stage.IDLE:
+            # Sanic's stream waits for a request (no request yet, nothing buffered): take it directly.
+            if http.request is None and not self.recv_buffer and self._take(http, data):
+                return
+            # The first bytes of another request on a kept-alive connection start its head's clock.
+            if self.state["requests_count"] != self._head_count:
+                self._arm(self.state["requests_count"])
         super().data_received(data)
 
     def connection_lost(self, exc) -> None:
@@ -49,7 +70,89 @@ class GatewayProtocol(HttpProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
+        if self._direct_task is not None:
+            self._direct_task.cancel()
         super().connection_lost(exc)
+
+    def _take(self, http: Http, data: bytes) -> bool:
+        """Serve the request ``data`` holds directly, if it is one of those (http/direct.py); set up
+        Sanic's stream for it as Sanic's head parsing and routing would."""
+        routes = self._direct
+        taken = direct.take(data, routes.paths, routes.max_head, routes.max_body)
+        if taken is None:
+            return False
+        route, handler = routes.by_path[taken.path]
+        self._time = monotonic()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self.state["requests_count"] += 1
+        http.keep_alive = taken.keep_alive and routes.keep_alive
+        http.head_only = False
+        http.url = taken.target.decode()
+        request = self.request_class(url_bytes=taken.target, headers=taken.headers, head=taken.head, version="1.1",
+                                     method="POST", transport=self.transport, app=self.app)
+        request.conn_info = self.conn_info
+        request.route = route
+        request._match_info = {}
+        request.stream, http.request = http, request
+        http.request_body = True
+        http.request_bytes_left = http.request_bytes = len(taken.body)
+        self.recv_buffer += taken.body
+        http.response_func = http.http1_response_header
+        http.stage = Stage.HANDLER
+        http.perft0 = perf_counter()
+        self._direct_task = self.loop.create_task(self._serve_directly(http, request, handler))
+        return True
+
+    async def _serve_directly(self, http: Http, request, handler) -> None:
+        """What Sanic's request cycle does for a request once routed (``Sanic.handle_request``, then
+        the rest of ``Http.http1``'s turn), for one taken directly; then the connection waits for
+        the next request, or closes."""
+        try:
+            try:
+                response = await handler(request)
+                if request.responded:
+                    response = http.response
+                elif response is not None:
+                    response = await request.respond(response)
+                else:
+                    response = http.response
+                if not isinstance(response, BaseHTTPResponse):
+                    raise ServerError(f"Invalid response type {response!r} (need HTTPResponse)")
+                await response.send(end_stream=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                await self.app.handle_exception(request, error, run_middleware=False)
+            if http.stage is Stage.HANDLER:
+                raise ServerError("Handler produced no response")
+            if http.stage is Stage.RESPONSE:
+                await http.response.send(end_stream=True)
+        except asyncio.CancelledError as cancelled:
+            if self.transport is None:
+                return
+            error = RequestCancelled() if self.conn_info.lost else (http.exception or cancelled)
+            http.exception = None
+            http.keep_alive = False
+            await http.error_response(error)
+        except Exception as error:
+            await http.error_response(error)
+        finally:
+            self._direct_task = None
+            left = http.request_bytes_left
+            if http.request_body and left:
+                del self.recv_buffer[:left]  # the body the handler did not read
+            request.stream = None
+            if http.response is not None:
+                http.response.stream = None
+            keep_alive = http.keep_alive and http.stage is Stage.IDLE
+            http.init_for_request()
+            if not keep_alive:
+                http.keep_alive = False
+                self.close()
+            elif self.recv_buffer:
+                self._data_received.set()  # Sanic's stream reads what came meanwhile
 
     def _arm(self, count: int) -> None:
         if self._head_timer is not None:
@@ -101,3 +204,19 @@ class GatewayProtocol(HttpProtocol):
         http.request_body = None
         http.keep_alive = False
         task.cancel()
+
+
+def direct_routes(app) -> direct.Routes:
+    """The routes a request may be taken directly to (``ctx_direct=True``: POST only, no path
+    parameters, no request middleware), and the limits it is taken under; found once per app."""
+    found = getattr(app.ctx, "direct_routes", None)
+    if found is None:
+        by_path = {}
+        for route in app.router.routes:
+            if getattr(route.ctx, "direct", False) and set(route.methods) == {"POST"} and not route.params \
+                    and not route.extra.request_middleware:
+                by_path["/" + route.path] = (route, route.handler)
+        settings = app.ctx.settings
+        found = app.ctx.direct_routes = direct.Routes(by_path, frozenset(by_path), settings.max_header_bytes,
+                                                      settings.max_body_bytes, bool(app.config.KEEP_ALIVE))
+    return found

@@ -18,6 +18,9 @@ def _chat(exchange: object) -> object:
     return CHAT_COMPLETIONS
 
 
-# stream=True: the body is read by the handler, under the gateway's size limit.
-bp.add_route(chat_completions, "/api/v1/chat/completions", methods=["POST"], name="chat_completions", stream=True)
-bp.add_route(chat_completions, "/v1/chat/completions", methods=["POST"], name="chat_completions_v1", stream=True)
+# stream=True: the body is read by the handler, under the gateway's size limit; ctx_direct=True: a
+# plain request may skip Sanic's request cycle (http/connection.py).
+bp.add_route(chat_completions, "/api/v1/chat/completions", methods=["POST"], name="chat_completions", stream=True,
+             ctx_direct=True)
+bp.add_route(chat_completions, "/v1/chat/completions", methods=["POST"], name="chat_completions_v1", stream=True,
+             ctx_direct=True)

@@ -49,9 +49,11 @@ async def count(request: Request) -> HTTPResponse:
     return HTTPResponse(orjson.dumps({"input_tokens": tokens}), headers=request.ctx.headers, content_type="application/json")
 
 
-# stream=True: the body is read by the handler, under the gateway's size limit.
+# stream=True: the body is read by the handler, under the gateway's size limit; ctx_direct=True: a
+# plain request may skip Sanic's request cycle (http/connection.py).
 for prefix in ("/v1", "/api/v1"):
     alias = "" if prefix == "/v1" else "_api"
-    bp.add_route(messages, f"{prefix}/messages", methods=["POST"], name=f"messages{alias}", stream=True, ctx_api=MESSAGES)
+    bp.add_route(messages, f"{prefix}/messages", methods=["POST"], name=f"messages{alias}", stream=True, ctx_api=MESSAGES,
+                 ctx_direct=True)
     bp.add_route(count, f"{prefix}/messages/count_tokens", methods=["POST"], name=f"count_tokens{alias}", stream=True,
                  ctx_api=MESSAGES)

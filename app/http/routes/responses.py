@@ -45,8 +45,10 @@ async def input_items(request: Request, response_id: str) -> HTTPResponse:
 
 
 for prefix, suffix in (("/api/v1", ""), ("/v1", "_v1")):
-    # stream=True: the body is read by the handler, under the gateway's size limit.
-    bp.add_route(create, f"{prefix}/responses", methods=["POST"], name=f"create_response{suffix}", stream=True)
+    # stream=True: the body is read by the handler, under the gateway's size limit; ctx_direct=True: a
+    # plain request may skip Sanic's request cycle (http/connection.py).
+    bp.add_route(create, f"{prefix}/responses", methods=["POST"], name=f"create_response{suffix}", stream=True,
+                 ctx_direct=True)
     bp.add_route(retrieve, f"{prefix}/responses/<response_id:str>", methods=["GET"], name=f"retrieve_response{suffix}")
     bp.add_route(delete, f"{prefix}/responses/<response_id:str>", methods=["DELETE"], name=f"delete_response{suffix}")
     bp.add_route(input_items, f"{prefix}/responses/<response_id:str>/input_items", methods=["GET"],
