@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from time import monotonic, perf_counter
 
-from sanic.exceptions import RequestCancelled, ServerError
+from sanic.exceptions import BadRequest, PayloadTooLarge, RequestCancelled, ServerError
 from sanic.http import Http, Stage
 from sanic.response import BaseHTTPResponse
 from sanic.server.protocols.http_protocol import HttpProtocol
@@ -35,7 +35,7 @@ class GatewayHttp(Http):
 
 
 class GatewayProtocol(HttpProtocol):
-    __slots__ = ("_head_timer", "_head_count", "_body_timer", "_direct", "_direct_task")
+    __slots__ = ("_head_timer", "_head_count", "_body_timer", "_direct", "_taken")
     HTTP_CLASS = GatewayHttp
 
     def connection_made(self, transport) -> None:
@@ -45,16 +45,9 @@ class GatewayProtocol(HttpProtocol):
         self._arm(0)
         self.request_handler = self._handle
         self._direct = direct_routes(self.app)
-        self._direct_task: asyncio.Task | None = None
+        self._taken: tuple | None = None
 
     def data_received(self, data: bytes) -> None:
-        if self._direct_task is not None:
-            # Bytes sent while a request taken directly is served: Sanic reads them after it.
-            self._time = monotonic()
-            self.recv_buffer += data
-            if len(self.recv_buffer) >= self.app.config.REQUEST_BUFFER_SIZE:
-                self.transport.pause_reading()
-            return
         http = getattr(self, "_http", None)  # set once the connection task runs
         if http is not None and http.stage is Stage.IDLE:
             # Sanic's stream waits for a request (no request yet, nothing buffered): take it directly.
@@ -70,13 +63,26 @@ class GatewayProtocol(HttpProtocol):
             if timer is not None:
                 timer.cancel()
         self._head_timer = self._body_timer = None
-        if self._direct_task is not None:
-            self._direct_task.cancel()
         super().connection_lost(exc)
 
+    async def receive_more(self) -> None:
+        """Sanic's wait for more bytes. Where Sanic's stream waits for its next request, a request
+        taken directly meanwhile is served here, in the connection's own task; then the wait goes on,
+        or Sanic's stream reads what came after it."""
+        await super().receive_more()
+        while (taken := self._taken) is not None:
+            self._taken = None
+            if not await self._serve_directly(*taken):
+                self.close()
+                raise asyncio.CancelledError  # Sanic's stream ends, as for an idle connection closed
+            if self.recv_buffer:
+                return
+            await super().receive_more()
+
     def _take(self, http: Http, data: bytes) -> bool:
-        """Serve the request ``data`` holds directly, if it is one of those (http/direct.py); set up
-        Sanic's stream for it as Sanic's head parsing and routing would."""
+        """Take the request ``data`` begins directly, if it is one of those (http/direct.py): Sanic's
+        stream set up as Sanic's head parsing and routing would, its body (or what came of it yet)
+        buffered for the handler to read, and the connection's task woken to serve it."""
         routes = self._direct
         taken = direct.take(data, routes.paths, routes.max_head, routes.max_body)
         if taken is None:
@@ -86,7 +92,7 @@ class GatewayProtocol(HttpProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self.state["requests_count"] += 1
+        count = self.state["requests_count"] = self.state["requests_count"] + 1
         http.keep_alive = taken.keep_alive and routes.keep_alive
         http.head_only = False
         http.url = taken.target.decode()
@@ -97,18 +103,21 @@ class GatewayProtocol(HttpProtocol):
         request._match_info = {}
         request.stream, http.request = http, request
         http.request_body = True
-        http.request_bytes_left = http.request_bytes = len(taken.body)
+        http.request_bytes_left = http.request_bytes = taken.length
         self.recv_buffer += taken.body
+        if len(taken.body) < taken.length:
+            self._body_timer = self.loop.call_later(self.app.ctx.settings.body_timeout, self._body_expired, count)
         http.response_func = http.http1_response_header
         http.stage = Stage.HANDLER
         http.perft0 = perf_counter()
-        self._direct_task = self.loop.create_task(self._serve_directly(http, request, handler))
+        self._taken = (http, request, handler)
+        self._data_received.set()
         return True
 
-    async def _serve_directly(self, http: Http, request, handler) -> None:
+    async def _serve_directly(self, http: Http, request, handler) -> bool:
         """What Sanic's request cycle does for a request once routed (``Sanic.handle_request``, then
-        the rest of ``Http.http1``'s turn), for one taken directly; then the connection waits for
-        the next request, or closes."""
+        the rest of ``Http.http1``'s turn), for one taken directly. True when the connection may
+        serve another request."""
         try:
             try:
                 response = await handler(request)
@@ -131,28 +140,30 @@ class GatewayProtocol(HttpProtocol):
                 await http.response.send(end_stream=True)
         except asyncio.CancelledError as cancelled:
             if self.transport is None:
-                return
+                raise
             error = RequestCancelled() if self.conn_info.lost else (http.exception or cancelled)
             http.exception = None
             http.keep_alive = False
             await http.error_response(error)
         except Exception as error:
             await http.error_response(error)
-        finally:
-            self._direct_task = None
-            left = http.request_bytes_left
-            if http.request_body and left:
-                del self.recv_buffer[:left]  # the body the handler did not read
-            request.stream = None
-            if http.response is not None:
-                http.response.stream = None
-            keep_alive = http.keep_alive and http.stage is Stage.IDLE
-            http.init_for_request()
-            if not keep_alive:
+        if http.request_body:
+            # The body the handler left unread is read and dropped, as Sanic does, under its limits.
+            http.request_max_size = min(http.request_max_size, self.request_max_size)
+            try:
+                async for _ in http:
+                    pass
+            except (BadRequest, PayloadTooLarge):
                 http.keep_alive = False
-                self.close()
-            elif self.recv_buffer:
-                self._data_received.set()  # Sanic's stream reads what came meanwhile
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        request.stream = None
+        if http.response is not None:
+            http.response.stream = None
+        keep_alive = http.keep_alive and http.stage is Stage.IDLE
+        http.init_for_request()
+        return keep_alive
 
     def _arm(self, count: int) -> None:
         if self._head_timer is not None:

@@ -1,6 +1,6 @@
 """The requests a connection serves without Sanic's request cycle: a POST to a client API's create
-route, whole in one read, in the plainest form of HTTP/1.1. Anything else, or anything in doubt,
-goes through Sanic as before (http/connection.py)."""
+route whose head comes whole in one read, in the plainest form of HTTP/1.1 (its body may follow in
+later reads). Anything else, or anything in doubt, goes through Sanic (http/connection.py)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,19 +26,22 @@ class Routes(NamedTuple):
 
 
 class Head(NamedTuple):
-    """A request taken directly: its target, its head as Sanic keeps it, its headers, its body."""
+    """A request taken directly: its target, its head as Sanic keeps it, its headers, the body bytes
+    that came with the head, and the body's length."""
 
     target: bytes
     path: str
     head: bytes
     headers: Header
     body: bytes
+    length: int
     keep_alive: bool
 
 
 def take(data: bytes, paths: frozenset[str], max_head: int, max_body: int) -> Head | None:
-    """The request ``data`` holds, if it is exactly one POST to one of ``paths``, head and body
-    complete, with a Content-Length body of at most ``max_body`` bytes; else None.
+    """The request ``data`` begins, if it is a POST to one of ``paths`` whose head ``data`` holds
+    whole, with a Content-Length body of at most ``max_body`` bytes and nothing after that body;
+    else None.
 
     Headers are read as Sanic reads them (names lower-cased, values stripped on the left), so the
     handler sees the same request either way."""
@@ -74,6 +77,6 @@ def take(data: bytes, paths: frozenset[str], max_head: int, max_body: int) -> He
             keep_alive = value.lower() == "keep-alive"
         headers.append((name, value))
     start = end + 4
-    if length is None or length > max_body or len(data) - start != length:
+    if length is None or length > max_body or len(data) - start > length:
         return None
-    return Head(target.encode(), path, head, Header(headers), data[start:], keep_alive)
+    return Head(target.encode(), path, head, Header(headers), data[start:], length, keep_alive)

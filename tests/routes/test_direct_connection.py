@@ -92,7 +92,7 @@ async def served(tmp_path, monkeypatch):
         return handle(protocol, request)
 
     monkeypatch.setattr(GatewayProtocol, "_handle", counted)
-    settings = Settings.from_env({**ENV, "ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_file(tmp_path))})
+    settings = Settings.from_env({**ENV, "ZOWY_BODY_TIMEOUT": "1", "ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_file(tmp_path))})
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = await Server.open(settings, sock.detach(), tmp_path / "workers", MockTransport(Upstreams()))
@@ -162,7 +162,28 @@ async def test_other_forms_of_the_same_request_go_through_sanic_with_the_same_an
         conn.close()
 
 
-async def test_a_request_sent_in_pieces_or_pipelined_goes_through_sanic_in_order(served):
+async def test_a_body_that_follows_its_head_is_read_on_the_direct_path(served):
+    conn = await served.connect()
+    try:
+        whole = served.chat(user("body later " + "x" * 3000))
+        body_at = whole.index(b"\r\n\r\n") + 4
+        for piece in (whole[:body_at], whole[body_at:body_at + 1000], whole[body_at + 1000:]):
+            await conn.send(piece)
+            await asyncio.sleep(0.05)
+        status, _, body = await conn.answer()
+        assert status == 200 and completion(body)
+        assert served.through_sanic == []
+        # A body that stops coming gets 408 at the body deadline, and the connection closes.
+        await conn.send(whole[:body_at + 10])
+        status, headers, body = await conn.answer()
+        assert status == 408 and headers["connection"] == "close" and json.loads(body)["error"]["code"]
+        assert await conn.closed()
+        assert served.through_sanic == []
+    finally:
+        conn.close()
+
+
+async def test_a_request_whose_head_comes_in_pieces_or_pipelined_goes_through_sanic_in_order(served):
     conn = await served.connect()
     try:
         whole = served.chat(user("split"))
