@@ -106,7 +106,7 @@ class GatewayProtocol(HttpProtocol):
         http.request_bytes_left = http.request_bytes = taken.length
         self.recv_buffer += taken.body
         if len(taken.body) < taken.length:
-            self._body_timer = self.loop.call_later(self.app.ctx.settings.body_timeout, self._body_expired, count)
+            self._start_body_clock(count)
         http.response_func = http.http1_response_header
         http.stage = Stage.HANDLER
         http.perft0 = perf_counter()
@@ -191,9 +191,11 @@ class GatewayProtocol(HttpProtocol):
         http = self._http
         body = http.request_body  # inlined _body_pending: most bodies are in with their head
         if body and (body == "chunked" or http.request_bytes_left > len(self.recv_buffer)):
-            self._body_timer = self.loop.call_later(
-                self.app.ctx.settings.body_timeout, self._body_expired, self.state["requests_count"])
+            self._start_body_clock(self.state["requests_count"])
         return self.app.handle_request(request)
+
+    def _start_body_clock(self, count: int) -> None:
+        self._body_timer = self.loop.call_later(self.app.ctx.settings.body_timeout, self._body_expired, count)
 
     def _body_pending(self) -> bool:
         """Whether some of the request's body has still to arrive."""

@@ -111,7 +111,9 @@ def error_parts(request: Request | None, error: GatewayError, api: object | None
     error's own, and the body in ``api``'s envelope (OpenAI's when the API has none of its own)."""
     headers = dict(getattr(getattr(request, "ctx", None), "headers", None) or ())
     headers.update(error.headers)
-    request_id = headers.setdefault("x-request-id", new_request_id())
+    request_id = headers.get("x-request-id")
+    if request_id is None:
+        request_id = headers["x-request-id"] = new_request_id()
     render = getattr(api, "error_body", None)
     return headers, error.body() if render is None else render(error, request_id)
 

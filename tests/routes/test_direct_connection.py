@@ -276,6 +276,19 @@ async def test_the_messages_route_with_its_query_and_its_own_errors(served):
         conn.close()
 
 
+async def test_the_responses_route_is_taken_directly_too(served):
+    conn = await served.connect()
+    try:
+        await conn.send(served.chat({"model": "zowy-1", "input": "hi", "store": False}, path="/v1/responses"))
+        status, headers, answer = await conn.answer()
+        body = json.loads(answer)
+        assert status == 200 and body["object"] == "response" and body["status"] == "completed"
+        assert body["id"].endswith(headers["x-request-id"])
+        assert served.through_sanic == []
+    finally:
+        conn.close()
+
+
 async def test_a_caller_who_hangs_up_mid_stream_ends_the_request(served):
     before = served.server.services.inflight
     conn = await served.connect()
