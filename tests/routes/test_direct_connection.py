@@ -271,7 +271,16 @@ async def test_the_messages_route_with_its_query_and_its_own_errors(served):
         await conn.send(served.chat({"model": "zowy-1"}, path="/v1/messages?beta=true"))
         status, _, answer = await conn.answer()
         assert status == 400 and json.loads(answer)["type"] == "error"  # Anthropic's envelope
-        assert served.through_sanic == []
+        # count_tokens answers with a response object of Sanic's, sent as Sanic's cycle sends it.
+        await conn.send(served.chat(body, path="/v1/messages/count_tokens?beta=true"))
+        status, headers, answer = await conn.answer()
+        assert status == 200 and json.loads(answer)["input_tokens"] > 0
+        assert headers["request-id"] == headers["x-request-id"] and headers["content-type"] == "application/json"
+        await conn.send(served.chat(body, path="/v1/messages/count_tokens", chunked=True))
+        status, again_headers, again = await conn.answer()
+        assert status == 200 and json.loads(again) == json.loads(answer)
+        assert list(again_headers) == list(headers)  # the same head through Sanic's cycle
+        assert served.through_sanic == ["/v1/messages/count_tokens"]
     finally:
         conn.close()
 

@@ -56,4 +56,4 @@ for prefix in ("/v1", "/api/v1"):
     bp.add_route(messages, f"{prefix}/messages", methods=["POST"], name=f"messages{alias}", stream=True, ctx_api=MESSAGES,
                  ctx_direct=True)
     bp.add_route(count, f"{prefix}/messages/count_tokens", methods=["POST"], name=f"count_tokens{alias}", stream=True,
-                 ctx_api=MESSAGES)
+                 ctx_api=MESSAGES, ctx_direct=True)
