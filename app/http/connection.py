@@ -229,7 +229,7 @@ def direct_routes(app) -> direct.Routes:
             if getattr(route.ctx, "direct", False) and set(route.methods) == {"POST"} and not route.params \
                     and not route.extra.request_middleware:
                 by_path["/" + route.path] = (route, route.handler)
-        settings = app.ctx.settings
-        found = app.ctx.direct_routes = direct.Routes(by_path, frozenset(by_path), settings.max_header_bytes,
-                                                      settings.max_body_bytes, bool(app.config.KEEP_ALIVE))
+        # The head's limit as Sanic applies it (the least of the header size, the buffer and the body limits).
+        found = app.ctx.direct_routes = direct.Routes(by_path, frozenset(by_path), Http.HEADER_MAX_SIZE,
+                                                      app.ctx.settings.max_body_bytes, bool(app.config.KEEP_ALIVE))
     return found
