@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import httpx
 import orjson
 import pytest
+from sanic import Sanic
 from sanic_testing.testing import SanicASGITestClient, TestingResponse
 
 from app.accounts import provisioning
@@ -25,6 +27,7 @@ from app.billing import packages
 from app.core.config import Settings
 from app.gateway.services import Services
 from app.http.app import create_app
+from app.http.server import Server, bind
 from app.store.contracts.ledger import LedgerEntry
 from app.upstream.mock import MockRequest, MockResponse, MockTransport
 from app.upstream.transport_base import Transport
@@ -264,3 +267,31 @@ def user(text: str, model: str = "zowy-1", **extra: Any) -> dict:
 def guarded(settings: Settings, *messages: dict) -> dict:
     """The messages as the upstream receives them: the identity guard first."""
     return {"messages": [{"role": "system", "content": settings.persona_prompt}, *messages]}
+
+
+@asynccontextmanager
+async def served_on_socket(tmp_path: Path, name: str, per_minute: int, per_hour: int,
+                           **env: str) -> AsyncIterator[tuple[Server, int, str]]:
+    """The gateway's own server (Sanic's connection, not the ASGI client) in this process on
+    127.0.0.1 with the mock transport as the upstream: the server, its port, and the key of a new
+    account with a package. Callers set ``Sanic.test_mode`` (a server started in test mode keeps
+    Sanic's own methods beside its touched-up copies, so the next tests' apps touch up the originals)."""
+    settings = Settings.from_env({**ENV, **env, "ZOWY_DATA_DIR": str(tmp_path),
+                                  "ZOWY_MODELS_FILE": str(models_file(tmp_path))})
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = await Server.open(settings, sock.detach(), tmp_path / "workers", MockTransport(Upstreams()))
+    try:
+        await server.prepare()
+        await server.serve()
+        store = server.services.store
+        account = await provisioning.create_account(store, f"{name}-{uuid.uuid4().hex[:6]}")
+        await packages.grant_package(store, settings, account, "pro", tokens=1_000_000)
+        _, key = await provisioning.create_key(store, settings, account, per_minute, per_hour)
+        yield server, port, key
+    finally:
+        server.stop_accepting()
+        await server.stopping()
+        await server.close()
+        # Sanic's own runs (the console's test client) start every registered app that has a server.
+        Sanic.unregister_app(server.app)

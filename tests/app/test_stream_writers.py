@@ -4,21 +4,14 @@ events; the first is taken on a socket of Sanic's, served here in this process o
 the mock transport as the upstream."""
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import orjson
 import pytest
 from sanic import Sanic
 
-from app.accounts import provisioning
-from app.billing import packages
-from app.core.config import Settings
 from app.http import io
-from app.http.server import Server, bind
-from app.upstream.mock import MockTransport
 from bench.fakes.provider import reply_text
-from tests.app.conftest import ENV, Upstreams, chunks, models_file, text_of, user
+from tests.app.conftest import chunks, served_on_socket, text_of, user
 from tests.conftest import record
 
 BODY = user("stream me [[fake:chunks=40]]", "zowy-1-pro", stream=True, stream_options={"include_usage": True})
@@ -47,32 +40,16 @@ async def test_on_sanic_s_connection_the_stream_is_written_straight_to_it(tmp_pa
     # A server started in test mode keeps Sanic's own methods beside its touched-up copies, so the
     # apps of the next tests touch up the originals again.
     monkeypatch.setattr(Sanic, "test_mode", True)
-    settings = Settings.from_env({**ENV, "ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_file(tmp_path))})
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = await Server.open(settings, sock.detach(), tmp_path / "workers", MockTransport(Upstreams()))
-    try:
-        await server.prepare()
-        await server.serve()
-        store = server.services.store
-        account = await provisioning.create_account(store, f"writer-{uuid.uuid4().hex[:6]}")
-        await packages.grant_package(store, settings, account, "pro", tokens=1_000_000)
-        _, key = await provisioning.create_key(store, settings, account, 100, 1000)
+    async with served_on_socket(tmp_path, "writer", 100, 1000) as (_, port, key):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             r = await client.post("/v1/chat/completions", content=orjson.dumps(BODY),
                                   headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
-        record(r.content)
-        assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
-        stream = chunks(r)
-        assert text_of(stream) == reply_text(40) and stream[-1]["choices"] == [] and stream[-1]["usage"]
-        assert {c["model"] for c in stream} == {"zowy-1-pro"}
-        assert writers == ["any", "connection"]
-    finally:
-        server.stop_accepting()
-        await server.stopping()
-        await server.close()
-        # Sanic's own runs (the console's test client) start every registered app that has a server.
-        Sanic.unregister_app(server.app)
+    record(r.content)
+    assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
+    stream = chunks(r)
+    assert text_of(stream) == reply_text(40) and stream[-1]["choices"] == [] and stream[-1]["usage"]
+    assert {c["model"] for c in stream} == {"zowy-1-pro"}
+    assert writers == ["any", "connection"]
 
 
 async def test_elsewhere_the_same_events_go_through_send(gateway, customer, writers):

@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 
 import orjson
 import pytest
 from sanic import Sanic
 
-from app.accounts import provisioning
-from app.billing import packages
-from app.core.config import Settings
 from app.http import client_api
 from app.http.connection import GatewayProtocol
-from app.http.server import Server, bind
-from app.upstream.mock import MockTransport
-from tests import support
-from tests.app.conftest import ENV, Upstreams, models_file, user
+from app.http.server import Server
+from tests.app.conftest import served_on_socket, user
 
 
 class Served:
@@ -92,23 +86,8 @@ async def served(tmp_path, monkeypatch):
         return handle(protocol, request)
 
     monkeypatch.setattr(GatewayProtocol, "_handle", counted)
-    settings = Settings.from_env({**ENV, "ZOWY_BODY_TIMEOUT": "1", "ZOWY_DATA_DIR": str(tmp_path), "ZOWY_MODELS_FILE": str(models_file(tmp_path))})
-    sock = bind("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = await Server.open(settings, sock.detach(), tmp_path / "workers", MockTransport(Upstreams()))
-    try:
-        await server.prepare()
-        await server.serve()
-        store = server.services.store
-        account = await provisioning.create_account(store, f"direct-{uuid.uuid4().hex[:6]}")
-        await packages.grant_package(store, settings, account, "pro", tokens=1_000_000)
-        _, key = await provisioning.create_key(store, settings, account, 1000, 100000)
+    async with served_on_socket(tmp_path, "direct", 1000, 100000, ZOWY_BODY_TIMEOUT="1") as (server, port, key):
         yield Served(server, port, key, through_sanic)
-    finally:
-        server.stop_accepting()
-        await server.stopping()
-        await server.close()
-        Sanic.unregister_app(server.app)
 
 
 def completion(body: bytes) -> dict:
