@@ -101,11 +101,13 @@ _NULL_FINGERPRINT = b'"system_fingerprint":null'
 _NULL_FINGERPRINT_ANY = re.compile(rb'"system_fingerprint"\s*:\s*null')
 _USAGE = b'"usage"'
 _NULL_USAGE = b'"usage":null'
+_USAGE_OBJECT = b'"usage":{'
 _NULL_USAGE_ANY = re.compile(rb'"usage"\s*:\s*null')
 _FINISH_KEY = b'"finish_reason"'
 _FINISH = b'"finish_reason":"'
 _NULL_FINISH = b'"finish_reason":null'
 _FINISH_ANY = re.compile(rb'"finish_reason"\s*:\s*"')
+_LAST_EVENTS = {separator: b"data: " + DONE + separator for separator in (b"\n\n", b"\r\n\r\n")}
 _EMPTY_DELTA = b'"delta":{}'
 _FULL_DELTA = b'"delta":{"'
 _EMPTY_DELTA_ANY = re.compile(rb'"delta"\s*:\s*\{\s*\}')
@@ -269,10 +271,14 @@ class StreamRewriter:
             return b""
         if not self._head:
             return self._learning(span)
+        separator = self._separator
+        if span.endswith(_LAST_EVENTS[separator]):
+            ending = self._ending(span)
+            if ending is not None:
+                return ending
         whole = self._whole(span)
         if whole is not None:
             return whole
-        separator = self._separator
         events = span.split(separator)[:-1]
         if len(events) > 2:
             # What the test refuses in a read of many events is mostly the stream's end (its usage
@@ -283,31 +289,53 @@ class StreamRewriter:
                     return front + self._events([event + separator for event in events[keep:]])
         return self._events([event + separator for event in events])
 
+    def _ending(self, span: bytes) -> bytes | None:
+        """A span that ends with ``data: [DONE]``: the events before it and the usage chunk
+        swapped whole, those two read one by one; None when the front needs more."""
+        separator = self._separator
+        done = len(span) - len(_LAST_EVENTS[separator])
+        if not done or not span.endswith(separator, 0, done):
+            return None
+        before = span.rfind(separator, 0, done - len(separator))
+        start = before + len(separator) if before >= 0 else 0
+        cut = start if span.find(_USAGE, start, done) >= 0 else done
+        out = self._whole(span[:cut]) if cut else b""
+        if out is None:
+            return None
+        if cut < done:
+            out += self._events([span[cut:done]])
+        return out + self._events([span[done:]])
+
     def _learning(self, span: bytes) -> bytes:
         """A span read before the stream's identity is known: event by event until an event teaches
         it (usually the first), the rest as a span of its own."""
         separator = self._separator
-        events = span.split(separator)[:-1]
+        step = len(separator)
         out = []
-        for i, event in enumerate(events):
+        start = 0
+        end = span.find(separator)
+        while end >= 0:
             if self.done or self.error is not None:
                 break
             if self._head:
-                out.append(self._span(separator.join(events[i:]) + separator))
+                out.append(self._span(span[start:]))
                 break
+            event = span[start:end + step]
             if event.strip():
-                rewritten = self._one(event + separator)
+                rewritten = self._one(event)
                 if rewritten:
                     out.append(rewritten)
+            start = end + step
+            end = span.find(separator, start)
         return b"".join(out)
 
     def _whole(self, span: bytes) -> bytes | None:
         """The span with the learned head swapped, when every event in it is plain content that
         carries the head once; None when one of them needs more."""
-        head = self._head
         count = span.count
         n = count(self._separator)
-        if count(head) != n:
+        parts = span.split(self._head)
+        if len(parts) - 1 != n:
             return None
         find = span.find
         for marker in self._forbidden:
@@ -316,15 +344,17 @@ class StreamRewriter:
         # OpenAI's chunks carry "usage":null once each when usage is asked for, as we do.
         if count(_NULL_USAGE) != n and not _null_usage(span):
             return None
-        # About a token per content event: never more than the text relayed.
-        self.text_tokens += n
+        # About a token per content event with a delta (a finish chunk's is empty): never more than
+        # the text relayed.
+        empty = count(_EMPTY_DELTA)
+        if empty < n:
+            self.text_tokens += n - empty
         if not self._finished:
             keys = count(_FINISH_KEY)
             if keys and keys != count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(span)):
                 self._finished = True
-                self.text_tokens -= 1  # the finish chunk carries no text
         self.events += n
-        return span.replace(head, self._new_head)
+        return self._new_head.join(parts)
 
     def _plain(self, data: bytes) -> bool:
         """True when ``data`` holds nothing but content the identity swaps cover."""
@@ -365,7 +395,7 @@ class StreamRewriter:
             return owed + event if owed else event
         if not (data.startswith(b"{") and data.endswith(b"}")):
             raise MalformedUpstream("event is not a JSON object")
-        if self._swappable(data):
+        if data.find(_USAGE_OBJECT) < 0 and self._swappable(data):
             for old, new in self._swaps:
                 event = event.replace(old, new)
             self.events += 1
@@ -397,14 +427,29 @@ class StreamRewriter:
         self._learn(doc, data)
         changed = self.dialect.chunk(doc, self)
         self._read(doc)
+        swapped = None if changed else self._headed(event, data)
         usage = doc.get("usage")
         if usage is not None:
-            return self._usage_event(doc, usage)
+            return self._usage_event(doc, usage, swapped)
+        if swapped is not None:
+            return swapped
         if not changed and self._swappable(data):
             for old, new in self._swaps:
                 event = event.replace(old, new)
             return event
         return format_event(self._identity(doc))
+
+    def _headed(self, event: bytes, data: bytes) -> bytes | None:
+        """A parsed event that needs nothing but the identity, with the learned head swapped: when
+        it carries the head once and none of the bytes a plain span may not hold."""
+        head = self._head
+        if not head or data.count(head) != 1:
+            return None
+        find = data.find
+        for marker in self._forbidden:
+            if find(marker) >= 0:
+                return None
+        return event.replace(head, self._new_head)
 
     def _read(self, doc: dict) -> None:
         """What a parsed chunk tells: its text (for an estimate), tool calls, a finish."""
@@ -483,7 +528,7 @@ class StreamRewriter:
             doc["system_fingerprint"] = None
         return orjson.dumps(doc)
 
-    def _usage_event(self, doc: dict, usage: Any) -> bytes | None:
+    def _usage_event(self, doc: dict, usage: Any, swapped: bytes | None) -> bytes | None:
         reported = Usage.from_upstream(usage)
         if reported is not None:
             self.usage = reported
@@ -492,7 +537,7 @@ class StreamRewriter:
         if not doc.get("choices"):
             # The upstream's usage chunk: held until [DONE], so that nothing follows it.
             if reported is not None and self._include_usage:
-                self._usage_held = format_event(self._identity(doc))
+                self._usage_held = swapped if swapped is not None else format_event(self._identity(doc))
             return None
         # Usage riding on a content chunk (Gemini): OpenAI sends it alone, in a chunk with empty
         # choices just before [DONE], and only when asked.

@@ -215,6 +215,31 @@ def test_a_one_chunk_answer_does_not_estimate_zero():
     assert rewriter.estimated_completion_tokens() == 3
 
 
+@pytest.mark.parametrize("splits", [0, 1, 3, 7, 40, -1])
+def test_the_estimate_does_not_depend_on_how_the_stream_was_read(splits):
+    """Gemini's last content chunk carries text and the finish reason: it counts as a token however
+    the reads fall (whole, event by event, or cut anywhere)."""
+    words = ["t0 ", "t1 ", "t2 ", "t3 ", "t4 ", "t5 "]
+    events = [
+        b'data: {"choices":[{"delta":{"content":"%s","role":"assistant"},%s"index":0}],"created":1,'
+        b'"id":"g23","model":"gemini-2.5-flash","object":"chat.completion.chunk"}\n\n'
+        % (word.encode(), b'"finish_reason":"stop",' if i == len(words) - 1 else b"")
+        for i, word in enumerate(words)
+    ] + [b"data: [DONE]\n\n"]
+    raw = b"".join(events)
+    if splits == -1:
+        cuts = [len(b"".join(events[:i])) for i in range(1, len(events))]
+    else:
+        cuts = sorted(random.Random(splits).sample(range(1, len(raw)), splits))
+    rewriter = gemini_rewriter(include_usage=False)
+    last = 0
+    for cut in cuts + [len(raw)]:
+        rewriter.feed(raw[last:cut])
+        last = cut
+    rewriter.finish()
+    assert rewriter.done and rewriter.estimated_completion_tokens() == len(words)
+
+
 def test_plain_content_reads_are_not_parsed(monkeypatch):
     """After the first event, a read of ordinary content events costs byte searches and swaps only."""
     import app.wire.rewrite
