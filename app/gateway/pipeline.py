@@ -101,6 +101,12 @@ class Events:
         return self._api.error_event(error)
 
     @property
+    def ended(self) -> bool:
+        """Whether ``chunks`` has given its last piece: it relays the upstream's own, and the
+        upstream has nothing more to read."""
+        return self.chunks is self._upstream and self._upstream.ended
+
+    @property
     def keep_alive(self) -> bool:
         """Whether the connection may serve another request after this stream (not while draining)."""
         return not self._services.draining

@@ -148,18 +148,22 @@ async def send_events(request: Request, events: Events) -> None:
             transport.write(head)
             _sent(request, http, protocol, 200)
             return
-        transport.write(head + b"%x\r\n%b\r\n" % (len(first), first) if first else head)
+        ended = not failed and events.ended
+        if first:
+            head += b"%x\r\n%b\r\n" % (len(first), first)
+        transport.write(head + _LAST_CHUNK if ended else head)
         http.stage = Stage.RESPONSE  # from here on a failure can only end the stream
         _sent(request, http, protocol, 200, done=False)
         if not failed:
             try:
-                await _write(protocol, events.chunks)
+                ended = await _write(protocol, events) or ended
             except GatewayError as failure:
                 event = events.fail(failure)
                 transport.write(b"%x\r\n%b\r\n" % (len(event), event))
         if not events.keep_alive:
             http.keep_alive = False  # a stream that began before SIGTERM
-        transport.write(_LAST_CHUNK)
+        if not ended:
+            transport.write(_LAST_CHUNK)
         http.stage = Stage.IDLE
         protocol._time = time.monotonic()
     finally:
@@ -180,19 +184,26 @@ async def _send_events_through_sanic(request: Request, events: Events) -> None:
     await response.eof()
 
 
-async def _write(protocol, chunks) -> None:
+async def _write(protocol, events: Events) -> bool:
     """The rest of the stream, each piece written as one HTTP chunk straight to the connection, with
     the connection's own back-pressure: what Sanic's ``response.send`` does, minus its per-call
-    signal dispatch and layers (measured: bench ``long-stream``)."""
+    signal dispatch and layers (measured: bench ``long-stream``). The last piece goes out with the
+    body's end when the stream knows it is the last (then True)."""
     transport = protocol.transport
     can_write = protocol._can_write
-    async for chunk in chunks:
+    ended = False
+    async for chunk in events.chunks:
         if transport.is_closing():
             raise asyncio.CancelledError("the client closed the connection")
+        ended = events.ended
         if chunk:  # an empty chunk would end the body
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            piece = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+            transport.write(piece + _LAST_CHUNK if ended else piece)
+        elif ended:
+            transport.write(_LAST_CHUNK)
         if not can_write.is_set():
             await can_write.wait()
+    return ended
 
 
 def _lines(headers: Mapping[str, str]) -> bytes:

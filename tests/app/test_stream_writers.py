@@ -10,6 +10,7 @@ import pytest
 from sanic import Sanic
 
 from app.http import io
+from app.http.connection import GatewayProtocol
 from bench.fakes.provider import reply_text
 from tests.app.conftest import chunks, served_on_socket, text_of, user
 from tests.conftest import record
@@ -23,9 +24,9 @@ def writers(monkeypatch) -> list[str]:
     used: list[str] = []
     write, send = io._write, io.send_events
 
-    async def straight(protocol, pieces):
+    async def straight(protocol, events):
         used.append("connection")
-        await write(protocol, pieces)
+        return await write(protocol, events)
 
     async def send_events(request, events):
         used.append("any")
@@ -58,3 +59,36 @@ async def test_elsewhere_the_same_events_go_through_send(gateway, customer, writ
     stream = chunks(r)
     assert text_of(stream) == reply_text(40) and stream[-1]["choices"] == [] and stream[-1]["usage"]
     assert writers == ["any"]  # the ASGI server has no connection of Sanic's: the plain writer
+
+
+class _Recorded:
+    """A connection's transport that keeps what each write sent."""
+
+    def __init__(self, transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+async def test_a_stream_s_last_piece_goes_out_with_the_body_s_end(tmp_path, monkeypatch):
+    """The piece that carries [DONE] and the chunked body's end are one write, for a stream that
+    comes in many reads and for one whose first read holds it all."""
+    monkeypatch.setattr(Sanic, "test_mode", True)
+    writes: list[bytes] = []
+    made = GatewayProtocol.connection_made
+    monkeypatch.setattr(GatewayProtocol, "connection_made", lambda self, transport: made(self, _Recorded(transport, writes)))
+    async with served_on_socket(tmp_path, "ending", 100, 1000) as (_, port, key):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for body in (BODY, user("one piece [[fake:chunks=1]]", "zowy-1", stream=True)):
+                writes.clear()
+                r = await client.post("/v1/chat/completions", content=orjson.dumps(body),
+                                      headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+                assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+                assert writes[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+                assert b"".join(writes).count(b"\r\n0\r\n\r\n") == 1 and b"0\r\n\r\n" not in writes
