@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-fast bench bench-smoke bench-compare loadtest fuzz scale-test soak clean
+.PHONY: run test test-fast bench bench-smoke bench-compare bench-ab loadtest fuzz scale-test soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ bench: $(VENV)/.deps-bench $(VENV)/.deps-test
 REV ?= HEAD
 bench-compare: $(VENV)/.deps-bench
 	$(BIN)/python -m bench.run --systems bare,gateway,gateway@$(REV) --no-micro --clients none $(BENCH_ARGS)
+
+## bench-ab: CPU per request of this checkout's gateway and REV's (default HEAD) in alternating rounds, for differences of a few per cent (BENCH_ARGS="--rounds 8 --phases stream")
+bench-ab: $(VENV)/.deps-bench
+	$(BIN)/python -m bench.ab --systems gateway,gateway@$(REV) $(BENCH_ARGS)
 
 ## bench-smoke: the seconds-long harness smoke test (what CI runs of the bench)
 bench-smoke: $(VENV)/.deps-test $(VENV)/.deps-bench

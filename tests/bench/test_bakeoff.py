@@ -30,3 +30,15 @@ def test_ratios_compare_with_the_reference_of_the_same_run():
     table = bakeoff.table(runs)
     assert "| bare-h1 | 160 [100–220] |" in table
     assert "| h1 | bare | 160 [100–220] |" in bakeoff.wide(runs)
+
+
+def test_interleaved_comparison_reports_medians_and_ratios_to_the_first_system():
+    from bench.ab import report
+
+    results = {
+        ("gateway", "stream"): [(400.0, 1500.0), (390.0, 1520.0), (900.0, 700.0)],
+        ("gateway@HEAD", "stream"): [(420.0, 1480.0), (440.0, 1450.0), (430.0, 1470.0)],
+    }
+    lines = report(results, ["gateway", "gateway@HEAD"], ["stream"]).splitlines()
+    assert lines[2] == "| stream | gateway | 400.0 | 1,500 | 1.000 |"  # the median drops the outlier round
+    assert lines[3] == "| stream | gateway@HEAD | 430.0 | 1,470 | 1.075 |"

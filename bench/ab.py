@@ -1,0 +1,99 @@
+"""Interleaved comparison: CPU per request of two or more systems (``gateway``, ``gateway@<rev>``,
+``bare``) under the same wrk load, in rounds that alternate their order, so that the machine's drift
+over minutes falls on every system alike. Finer than one run of bench.run for differences of a few
+per cent; it measures nothing else.
+
+``python -m bench.ab --systems gateway,gateway@HEAD --rounds 6 --seconds 5 --phases stream,plain``
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from . import systems, wrk
+from .procs import cpu_plan, cpu_seconds, free_port
+from .run import bodies
+from .variants import Trees, is_gateway
+
+
+def _start(key: str, ctx: systems.Context, trees: Trees) -> systems.System:
+    if key == "bare":
+        return systems.bare(ctx)
+    if not is_gateway(key):
+        raise SystemExit(f"bench.ab compares gateway, gateway@<rev> and bare, not {key!r}")
+    tree, info = trees.tree(key)
+    return systems.gateway(ctx, free_port(), key=key, tree=tree, tree_info=info)
+
+
+def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(system, phase) -> [(CPU µs per request, requests per second)] for every round."""
+    gen_cpus, sut_cpus = cpu_plan(True)
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
+        work = Path(tmp)
+        ctx = systems.Context(work, sut_cpus, install=False)
+        files = bodies(work, 10, 0.0, 10, 0.0)
+        trees = Trees(work, Path.cwd())
+        upstream = systems.start_upstream(ctx)
+        started: dict[str, systems.System] = {}
+        try:
+            for key in args.systems:
+                started[key] = _start(key, ctx, trees)
+            binary = wrk.ensure(install=True, log=print)
+            if binary is None:
+                raise SystemExit("wrk is not installed: make bench installs it")
+            scripts = {(key, phase): wrk.script(work / f"{key}-{phase}.lua".replace("@", "_"),
+                                                files[phase].read_bytes(),
+                                                {**started[key].headers, "Content-Type": "application/json"})
+                       for key in started for phase in args.phases}
+            results: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in scripts}
+            for round_ in range(args.rounds):
+                order = args.systems if round_ % 2 == 0 else args.systems[::-1]
+                for phase in args.phases:
+                    for key in order:
+                        system = started[key]
+                        pids = system.pids()
+                        before = cpu_seconds(pids)
+                        out = wrk.run(binary, system.url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
+                        used = cpu_seconds(pids) - before
+                        done = out.get("requests") or 0
+                        if not done or out.get("status"):
+                            raise SystemExit(f"{key} {phase}: {out}")
+                        results[(key, phase)].append((used / done * 1e6, done / args.seconds))
+                        print(f"round {round_} {phase:6} {key:24} {used / done * 1e6:7.1f} µs/request "
+                              f"{done / args.seconds:7.0f} rps", flush=True)
+            return results
+        finally:
+            systems.stop_all(list(started.values()))
+            upstream.stop()
+            trees.close()
+
+
+def report(results: dict[tuple[str, str], list[tuple[float, float]]], systems_: list[str], phases: list[str]) -> str:
+    """Medians per system and phase, and each system's ratio to the first."""
+    lines = ["| phase | system | CPU µs / request (median) | rps (median) | CPU ratio to " + systems_[0] + " |",
+             "|---|---|---:|---:|---:|"]
+    for phase in phases:
+        first = statistics.median(cpu for cpu, _ in results[(systems_[0], phase)])
+        for key in systems_:
+            cpu = statistics.median(c for c, _ in results[(key, phase)])
+            rps = statistics.median(r for _, r in results[(key, phase)])
+            lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {cpu / first:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
+    p.add_argument("--systems", default="gateway,gateway@HEAD", type=lambda s: s.split(","))
+    p.add_argument("--phases", default="stream,plain", type=lambda s: s.split(","),
+                   help="bench bodies: plain (non-stream), stream (10 events)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--seconds", type=int, default=5)
+    args = p.parse_args(argv)
+    print(report(measure(args), args.systems, args.phases))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
