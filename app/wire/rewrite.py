@@ -303,8 +303,11 @@ class StreamRewriter:
         if out is None:
             return None
         if cut < done:
-            out += self._events([span[cut:done]])
-        return out + self._events([span[done:]])
+            out += self._one(span[cut:done]) or b""
+        if self.done or self.error is not None:
+            return out
+        self.done = True
+        return out + self._closing() + span[done:]
 
     def _learning(self, span: bytes) -> bytes:
         """A span read before the stream's identity is known: event by event until an event teaches
@@ -502,12 +505,17 @@ class StreamRewriter:
         """For compact JSON, as both providers write it: the bytes from the first identity field to the
         last, the same in every chunk of a stream (ids, model, object, created, service tier). A span
         whose every event carries them once, and none of a few other byte strings, is swapped whole."""
-        tokens = [t for t in (self._id_token, self._model_token, self._fingerprint_token) if t]
-        if "system_fingerprint" in doc and doc["system_fingerprint"] is None and data.count(_NULL_FINGERPRINT) == 1:
+        tokens = [self._id_token, self._model_token]
+        if self._fingerprint_token is not None:
+            tokens.append(self._fingerprint_token)
+        elif doc.get("system_fingerprint", 0) is None and data.count(_NULL_FINGERPRINT) == 1:
             tokens.append(_NULL_FINGERPRINT)
-        places = [(data.find(t), t) for t in tokens]
-        start = min(at for at, _ in places)
-        head = data[start:max(at + len(t) for at, t in places)]
+        start, end = len(data), 0
+        for token in tokens:
+            at = data.find(token)
+            start = min(start, at)
+            end = max(end, at + len(token))
+        head = data[start:end]
         if data.count(head) != 1:
             return
         new_head = head

@@ -256,7 +256,7 @@ def test_plain_content_reads_are_not_parsed(monkeypatch):
 
 def test_a_stream_read_whole_sends_its_content_events_as_one_span(monkeypatch):
     """A stream that arrives in one read (an upstream with no think time): the first event teaches
-    the identity, the content events after it go as one span, only the end is taken event by event."""
+    the identity, the content events after it go as one span, only the usage chunk is taken alone."""
     import app.wire.rewrite
 
     taken = []
@@ -266,7 +266,7 @@ def test_a_stream_read_whole_sends_its_content_events_as_one_span(monkeypatch):
     events = openai_stream()
     stream = events[:1] + [f"data: {{{content}}}\n\n".encode()] * 10 + events[3:]  # role, 10 words, finish, usage, [DONE]
     out, rewriter = run(stream, include_usage=True)
-    assert [event[:12] for event in taken] == [stream[0][:12], stream[-2][:12], b"data: [DONE]"]
+    assert [event[:12] for event in taken] == [stream[0][:12], stream[-2][:12]]  # [DONE] ends the span
     expected, _ = run(stream, include_usage=True, splits=len(b"".join(stream)) - 1)  # a byte per read
     assert out == expected and rewriter.usage == Usage(11, 3, 14) and rewriter.done
     assert out.count(OURS.encode()) == 13 and b"UP42" not in out
