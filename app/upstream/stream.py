@@ -37,7 +37,6 @@ class UpstreamStream:
         self._cut = False
         self._open = True
         self._ending: GatewayError | None = None
-        self._arm()
 
     def __aiter__(self) -> "UpstreamStream":
         return self
@@ -50,6 +49,8 @@ class UpstreamStream:
                 return first
         rewriter = self.rewriter
         while not rewriter.done and self._open:
+            if self._timer is None:
+                self._arm()  # the first wait: a stream whose first read held it all never needs the timer
             try:
                 chunk = await self._read()
             except Exception as exc:
@@ -85,7 +86,8 @@ class UpstreamStream:
         self._timer = self._loop.call_at(min(self._last + self._idle, self._deadline), self._check)
 
     def _check(self) -> None:
-        """The idle timer: one per stream, moved along lazily instead of a timeout per read."""
+        """The idle timer: one per stream, set at its first wait for a read and moved along lazily
+        instead of a timeout per read."""
         now = self._loop.time()
         if now >= self._deadline or now - self._last >= self._idle:
             self._timed_out = True
