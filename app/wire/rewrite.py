@@ -108,6 +108,7 @@ _FINISH = b'"finish_reason":"'
 _NULL_FINISH = b'"finish_reason":null'
 _FINISH_ANY = re.compile(rb'"finish_reason"\s*:\s*"')
 _LAST_EVENTS = {separator: b"data: " + DONE + separator for separator in (b"\n\n", b"\r\n\r\n")}
+_CONTENT = b'"content":"'
 _EMPTY_DELTA = b'"delta":{}'
 _FULL_DELTA = b'"delta":{"'
 _EMPTY_DELTA_ANY = re.compile(rb'"delta"\s*:\s*\{\s*\}')
@@ -149,6 +150,7 @@ class StreamRewriter:
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
         "usage", "_usage_doc", "_usage_held", "_usage_owed", "_estimate", "events", "text_chars", "done",
         "error", "tool_calls", "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
+        "_around",
     )
 
     def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI,
@@ -190,6 +192,9 @@ class StreamRewriter:
         self._head = b""
         self._new_head = b""
         self._forbidden: tuple[bytes, ...] = ()
+        # What a plain content event of this stream holds around its text, as sent and as swapped:
+        # an event of one read that is the same but for its text goes out without a test.
+        self._around: tuple[bytes, bytes, bytes, bytes] | None = None
         self.text_tokens = 0
 
     @property
@@ -271,6 +276,13 @@ class StreamRewriter:
             return b""
         if not self._head:
             return self._learning(span)
+        around = self._around
+        if around is not None and span.startswith(around[0]) and span.endswith(around[1]):
+            text = span[len(around[0]):len(span) - len(around[1])]
+            if len(span) >= len(around[0]) + len(around[1]) and text.find(b'"') < 0 and text.find(b"\n") < 0:
+                self.events += 1
+                self.text_tokens += 1
+                return around[2] + text + around[3]
         separator = self._separator
         if span.endswith(_LAST_EVENTS[separator]):
             ending = self._ending(span)
@@ -357,7 +369,27 @@ class StreamRewriter:
             if keys and keys != count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(span)):
                 self._finished = True
         self.events += n
+        if n == 1 and self._around is None and not self._finished:
+            self._learn_around(span, parts)
         return self._new_head.join(parts)
+
+    def _learn_around(self, event: bytes, parts: list[bytes]) -> None:
+        """From one plain content event whose text is a string without quotes or escapes: the bytes
+        before and after that text, as sent and with the head swapped. Another event with the same
+        bytes around a text that holds no quote (so no key, no head, no event end) passes every test
+        this one passed."""
+        start = event.find(_CONTENT)
+        if start < 0 or event.count(_CONTENT) != 1:
+            return
+        start += len(_CONTENT)
+        end = event.find(b'"', start)
+        if end < 0 or event.find(b"\\", start, end) >= 0 or event.count(_FINISH_KEY) != event.count(_NULL_FINISH):
+            return
+        before, after = event[:start], event[end:]
+        if before.count(self._head) + after.count(self._head) != 1:
+            return
+        new = self._new_head
+        self._around = (before, after, before.replace(self._head, new), after.replace(self._head, new))
 
     def _plain(self, data: bytes) -> bool:
         """True when ``data`` holds nothing but content the identity swaps cover."""

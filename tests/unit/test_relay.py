@@ -254,6 +254,32 @@ def test_plain_content_reads_are_not_parsed(monkeypatch):
     assert parsed == [] and out.count(OURS.encode()) == 50
 
 
+def test_an_event_read_alone_like_the_last_plain_one_goes_out_without_a_test(monkeypatch):
+    """Streams read an event at a time: once a plain content event has gone whole, an event with the
+    same bytes around a text without quotes is swapped as that one was; any other is tested again."""
+    import app.wire.rewrite
+
+    base = '"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026","system_fingerprint":"fp_abc"'
+
+    def content(text: str) -> bytes:
+        return b"data: {" + base.encode() + b',"choices":[{"index":0,"delta":{"content":' + json.dumps(text).encode() + b'},"finish_reason":null}],"usage":null}\n\n'
+
+    texts = ["Hel", "lo ", "wor", 'a "quote"', "back\\slash", "tab\t", "ld", "\u00e9t\u00e9"]
+    events = [openai_stream()[0]] + [content(t) for t in texts] + openai_stream()[3:]
+    tested = []
+    real = app.wire.rewrite.StreamRewriter._whole
+    monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole", lambda self, span: tested.append(span) or real(self, span))
+    rewriter = StreamRewriter(PUBLIC, OURS, True)
+    out = b"".join(rewriter.feed(event) for event in events) + rewriter.finish()
+    swapped = lambda raw: raw.replace(b'"id":"chatcmpl-UP42"', f'"id":"{OURS}"'.encode()).replace(
+        b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode()).replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null')
+    assert out == swapped(b"".join(events))
+    # Tested: the first content event (which teaches its surroundings), the one with quotes, and the
+    # stream's end (finish, usage, [DONE]).
+    assert tested == [content(texts[0]), content(texts[3]), *events[-3:]]
+    assert rewriter.events == 11 and rewriter.text_tokens == len(texts) and rewriter.usage == Usage(11, 3, 14)
+
+
 def test_a_stream_read_whole_sends_its_content_events_as_one_span(monkeypatch):
     """A stream that arrives in one read (an upstream with no think time): the first event teaches
     the identity, the content events after it go as one span, only the usage chunk is taken alone."""
