@@ -8,6 +8,7 @@ per cent; it measures nothing else.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -43,7 +44,7 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
             binary = wrk.ensure(install=True, log=print)
             if binary is None:
                 raise SystemExit("wrk is not installed: make bench installs it")
-            scripts = {(key, phase): wrk.script(work / f"{key}-{phase}.lua".replace("@", "_"),
+            scripts = {(key, phase): wrk.script(work / re.sub(r"[^A-Za-z0-9._-]", "_", f"{key}-{phase}.lua"),
                                                 files[phase].read_bytes(),
                                                 {**started[key].headers, "Content-Type": "application/json"})
                        for key in started for phase in args.phases}
