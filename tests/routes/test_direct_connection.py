@@ -11,6 +11,7 @@ import json
 import orjson
 import pytest
 from sanic import Sanic
+from sanic.http import Http
 
 from app.http import client_api
 from app.http.connection import GatewayProtocol
@@ -158,6 +159,28 @@ async def test_a_body_that_follows_its_head_is_read_on_the_direct_path(served):
         assert status == 408 and headers["connection"] == "close" and json.loads(body)["error"]["code"]
         assert await conn.closed()
         assert served.through_sanic == []
+    finally:
+        conn.close()
+
+
+async def test_a_body_already_buffered_is_taken_from_the_buffer_and_one_still_coming_is_read_by_sanic(served, monkeypatch):
+    reads = []
+    read = Http.read
+    monkeypatch.setattr(Http, "read", lambda self: reads.append(self) or read(self))
+    conn = await served.connect()
+    try:
+        await conn.send(served.chat(user("whole")) + served.chat(user("pipelined")))
+        for _ in range(2):
+            status, _, body = await conn.answer()
+            assert status == 200 and completion(body)
+        assert reads == []
+        whole = served.chat(user("body later"))
+        body_at = whole.index(b"\r\n\r\n") + 4
+        await conn.send(whole[:body_at])
+        await asyncio.sleep(0.05)
+        await conn.send(whole[body_at:])
+        status, _, body = await conn.answer()
+        assert status == 200 and completion(body) and reads
     finally:
         conn.close()
 
