@@ -152,6 +152,27 @@ def test_text_stream_in_openai_order():
                          "output_index": 0, "content_index": 0, "delta": "Hel", "logprobs": []}
 
 
+def test_text_deltas_like_the_last_plain_one_are_not_parsed(monkeypatch):
+    """After one plain text delta, a chunk that is the same but for a text without quotes or escapes
+    goes out from its bytes; any other chunk is parsed, and the events are the same either way."""
+    import app.wire.responses.stream
+
+    words = ("Hel", "lo", " th\u00e9re", 'a "quote"', "tab\t", "\u4e2d\u6587", "end")
+    parsed = []
+    real = app.wire.responses.stream.read_chunk
+    monkeypatch.setattr(app.wire.responses.stream, "read_chunk", lambda data: parsed.append(data) or real(data))
+    events, stream = run(text_stream(words))
+    response = check_invariants(events)
+    assert response["output"][0]["content"][0]["text"] == "".join(words)
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == list(words)
+    # Parsed: the role chunk, "Hel" (which opens the message), "lo" (the first delta to the open
+    # message, which teaches the bytes around a text), the quote, the tab, the finish and the usage
+    # chunk; "th\u00e9re", the CJK text and "end" were not.
+    texts = [json.loads(data)["choices"][0]["delta"].get("content") for data in parsed if b'"choices":[{' in data]
+    assert texts == ["", "Hel", "lo", 'a "quote"', "tab\t", None] and len(parsed) == 7
+    assert stream.text_chars == len("".join(words)) and stream.events == len(words) + 3
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_any_byte_split_gives_the_same_events(seed):
     events = text_stream(("a", "\u00e9\u4e2d", "\"quoted\"\n", "z" * 300)) + []

@@ -9,6 +9,7 @@ the open one is done. ``response.completed`` carries the full response; a finish
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import orjson
@@ -20,6 +21,22 @@ from .output import INCOMPLETE, Frame, call_item, custom_input, message_item, re
 from .translate import Tool
 
 _HEADS: dict[str, bytes] = {}
+# Bytes a JSON string holds only escaped.
+_CONTROL = re.compile(rb"[\x00-\x1f]")
+
+
+def _around(event: bytes) -> tuple[bytes, bytes] | None:
+    """The bytes before and after the text of an event that holds one ``"content"`` whose text has
+    no escape: another event with the same around a text without quotes or escapes is the same
+    chunk but for its text."""
+    start = event.find(b'"content":"')
+    if start < 0 or event.count(b'"content":"') != 1:
+        return None
+    start += len(b'"content":"')
+    end = event.find(b'"', start)
+    if end < 0 or event.find(b"\\", start, end) >= 0:
+        return None
+    return event[:start], event[end:]
 
 
 def _head(kind: str) -> bytes:
@@ -58,6 +75,7 @@ class ResponsesStream:
         "_frame", "_tools", "dialect", "_normalise", "_estimate", "_framer", "_tail", "_seq", "_started", "done", "error", "usage",
         "events", "text_chars", "created", "tool_calls", "_items", "_open", "_queue", "_message", "_calls",
         "_carried", "_finish", "_ncalls", "_logprobs", "response", "_hold", "terminal", "_unsent",
+        "_around",
     )
 
     def __init__(self, frame: Frame, tools: dict[str, Tool], dialect: Dialect = OPENAI,
@@ -95,6 +113,9 @@ class ResponsesStream:
         self._hold = hold
         self.terminal = b""
         self._unsent = b""
+        # The bytes around the text of a plain text delta of this stream (OpenAI's, as sent): an
+        # event the same but for a text without quotes or escapes is not parsed.
+        self._around: tuple[bytes, bytes] | None = None
 
     @property
     def completion_id(self) -> str:
@@ -149,6 +170,28 @@ class ResponsesStream:
         for event in events:
             if self.done or self.error is not None:
                 break
+            around = self._around
+            text = None
+            if around is not None and event.startswith(around[0]) and event.endswith(around[1]):
+                raw = event[len(around[0]):len(event) - len(around[1])]
+                message = self._message
+                if (
+                    len(event) >= len(around[0]) + len(around[1]) and raw.find(b'"') < 0 and raw.find(b"\\") < 0
+                    and _CONTROL.search(raw) is None and message is not None and message is self._open
+                    and message.parts and message.parts[-1][0] == "output_text"
+                ):
+                    try:
+                        text = raw.decode()
+                    except UnicodeDecodeError:
+                        text = None  # not JSON: the parse below says so
+                if text is not None:
+                    self.events += 1
+                    if text:
+                        message.parts[-1][1].append(text)
+                        self.text_chars += len(text)
+                        out.append(message.delta % (self._seq, b'"' + raw + b'"', b"[]"))
+                        self._seq += 1
+                    continue
             if event.startswith(b"data: ") and event.find(b"\n") < 0:
                 data = event[6:]
             else:
@@ -196,6 +239,8 @@ class ResponsesStream:
                     finish = choice.get("finish_reason")
                     if finish:
                         self._finish = finish
+                    elif self._around is None and self._normalise is None and usage is None:
+                        self._around = _around(event)
                     continue
             self._choice(choice, out)
 
