@@ -19,8 +19,15 @@ from .run import bodies
 from .variants import Trees, is_gateway
 
 
-# A phase: the bench body it sends; "refused" sends it with a key whose window is full (429s).
-PHASES = {"plain": "plain", "stream": "stream", "refused": "plain"}
+# A phase: the bench body it sends and the API's path; "refused" sends the plain body with a key whose
+# window is full (429s).
+PHASES = {
+    "plain": ("plain", "/chat/completions"),
+    "stream": ("stream", "/chat/completions"),
+    "refused": ("plain", "/chat/completions"),
+    "responses": ("responses_plain", "/responses"),
+    "responses-stream": ("responses_stream", "/responses"),
+}
 
 
 def _headers(system: systems.System, phase: str) -> dict[str, str]:
@@ -57,7 +64,7 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
             if binary is None:
                 raise SystemExit("wrk is not installed: make bench installs it")
             scripts = {(key, phase): wrk.script(work / re.sub(r"[^A-Za-z0-9._-]", "_", f"{key}-{phase}.lua"),
-                                                files[PHASES[phase]].read_bytes(),
+                                                files[PHASES[phase][0]].read_bytes(),
                                                 {**_headers(started[key], phase), "Content-Type": "application/json"})
                        for key in started for phase in args.phases}
             results: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in scripts}
@@ -68,7 +75,8 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                         system = started[key]
                         pids = system.pids()
                         before = cpu_seconds(pids)
-                        out = wrk.run(binary, system.url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
+                        url = system.url.replace("/chat/completions", PHASES[phase][1])
+                        out = wrk.run(binary, url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
                         used = cpu_seconds(pids) - before
                         done = out.get("requests") or 0
                         errors = out.get("error_detail") or {}
@@ -104,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--systems", default="gateway,gateway@HEAD", type=lambda s: s.split(","))
     p.add_argument("--phases", default="stream,plain", type=lambda s: s.split(","),
-                   help="plain (non-stream), stream (10 events), refused (429s of a full window)")
+                   help="plain (non-stream), stream (10 events), refused (429s of a full window), "
+                        "responses, responses-stream (the same through the Responses API)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=5)
     args = p.parse_args(argv)
