@@ -38,6 +38,7 @@ def test_fuzz_chat_documents(fuzz, chat_schema):
     @fuzz_settings(0.34)
     @given(doc=documents, data=st.data(), ensure_ascii=st.booleans(), compact=st.booleans())
     def run(doc, data, ensure_ascii, compact):
+        doc = copy.deepcopy(doc)  # mutated in place below: never an object a strategy hands out again
         for _ in range(data.draw(st.sampled_from((0, 0, 1, 1, 2, 3)), label="mutations")):
             targets = fs.paths(doc)
             path = data.draw(st.sampled_from(targets), label="path")

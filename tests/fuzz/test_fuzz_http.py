@@ -189,7 +189,7 @@ def test_fuzz_admin_bodies(fuzz):
     @fuzz_settings(0.10)
     @given(pick=per_kind, data=st.data(), mutations=st.sampled_from((0, 0, 1, 2)), raw_steps=st.sampled_from((0, 0, 0, 1)))
     def run(pick, data, mutations, raw_steps):
-        name, doc = pick
+        name, doc = pick[0], copy.deepcopy(pick[1])  # mutated in place below: never an object a strategy hands out again
         for _ in range(mutations):
             path = data.draw(st.sampled_from(fs.paths(doc)))
             try:
