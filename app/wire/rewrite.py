@@ -114,6 +114,19 @@ _FULL_DELTA = b'"delta":{"'
 _EMPTY_DELTA_ANY = re.compile(rb'"delta"\s*:\s*\{\s*\}')
 
 
+def text_around(event: bytes) -> tuple[bytes, bytes] | None:
+    """The bytes before and after the text of a chunk that holds one ``"content"`` string, when that
+    text has no escape (so its end is the next quote)."""
+    start = event.find(_CONTENT)
+    if start < 0 or event.count(_CONTENT) != 1:
+        return None
+    start += len(_CONTENT)
+    end = event.find(b'"', start)
+    if end < 0 or event.find(b"\\", start, end) >= 0:
+        return None
+    return event[:start], event[end:]
+
+
 def _null_usage(data: bytes) -> bool:
     """Whether every ``"usage"`` in ``data`` is null (or there is none), however spaced."""
     usages = data.count(_USAGE)
@@ -256,6 +269,11 @@ class StreamRewriter:
             out.append(self._usage_chunk())
         return b"".join(out)
 
+    def _end(self, event: bytes) -> bytes:
+        """The upstream's [DONE] ``event``: the stream is done, after what OpenAI sends before it."""
+        self.done = True
+        return self._closing() + event
+
     def _closing(self) -> bytes:
         """What OpenAI sends before [DONE] and the upstream may not have: a finish chunk, then the
         usage chunk when asked for (always last)."""
@@ -318,8 +336,7 @@ class StreamRewriter:
             out += self._one(span[cut:done]) or b""
         if self.done or self.error is not None:
             return out
-        self.done = True
-        return out + self._closing() + span[done:]
+        return out + self._end(span[done:])
 
     def _learning(self, span: bytes) -> bytes:
         """A span read before the stream's identity is known: event by event until an event teaches
@@ -370,22 +387,18 @@ class StreamRewriter:
                 self._finished = True
         self.events += n
         if n == 1 and self._around is None and not self._finished:
-            self._learn_around(span, parts)
+            self._learn_around(span)
         return self._new_head.join(parts)
 
-    def _learn_around(self, event: bytes, parts: list[bytes]) -> None:
-        """From one plain content event whose text is a string without quotes or escapes: the bytes
-        before and after that text, as sent and with the head swapped. Another event with the same
-        bytes around a text that holds no quote (so no key, no head, no event end) passes every test
-        this one passed."""
-        start = event.find(_CONTENT)
-        if start < 0 or event.count(_CONTENT) != 1:
+    def _learn_around(self, event: bytes) -> None:
+        """From one plain content event whose text is a string without escapes: the bytes before and
+        after that text, as sent and with the head swapped. Another event with the same bytes around
+        a text that holds no quote (so no key, no head, no event end) passes every test this one
+        passed."""
+        around = text_around(event)
+        if around is None or event.count(_FINISH_KEY) != event.count(_NULL_FINISH):
             return
-        start += len(_CONTENT)
-        end = event.find(b'"', start)
-        if end < 0 or event.find(b"\\", start, end) >= 0 or event.count(_FINISH_KEY) != event.count(_NULL_FINISH):
-            return
-        before, after = event[:start], event[end:]
+        before, after = around
         if before.count(self._head) + after.count(self._head) != 1:
             return
         new = self._new_head
@@ -425,9 +438,7 @@ class StreamRewriter:
         if data is None:
             return event  # a comment or a field-only event: passed on as is
         if data == DONE:
-            self.done = True
-            owed = self._closing()
-            return owed + event if owed else event
+            return self._end(event)
         if not (data.startswith(b"{") and data.endswith(b"}")):
             raise MalformedUpstream("event is not a JSON object")
         if data.find(_USAGE_OBJECT) < 0 and self._swappable(data):

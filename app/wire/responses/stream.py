@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..rewrite import OPENAI, Dialect, MalformedUpstream, read_chunk
+from ..rewrite import OPENAI, Dialect, MalformedUpstream, read_chunk, text_around
 from ..sse import DONE, EventFramer, event_data
 from ..usage import Usage, estimate_tokens, estimate_usage
 from .output import INCOMPLETE, Frame, call_item, custom_input, message_item, reasoning_item, tool_of, usage_object
@@ -23,20 +23,6 @@ from .translate import Tool
 _HEADS: dict[str, bytes] = {}
 # Bytes a JSON string holds only escaped.
 _CONTROL = re.compile(rb"[\x00-\x1f]")
-
-
-def _around(event: bytes) -> tuple[bytes, bytes] | None:
-    """The bytes before and after the text of an event that holds one ``"content"`` whose text has
-    no escape: another event with the same around a text without quotes or escapes is the same
-    chunk but for its text."""
-    start = event.find(b'"content":"')
-    if start < 0 or event.count(b'"content":"') != 1:
-        return None
-    start += len(b'"content":"')
-    end = event.find(b'"', start)
-    if end < 0 or event.find(b"\\", start, end) >= 0:
-        return None
-    return event[:start], event[end:]
 
 
 def _head(kind: str) -> bytes:
@@ -240,7 +226,7 @@ class ResponsesStream:
                     if finish:
                         self._finish = finish
                     elif self._around is None and self._normalise is None and usage is None:
-                        self._around = _around(event)
+                        self._around = text_around(event)
                     continue
             self._choice(choice, out)
 
