@@ -101,10 +101,10 @@ class Events:
         return self._api.error_event(error)
 
     @property
-    def ended(self) -> bool:
-        """Whether ``chunks`` has given its last piece: it relays the upstream's own, and the
-        upstream has nothing more to read."""
-        return self.chunks is self._upstream and self._upstream.ended
+    def relayed(self) -> StreamRewriter | None:
+        """The rewriter of the upstream's pieces when ``chunks`` are those pieces themselves: once its
+        ``done`` is set, the piece just given was the last."""
+        return self._upstream.rewriter if self.chunks is self._upstream else None
 
     @property
     def keep_alive(self) -> bool:

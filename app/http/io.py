@@ -159,7 +159,8 @@ async def send_events(request: Request, events: Events) -> None:
             transport.write(head)
             _sent(request, http, protocol, 200)
             return
-        ended = not failed and events.ended
+        relayed = events.relayed
+        ended = not failed and relayed is not None and relayed.done
         if first:
             head += b"%x\r\n%b\r\n" % (len(first), first)
         transport.write(head + _LAST_CHUNK if ended else head)
@@ -167,7 +168,7 @@ async def send_events(request: Request, events: Events) -> None:
         _sent(request, http, protocol, 200, done=False)
         if not failed:
             try:
-                ended = await _write(protocol, events) or ended
+                ended = await _write(protocol, events.chunks, relayed) or ended
             except GatewayError as failure:
                 event = events.fail(failure)
                 transport.write(b"%x\r\n%b\r\n" % (len(event), event))
@@ -195,18 +196,19 @@ async def _send_events_through_sanic(request: Request, events: Events) -> None:
     await response.eof()
 
 
-async def _write(protocol, events: Events) -> bool:
+async def _write(protocol, chunks, relayed) -> bool:
     """The rest of the stream, each piece written as one HTTP chunk straight to the connection, with
     the connection's own back-pressure: what Sanic's ``response.send`` does, minus its per-call
     signal dispatch and layers (measured: bench ``long-stream``). The last piece goes out with the
-    body's end when the stream knows it is the last (then True)."""
+    body's end when ``relayed`` (the rewriter of relayed upstream pieces) says it is the last (then
+    True)."""
     transport = protocol.transport
     can_write = protocol._can_write
     ended = False
-    async for chunk in events.chunks:
+    async for chunk in chunks:
         if transport.is_closing():
             raise asyncio.CancelledError("the client closed the connection")
-        ended = events.ended
+        ended = relayed is not None and relayed.done
         if chunk:  # an empty chunk would end the body
             piece = b"%x\r\n%b\r\n" % (len(chunk), chunk)
             transport.write(piece + _LAST_CHUNK if ended else piece)

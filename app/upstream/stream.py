@@ -77,11 +77,6 @@ class UpstreamStream:
         self.close(clean=True)
         raise StopAsyncIteration
 
-    @property
-    def ended(self) -> bool:
-        """Whether every piece has been given: the upstream's [DONE] was read and nothing waits."""
-        return self._first is None and self.rewriter.done
-
     def _arm(self) -> None:
         self._timer = self._loop.call_at(min(self._last + self._idle, self._deadline), self._check)
 

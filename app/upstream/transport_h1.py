@@ -233,13 +233,6 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         response = self.response
         if response is not None:
-            if response._waiter is None and response._inflate is None:
-                # The chunks of one read after the first: kept for the reader, nothing to wake.
-                response._chunks.append(body)
-                response._size += len(body)
-                if response._size > _HIGH_WATER:
-                    self.pause()
-                return
             try:
                 response._feed(body)
             except zlib.error:

@@ -24,9 +24,9 @@ def writers(monkeypatch) -> list[str]:
     used: list[str] = []
     write, send = io._write, io.send_events
 
-    async def straight(protocol, events):
+    async def straight(protocol, chunks, relayed):
         used.append("connection")
-        return await write(protocol, events)
+        return await write(protocol, chunks, relayed)
 
     async def send_events(request, events):
         used.append("any")
