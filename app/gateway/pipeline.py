@@ -57,7 +57,8 @@ class ClientApi(Protocol):
         ``StreamRewriter``'s interface whose output is this API's events."""
 
     def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """The stream's bytes for the caller, from the rewritten chat chunks."""
+        """The stream's bytes for the caller: the rewritten chat chunks themselves, unchanged, then
+        any of its own (the chunks may be relayed under it, straight from the upstream)."""
 
     def error_event(self, error: GatewayError) -> bytes:
         """The event that ends a stream that failed after it began."""
@@ -99,6 +100,11 @@ class Events:
     def fail(self, error: GatewayError) -> bytes:
         self._exchange.failed(error)
         return self._api.error_event(error)
+
+    @property
+    def upstream(self) -> UpstreamStream:
+        """The upstream stream, whose pieces ``chunks`` gives first and unchanged."""
+        return self._upstream
 
     @property
     def relayed(self) -> StreamRewriter | None:

@@ -168,7 +168,7 @@ async def send_events(request: Request, events: Events) -> None:
         _sent(request, http, protocol, 200, done=False)
         if not failed:
             try:
-                ended = await _write(protocol, events.chunks, relayed) or ended
+                ended = await _write(protocol, events.chunks, relayed, events.upstream) or ended
             except GatewayError as failure:
                 event = events.fail(failure)
                 transport.write(b"%x\r\n%b\r\n" % (len(event), event))
@@ -196,27 +196,53 @@ async def _send_events_through_sanic(request: Request, events: Events) -> None:
     await response.eof()
 
 
-async def _write(protocol, chunks, relayed) -> bool:
+async def _write(protocol, chunks, relayed, upstream) -> bool:
     """The rest of the stream, each piece written as one HTTP chunk straight to the connection, with
     the connection's own back-pressure: what Sanic's ``response.send`` does, minus its per-call
-    signal dispatch and layers (measured: bench ``long-stream``). The last piece goes out with the
-    body's end when ``relayed`` (the rewriter of relayed upstream pieces) says it is the last (then
-    True)."""
+    signal dispatch and layers (measured: bench ``long-stream``). While the caller's buffer has
+    room, ``upstream`` (whose pieces ``chunks`` gives first, unchanged) relays its reads itself; the
+    rest goes through ``chunks``. The last piece goes out with the body's end when ``relayed`` (the
+    rewriter of relayed upstream pieces) says it is the last (then True)."""
     transport = protocol.transport
     can_write = protocol._can_write
+    chunks = aiter(chunks)
+    write = _relay_writer(transport, can_write, relayed is not None)
     ended = False
-    async for chunk in chunks:
+    while True:
+        if can_write.is_set() and (relay := upstream.relay(write)) is not None:
+            try:
+                ended = await relay and relayed is not None
+            finally:
+                upstream.unrelay()
         if transport.is_closing():
             raise asyncio.CancelledError("the client closed the connection")
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return ended
         ended = relayed is not None and relayed.done
-        if chunk:  # an empty chunk would end the body
-            piece = b"%x\r\n%b\r\n" % (len(chunk), chunk)
-            transport.write(piece + _LAST_CHUNK if ended else piece)
-        elif ended:
-            transport.write(_LAST_CHUNK)
+        write(chunk, ended)
         if not can_write.is_set():
             await can_write.wait()
-    return ended
+
+
+def _relay_writer(transport, can_write: asyncio.Event, relayed: bool):
+    """What a relayed upstream read is written with: one HTTP chunk, the body's end with the last
+    piece when the upstream's pieces are the whole body; False once the caller's buffer is full or
+    the caller left."""
+
+    def write(piece: bytes, last: bool) -> bool:
+        if transport.is_closing():
+            return False
+        end = last and relayed
+        if piece:  # an empty HTTP chunk would end the body
+            framed = b"%x\r\n%b\r\n" % (len(piece), piece)
+            transport.write(framed + _LAST_CHUNK if end else framed)
+        elif end:
+            transport.write(_LAST_CHUNK)
+        return can_write.is_set()
+
+    return write
 
 
 def _lines(headers: Mapping[str, str]) -> bytes:

@@ -18,7 +18,7 @@ class UpstreamStream:
 
     __slots__ = (
         "_response", "_read", "_classify", "rewriter", "_first", "_idle", "_deadline", "_loop", "_timer",
-        "_last", "_timed_out", "_cut", "_open", "_ending",
+        "_last", "_timed_out", "_cut", "_open", "_ending", "_relay", "_write",
     )
 
     def __init__(self, response: Response, rewriter: StreamRewriter, first: bytes, idle: float, deadline: float,
@@ -37,6 +37,8 @@ class UpstreamStream:
         self._cut = False
         self._open = True
         self._ending: GatewayError | None = None
+        self._relay: asyncio.Future | None = None
+        self._write: Callable[[bytes, bool], bool] | None = None
 
     def __aiter__(self) -> "UpstreamStream":
         return self
@@ -76,6 +78,57 @@ class UpstreamStream:
             raise error
         self.close(clean=True)
         raise StopAsyncIteration
+
+    def relay(self, write: Callable[[bytes, bool], bool]) -> asyncio.Future | None:
+        """Rewrite each read and hand it to ``write(piece, last)`` in the upstream connection's own
+        callback, with no task woken per read. The future is True once the stream's last piece was
+        written; False when ``write`` says to stop (the caller's buffer is full, or it left) or
+        anything else comes (the body's end, a failure, a timer: iterating reads it as ever); it
+        raises what iterating would have raised for a read. None when the stream cannot be relayed
+        so now (its first piece not taken yet, ended, or a transport without ``attach``)."""
+        attach = getattr(self._response, "attach", None)
+        if attach is None or self._first is not None or not self._open or self.rewriter.done:
+            return None
+        if not attach(self._relayed, self.unrelay):
+            return None
+        if self._timer is None:
+            self._arm()
+        self._write = write
+        relay = self._relay = self._loop.create_future()
+        return relay
+
+    def _relayed(self, chunk: bytes) -> None:
+        self._last = self._loop.time()
+        rewriter = self.rewriter
+        try:
+            out = rewriter.feed(chunk)
+        except MalformedUpstream:
+            self.unrelay(UpstreamError("The model backend sent an unreadable event."))
+            return
+        except Exception as exc:
+            self.unrelay(exc)
+            return
+        if rewriter.error is not None:
+            self.unrelay(UpstreamError("The model backend failed while streaming the response."))
+            return
+        done = rewriter.done
+        if (out or done) and not self._write(out, done) or done:
+            self.unrelay(done)
+
+    def unrelay(self, outcome: bool | Exception = False) -> None:
+        """End the relay: its future gets ``outcome``; a failure closes the stream first."""
+        relay = self._relay
+        if relay is None:
+            return
+        self._relay = self._write = None
+        self._response.detach()
+        if isinstance(outcome, Exception):
+            if isinstance(outcome, GatewayError):
+                self.close(clean=False)
+            if not relay.done():
+                relay.set_exception(outcome)
+        elif not relay.done():
+            relay.set_result(outcome)
 
     def _arm(self) -> None:
         self._timer = self._loop.call_at(min(self._last + self._idle, self._deadline), self._check)

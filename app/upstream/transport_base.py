@@ -14,7 +14,9 @@ class Content(Protocol):
 
 
 class Response(Protocol):
-    """An upstream's answer once its head is in."""
+    """An upstream's answer once its head is in. It may also offer ``attach(on_data, on_end) -> bool``
+    and ``detach()``: the body's reads handed to ``on_data`` in the transport's own callback
+    (transport_h1.py); a stream relayed so wakes no task per read."""
 
     status: int
     headers: Mapping[str, str]

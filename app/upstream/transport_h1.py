@@ -51,7 +51,7 @@ class _Response:
     ``content.readany()`` (b"" at its end), then ``release()`` or ``close()``."""
 
     __slots__ = ("status", "headers", "content", "_conn", "_chunks", "_size", "_waiter", "_done", "_error",
-                 "_inflate", "_open")
+                 "_inflate", "_open", "_sink", "_sink_end")
 
     def __init__(self, conn: "_Connection", status: int, headers: dict[str, str]) -> None:
         self.status = status
@@ -65,6 +65,8 @@ class _Response:
         self._error: BaseException | None = None
         self._inflate = None
         self._open = True
+        self._sink: Callable[[bytes], None] | None = None
+        self._sink_end: Callable[[], None] | None = None
 
     # -- fed by the connection
 
@@ -84,6 +86,9 @@ class _Response:
         if self._size > _HIGH_WATER:
             self._conn.pause()
 
+    def _deliver(self) -> None:
+        self._sink(self._take())
+
     def _end(self, error: BaseException | None) -> None:
         if self._done:
             return
@@ -93,6 +98,12 @@ class _Response:
             if rest:
                 self._chunks.append(rest)
         self._error = error
+        if self._sink_end is not None:
+            if self._chunks:
+                self._deliver()  # the read that ended the body
+            sink_end, self._sink, self._sink_end = self._sink_end, None, None
+            if sink_end is not None:
+                sink_end()
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             if self._chunks:
@@ -125,6 +136,19 @@ class _Response:
             raise ProtocolFailed("the response was closed")
         waiter = self._waiter = self._conn.loop.create_future()
         return await waiter
+
+    def attach(self, on_data: Callable[[bytes], None], on_end: Callable[[], None]) -> bool:
+        """Hand what each socket read brings of the body to ``on_data``, in the connection's own
+        callback, instead of keeping it for ``readany()``; until ``detach()``, or the body's end or
+        failure (then ``on_end()``, and ``readany()`` reads that end). False, and nothing attached,
+        when bytes or the end are already waiting for ``readany()``."""
+        if self._chunks or self._done or not self._open or self._waiter is not None:
+            return False
+        self._sink, self._sink_end = on_data, on_end
+        return True
+
+    def detach(self) -> None:
+        self._sink = self._sink_end = None
 
     def release(self) -> None:
         """Give the connection back to the pool when the whole body was read, else drop it."""
@@ -177,6 +201,9 @@ class _Connection(asyncio.Protocol):
             self._fail(ProtocolFailed("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolFailed(f"unreadable response from the upstream: {exc}"))
+        response = self.response
+        if response is not None and response._sink is not None and response._chunks:
+            response._deliver()  # the body's pieces of one read (one per HTTP chunk) go on as one
 
     def eof_received(self):
         return False  # close the transport; connection_lost follows

@@ -24,9 +24,9 @@ def writers(monkeypatch) -> list[str]:
     used: list[str] = []
     write, send = io._write, io.send_events
 
-    async def straight(protocol, chunks, relayed):
+    async def straight(protocol, chunks, relayed, upstream):
         used.append("connection")
-        return await write(protocol, chunks, relayed)
+        return await write(protocol, chunks, relayed, upstream)
 
     async def send_events(request, events):
         used.append("any")
