@@ -8,13 +8,16 @@ per cent; it measures nothing else.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from . import systems, wrk
-from .procs import cpu_plan, cpu_seconds, free_port
+from .procs import cpu_plan, cpu_seconds, free_port, preexec
 from .run import bodies
 from .variants import Trees, is_gateway
 
@@ -27,7 +30,9 @@ PHASES = {
     "refused": ("plain", "/chat/completions"),
     "responses": ("responses_plain", "/responses"),
     "responses-stream": ("responses_stream", "/responses"),
+    "long": ("long", "/chat/completions"),
 }
+LONG_CHUNKS, LONG_SPACING = 200, 0.01
 
 
 def _headers(system: systems.System, phase: str) -> dict[str, str]:
@@ -47,13 +52,31 @@ def _start(key: str, ctx: systems.Context, trees: Trees) -> systems.System:
     return systems.gateway(ctx, free_port(), key=key, tree=tree, tree_info=info)
 
 
+def _long(url: str, body: Path, headers: dict[str, str], args: argparse.Namespace, gen_cpus) -> dict:
+    """``args.long_streams`` streams of LONG_CHUNKS events LONG_SPACING apart, kept open for the
+    phase; its "requests" are the events the client counted, so the figure is CPU per relayed event."""
+    command = [sys.executable, "-m", "bench.loadgen", "streams", "--url", url, "--body-file", str(body),
+               "--streams", str(args.long_streams), "--duration", str(args.seconds),
+               "--spacing", str(LONG_SPACING), "--tail", "60"]
+    for name, value in headers.items():
+        command += ["--header", f"{name}: {value}"]
+    out = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                         timeout=args.seconds + 120, preexec_fn=preexec(gen_cpus))
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[7:])
+            failed = result.get("failed") or 0
+            return {"requests": result.get("events") or 0, "error_detail": {"failed": failed} if failed else {}}
+    raise SystemExit(f"the long-stream load failed ({out.returncode}): {out.stderr[-2000:]}")
+
+
 def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, float]]]:
     """(system, phase) -> [(CPU µs per request, requests per second)] for every round."""
     gen_cpus, sut_cpus = cpu_plan(True)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         work = Path(tmp)
         ctx = systems.Context(work, sut_cpus, install=False)
-        files = bodies(work, 10, 0.0, 10, 0.0)
+        files = bodies(work, 10, 0.0, LONG_CHUNKS, LONG_SPACING)
         trees = Trees(work, Path.cwd())
         upstream = systems.start_upstream(ctx)
         started: dict[str, systems.System] = {}
@@ -76,7 +99,10 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                         pids = system.pids()
                         before = cpu_seconds(pids)
                         url = system.url.replace("/chat/completions", PHASES[phase][1])
-                        out = wrk.run(binary, url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
+                        if phase == "long":
+                            out = _long(url, files["long"], _headers(system, phase), args, gen_cpus)
+                        else:
+                            out = wrk.run(binary, url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
                         used = cpu_seconds(pids) - before
                         done = out.get("requests") or 0
                         errors = out.get("error_detail") or {}
@@ -86,7 +112,7 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                         if not done or wrong:
                             raise SystemExit(f"{key} {phase}: {out}")
                         results[(key, phase)].append((used / done * 1e6, done / args.seconds))
-                        print(f"round {round_} {phase:6} {key:24} {used / done * 1e6:7.1f} µs/request "
+                        print(f"round {round_} {phase:6} {key:24} {used / done * 1e6:7.1f} µs/{_unit(phase)} "
                               f"{done / args.seconds:7.0f} rps", flush=True)
             return results
         finally:
@@ -95,9 +121,13 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
             trees.close()
 
 
+def _unit(phase: str) -> str:
+    return "event" if phase == "long" else "request"
+
+
 def report(results: dict[tuple[str, str], list[tuple[float, float]]], systems_: list[str], phases: list[str]) -> str:
     """Medians per system and phase, and each system's ratio to the first."""
-    lines = ["| phase | system | CPU µs / request (median) | rps (median) | CPU ratio to " + systems_[0] + " |",
+    lines = ["| phase | system | CPU µs / request or event (median) | rps (median) | CPU ratio to " + systems_[0] + " |",
              "|---|---|---:|---:|---:|"]
     for phase in phases:
         first = statistics.median(cpu for cpu, _ in results[(systems_[0], phase)])
@@ -113,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", default="gateway,gateway@HEAD", type=lambda s: s.split(","))
     p.add_argument("--phases", default="stream,plain", type=lambda s: s.split(","),
                    help="plain (non-stream), stream (10 events), refused (429s of a full window), "
-                        "responses, responses-stream (the same through the Responses API)")
+                        "responses, responses-stream (the same through the Responses API), "
+                        "long (--long-streams streams of 200 events 10 ms apart: CPU per relayed event)")
+    p.add_argument("--long-streams", type=int, default=400)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=5)
     args = p.parse_args(argv)
