@@ -15,6 +15,7 @@ from ..catalog.models import Target
 
 _HIGH_WATER = 256 * 1024  # buffered body bytes at which reading from the socket pauses
 _LOW_WATER = 64 * 1024
+_END_WAIT = 1.0  # seconds a released stream's connection waits for its body's end to be reused
 
 
 class ConnectFailed(ConnectionError):
@@ -51,7 +52,7 @@ class _Response:
     ``content.readany()`` (b"" at its end), then ``release()`` or ``close()``."""
 
     __slots__ = ("status", "headers", "content", "_conn", "_chunks", "_size", "_waiter", "_done", "_error",
-                 "_inflate", "_open", "_sink", "_sink_end")
+                 "_inflate", "_open", "_sink", "_sink_end", "_ending")
 
     def __init__(self, conn: "_Connection", status: int, headers: dict[str, str]) -> None:
         self.status = status
@@ -67,6 +68,7 @@ class _Response:
         self._open = True
         self._sink: Callable[[bytes], None] | None = None
         self._sink_end: Callable[[], None] | None = None
+        self._ending: asyncio.TimerHandle | None = None
 
     # -- fed by the connection
 
@@ -104,6 +106,10 @@ class _Response:
             sink_end, self._sink, self._sink_end = self._sink_end, None, None
             if sink_end is not None:
                 sink_end()
+        if self._ending is not None:
+            self._ending.cancel()
+            self._ending = None
+            self._conn.finish(self, reuse=error is None and not self._chunks)
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             if self._chunks:
@@ -151,10 +157,20 @@ class _Response:
         self._sink = self._sink_end = None
 
     def release(self) -> None:
-        """Give the connection back to the pool when the whole body was read, else drop it."""
+        """Give the connection back to the pool when the whole body was read; when only the body's
+        end is still to come (a stream's last event arrives before the chunked body's end), once it
+        has come, within _END_WAIT; else drop it."""
         if self._open:
             self._open = False
+            self._sink = self._sink_end = None
+            if not self._done and not self._chunks:
+                self._ending = self._conn.loop.call_later(_END_WAIT, self._abandon)
+                return
             self._conn.finish(self, reuse=self._done and self._error is None and not self._chunks)
+
+    def _abandon(self) -> None:
+        self._ending = None
+        self._conn.finish(self, reuse=False)
 
     def close(self) -> None:
         """Drop the connection; a pending ``readany()`` fails."""

@@ -14,6 +14,7 @@ from app.catalog.models import PublicModel, Target, Timeouts
 from app.core.config import Settings
 from app.core.errors import UpstreamError, UpstreamTimeout
 from app.upstream.client import Attempts, UpstreamClient
+from app.upstream import transport_h1
 from app.upstream.transport_h1 import H1Transport
 from app.wire.rewrite import StreamRewriter
 from tests.upstream.test_transports import Server, chunk
@@ -31,9 +32,10 @@ def event(text: str, finish: str | None = None) -> bytes:
 EVENTS = [event(f"word{i} ") for i in range(12)] + [event("", "stop"), b"data: [DONE]\n\n"]
 
 
-def scripted(events: list[bytes], end: bool = True, gap: float = 0.005, stall: float = 0.0):
-    """Each event in its own chunk, ``gap`` apart, the last with the body's end (unless not ``end``:
-    silence for ``stall`` seconds, then the connection drops)."""
+def scripted(events: list[bytes], end: bool = True, gap: float = 0.005, stall: float = 0.0, end_after: float = 0.0):
+    """Each event in its own chunk, ``gap`` apart, the last with the body's end (``end_after``
+    seconds after it when set; unless not ``end``: silence for ``stall`` seconds, then the
+    connection drops)."""
 
     async def respond(server, writer, seen) -> bool:
         writer.write(HEAD)
@@ -45,7 +47,13 @@ def scripted(events: list[bytes], end: bool = True, gap: float = 0.005, stall: f
             writer.write(chunk(events[-1]))
             await asyncio.sleep(stall)
             return False
-        writer.write(chunk(events[-1]) + b"0\r\n\r\n")
+        if end_after:
+            writer.write(chunk(events[-1]))
+            await writer.drain()
+            await asyncio.sleep(end_after)
+            writer.write(b"0\r\n\r\n")
+        else:
+            writer.write(chunk(events[-1]) + b"0\r\n\r\n")
         await writer.drain()
         return True
 
@@ -183,3 +191,26 @@ async def test_a_cancelled_relay_writes_nothing_more():
         assert len(writes.pieces) == written
         rest = [piece async for piece in stream]  # iterating goes on from where the relay stopped
         assert (b"".join(writes.pieces + rest)).count(b"data: ") == len(EVENTS) - 1
+
+
+@pytest.mark.parametrize("relayed", [True, False])
+async def test_a_stream_whose_body_ends_after_its_last_event_keeps_its_connection(relayed):
+    async with Upstream(scripted(EVENTS, end_after=0.05)) as upstream:
+        for _ in range(3):
+            stream, first = await upstream.open()
+            if relayed:
+                assert await stream.relay(Writes()) is True
+            assert [piece async for piece in stream][-1:] == ([] if relayed else [b"data: [DONE]\n\n"])
+            await asyncio.sleep(0.1)  # the body's end comes 50 ms after [DONE]
+        assert upstream.server.connections == 1
+
+
+async def test_a_stream_whose_body_never_ends_after_its_last_event_loses_its_connection(monkeypatch):
+    monkeypatch.setattr(transport_h1, "_END_WAIT", 0.1)
+    async with Upstream(scripted(EVENTS, end=False, stall=1.0)) as upstream:
+        stream, _ = await upstream.open()
+        assert b"".join([piece async for piece in stream]).endswith(b"data: [DONE]\n\n")
+        await asyncio.sleep(0.3)
+        again, _ = await upstream.open()
+        again.close()
+        assert upstream.server.connections == 2
