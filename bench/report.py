@@ -99,8 +99,8 @@ def _target(name: str, value, threshold: float, above: bool, unit: str = "", not
             "met": met, "note": note}
 
 
-def cpu_per_event(s: dict | None):
-    return _get(s, "long_streams", "cpu_per_event_us")
+def cpu_per_event(s: dict | None, phase: str = "long_streams"):
+    return _get(s, phase, "cpu_per_event_us")
 
 
 def cpu_per_request_us(s: dict | None, kind: str = "non_stream"):
@@ -148,9 +148,13 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     cap_g, cap_b = capacity_of(g), capacity_of(b)
     paired = _sub(_get(g, "added", "p50_ms"), _get(b, "added", "p50_ms"))
     fid = g.get("fidelity") or {}
+    pv_g, pv_b = cpu_per_event(g, "paced_streams"), cpu_per_event(b, "paced_streams")
+    paced = out.get("config", {}).get("paced_streams") or {}
     rows = [
         _target(f"CPU per relayed event (long streams) <= 0.9x bare{tag}", _div(ev_g, ev_b), 0.9, False, "x",
                 f"{_f(ev_g, 1)} / {_f(ev_b, 1)} µs per event"),
+        _target(f"CPU per relayed event, paced ({paced.get('streams')} long streams, events on time) <= 0.9x bare{tag}",
+                _div(pv_g, pv_b), 0.9, False, "x", f"{_f(pv_g, 1)} / {_f(pv_b, 1)} µs per event"),
         _target(f"CPU per non-stream request <= 1.6x bare{tag}", _div(ns_g, ns_b), 1.6, False, "x",
                 f"{_f(ns_g, 0)} / {_f(ns_b, 0)} µs per request (c=32)"),
         _target(f"10-event stream throughput >= 0.8x bare (c=32){tag}", _div(rps(g, "stream"), rps(b, "stream")),
@@ -245,6 +249,7 @@ VARIANT_METRICS = (  # (metric, value of a system, decimals shown)
     ("CPU µs / non-stream request", lambda s: cpu_per_request_us(s, "non_stream"), 0),
     ("CPU µs / stream request", lambda s: cpu_per_request_us(s, "stream"), 0),
     ("CPU µs / relayed event (long streams)", cpu_per_event, 1),
+    ("CPU µs / relayed event (paced long streams)", lambda s: cpu_per_event(s, "paced_streams"), 1),
     ("long-stream gap p99 ms", lambda s: _get(s, "long_streams", "gaps", "p99_ms"), 2),
     ("latency p50 c=1 ms", p50_c1, 3),
     ("latency p99 c=1 ms", lambda s: _get(s, "latency_c1", "non_stream", "latency", "p99_ms"), 3),
@@ -413,26 +418,8 @@ def streams_markdown(out: dict) -> list[str]:
     cfg, systems = out["config"], out["systems"]
     present = [k for k in keys(out) if k in systems]
     lines = []
-    ls_cfg = cfg.get("long_streams") or {}
-    if any(systems[k].get("long_streams") for k in present):
-        lines += ["", f"## Long streams ({ls_cfg.get('streams')} concurrent, {ls_cfg.get('chunks')} tokens "
-                  f"{_f((ls_cfg.get('delay_s') or 0) * 1000, 0)} ms apart, started for {cfg['duration_s']} s)", "",
-                  "CPU per relayed event = the system's CPU seconds during the phase / the SSE `data:` events "
-                  "the clients received. Gaps: between consecutive events of a stream, as the client saw them; "
-                  "added = gap - the upstream's spacing. Offered: "
-                  f"{_f(_offered(ls_cfg), 0)} events/s; a system that delivers fewer is saturated (it shares its "
-                  "CPU with the fake upstream), and its events arrive late, several per read.", "",
-                  "| system | events received | events/s | CPU µs / event | gap p50 / p99 / max ms | added gap p99 ms "
-                  "| failed / cut streams | load generator CPU share |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for key in present:
-            r = systems[key].get("long_streams")
-            if not r:
-                continue
-            g = r.get("gaps") or {}
-            lines.append(f"| {label_of(key)} | {_f(r.get('events'))} | {_f(r.get('events_per_s'), 0)} "
-                         f"| {_f(r.get('cpu_per_event_us'), 1)} | {_f(g.get('p50_ms'), 2)} / {_f(g.get('p99_ms'), 2)} / "
-                         f"{_f(g.get('max_ms'), 1)} | {_f(g.get('added_p99_ms'), 2)} | {_f(r.get('failed'))} / "
-                         f"{_f(r.get('cut_streams'))} | {_f(r.get('client_cpu_share'), 2)} |")
+    for phase, title in (("long_streams", "Long streams"), ("paced_streams", "Paced long streams")):
+        lines += _long_streams_table(cfg, systems, present, phase, title)
     if any(_get(systems[k], "open_streams", "rss_per_1000_streams_mb") is not None for k in present):
         lines += ["", f"## Memory per open stream ({cfg['open_streams']} streams held open)", "",
                   "The largest process of each system (the worker): its RSS just before the streams opened, with all "
@@ -459,6 +446,32 @@ def streams_markdown(out: dict) -> list[str]:
                          f"| {r.get('first_statuses')} / {r.get('status_after')} |")
     if any(systems[k].get("capacity") for k in present):
         lines += capacity_markdown(out, present)
+    return lines
+
+
+def _long_streams_table(cfg: dict, systems: dict, present: list[str], phase: str, title: str) -> list[str]:
+    """One long-stream phase's table: events, CPU per event, gaps, for each system that ran it."""
+    lines: list[str] = []
+    ls_cfg = cfg.get(phase) or {}
+    if any(systems[k].get(phase) for k in present):
+        lines += ["", f"## {title} ({ls_cfg.get('streams')} concurrent, {ls_cfg.get('chunks')} tokens "
+                  f"{_f((ls_cfg.get('delay_s') or 0) * 1000, 0)} ms apart, started for {cfg['duration_s']} s)", "",
+                  "CPU per relayed event = the system's CPU seconds during the phase / the SSE `data:` events "
+                  "the clients received. Gaps: between consecutive events of a stream, as the client saw them; "
+                  "added = gap - the upstream's spacing. Offered: "
+                  f"{_f(_offered(ls_cfg), 0)} events/s; a system that delivers fewer is saturated (it shares its "
+                  "CPU with the fake upstream), and its events arrive late, several per read.", "",
+                  "| system | events received | events/s | CPU µs / event | gap p50 / p99 / max ms | added gap p99 ms "
+                  "| failed / cut streams | load generator CPU share |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for key in present:
+            r = systems[key].get(phase)
+            if not r:
+                continue
+            g = r.get("gaps") or {}
+            lines.append(f"| {label_of(key)} | {_f(r.get('events'))} | {_f(r.get('events_per_s'), 0)} "
+                         f"| {_f(r.get('cpu_per_event_us'), 1)} | {_f(g.get('p50_ms'), 2)} / {_f(g.get('p99_ms'), 2)} / "
+                         f"{_f(g.get('max_ms'), 1)} | {_f(g.get('added_p99_ms'), 2)} | {_f(r.get('failed'))} / "
+                         f"{_f(r.get('cut_streams'))} | {_f(r.get('client_cpu_share'), 2)} |")
     return lines
 
 

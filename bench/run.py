@@ -289,11 +289,7 @@ class Bench:
         if not full:
             return r
         if a.lean:
-            if a.long_streams:
-                log(f"{system.key}: {a.long_streams} long streams ({a.long_chunks} events {a.long_delay * 1000:g} ms apart), "
-                    f"started for {a.duration}s")
-                r["long_streams"] = self.long_streams(system)
-                r["long_streams"]["settle"] = self.settle()
+            r.update(self.long_stream_phases(system))
             r.update(self.client_apis(system))
             r["alive"] = system.alive()
             return r
@@ -316,11 +312,7 @@ class Bench:
         log(f"{system.key}: {a.streams} open streams")
         r["open_streams"] = self.open_streams(system)
         r["settle"] = self.settle()
-        if a.long_streams:
-            log(f"{system.key}: {a.long_streams} long streams ({a.long_chunks} events {a.long_delay * 1000:g} ms apart), "
-                f"started for {a.duration}s")
-            r["long_streams"] = self.long_streams(system)
-            r["long_streams"]["settle"] = self.settle()
+        r.update(self.long_stream_phases(system))
         r.update(self.client_apis(system))
         if system.limited_headers:
             log(f"{system.key}: refused (429) requests c={CONCURRENCY}, {a.duration}s")
@@ -331,12 +323,26 @@ class Bench:
         r["alive"] = system.alive()
         return r
 
-    def long_streams(self, system: System) -> dict:
+    def long_stream_phases(self, system: System) -> dict:
+        """``long_streams`` (more events than one core relays on time: a share of that core) and
+        ``paced_streams`` (fewer, every event on time, one per read as real streams come), each
+        with what it measured and the settle after it."""
+        a = self.args
+        out = {}
+        for name, streams in (("long_streams", a.long_streams), ("paced_streams", a.paced_streams)):
+            if streams:
+                log(f"{system.key}: {streams} long streams ({a.long_chunks} events {a.long_delay * 1000:g} ms apart), "
+                    f"started for {a.duration}s")
+                out[name] = self.long_streams(system, streams)
+                out[name]["settle"] = self.settle()
+        return out
+
+    def long_streams(self, system: System, streams: int) -> dict:
         """Many long streams: CPU per relayed event (events counted by the client) and the gaps."""
         a = self.args
 
         def run() -> dict:
-            return self.loadgen("streams", system, "long", "--streams", str(a.long_streams), "--duration",
+            return self.loadgen("streams", system, "long", "--streams", str(streams), "--duration",
                                 str(a.duration), "--spacing", str(a.long_delay), "--tail", "60")
 
         result = self.accounted(system, run, count=lambda r: r.get("events"))
@@ -443,6 +449,7 @@ class Bench:
                 "hold_directive": {"chunks": a.hold_chunks, "delay_s": a.hold_delay},
                 "stream_chunks": STREAM_CHUNKS,
                 "long_streams": {"streams": a.long_streams, "chunks": a.long_chunks, "delay_s": a.long_delay},
+                "paced_streams": {"streams": a.paced_streams, "chunks": a.long_chunks, "delay_s": a.long_delay},
                 "capacity": {"enabled": a.capacity, "chunks": CAPACITY_CHUNKS, "delay_s": CAPACITY_DELAY,
                              "bound_ms": CAPACITY_BOUND_MS, "max": a.capacity_max, "start": a.capacity_start,
                              "budget_s": a.capacity_budget, "window_s": a.capacity_window,
@@ -625,6 +632,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the key 'gateway' from this source tree (see also gateway@<rev> in --systems)")
     p.add_argument("--long-streams", type=int,
                    help="concurrent streams of the long-stream phase (default 400; --quick 40; 0 skips it)")
+    p.add_argument("--paced-streams", type=int,
+                   help="concurrent streams of the paced long-stream phase, few enough that every event is "
+                        "relayed on time (default 200; --quick 20; --lean 0; 0 skips it)")
     p.add_argument("--long-chunks", type=int, default=200, help="tokens of each long stream, 10 ms apart (default 200)")
     p.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True,
                    help="search each system's stream capacity (default: yes)")
@@ -659,6 +669,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.hold_chunks, args.hold_delay = (40, 0.5) if args.quick else (120, 1.0)
     args.open_timeout = 30 if args.quick else 100
     args.long_streams = args.long_streams if args.long_streams is not None else (40 if args.quick else 400)
+    args.paced_streams = args.paced_streams if args.paced_streams is not None else (
+        0 if args.lean else 20 if args.quick else 200)
     args.long_delay = 0.01
     args.capacity_budget = args.capacity_budget if args.capacity_budget is not None else (20.0 if args.quick else 150.0)
     args.capacity_start = args.capacity_start or (25 if args.quick else 50)
