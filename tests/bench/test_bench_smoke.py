@@ -44,7 +44,8 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert long["events"] >= 4 * 20 and long["failed"] == 0, (key, long)
         assert long["cpu_per_event_us"] > 0 and long["gaps"]["p50_ms"] >= 10, (key, long)
         paced = system["paced_streams"]
-        assert paced["events"] >= 2 * 20 and paced["failed"] == 0 and paced["cpu_per_event_us"] > 0, (key, paced)
+        # Two streams for half a second may use less CPU than /proc's clock tick shows.
+        assert paced["events"] >= 2 * 20 and paced["failed"] == 0 and paced["cpu_per_event_us"] >= 0, (key, paced)
         assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
     assert result["systems"]["gateway"]["fidelity"]["met"] is True, result["systems"]["gateway"]["fidelity"]
