@@ -57,13 +57,10 @@ class UpstreamStream:
                 chunk = await self._read()
             except Exception as exc:
                 raise self._broken(exc) from None
-            self._last = self._loop.time()
             try:
-                out = rewriter.feed(chunk) if chunk else rewriter.finish()
-            except MalformedUpstream:
-                raise self._fail(UpstreamError("The model backend sent an unreadable event.")) from None
-            if rewriter.error is not None:
-                raise self._fail(UpstreamError("The model backend failed while streaming the response."))
+                out = self._rewrite(chunk)
+            except GatewayError as error:
+                raise self._fail(error) from None
             if not chunk and not rewriter.done:
                 # The body ended without [DONE]: what it completed goes out, then the failure.
                 self._ending = UpstreamError("The model backend ended the stream early.")
@@ -97,21 +94,25 @@ class UpstreamStream:
         relay = self._relay = self._loop.create_future()
         return relay
 
-    def _relayed(self, chunk: bytes) -> None:
+    def _rewrite(self, chunk: bytes) -> bytes:
+        """The caller's bytes of one read (b"": the body's end); the upstream's failure raised."""
         self._last = self._loop.time()
         rewriter = self.rewriter
         try:
-            out = rewriter.feed(chunk)
+            out = rewriter.feed(chunk) if chunk else rewriter.finish()
         except MalformedUpstream:
-            self.unrelay(UpstreamError("The model backend sent an unreadable event."))
-            return
+            raise UpstreamError("The model backend sent an unreadable event.") from None
+        if rewriter.error is not None:
+            raise UpstreamError("The model backend failed while streaming the response.")
+        return out
+
+    def _relayed(self, chunk: bytes) -> None:
+        try:
+            out = self._rewrite(chunk)
         except Exception as exc:
             self.unrelay(exc)
             return
-        if rewriter.error is not None:
-            self.unrelay(UpstreamError("The model backend failed while streaming the response."))
-            return
-        done = rewriter.done
+        done = self.rewriter.done
         if (out or done) and not self._write(out, done) or done:
             self.unrelay(done)
 

@@ -162,7 +162,7 @@ class _Response:
         has come, within _END_WAIT; else drop it."""
         if self._open:
             self._open = False
-            self._sink = self._sink_end = None
+            self.detach()
             if not self._done and not self._chunks:
                 self._ending = self._conn.loop.call_later(_END_WAIT, self._abandon)
                 return
