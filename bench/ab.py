@@ -8,17 +8,14 @@ per cent; it measures nothing else.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from . import systems, wrk
-from .procs import cpu_plan, cpu_seconds, free_port, preexec
-from .run import bodies
+from .procs import cpu_plan, cpu_seconds, free_port
+from .run import bodies, loadgen
 from .variants import Trees, is_gateway
 
 
@@ -55,19 +52,10 @@ def _start(key: str, ctx: systems.Context, trees: Trees) -> systems.System:
 def _long(url: str, body: Path, headers: dict[str, str], args: argparse.Namespace, gen_cpus) -> dict:
     """``args.long_streams`` streams of LONG_CHUNKS events LONG_SPACING apart, kept open for the
     phase; its "requests" are the events the client counted, so the figure is CPU per relayed event."""
-    command = [sys.executable, "-m", "bench.loadgen", "streams", "--url", url, "--body-file", str(body),
-               "--streams", str(args.long_streams), "--duration", str(args.seconds),
-               "--spacing", str(LONG_SPACING), "--tail", "60"]
-    for name, value in headers.items():
-        command += ["--header", f"{name}: {value}"]
-    out = subprocess.run(command, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-                         timeout=args.seconds + 120, preexec_fn=preexec(gen_cpus))
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            result = json.loads(line[7:])
-            failed = result.get("failed") or 0
-            return {"requests": result.get("events") or 0, "error_detail": {"failed": failed} if failed else {}}
-    raise SystemExit(f"the long-stream load failed ({out.returncode}): {out.stderr[-2000:]}")
+    result = loadgen("streams", url, body, headers, ("--streams", str(args.long_streams), "--duration",
+                     str(args.seconds), "--spacing", str(LONG_SPACING), "--tail", "60"), gen_cpus, args.seconds + 120)
+    failed = result.get("failed") or 0
+    return {"requests": result.get("events") or 0, "error_detail": {"failed": failed} if failed else {}}
 
 
 def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, float]]]:

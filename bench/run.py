@@ -56,6 +56,19 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def loadgen(mode: str, url: str, body: Path, headers: dict[str, str], opts, cpus, timeout: float = 600) -> dict:
+    """``python -m bench.loadgen MODE`` on the generators' CPUs: what it measured (its RESULT line)."""
+    args = [sys.executable, "-m", "bench.loadgen", mode, "--url", url, "--body-file", str(body)]
+    for name, value in headers.items():
+        args += ["--header", f"{name}: {value}"]
+    out = subprocess.run([*args, *opts], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         preexec_fn=procs.preexec(cpus))
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"load generator failed ({out.returncode}): {out.stderr[-2000:]}")
+
+
 def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, long_delay: float) -> dict[str, Path]:
     def body(stream: bool, text: str) -> bytes:
         doc = {"model": systems.PUBLIC_MODEL,
@@ -141,14 +154,7 @@ class Bench:
         return procs.preexec(self.gen_cpus)
 
     def loadgen(self, mode: str, system: System, body: str, *opts: str, timeout: float = 600) -> dict:
-        args = [sys.executable, "-m", "bench.loadgen", mode, "--url", system.url,
-                "--body-file", str(self.bodies[body]), *self._header_args(system), *opts]
-        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                             preexec_fn=self._preexec())
-        for line in out.stdout.splitlines():
-            if line.startswith("RESULT "):
-                return json.loads(line[7:])
-        raise RuntimeError(f"load generator failed ({out.returncode}): {out.stderr[-2000:]}")
+        return loadgen(mode, system.url, self.bodies[body], system.headers, opts, self.gen_cpus, timeout)
 
     @staticmethod
     def _header_args(system: System) -> list[str]:
