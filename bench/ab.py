@@ -4,16 +4,18 @@ over minutes falls on every system alike. Finer than one run of bench.run for di
 per cent; it measures nothing else.
 
 ``python -m bench.ab --systems gateway,gateway@HEAD --rounds 6 --seconds 5 --phases stream,plain,refused``
+(``--syscalls``: the reads, writes and context switches each system made per request or event too)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import statistics
 import tempfile
 from pathlib import Path
 
-from . import systems, wrk
+from . import syscalls, systems, wrk
 from .procs import cpu_plan, cpu_seconds, free_port
 from .run import bodies, loadgen
 from .variants import Trees, is_gateway
@@ -58,8 +60,13 @@ def _long(url: str, body: Path, headers: dict[str, str], args: argparse.Namespac
     return {"requests": result.get("events") or 0, "error_detail": {"failed": failed} if failed else {}}
 
 
-def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """(system, phase) -> [(CPU µs per request, requests per second)] for every round."""
+Rounds = dict[tuple[str, str], list[tuple[float, float]]]
+Counted = dict[tuple[str, str], list[dict[str, float]]]
+
+
+def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
+    """(system, phase) -> [(CPU µs per request, requests per second)] for every round, and with
+    ``args.syscalls`` -> [{reads, writes, switches} per request] for every round."""
     gen_cpus, sut_cpus = cpu_plan(True)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         work = Path(tmp)
@@ -78,20 +85,23 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                                                 files[PHASES[phase][0]].read_bytes(),
                                                 {**_headers(started[key], phase), "Content-Type": "application/json"})
                        for key in started for phase in args.phases}
-            results: dict[tuple[str, str], list[tuple[float, float]]] = {k: [] for k in scripts}
+            results: Rounds = {k: [] for k in scripts}
+            counted: Counted = {k: [] for k in scripts}
             for round_ in range(args.rounds):
                 order = args.systems if round_ % 2 == 0 else args.systems[::-1]
                 for phase in args.phases:
                     for key in order:
                         system = started[key]
                         pids = system.pids()
-                        before = cpu_seconds(pids)
                         url = system.url.replace("/chat/completions", PHASES[phase][1])
-                        if phase == "long":
-                            out = _long(url, files["long"], _headers(system, phase), args, gen_cpus)
-                        else:
-                            out = wrk.run(binary, url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
-                        used = cpu_seconds(pids) - before
+                        with contextlib.ExitStack() as stack:
+                            counting = stack.enter_context(syscalls.Counting(pids)) if args.syscalls else None
+                            before = cpu_seconds(pids)
+                            if phase == "long":
+                                out = _long(url, files["long"], _headers(system, phase), args, gen_cpus)
+                            else:
+                                out = wrk.run(binary, url, scripts[(key, phase)], 32, args.seconds, gen_cpus)
+                            used = cpu_seconds(pids) - before
                         done = out.get("requests") or 0
                         errors = out.get("error_detail") or {}
                         refused = errors.get("status", 0)
@@ -100,9 +110,11 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[float,
                         if not done or wrong:
                             raise SystemExit(f"{key} {phase}: {out}")
                         results[(key, phase)].append((used / done * 1e6, done / args.seconds))
+                        if counting is not None:
+                            counted[(key, phase)].append({k: v / done for k, v in counting.counts.items()})
                         print(f"round {round_} {phase:6} {key:24} {used / done * 1e6:7.1f} µs/{_unit(phase)} "
                               f"{done / args.seconds:7.0f} rps", flush=True)
-            return results
+            return results, counted
         finally:
             systems.stop_all(list(started.values()))
             upstream.stop()
@@ -113,7 +125,7 @@ def _unit(phase: str) -> str:
     return "event" if phase == "long" else "request"
 
 
-def report(results: dict[tuple[str, str], list[tuple[float, float]]], systems_: list[str], phases: list[str]) -> str:
+def report(results: Rounds, systems_: list[str], phases: list[str]) -> str:
     """Medians per system and phase, and each system's ratio to the first."""
     lines = ["| phase | system | CPU µs / request or event (median) | rps (median) | CPU ratio to " + systems_[0] + " |",
              "|---|---|---:|---:|---:|"]
@@ -123,6 +135,19 @@ def report(results: dict[tuple[str, str], list[tuple[float, float]]], systems_: 
             cpu = statistics.median(c for c, _ in results[(key, phase)])
             rps = statistics.median(r for _, r in results[(key, phase)])
             lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {cpu / first:.3f} |")
+    return "\n".join(lines)
+
+
+def syscall_report(counted: Counted, systems_: list[str], phases: list[str]) -> str:
+    """Medians of the reads, writes and context switches per request (per event in the long phase)."""
+    lines = ["| phase | system | " + " | ".join(f"{name} per request or event" for name in syscalls.EVENTS) + " |",
+             "|---|---|" + "---:|" * len(syscalls.EVENTS)]
+    for phase in phases:
+        for key in systems_:
+            rounds = counted[(key, phase)]
+            cells = [f"{statistics.median(r[name] for r in rounds):.3f}" if all(name in r for r in rounds) else "–"
+                     for name in syscalls.EVENTS]
+            lines.append(f"| {phase} | {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -136,8 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-streams", type=int, default=400)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--syscalls", action="store_true",
+                   help="count each system's reads, writes and context switches with perf stat as well")
     args = p.parse_args(argv)
-    print(report(measure(args), args.systems, args.phases))
+    if args.syscalls and not syscalls.available():
+        raise SystemExit("--syscalls needs perf with the kernel's system-call tracepoints (Debian: linux-perf)")
+    results, counted = measure(args)
+    print(report(results, args.systems, args.phases))
+    if args.syscalls:
+        print(syscall_report(counted, args.systems, args.phases))
     return 0
 
 
