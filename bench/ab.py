@@ -4,7 +4,8 @@ over minutes falls on every system alike. Finer than one run of bench.run for di
 per cent; it measures nothing else.
 
 ``python -m bench.ab --systems gateway,gateway@HEAD --rounds 6 --seconds 5 --phases stream,plain,refused``
-(``--syscalls``: the reads, writes and context switches each system made per request or event too)
+(``--syscalls``: the reads, writes and context switches, waits and preemptions, each system made per
+request or event too)
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ Counted = dict[tuple[str, str], list[dict[str, float]]]
 
 def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
     """(system, phase) -> [(CPU µs per request, requests per second)] for every round, and with
-    ``args.syscalls`` -> [{reads, writes, switches} per request] for every round."""
+    ``args.syscalls`` -> [{reads, writes, waits, preempted} per request] for every round."""
     gen_cpus, sut_cpus = cpu_plan(True)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         work = Path(tmp)
@@ -139,14 +140,15 @@ def report(results: Rounds, systems_: list[str], phases: list[str]) -> str:
 
 
 def syscall_report(counted: Counted, systems_: list[str], phases: list[str]) -> str:
-    """Medians of the reads, writes and context switches per request (per event in the long phase)."""
-    lines = ["| phase | system | " + " | ".join(f"{name} per request or event" for name in syscalls.EVENTS) + " |",
-             "|---|---|" + "---:|" * len(syscalls.EVENTS)]
+    """Medians of the reads, writes and context switches (to wait, and preempted) per request (per
+    event in the long phase)."""
+    lines = ["| phase | system | " + " | ".join(f"{name} per request or event" for name in syscalls.NAMES) + " |",
+             "|---|---|" + "---:|" * len(syscalls.NAMES)]
     for phase in phases:
         for key in systems_:
             rounds = counted[(key, phase)]
             cells = [f"{statistics.median(r[name] for r in rounds):.3f}" if all(name in r for r in rounds) else "–"
-                     for name in syscalls.EVENTS]
+                     for name in syscalls.NAMES]
             lines.append(f"| {phase} | {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--syscalls", action="store_true",
-                   help="count each system's reads, writes and context switches with perf stat as well")
+                   help="count each system's reads and writes (perf stat) and context switches (/proc) as well")
     args = p.parse_args(argv)
     if args.syscalls and not syscalls.available():
         raise SystemExit("--syscalls needs perf with the kernel's system-call tracepoints (Debian: linux-perf)")

@@ -1,8 +1,9 @@
-"""How many reads, writes and context switches processes make over a phase, counted by ``perf stat``
-on the kernel's system-call tracepoints (no sampling, no slowdown); where perf cannot count them,
-``available()`` says so and a phase is measured without."""
+"""How many reads and writes processes make over a phase, counted by ``perf stat`` on the kernel's
+system-call tracepoints (no sampling, no slowdown), and how often their threads gave up the CPU to
+wait or were preempted (``/proc``); where perf cannot count, ``available()`` says so."""
 from __future__ import annotations
 
+import glob
 import shutil
 import signal
 import subprocess
@@ -11,8 +12,10 @@ import time
 EVENTS = {
     "reads": "syscalls:sys_enter_read",
     "writes": "syscalls:sys_enter_write",
-    "switches": "context-switches",
 }
+# /proc's per-thread counters: switches a thread made to wait, and those the scheduler made for it.
+SWITCHES = {"waits": "voluntary_ctxt_switches", "preempted": "nonvoluntary_ctxt_switches"}
+NAMES = (*EVENTS, *SWITCHES)
 
 
 def available() -> bool:
@@ -35,9 +38,23 @@ def parse(output: str) -> dict[str, int]:
     return counts
 
 
+def switches(pids: list[int]) -> dict[str, dict[str, int]]:
+    """Each live thread's context switches, by ``pid/tid``: {waits, preempted}."""
+    out = {}
+    for path in (p for pid in pids for p in glob.glob(f"/proc/{pid}/task/*/status")):
+        try:
+            with open(path) as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        out[path.split("/")[2] + "/" + path.split("/")[4]] = {
+            name: int(fields[key]) for name, key in SWITCHES.items() if key in fields}
+    return out
+
+
 class Counting:
-    """``with Counting(pids) as c:`` counts the processes' (all their threads') events over the
-    block; ``c.counts`` holds them after it."""
+    """``with Counting(pids) as c:`` counts the processes' (all their threads') reads, writes and
+    context switches over the block; ``c.counts`` holds them after it."""
 
     START = 0.2  # perf attaches to every thread of the processes before the block starts
 
@@ -45,16 +62,19 @@ class Counting:
         self.pids = pids
         self.counts: dict[str, int] = {}
         self._perf: subprocess.Popen | None = None
+        self._switches: dict[str, dict[str, int]] = {}
 
     def __enter__(self) -> Counting:
         self._perf = subprocess.Popen(
             ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS.values()), "-p", ",".join(map(str, self.pids))],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(self.START)
+        self._switches = switches(self.pids)
         return self
 
     def __exit__(self, *exc) -> None:
         assert self._perf is not None
+        after = switches(self.pids)
         self._perf.send_signal(signal.SIGINT)
         try:
             _, err = self._perf.communicate(timeout=10)
@@ -62,3 +82,6 @@ class Counting:
             self._perf.kill()
             _, err = self._perf.communicate()
         self.counts = parse(err)
+        for name in SWITCHES:
+            self.counts[name] = sum(now[name] - self._switches[thread][name] for thread, now in after.items()
+                                    if thread in self._switches and name in now)

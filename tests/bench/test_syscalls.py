@@ -1,34 +1,46 @@
-"""The bench's count of a process's reads, writes and context switches (perf stat's tracepoints)."""
+"""The bench's count of a process's reads and writes (perf stat's tracepoints) and context switches."""
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from bench import syscalls
 from bench.ab import syscall_report
 
-# As perf 6.1 printed it here for `perf stat -x , -e <the three events>,cycles true`.
+# As perf printed it here for `perf stat -x , -e <the two events>,cycles true`.
 PERF_OUTPUT = """\
 1,,syscalls:sys_enter_read,297779,100.00,,
 0,,syscalls:sys_enter_write,297779,100.00,,
-7,,context-switches,297779,100.00,,
 <not supported>,,cycles,0,100.00,,
 """
 
 
 def test_counts_are_read_by_name_and_unreadable_ones_left_out():
-    assert syscalls.parse(PERF_OUTPUT) == {"reads": 1, "writes": 0, "switches": 7}
+    assert syscalls.parse(PERF_OUTPUT) == {"reads": 1, "writes": 0}
     assert syscalls.parse("<not supported>,,syscalls:sys_enter_read,0,100.00,,\n") == {}
 
 
 def test_the_report_gives_medians_per_request_and_a_dash_for_what_was_not_counted():
-    counted = {("gateway", "long"): [{"reads": 0.8, "writes": 0.81, "switches": 0.05},
-                                     {"reads": 0.7, "writes": 0.7, "switches": 0.04},
-                                     {"reads": 2.0, "writes": 2.0, "switches": 1.0}],
-               ("bare", "long"): [{"reads": 0.55, "writes": 0.56}]}
+    counted = {("gateway", "long"): [{"reads": 0.8, "writes": 0.81, "waits": 0.05, "preempted": 0.5},
+                                     {"reads": 0.7, "writes": 0.7, "waits": 0.04, "preempted": 0.4},
+                                     {"reads": 2.0, "writes": 2.0, "waits": 1.0, "preempted": 1.0}],
+               ("bare", "long"): [{"reads": 0.55, "writes": 0.56, "waits": 0.01}]}
     lines = syscall_report(counted, ["gateway", "bare"], ["long"]).splitlines()
-    assert lines[2] == "| long | gateway | 0.800 | 0.810 | 0.050 |"
-    assert lines[3] == "| long | bare | 0.550 | 0.560 | – |"
+    assert lines[2] == "| long | gateway | 0.800 | 0.810 | 0.050 | 0.500 |"
+    assert lines[3] == "| long | bare | 0.550 | 0.560 | 0.010 | – |"
+
+
+def test_a_thread_that_sleeps_is_counted_as_waiting():
+    thread = f"{os.getpid()}/{threading.get_native_id()}"
+    before = syscalls.switches([os.getpid()])[thread]
+    for _ in range(3):
+        time.sleep(0.001)
+    after = syscalls.switches([os.getpid()])[thread]
+    assert after["waits"] - before["waits"] >= 3
+    assert after["preempted"] >= before["preempted"]
 
 
 @pytest.mark.skipif(not syscalls.available(), reason="perf cannot count system calls here")
