@@ -5,7 +5,7 @@ per cent; it measures nothing else.
 
 ``python -m bench.ab --systems gateway,gateway@HEAD --rounds 6 --seconds 5 --phases stream,plain,refused``
 (``--syscalls``: the reads, writes and context switches, waits and preemptions, each system made per
-request or event too)
+request or event too; ``--upstream-on generators``: the fake upstream off the systems' core)
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
         ctx = systems.Context(work, sut_cpus, install=False)
         files = bodies(work, 10, 0.0, LONG_CHUNKS, LONG_SPACING)
         trees = Trees(work, Path.cwd())
-        upstream = systems.start_upstream(ctx)
+        upstream = systems.start_upstream(ctx, gen_cpus if args.upstream_on == "generators" else None)
         started: dict[str, systems.System] = {}
         try:
             for key in args.systems:
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long-streams", type=int, default=400)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--upstream-on", choices=("systems", "generators"), default="systems",
+                   help="the CPUs the fake upstream runs on: the systems' (as bench.run), or the load "
+                        "generators', so that it does not take turns with the system on one core")
     p.add_argument("--syscalls", action="store_true",
                    help="count each system's reads and writes (perf stat) and context switches (/proc) as well")
     args = p.parse_args(argv)

@@ -290,6 +290,14 @@ def _met(flag) -> str:
     return {True: "**met**", False: "**not met**", None: "not measured", "reported": "reported"}[flag]
 
 
+def _pinning(pinning: dict) -> str:
+    if pinning.get("upstream") == "generators":
+        return (f"Pinning: load generators + fake upstream on CPUs {pinning['generators']}, system under test on "
+                f"CPUs {pinning['systems_and_upstream']}")
+    return (f"Pinning: load generators on CPUs {pinning['generators']}, system under test + fake upstream on "
+            f"CPUs {pinning['systems_and_upstream']}")
+
+
 def markdown(out: dict) -> str:
     cfg = out["config"]
     m = out["machine"]
@@ -300,8 +308,7 @@ def markdown(out: dict) -> str:
         f"Python {m['python']}; git {m['git']}; load average at start {m.get('loadavg_at_start')}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + "; " + ", ".join(f"{k} {v}" for k, v in m.get("tools", {}).items() if v) + ".",
-        f"Pinning: load generators on CPUs {cfg['pinning']['generators']}, system under test + fake upstream "
-        f"on CPUs {cfg['pinning']['systems_and_upstream']}, niceness {cfg.get('nice', 0)}. Throughput: {gen}, c={cfg['concurrency']}, "
+        _pinning(cfg['pinning']) + f", niceness {cfg.get('nice', 0)}. Throughput: {gen}, c={cfg['concurrency']}, "
         f"{cfg['duration_s']} s per phase after {cfg['warmup_s']} s warm-up; latency and TTFB: aiohttp-loadgen, "
         f"c=1, {cfg['latency_duration_s']} s; open streams: aiohttp-loadgen.",
         "",

@@ -463,15 +463,17 @@ class Bench:
                 "throughput_generator": wrk.NAME if self.wrk else "aiohttp-loadgen",
                 "latency_generator": "aiohttp-loadgen",
                 "pinning": {"generators": sorted(self.gen_cpus) if self.gen_cpus else None,
-                            "systems_and_upstream": sorted(self.sut_cpus) if self.sut_cpus else None},
+                            "systems_and_upstream": sorted(self.sut_cpus) if self.sut_cpus else None,
+                            "upstream": a.upstream_on},
                 "payloads": {k: p.read_text() for k, p in self.bodies.items()},
             },
             "systems": {}, "skipped": {}, "client_comparison": {},
         }
-        systems.start_upstream(self.ctx)
+        upstream_cpus = self.gen_cpus if a.upstream_on == "generators" else None
+        systems.start_upstream(self.ctx, upstream_cpus)
         try:
             if any((bakeoff.parse(k) or bakeoff.Candidate("", None, False)).tls for k in wanted):
-                systems.start_tls_upstream(self.ctx)
+                systems.start_tls_upstream(self.ctx, upstream_cpus)
             for key in wanted:
                 self._one(key, out)
                 if key == "bare" and a.clients:
@@ -652,6 +654,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds each capacity probe measures, once all its streams are open (default 3; --quick 1)")
     p.add_argument("--no-install", action="store_true", help="never apt-get/pip install wrk, nginx or LiteLLM")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--upstream-on", choices=("systems", "generators"), default="systems",
+                   help="the CPUs of the fake upstream: the systems' (default; the system takes turns with it "
+                        "on one core) or the load generators'")
     p.add_argument("--micro", action=argparse.BooleanOptionalAction, default=None,
                    help="run the micro-benchmarks too (default: yes, except with --quick)")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway worker under load (GIL-holding samples, the upstream moved off its CPU)")

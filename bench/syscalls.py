@@ -3,10 +3,14 @@ system-call tracepoints (no sampling, no slowdown), and how often their threads 
 wait or were preempted (``/proc``); where perf cannot count, ``available()`` says so."""
 from __future__ import annotations
 
+import errno
 import glob
+import os
+import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 
 EVENTS = {
@@ -54,34 +58,78 @@ def switches(pids: list[int]) -> dict[str, dict[str, int]]:
 
 class Counting:
     """``with Counting(pids) as c:`` counts the processes' (all their threads') reads, writes and
-    context switches over the block; ``c.counts`` holds them after it."""
+    context switches over the block; ``c.counts`` holds them after it.
 
-    START = 0.2  # perf attaches to every thread of the processes before the block starts
+    perf attaches with its counters off and turns them on and off when told through its control
+    FIFO, answering each with an ack: the count covers the block exactly, however long perf takes
+    to attach."""
+
+    TIMEOUT = 30.0
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self.counts: dict[str, int] = {}
         self._perf: subprocess.Popen | None = None
         self._switches: dict[str, dict[str, int]] = {}
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._control = self._ack = -1
 
     def __enter__(self) -> Counting:
+        self._dir = tempfile.TemporaryDirectory(prefix="perf-control-")
+        control, ack = (os.path.join(self._dir.name, name) for name in ("control", "ack"))
+        os.mkfifo(control)
+        os.mkfifo(ack)
         self._perf = subprocess.Popen(
-            ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS.values()), "-p", ",".join(map(str, self.pids))],
+            ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS.values()), "-D", "-1",
+             "--control", f"fifo:{control},{ack}", "-p", ",".join(map(str, self.pids))],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        time.sleep(self.START)
+        deadline = time.monotonic() + self.TIMEOUT
+        while self._control < 0:
+            try:
+                self._control = os.open(control, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or self._perf.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"perf stat did not start: {self._stop()[-500:]}") from None
+                time.sleep(0.01)
+        self._ack = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
         self._switches = switches(self.pids)
+        self._tell(b"enable")
         return self
 
     def __exit__(self, *exc) -> None:
-        assert self._perf is not None
-        after = switches(self.pids)
-        self._perf.send_signal(signal.SIGINT)
+        try:
+            self._tell(b"disable")
+            after = switches(self.pids)
+        finally:
+            err = self._stop()
+        self.counts = parse(err)
+        for name in SWITCHES:
+            self.counts[name] = sum(now[name] - self._switches[thread][name] for thread, now in after.items()
+                                    if thread in self._switches and name in now)
+
+    def _tell(self, command: bytes) -> None:
+        os.write(self._control, command + b"\n")
+        answer = b""
+        deadline = time.monotonic() + self.TIMEOUT
+        while b"ack\n" not in answer:  # perf writes "ack\n\0"
+            ready, _, _ = select.select([self._ack], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RuntimeError(f"perf stat did not acknowledge {command.decode()!r}")
+            answer += os.read(self._ack, 64)
+
+    def _stop(self) -> str:
+        """Stop perf (it prints its counts as it ends) and clean up; perf's stderr."""
+        assert self._perf is not None and self._dir is not None
+        if self._perf.poll() is None:
+            self._perf.send_signal(signal.SIGINT)
         try:
             _, err = self._perf.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             self._perf.kill()
             _, err = self._perf.communicate()
-        self.counts = parse(err)
-        for name in SWITCHES:
-            self.counts[name] = sum(now[name] - self._switches[thread][name] for thread, now in after.items()
-                                    if thread in self._switches and name in now)
+        for fd in (self._control, self._ack):
+            if fd >= 0:
+                os.close(fd)
+        self._control = self._ack = -1
+        self._dir.cleanup()
+        return err or ""

@@ -83,21 +83,25 @@ class System:
                 p.stop()
 
 
-def start_upstream(ctx: Context) -> Proc:
+def start_upstream(ctx: Context, cpus: set[int] | None = None) -> Proc:
+    """The fake upstream, on the systems' CPUs unless ``cpus`` says others."""
     port = free_port()
     proc = spawn("fake-upstream", [sys.executable, "-m", "bench.fake_upstream", "--host", "127.0.0.1",
-                                   "--port", str(port), "--mode", "openai"], ctx.work, cpus=ctx.sut_cpus)
+                                   "--port", str(port), "--mode", "openai"], ctx.work,
+                 cpus=ctx.sut_cpus if cpus is None else cpus)
     wait_http(f"http://127.0.0.1:{port}/_fake/stats", proc)
     ctx.upstream, ctx.upstream_port = proc, port
     return proc
 
 
-def start_tls_upstream(ctx: Context) -> Proc:
-    """The fake upstream over TLS, its CA and certificate made into the run's work dir."""
+def start_tls_upstream(ctx: Context, cpus: set[int] | None = None) -> Proc:
+    """The fake upstream over TLS, its CA and certificate made into the run's work dir; on the
+    systems' CPUs unless ``cpus`` says others."""
     port = free_port()
     certs = ctx.work / "tls"
     proc = spawn("fake-upstream-tls", [sys.executable, "-m", "bench.tls_upstream", "--host", "127.0.0.1",
-                                       "--port", str(port), "--cert-dir", str(certs)], ctx.work, cpus=ctx.sut_cpus)
+                                       "--port", str(port), "--cert-dir", str(certs)], ctx.work,
+                 cpus=ctx.sut_cpus if cpus is None else cpus)
     ctx.tls_ca = certs / "upstream-ca.pem"
     wait_https(f"https://127.0.0.1:{port}/_fake/stats", proc, ctx)
     ctx.tls_upstream, ctx.tls_port = proc, port

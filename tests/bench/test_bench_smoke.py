@@ -107,6 +107,9 @@ def test_markdown_renders_without_optional_systems():
     text = report.markdown(out)
     assert "skipped: not installed" in text and "not measured" in text
     assert out["variants"]["rows"][0]["ratios"]["gateway@HEAD~1"] == 0.5 and "## Gateway variants" in text
+    assert "system under test + fake upstream on CPUs [1]" in text
+    out["config"]["pinning"]["upstream"] = "generators"
+    assert "load generators + fake upstream on CPUs [0], system under test on CPUs [1]" in report.markdown(out)
 
 
 def test_event_counter_counts_data_events_across_reads():
