@@ -196,6 +196,28 @@ async def test_same_request_twice_in_one_batch_is_one_entry(store: Store):
     assert await used(store, "acc_1") == {"pkg_a": 25}
 
 
+async def test_a_batch_of_many_entries_is_stored_field_for_field(store: Store):
+    await account_with(store, "acc_1", package("pkg_a", "acc_1", 1000, T), package("pkg_b", "acc_1", 10**6, T + 1))
+    await store.create_account("acc_2", "bob", T)
+    assert await store.record([entry("r_old", "acc_1", 10, T + 1)]) == 1
+    batch = [
+        entry(f"r{i:03d}", "acc_1" if i % 3 else "acc_2", 7 + i, T + 2 + i, model=("zowy-1", "zowy-2")[i % 2],
+              user=f"user-{i}" if i % 5 == 0 else None, stream=bool(i % 2), estimated=i % 7 == 0,
+              status=200 if i % 11 else 502, outcome="ok" if i % 11 else "upstream_error", latency_ms=i / 4,
+              attempts=1 + i % 3, reasoning_tokens=i % 4, cached_tokens=i % 6, api=("chat", "responses", "messages")[i % 3])
+        for i in range(2 * 64 + 5)
+    ]
+    sent = batch + [entry("r_old", "acc_1", 10, T + 1), batch[5]]
+    assert await store.record(sent) == len(batch)
+    assert await store.ledger_count() == len(batch) + 1
+    for e in batch:
+        stored = await store.ledger_entry(e.request_id)
+        assert replace(stored, debits=[]) == replace(e, debits=[]), e.request_id
+    charged = sum(e.total_tokens for e in batch if e.account_id == "acc_1")
+    assert await used(store, "acc_1") == {"pkg_a": 1000, "pkg_b": 10 + charged - 1000}
+    assert await store.reconcile() == []
+
+
 async def test_same_request_across_batches_is_debited_once(store: Store):
     await account_with(store, "acc_1", package("pkg_a", "acc_1", 1000, T))
     assert await store.record([entry("r1", "acc_1", 25, T + 1), entry("r2", "acc_1", 5, T + 2)]) == 2
