@@ -95,8 +95,8 @@ def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
                         system = started[key]
                         pids = system.pids()
                         url = system.url.replace("/chat/completions", PHASES[phase][1])
-                        with contextlib.ExitStack() as stack:
-                            counting = stack.enter_context(syscalls.Counting(pids)) if args.syscalls else None
+                        counting = syscalls.Counting(pids) if args.syscalls else None
+                        with counting or contextlib.nullcontext():
                             before = cpu_seconds(pids)
                             if phase == "long":
                                 out = _long(url, files["long"], _headers(system, phase), args, gen_cpus)

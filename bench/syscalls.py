@@ -1,5 +1,5 @@
 """How many reads and writes processes make over a phase, counted by ``perf stat`` on the kernel's
-system-call tracepoints (no sampling, no slowdown), and how often their threads gave up the CPU to
+system-call tracepoints (counted, not sampled), and how often their threads gave up the CPU to
 wait or were preempted (``/proc``); where perf cannot count, ``available()`` says so."""
 from __future__ import annotations
 
@@ -83,17 +83,23 @@ class Counting:
             ["perf", "stat", "-x", ",", "-e", ",".join(EVENTS.values()), "-D", "-1",
              "--control", f"fifo:{control},{ack}", "-p", ",".join(map(str, self.pids))],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + self.TIMEOUT
-        while self._control < 0:
-            try:
-                self._control = os.open(control, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO or self._perf.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"perf stat did not start: {self._stop()[-500:]}") from None
-                time.sleep(0.01)
-        self._ack = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
-        self._switches = switches(self.pids)
-        self._tell(b"enable")
+        try:
+            deadline = time.monotonic() + self.TIMEOUT
+            while self._control < 0:
+                try:
+                    self._control = os.open(control, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO or self._perf.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("perf stat did not start") from None
+                    time.sleep(0.01)
+            self._ack = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+            self._switches = switches(self.pids)
+            self._tell(b"enable")
+        except BaseException as exc:
+            said = self._stop()[-500:]
+            if isinstance(exc, RuntimeError):
+                raise RuntimeError(f"{exc}: {said}") from None
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
