@@ -242,10 +242,8 @@ def _ledger_entry(row: tuple) -> LedgerEntry:
 
 def _insert_ledger(db: sqlite3.Connection, rows: list[tuple]) -> None:
     per = min(_ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_LEDGER_COLUMNS))
-    whole = (len(rows) - len(rows) % per) if per > 1 else 0
-    if whole:
-        statement = _INSERT_LEDGER + (", " + _ROW_MARKS) * (per - 1)
-        for start in range(0, whole, per):
-            db.execute(statement, [value for row in rows[start:start + per] for value in row])
-    if whole < len(rows):
-        db.executemany(_INSERT_LEDGER, rows[whole:])
+    whole = len(rows) - len(rows) % per if per > 1 else 0
+    statement = _INSERT_LEDGER + (", " + _ROW_MARKS) * (per - 1)
+    for start in range(0, whole, per):
+        db.execute(statement, [value for row in rows[start:start + per] for value in row])
+    db.executemany(_INSERT_LEDGER, rows[whole:])
