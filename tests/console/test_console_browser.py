@@ -307,6 +307,8 @@ def test_operator_console(console_gateway, chromium, shots):
         audit = operator.get_by_role("form", name="Filter the audit log")
         audit.get_by_label("Account (name or ID)").fill(account_name)
         audit.get_by_role("button", name="Apply filters").click()
+        # the filtered list replaces the whole log shown first: only this account's events remain
+        expect(operator.locator("main tbody tr").filter(has_not_text=customer.account_id)).to_have_count(0)
         # the grant made here, by the admin (the customer's first package was granted by the system)
         expect(operator.locator("tr", has_text="package.grant").filter(has_text="admin")).to_have_count(1)
         expect(operator.locator("tr", has_text="code.redeem")).to_contain_text("owner:")
