@@ -7,7 +7,8 @@ requested, as the gateway asks for it):
 * ``EventFramer.feed`` alone: the framing floor, no rewriting.
 
 Each is run on three chunkings of the same stream: one event per read (what a live LLM stream
-looks like), 16 KB reads (a backlog), and reads cut at awkward places (7-byte ... 300-byte pieces).
+looks like), 16 KB reads (a backlog), and reads cut at awkward places (7-byte ... 300-byte pieces);
+and on a 10-token stream read whole (an upstream with no think time, as the bench's fake).
 """
 from __future__ import annotations
 
@@ -112,9 +113,12 @@ CANDIDATES = {
 def run(quick: bool = False) -> dict:
     budget, repeat = (0.03, 3) if quick else (0.25, 5)
     events = stream_events()
-    total_bytes = sum(map(len, events))
+    short = stream_events(10)
+    runs = [(cname, events, chunks) for cname, chunks in chunkings(events).items()]
+    runs.append(("10-token stream in one read", short, [b"".join(short)]))
     out: dict = {}
-    for cname, chunks in chunkings(events).items():
+    for cname, events, chunks in runs:
+        total_bytes = sum(map(len, events))
         for name, fn in CANDIDATES.items():
             result = measure(lambda: fn(chunks), budget, repeat)
             per_event = result["ns_per_op"] / len(events)
