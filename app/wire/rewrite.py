@@ -365,9 +365,12 @@ class StreamRewriter:
         """The span with the learned head swapped, when every event in it is plain content that
         carries the head once; None when one of them needs more."""
         count = span.count
-        n = count(self._separator)
         parts = span.split(self._head)
-        if len(parts) - 1 != n:
+        n = len(parts) - 1
+        separator = self._separator
+        # With LF line ends, a span of one-line events has two line ends per event: one byte to
+        # count instead of two (JSON holds no raw line end).
+        if count(b"\n") != 2 * n if separator == b"\n\n" else count(separator) != n:
             return None
         find = span.find
         for marker in self._forbidden:
@@ -382,9 +385,12 @@ class StreamRewriter:
         if empty < n:
             self.text_tokens += n - empty
         if not self._finished:
-            keys = count(_FINISH_KEY)
-            if keys and keys != count(_NULL_FINISH) and (find(_FINISH) >= 0 or _FINISH_ANY.search(span)):
+            if find(_FINISH) >= 0:
                 self._finished = True
+            else:
+                keys = count(_FINISH_KEY)
+                if keys and keys != count(_NULL_FINISH) and _FINISH_ANY.search(span):
+                    self._finished = True
         self.events += n
         if n == 1 and self._around is None and not self._finished:
             self._learn_around(span)

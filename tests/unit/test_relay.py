@@ -298,6 +298,25 @@ def test_a_stream_read_whole_sends_its_content_events_as_one_span(monkeypatch):
     assert out.count(OURS.encode()) == 13 and b"UP42" not in out
 
 
+def test_a_span_with_events_of_more_than_one_line_is_swapped_the_same(monkeypatch):
+    """SSE lets an event carry an ``id:`` line or split its data over lines: read whole, such a span
+    goes out as it does read a byte at a time, every identity swapped."""
+    base = '"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026","system_fingerprint":"fp_abc"'
+    content = '"choices":[{"index":0,"delta":{"content":"w"},"finish_reason":null}],"usage":null}'
+    events = openai_stream()
+    stream = events[:1] + [
+        f"data: {{{base},{content}\n\n".encode(),
+        f"id: 7\ndata: {{{base},{content}\n\n".encode(),
+        f"data: {{{base},\ndata: {content}\n\n".encode(),
+        f"data: {{{base},{content}\n\n".encode(),
+    ] + events[3:]
+    out, rewriter = run(stream, include_usage=True)
+    expected, _ = run(stream, include_usage=True, splits=len(b"".join(stream)) - 1)
+    assert out == expected and rewriter.done and rewriter.usage == Usage(11, 3, 14)
+    assert out.count(OURS.encode()) == 7 and b"UP42" not in out and b"gpt-5.4" not in out and b"fp_abc" not in out
+    assert b"id: 7\ndata: {" in out
+
+
 def test_a_stream_without_finish_reason_gets_one_before_done():
     rewriter = gemini_rewriter(include_usage=False)
     out = rewriter.feed(GEMINI_CALL.replace(b',"finish_reason":"tool_calls"', b"")) + rewriter.feed(b"data: [DONE]\n\n")
