@@ -112,6 +112,7 @@ _CONTENT = b'"content":"'
 _EMPTY_DELTA = b'"delta":{}'
 _FULL_DELTA = b'"delta":{"'
 _EMPTY_DELTA_ANY = re.compile(rb'"delta"\s*:\s*\{\s*\}')
+_OBFUSCATION = b',"obfuscation":"'
 
 
 def text_around(event: bytes) -> tuple[bytes, bytes] | None:
@@ -163,7 +164,7 @@ class StreamRewriter:
         "_id_token", "_model_token", "_fingerprint_token", "_swaps", "_markers", "_new_model", "created",
         "usage", "_usage_doc", "_usage_held", "_usage_owed", "_estimate", "events", "text_chars", "done",
         "error", "tool_calls", "_finished", "_calls", "_head", "_new_head", "_forbidden", "text_tokens",
-        "_around",
+        "_around", "_value_end",
     )
 
     def __init__(self, public_model: str, completion_id: str, include_usage: bool, dialect: Dialect = OPENAI,
@@ -208,6 +209,10 @@ class StreamRewriter:
         # What a plain content event of this stream holds around its text, as sent and as swapped:
         # an event of one read that is the same but for its text goes out without a test.
         self._around: tuple[bytes, bytes, bytes, bytes] | None = None
+        # When the bytes after the text end in a value that changes from event to event (OpenAI's
+        # ``obfuscation``): the bytes that close that value, its event and its line; ``_around``'s
+        # after then stops at the value's opening quote.
+        self._value_end = b""
         self.text_tokens = 0
 
     @property
@@ -295,12 +300,17 @@ class StreamRewriter:
         if not self._head:
             return self._learning(span)
         around = self._around
-        if around is not None and span.startswith(around[0]) and span.endswith(around[1]):
-            text = span[len(around[0]):len(span) - len(around[1])]
-            if len(span) >= len(around[0]) + len(around[1]) and text.find(b'"') < 0 and text.find(b"\n") < 0:
-                self.events += 1
-                self.text_tokens += 1
-                return around[2] + text + around[3]
+        if around is not None and span.startswith(around[0]):
+            if self._value_end:
+                varied = self._varied(span, around)
+                if varied is not None:
+                    return varied
+            elif span.endswith(around[1]):
+                text = span[len(around[0]):len(span) - len(around[1])]
+                if len(span) >= len(around[0]) + len(around[1]) and text.find(b'"') < 0 and text.find(b"\n") < 0:
+                    self.events += 1
+                    self.text_tokens += 1
+                    return around[2] + text + around[3]
         separator = self._separator
         if span.endswith(_LAST_EVENTS[separator]):
             ending = self._ending(span)
@@ -396,6 +406,25 @@ class StreamRewriter:
             self._learn_around(span)
         return self._new_head.join(parts)
 
+    def _varied(self, span: bytes, around: tuple[bytes, bytes, bytes, bytes]) -> bytes | None:
+        """An event with the learned bytes around its text but for the value that ends it (OpenAI's
+        ``obfuscation``, other letters on every chunk), when its text holds no line end and does not
+        end in a backslash, and that value holds no quote, backslash or line end; None otherwise."""
+        before, after, new_before = around[0], around[1], around[2]
+        start = len(before)
+        end = span.find(b'"', start)
+        value = end + len(after)
+        last = len(span) - len(self._value_end)
+        if (end < 0 or value > last or not span.startswith(after, end) or not span.endswith(self._value_end)
+                or span.find(b"\n", start, end) >= 0 or (end > start and span[end - 1] == 0x5C)):
+            return None
+        find = span.find
+        if find(b'"', value, last) >= 0 or find(b"\\", value, last) >= 0 or find(b"\n", value, last) >= 0:
+            return None
+        self.events += 1
+        self.text_tokens += 1
+        return new_before + span[start:]
+
     def _learn_around(self, event: bytes) -> None:
         """From one plain content event whose text is a string without escapes: the bytes before and
         after that text, as sent and with the head swapped. Another event with the same bytes around
@@ -408,6 +437,12 @@ class StreamRewriter:
         if before.count(self._head) + after.count(self._head) != 1:
             return
         new = self._new_head
+        at = after.rfind(_OBFUSCATION)
+        if at >= 0 and before.count(self._head) == 1:
+            closing = b'"}' + self._separator
+            value = after[at + len(_OBFUSCATION):len(after) - len(closing)]
+            if after.endswith(closing) and value.find(b'"') < 0 and value.find(b"\\") < 0:
+                after, self._value_end = after[:at + len(_OBFUSCATION)], closing
         self._around = (before, after, before.replace(self._head, new), after.replace(self._head, new))
 
     def _plain(self, data: bytes) -> bool:

@@ -8,7 +8,9 @@ requested, as the gateway asks for it):
 
 Each is run on three chunkings of the same stream: one event per read (what a live LLM stream
 looks like), 16 KB reads (a backlog), and reads cut at awkward places (7-byte ... 300-byte pieces);
-and on a 10-token stream read whole (an upstream with no think time, as the bench's fake).
+on a 10-token stream read whole (an upstream with no think time, as the bench's fake); and on the
+long stream in the shape OpenAI writes today (a ``service_tier``, an ``obfuscation`` that differs on
+every chunk), an event per read.
 """
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ def stream_events(tokens: int = 64) -> list[bytes]:
     events.append(head + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n")
     events.append(b"data: [DONE]\n\n")
     return events
+
+
+def recorded_shape(events: list[bytes], seed: int = 6) -> list[bytes]:
+    """The same stream as OpenAI writes it today (tests/conformance/recordings/openai-stream-*.json):
+    a ``service_tier`` after the model and an ``obfuscation`` of 2-15 random letters ending each chunk."""
+    rng = random.Random(seed)
+    letters = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    out = []
+    for event in events:
+        if event.startswith(b"data: [DONE]"):
+            out.append(event)
+            continue
+        event = event.replace(b'"model":"' + UPSTREAM_MODEL.encode() + b'",',
+                              b'"model":"' + UPSTREAM_MODEL.encode() + b'","service_tier":"default",')
+        value = bytes(rng.choice(letters) for _ in range(rng.randint(2, 15)))
+        out.append(event[:-3] + b',"obfuscation":"' + value + b'"}\n\n')
+    return out
 
 
 def chunkings(events: list[bytes]) -> dict[str, list[bytes]]:
@@ -116,6 +135,8 @@ def run(quick: bool = False) -> dict:
     short = stream_events(10)
     runs = [(cname, events, chunks) for cname, chunks in chunkings(events).items()]
     runs.append(("10-token stream in one read", short, [b"".join(short)]))
+    recorded = recorded_shape(events)
+    runs.append(("OpenAI's recorded shape, 1 event per read", recorded, list(recorded)))
     out: dict = {}
     for cname, events, chunks in runs:
         total_bytes = sum(map(len, events))

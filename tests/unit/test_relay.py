@@ -280,6 +280,43 @@ def test_an_event_read_alone_like_the_last_plain_one_goes_out_without_a_test(mon
     assert rewriter.events == 11 and rewriter.text_tokens == len(texts) and rewriter.usage == Usage(11, 3, 14)
 
 
+def test_openai_obfuscated_events_read_alone_go_out_without_a_test(monkeypatch):
+    """OpenAI's chunks end in ``"obfuscation"``, other letters on every chunk (as in
+    tests/conformance/recordings/openai-stream-cached-tokens.json): an event read alone that has the
+    bytes around its text of the last plain one but for that value is swapped as that one was, while
+    its text holds no line end and does not end in a backslash and the value holds no quote, escape
+    or line end; any other is tested again."""
+    import app.wire.rewrite
+
+    base = ('"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026",'
+            '"service_tier":"default","system_fingerprint":"fp_abc"')
+
+    def event(choice: str, obfuscation: str, usage: str = "null") -> bytes:
+        return f'data: {{{base},"choices":[{choice}],"usage":{usage},"obfuscation":"{obfuscation}"}}\n\n'.encode()
+
+    def content(text: str, obfuscation: str) -> bytes:
+        return event('{"index":0,"delta":{"content":' + json.dumps(text) + '},"logprobs":null,"finish_reason":null}', obfuscation)
+
+    words = [("Fare", "DJ94I8XQj86"), ("well", "qgSSFwDBmaW"), ("line\nend", "4xVB"), ('a "quote"', "Ye"),
+             ("back\\", "r6Uy1atr"), ("x", 'q\\u0041'), ("!", "pCjdYd4kX4W2q"), ("\u00e9t\u00e9", "")]
+    events = ([event('{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}', "pC")]
+              + [content(text, value) for text, value in words]
+              + [event('{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}', "XxMhsMje0"),
+                 event("", "J3eKDOHW", '{"prompt_tokens":11,"completion_tokens":8,"total_tokens":19}'), b"data: [DONE]\n\n"])
+    tested = []
+    real = app.wire.rewrite.StreamRewriter._whole
+    monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole", lambda self, span: tested.append(span) or real(self, span))
+    rewriter = StreamRewriter(PUBLIC, OURS, True)
+    out = b"".join(rewriter.feed(e) for e in events) + rewriter.finish()
+    swapped = lambda raw: raw.replace(b'"id":"chatcmpl-UP42"', f'"id":"{OURS}"'.encode()).replace(
+        b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode()).replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null')
+    assert out == swapped(b"".join(events))
+    # Tested: the first content event (which teaches its surroundings), the quoted text, the text
+    # ending in a backslash, the escaped value, and the stream's end (finish, usage, [DONE]).
+    assert tested == [events[1], events[4], events[5], events[6], *events[-3:]]
+    assert rewriter.events == 11 and rewriter.text_tokens == len(words) and rewriter.usage == Usage(11, 8, 19)
+
+
 def test_a_stream_read_whole_sends_its_content_events_as_one_span(monkeypatch):
     """A stream that arrives in one read (an upstream with no think time): the first event teaches
     the identity, the content events after it go as one span, only the usage chunk is taken alone."""
