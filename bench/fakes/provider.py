@@ -59,7 +59,9 @@ A dropped connection is a body piece raised as ``ConnectionResetError``: in proc
 reads it as a transport failure, behind a socket the server closes the connection there.
 
 Modes
-  openai  error ``{"error": {"message", "type", "param", "code"}}``.
+  openai  error ``{"error": {"message", "type", "param", "code"}}``; stream chunks carry
+          ``"service_tier":"default"`` after the model and end in ``"obfuscation"`` (other letters
+          on every chunk; none when ``stream_options.include_obfuscation`` is false), as recorded.
   gemini  Google's OpenAI-compatible endpoint as recorded (tests/conformance/recordings):
           compact JSON with keys in alphabetical order; ``model`` the bare requested name; no
           ``system_fingerprint``; a 23-character id without ``chatcmpl-``; ``role`` in every
@@ -121,6 +123,10 @@ GEMINI_REJECTED_FIELDS = frozenset(
     }
 )
 SYSTEM_FINGERPRINT = "fp_fake123"
+# OpenAI ends every stream chunk with "obfuscation": letters of varying length, other on each chunk,
+# unless stream_options.include_obfuscation is false (tests/conformance/recordings/openai-stream-*).
+_OBFUSCATIONS = (b"pCjdYd4kX4W2q", b"DJ94I8XQj86", b"qgSSFwDBmaW", b"4xVBYer6Uy1atr", b"XxMhsMje0", b"J3eKDOHW",
+                 b"6cMX", b"fi9kQktKY7", b"Ye", b"r6Uy1atr", b"SsIn2EHgbpN5hHC")
 TOOL_CALL_ID = "call_fake1"
 THOUGHT_SIGNATURE = "EjQKMgG+Pvb7c2lnbmF0dXJlLW9mLXRoZS1mYWtlLXVwc3RyZWFt"
 TOOL_ARGUMENTS = '{"city": "Tashkent"}'
@@ -430,6 +436,7 @@ class FakeProvider:
             "delay": max(0.0, d.get("delay", self.delay)),
             "usage": usage_for(body, chunks),
             "include_usage": bool((body.get("stream_options") or {}).get("include_usage")) and d.get("usage", 1) != 0,
+            "obfuscation": (body.get("stream_options") or {}).get("include_obfuscation") is not False,
             "logprobs": body.get("logprobs") is True,
             "top_logprobs": body.get("top_logprobs") or 0,
         }
@@ -525,15 +532,20 @@ class FakeProvider:
             b'data: {"id":', orjson.dumps(plan["id"]),
             b',"object":"chat.completion.chunk","created":', str(plan["created"]).encode(),
             b',"model":', orjson.dumps(plan["model"]),
+            b',"service_tier":"default"',
             b',"system_fingerprint":"' + SYSTEM_FINGERPRINT.encode() + b'"',
             b',"choices":',
         ))
         include_usage = plan["include_usage"]
-        tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
+        usage_null = b',"usage":null' if include_usage else b""
         dumps = orjson.dumps
+        obfuscations = iter(_OBFUSCATIONS * (len(plan["pieces"]) + 4) * n) if plan["obfuscation"] else None
+
+        def end() -> bytes:
+            return b',"obfuscation":"' + next(obfuscations) + b'"}\n\n' if obfuscations is not None else b"}\n\n"
 
         def event(choice: dict) -> bytes:
-            return head + dumps([choice]) + tail
+            return head + dumps([choice]) + usage_null + end()
 
         with_lp = plan["logprobs"] and kind == "text"
         top = plan["top_logprobs"]
@@ -569,7 +581,7 @@ class FakeProvider:
             usage = dict(plan["usage"])
             usage["prompt_tokens_details"] = {"cached_tokens": 0}
             usage["completion_tokens_details"] = {"reasoning_tokens": 0}
-            events.append(head + b'[],"usage":' + dumps(usage) + b"}\n\n")
+            events.append(head + b'[],"usage":' + dumps(usage) + end())
         events.append(_DONE_EVENT)
         return events
 
