@@ -128,6 +128,33 @@ def text_around(event: bytes) -> tuple[bytes, bytes] | None:
     return event[:start], event[end:]
 
 
+def obfuscated(after: bytes, closing: bytes) -> bytes | None:
+    """The bytes after a chunk's text cut at the opening quote of the ``obfuscation`` value they end
+    with (OpenAI's: the same key on every chunk, other letters in it), when ``closing`` ends that value
+    and the value holds no quote or backslash; None otherwise."""
+    at = after.rfind(_OBFUSCATION)
+    if at < 0 or not after.endswith(closing):
+        return None
+    value = after[at + len(_OBFUSCATION):len(after) - len(closing)]
+    if value.find(b'"') >= 0 or value.find(b"\\") >= 0:
+        return None
+    return after[:at + len(_OBFUSCATION)]
+
+
+def text_end(event: bytes, start: int, after: bytes, closing: bytes) -> int:
+    """Where the text that begins at ``start`` ends, when the rest of ``event`` is ``after`` (cut by
+    ``obfuscated``), a value without quote, backslash or line end, and ``closing``; -1 otherwise."""
+    end = event.find(b'"', start)
+    value = end + len(after)
+    last = len(event) - len(closing)
+    if end < 0 or value > last or not event.startswith(after, end) or not event.endswith(closing):
+        return -1
+    find = event.find
+    if find(b'"', value, last) >= 0 or find(b"\\", value, last) >= 0 or find(b"\n", value, last) >= 0:
+        return -1
+    return end
+
+
 def _null_usage(data: bytes) -> bool:
     """Whether every ``"usage"`` in ``data`` is null (or there is none), however spaced."""
     usages = data.count(_USAGE)
@@ -410,20 +437,13 @@ class StreamRewriter:
         """An event with the learned bytes around its text but for the value that ends it (OpenAI's
         ``obfuscation``, other letters on every chunk), when its text holds no line end and does not
         end in a backslash, and that value holds no quote, backslash or line end; None otherwise."""
-        before, after, new_before = around[0], around[1], around[2]
-        start = len(before)
-        end = span.find(b'"', start)
-        value = end + len(after)
-        last = len(span) - len(self._value_end)
-        if (end < 0 or value > last or not span.startswith(after, end) or not span.endswith(self._value_end)
-                or span.find(b"\n", start, end) >= 0 or (end > start and span[end - 1] == 0x5C)):
-            return None
-        find = span.find
-        if find(b'"', value, last) >= 0 or find(b"\\", value, last) >= 0 or find(b"\n", value, last) >= 0:
+        start = len(around[0])
+        end = text_end(span, start, around[1], self._value_end)
+        if end < 0 or span.find(b"\n", start, end) >= 0 or (end > start and span[end - 1] == 0x5C):
             return None
         self.events += 1
         self.text_tokens += 1
-        return new_before + span[start:]
+        return around[2] + span[start:]
 
     def _learn_around(self, event: bytes) -> None:
         """From one plain content event whose text is a string without escapes: the bytes before and
@@ -437,12 +457,10 @@ class StreamRewriter:
         if before.count(self._head) + after.count(self._head) != 1:
             return
         new = self._new_head
-        at = after.rfind(_OBFUSCATION)
-        if at >= 0 and before.count(self._head) == 1:
-            closing = b'"}' + self._separator
-            value = after[at + len(_OBFUSCATION):len(after) - len(closing)]
-            if after.endswith(closing) and value.find(b'"') < 0 and value.find(b"\\") < 0:
-                after, self._value_end = after[:at + len(_OBFUSCATION)], closing
+        closing = b'"}' + self._separator
+        cut = obfuscated(after, closing) if before.count(self._head) == 1 else None
+        if cut is not None:
+            after, self._value_end = cut, closing
         self._around = (before, after, before.replace(self._head, new), after.replace(self._head, new))
 
     def _plain(self, data: bytes) -> bool:

@@ -173,6 +173,37 @@ def test_text_deltas_like_the_last_plain_one_are_not_parsed(monkeypatch):
     assert stream.text_chars == len("".join(words)) and stream.events == len(words) + 3
 
 
+def test_obfuscated_text_deltas_like_the_last_plain_one_are_not_parsed(monkeypatch):
+    """OpenAI ends each chunk in an ``obfuscation`` of other letters (as in
+    tests/conformance/recordings/openai-stream-cached-tokens.json): a delta the same as the last plain
+    one but for its text and that value goes out from its bytes, unless the value holds an escape."""
+    import app.wire.responses.stream
+
+    values = iter(["pCjdYd4kX4W2q", "DJ94I8XQj86", "qgSSFwDBmaW", "4xVBYer6Uy1atr", "a\\u0041", "Ye", "XxMhsMje0", "J3eKDOHW"])
+
+    def obfuscated(event: bytes) -> bytes:
+        if event == DONE:
+            return event
+        doc = orjson.loads(event[6:])
+        doc = {**{k: doc[k] for k in ("id", "object", "created", "model")}, "service_tier": "default",
+               **{k: v for k, v in doc.items() if k not in ("id", "object", "created", "model")}, "obfuscation": next(values)}
+        return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+    words = ("Hel", "lo", " there", "x", "end")
+    parsed = []
+    real = app.wire.responses.stream.read_chunk
+    monkeypatch.setattr(app.wire.responses.stream, "read_chunk", lambda data: parsed.append(data) or real(data))
+    events, stream = run([obfuscated(e) for e in text_stream(words)])
+    response = check_invariants(events)
+    assert response["output"][0]["content"][0]["text"] == "".join(words)
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == list(words)
+    # Parsed: the role chunk, "Hel", "lo" (which teaches the bytes around a text), "x" (an escape in
+    # its obfuscation), the finish and the usage chunk; " there" and "end" were not.
+    texts = [json.loads(data)["choices"][0]["delta"].get("content") for data in parsed if b'"choices":[{' in data]
+    assert texts == ["", "Hel", "lo", "x", None] and len(parsed) == 6
+    assert stream.events == len(words) + 3
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_any_byte_split_gives_the_same_events(seed):
     events = text_stream(("a", "\u00e9\u4e2d", "\"quoted\"\n", "z" * 300)) + []

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..rewrite import OPENAI, Dialect, MalformedUpstream, read_chunk, text_around
+from ..rewrite import OPENAI, Dialect, MalformedUpstream, obfuscated, read_chunk, text_around, text_end
 from ..sse import DONE, EventFramer, event_data
 from ..usage import Usage, estimate_tokens, estimate_usage
 from .output import INCOMPLETE, Frame, call_item, custom_input, message_item, reasoning_item, tool_of, usage_object
@@ -61,7 +61,7 @@ class ResponsesStream:
         "_frame", "_tools", "dialect", "_normalise", "_estimate", "_framer", "_tail", "_seq", "_started", "done", "error", "usage",
         "events", "text_chars", "created", "tool_calls", "_items", "_open", "_queue", "_message", "_calls",
         "_carried", "_finish", "_ncalls", "_logprobs", "response", "_hold", "terminal", "_unsent",
-        "_around",
+        "_around", "_value_end",
     )
 
     def __init__(self, frame: Frame, tools: dict[str, Tool], dialect: Dialect = OPENAI,
@@ -102,6 +102,9 @@ class ResponsesStream:
         # The bytes around the text of a plain text delta of this stream (OpenAI's, as sent): an
         # event the same but for a text without quotes or escapes is not parsed.
         self._around: tuple[bytes, bytes] | None = None
+        # When that delta ends in OpenAI's ``obfuscation`` (other letters on every chunk): the bytes
+        # that close its value; ``_around``'s after then stops at the value's opening quote.
+        self._value_end = b""
 
     @property
     def completion_id(self) -> str:
@@ -158,11 +161,18 @@ class ResponsesStream:
                 break
             around = self._around
             text = None
-            if around is not None and event.startswith(around[0]) and event.endswith(around[1]):
-                raw = event[len(around[0]):len(event) - len(around[1])]
+            if around is not None and event.startswith(around[0]):
+                start = len(around[0])
+                if self._value_end:
+                    end = text_end(event, start, around[1], self._value_end)
+                elif event.endswith(around[1]) and len(event) >= start + len(around[1]):
+                    end = len(event) - len(around[1])
+                else:
+                    end = -1
+                raw = event[start:end]
                 message = self._message
                 if (
-                    len(event) >= len(around[0]) + len(around[1]) and raw.find(b'"') < 0 and raw.find(b"\\") < 0
+                    end >= 0 and raw.find(b'"') < 0 and raw.find(b"\\") < 0
                     and _CONTROL.search(raw) is None and message is not None and message is self._open
                     and message.parts and message.parts[-1][0] == "output_text"
                 ):
@@ -226,9 +236,19 @@ class ResponsesStream:
                     if finish:
                         self._finish = finish
                     elif self._around is None and self._normalise is None and usage is None:
-                        self._around = text_around(event)
+                        self._learn_around(event)
                     continue
             self._choice(choice, out)
+
+    def _learn_around(self, event: bytes) -> None:
+        around = text_around(event)
+        if around is None:
+            return
+        before, after = around
+        cut = obfuscated(after, b'"}')
+        if cut is not None:
+            after, self._value_end = cut, b'"}'
+        self._around = (before, after)
 
     def _start(self, doc: dict) -> bytes:
         self._started = True
