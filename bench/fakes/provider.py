@@ -80,6 +80,7 @@ POST (else 405), and a bearer token is required (else 401); in process the targe
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import secrets
@@ -539,7 +540,7 @@ class FakeProvider:
         include_usage = plan["include_usage"]
         usage_null = b',"usage":null' if include_usage else b""
         dumps = orjson.dumps
-        obfuscations = iter(_OBFUSCATIONS * (len(plan["pieces"]) + 4) * n) if plan["obfuscation"] else None
+        obfuscations = itertools.cycle(_OBFUSCATIONS) if plan["obfuscation"] else None
 
         def end() -> bytes:
             return b',"obfuscation":"' + next(obfuscations) + b'"}\n\n' if obfuscations is not None else b"}\n\n"

@@ -27,6 +27,13 @@ def openai_stream(include_usage: bool = True) -> list[bytes]:
     return [f"data: {e}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
 
 
+def swapped(raw: bytes) -> bytes:
+    """``openai_stream``'s identity fields as a caller gets them."""
+    return (raw.replace(b'"id":"chatcmpl-UP42"', f'"id":"{OURS}"'.encode())
+            .replace(b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode())
+            .replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null'))
+
+
 def gemini_stream() -> list[bytes]:
     base = '"id":"Xy12","object":"chat.completion.chunk","created":9,"model":"models/gemini-2.5-flash"'
     events = [
@@ -51,13 +58,7 @@ def run(events: list[bytes], include_usage: bool, splits: int = 0, seed: int = 0
 
 def test_openai_stream_bytes_identical_but_identity():
     out, rewriter = run(openai_stream(), include_usage=True)
-    expected = (
-        b"".join(openai_stream())
-        .replace(b'"id":"chatcmpl-UP42"', f'"id":"{OURS}"'.encode())
-        .replace(b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode())
-        .replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null')
-    )
-    assert out == expected
+    assert out == swapped(b"".join(openai_stream()))
     assert b"gpt-5.4" not in out and b"UP42" not in out and b"fp_abc" not in out
     assert b'"id":"call_1"' in out
     assert b'Hello \\"model\\":\\"gpt\\"' in out
@@ -271,8 +272,6 @@ def test_an_event_read_alone_like_the_last_plain_one_goes_out_without_a_test(mon
     monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole", lambda self, span: tested.append(span) or real(self, span))
     rewriter = StreamRewriter(PUBLIC, OURS, True)
     out = b"".join(rewriter.feed(event) for event in events) + rewriter.finish()
-    swapped = lambda raw: raw.replace(b'"id":"chatcmpl-UP42"', f'"id":"{OURS}"'.encode()).replace(
-        b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode()).replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null')
     assert out == swapped(b"".join(events))
     # Tested: the first content event (which teaches its surroundings), the one with quotes, and the
     # stream's end (finish, usage, [DONE]).
@@ -308,8 +307,6 @@ def test_openai_obfuscated_events_read_alone_go_out_without_a_test(monkeypatch):
     monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole", lambda self, span: tested.append(span) or real(self, span))
     rewriter = StreamRewriter(PUBLIC, OURS, True)
     out = b"".join(rewriter.feed(e) for e in events) + rewriter.finish()
-    swapped = lambda raw: raw.replace(b'"id":"chatcmpl-UP42"', f'"id":"{OURS}"'.encode()).replace(
-        b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode()).replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null')
     assert out == swapped(b"".join(events))
     # Tested: the first content event (which teaches its surroundings), the quoted text, the text
     # ending in a backslash, the escaped value, and the stream's end (finish, usage, [DONE]).
