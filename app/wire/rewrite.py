@@ -141,18 +141,13 @@ def obfuscated(after: bytes, closing: bytes) -> bytes | None:
     return after[:at + len(_OBFUSCATION)]
 
 
-def text_end(event: bytes, start: int, after: bytes, closing: bytes = b"") -> int:
-    """Where the text that begins at ``start`` (a string without quotes) ends, when the rest of
-    ``event`` is ``after``; or, with ``closing``, ``after`` (cut by ``obfuscated``), a value without
-    quote, backslash or line end, and ``closing``; -1 otherwise."""
+def text_end(event: bytes, start: int, after: bytes, closing: bytes) -> int:
+    """Where the text that begins at ``start`` ends, when the rest of ``event`` is ``after`` (cut by
+    ``obfuscated``), a value without quote, backslash or line end, and ``closing``; -1 otherwise."""
     end = event.find(b'"', start)
-    if end < 0 or not event.startswith(after, end):
-        return -1
     value = end + len(after)
-    if not closing:
-        return end if value == len(event) else -1
     last = len(event) - len(closing)
-    if value > last or not event.endswith(closing):
+    if end < 0 or value > last or not event.startswith(after, end) or not event.endswith(closing):
         return -1
     find = event.find
     if find(b'"', value, last) >= 0 or find(b"\\", value, last) >= 0 or find(b"\n", value, last) >= 0:
@@ -333,14 +328,16 @@ class StreamRewriter:
             return self._learning(span)
         around = self._around
         if around is not None and span.startswith(around[0]):
-            # The last plain content event but for its text (and its obfuscation value): a text
-            # without line ends that does not end in a backslash passes every test that one passed.
-            start = len(around[0])
-            end = text_end(span, start, around[1], self._value_end)
-            if end >= 0 and span.find(b"\n", start, end) < 0 and (end == start or span[end - 1] != 0x5C):
-                self.events += 1
-                self.text_tokens += 1
-                return around[2] + span[start:end] + around[3] + span[end + len(around[1]):]
+            if self._value_end:
+                varied = self._varied(span, around)
+                if varied is not None:
+                    return varied
+            elif span.endswith(around[1]):
+                text = span[len(around[0]):len(span) - len(around[1])]
+                if len(span) >= len(around[0]) + len(around[1]) and text.find(b'"') < 0 and text.find(b"\n") < 0:
+                    self.events += 1
+                    self.text_tokens += 1
+                    return around[2] + text + around[3]
         separator = self._separator
         if span.endswith(_LAST_EVENTS[separator]):
             ending = self._ending(span)
@@ -436,6 +433,18 @@ class StreamRewriter:
             self._learn_around(span)
         return self._new_head.join(parts)
 
+    def _varied(self, span: bytes, around: tuple[bytes, bytes, bytes, bytes]) -> bytes | None:
+        """An event with the learned bytes around its text but for the value that ends it (OpenAI's
+        ``obfuscation``, other letters on every chunk), when its text holds no line end and does not
+        end in a backslash, and that value holds no quote, backslash or line end; None otherwise."""
+        start = len(around[0])
+        end = text_end(span, start, around[1], self._value_end)
+        if end < 0 or span.find(b"\n", start, end) >= 0 or (end > start and span[end - 1] == 0x5C):
+            return None
+        self.events += 1
+        self.text_tokens += 1
+        return around[2] + span[start:]
+
     def _learn_around(self, event: bytes) -> None:
         """From one plain content event whose text is a string without escapes: the bytes before and
         after that text, as sent and with the head swapped. Another event with the same bytes around
@@ -445,12 +454,11 @@ class StreamRewriter:
         if around is None or event.count(_FINISH_KEY) != event.count(_NULL_FINISH):
             return
         before, after = around
-        heads = before.count(self._head)
-        if heads + after.count(self._head) != 1:
+        if before.count(self._head) + after.count(self._head) != 1:
             return
         new = self._new_head
         closing = b'"}' + self._separator
-        cut = obfuscated(after, closing) if heads == 1 else None
+        cut = obfuscated(after, closing) if before.count(self._head) == 1 else None
         if cut is not None:
             after, self._value_end = cut, closing
         self._around = (before, after, before.replace(self._head, new), after.replace(self._head, new))

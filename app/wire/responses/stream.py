@@ -163,11 +163,16 @@ class ResponsesStream:
             text = None
             if around is not None and event.startswith(around[0]):
                 start = len(around[0])
-                end = text_end(event, start, around[1], self._value_end)
+                if self._value_end:
+                    end = text_end(event, start, around[1], self._value_end)
+                elif event.endswith(around[1]) and len(event) >= start + len(around[1]):
+                    end = len(event) - len(around[1])
+                else:
+                    end = -1
                 raw = event[start:end]
                 message = self._message
                 if (
-                    end >= 0 and raw.find(b"\\") < 0
+                    end >= 0 and raw.find(b'"') < 0 and raw.find(b"\\") < 0
                     and _CONTROL.search(raw) is None and message is not None and message is self._open
                     and message.parts and message.parts[-1][0] == "output_text"
                 ):
