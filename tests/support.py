@@ -3,6 +3,8 @@ accounts, keys and packages tests need, made through the gateway's own operation
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import os
 import signal
 import socket
@@ -20,6 +22,24 @@ UPSTREAM_KEY_ENV = "FAKE_PROVIDER_KEY"
 
 # Names the upstreams use; they must never reach a caller.
 UPSTREAM_MODELS = ("gemini-2.5-flash", "gpt-5.4-mini", "gemini-2.5-pro", "gemini-2.5-flash-lite")
+
+
+@contextlib.contextmanager
+def cyclic_garbage():
+    """The type names of what the block made that only the cycle collector could free (objects in
+    reference cycles), listed once the block has ended; the collector is off meanwhile."""
+    gc.collect()
+    gc.disable()
+    found: list[str] = []
+    try:
+        yield found
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        found.extend(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 def free_port() -> int:

@@ -155,6 +155,9 @@ class Exchange:
         self._count(usage, latency)
         if self.services.access_log.enabled:
             self._log(usage, latency)
+        # The stream's rewriter holds ``estimate``, a method of this exchange: let go of it, so that
+        # the request's objects are freed by their counts rather than by the cycle collector.
+        self.upstream = None
 
     def _usage(self) -> Usage:
         if self.usage is not None:

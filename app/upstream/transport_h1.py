@@ -51,13 +51,12 @@ class _Response:
     """One upstream answer: ``status``, ``headers`` (lowercase names), the body through
     ``content.readany()`` (b"" at its end), then ``release()`` or ``close()``."""
 
-    __slots__ = ("status", "headers", "content", "_conn", "_chunks", "_size", "_waiter", "_done", "_error",
+    __slots__ = ("status", "headers", "_conn", "_chunks", "_size", "_waiter", "_done", "_error",
                  "_inflate", "_open", "_sink", "_sink_end", "_ending")
 
     def __init__(self, conn: "_Connection", status: int, headers: dict[str, str]) -> None:
         self.status = status
         self.headers = headers
-        self.content = self
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._size = 0
@@ -69,6 +68,12 @@ class _Response:
         self._sink: Callable[[bytes], None] | None = None
         self._sink_end: Callable[[], None] | None = None
         self._ending: asyncio.TimerHandle | None = None
+
+    @property
+    def content(self) -> "_Response":
+        """The body's reader: the answer itself (a property, not a field: a field would make every
+        answer a reference cycle, left to the cycle collector)."""
+        return self
 
     # -- fed by the connection
 

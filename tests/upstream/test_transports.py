@@ -19,6 +19,7 @@ from app.upstream.client import Attempts, UpstreamClient
 from app.upstream.transport import AiohttpTransport
 from app.upstream.transport_h1 import H1Transport
 from bench.tls import make_certs
+from tests.support import cyclic_garbage
 
 HEADERS = {"Authorization": "Bearer k", "Content-Type": "application/json", "Accept": "application/json",
            "X-Request-Id": "req-1"}
@@ -183,6 +184,20 @@ async def test_a_header_value_with_a_line_break_is_refused_before_anything_is_se
         with pytest.raises(ValueError):
             await transport.send(target(server.base_url), BODY, {**HEADERS, "X-Request-Id": "a\r\nX-Evil: 1"}, lambda: None)
         assert server.seen == []
+    finally:
+        await transport.close()
+        await server.close()
+
+
+async def test_an_h1_answer_read_and_released_is_freed_by_its_count():
+    server = await Server(ok()).start()
+    transport = make("h1")
+    try:
+        await exchange(transport, server.base_url)
+        with cyclic_garbage() as found:
+            for _ in range(3):
+                assert await exchange(transport, server.base_url) == (200, b'{"ok":true}')
+        assert "_Response" not in found and server.connections == 1
     finally:
         await transport.close()
         await server.close()
