@@ -155,7 +155,7 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
         # The balance (or the key's cap) holds less than the answer allowed: the answer is limited
         # to what it holds.
         api.limit(body, (reservation.tokens - prompt) // choices)
-    _still_wanted(call)  # a reservation taken for a caller who left goes back with the exchange
+    _still_wanted(call, exchange.task)  # a reservation taken for a caller who left goes back with the exchange
     if exchange.stream:
         return await _stream(services, api, model, body, exchange)
     out, exchange.usage, exchange.response_bytes = await services.upstream.complete(
@@ -165,10 +165,9 @@ async def serve(services: Services, api: ClientApi, exchange: Exchange, call: Ca
     return out
 
 
-def _still_wanted(call: Call) -> None:
+def _still_wanted(call: Call, task: asyncio.Task | None) -> None:
     """A caller who hung up during admission gets no upstream call, even where a store driver
-    swallowed the task's cancellation."""
-    task = asyncio.current_task()
+    swallowed the cancellation of its ``task``."""
     if call.gone() or (task is not None and task.cancelling()):
         raise asyncio.CancelledError()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -73,6 +74,11 @@ def _upstream_failures(classify: Callable[[BaseException], str | None]) -> Itera
         raise _Retryable(UpstreamTimeout() if kind == "timeout" else UpstreamError(), kind) from None
 
 
+def _first_byte_deadline(target: Target, deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+    """The response headers must come within connect + first-byte time of the attempt's start."""
+    return min(deadline, loop.time() + target.timeouts.connect + target.timeouts.first_byte)
+
+
 class UpstreamClient:
     def __init__(self, settings: Settings, transport: Transport | None = None, breaker: Breaker | None = None,
                  metrics: Metrics | None = None) -> None:
@@ -105,10 +111,10 @@ class UpstreamClient:
         ``answer`` makes another client API's answer of the upstream body and its provider's dialect
         (raising MalformedUpstream on a body it cannot read); the chat completion is the default."""
 
-        async def attempt(target: Target, deadline: float) -> bytes:
+        async def attempt(target: Target, deadline: float, loop: asyncio.AbstractEventLoop) -> bytes:
             with _upstream_failures(self.transport.failure):
                 # One timer for the whole attempt: first the headers' deadline, then the total one.
-                async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)) as window:
+                async with asyncio.timeout_at(_first_byte_deadline(target, deadline, loop)) as window:
                     response = await self._send(target, request, request_id, False, attempts)
                     window.reschedule(deadline)
                     return await self._body(response)
@@ -147,12 +153,12 @@ class UpstreamClient:
                      new_rewriter: Callable[[Dialect], StreamRewriter]) -> UpstreamStream:
         """An upstream stream, opened and peeked: its first event is already rewritten."""
 
-        async def attempt(target: Target, deadline: float) -> UpstreamStream:
+        async def attempt(target: Target, deadline: float, loop: asyncio.AbstractEventLoop) -> UpstreamStream:
             response = None
             opened = None
             try:
                 with _upstream_failures(self.transport.failure):
-                    async with asyncio.timeout_at(self._first_byte_deadline(target, deadline)):
+                    async with asyncio.timeout_at(_first_byte_deadline(target, deadline, loop)):
                         response = await self._send(target, request, request_id, True, attempts)
                         rewriter = new_rewriter(PROVIDERS[target.provider].dialect)
                         while True:
@@ -164,7 +170,8 @@ class UpstreamClient:
                                 raise self._event_failure(target, rewriter.error)
                             if first or rewriter.done:
                                 opened = UpstreamStream(
-                                    response, rewriter, first, target.timeouts.idle, deadline, self.transport.failure
+                                    response, rewriter, first, target.timeouts.idle, deadline, self.transport.failure,
+                                    loop,
                                 )
                                 return opened
             except MalformedUpstream:
@@ -205,7 +212,7 @@ class UpstreamClient:
                 tried = True
                 budget -= 1
                 try:
-                    result = await attempt(target, deadline)
+                    result = await attempt(target, deadline, loop)
                 except _Retryable as failure:
                     self._outcome(target.name, failure.kind, attempts.account)
                     attempts.failures.append(f"{target.name}:{failure.kind}")
@@ -256,9 +263,9 @@ class UpstreamClient:
         }
         attempts.count += 1
         attempts.target = target
-        started = asyncio.get_running_loop().time()
+        started = time.perf_counter()
         response = await self.transport.send(target, body, headers, attempts.mark_sent)
-        self.metrics.observe("ttfb", (target.name,), asyncio.get_running_loop().time() - started)
+        self.metrics.observe("ttfb", (target.name,), time.perf_counter() - started)
         if response.status == 200:
             return response
         try:
@@ -266,12 +273,6 @@ class UpstreamClient:
         except GatewayError:
             raw = b""
         raise self._failure(target, provider, response.status, raw, response.headers.get("retry-after"))
-
-    @staticmethod
-    def _first_byte_deadline(target: Target, deadline: float) -> float:
-        """The response headers must come within connect + first-byte time of the attempt's start."""
-        loop = asyncio.get_running_loop()
-        return min(deadline, loop.time() + target.timeouts.connect + target.timeouts.first_byte)
 
     def _failure(self, target: Target, provider: Provider, status: int, raw: bytes, retry_after: str | None) -> Exception:
         status = provider.error_status(status, raw)

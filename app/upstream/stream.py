@@ -22,7 +22,7 @@ class UpstreamStream:
     )
 
     def __init__(self, response: Response, rewriter: StreamRewriter, first: bytes, idle: float, deadline: float,
-                 classify: Callable[[BaseException], str | None]) -> None:
+                 classify: Callable[[BaseException], str | None], loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._response = response
         self._read = response.content.readany
         self._classify = classify
@@ -30,7 +30,7 @@ class UpstreamStream:
         self._first: bytes | None = first
         self._idle = idle
         self._deadline = deadline
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._timed_out = False
