@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from ..catalog.models import PublicModel, Target
 from ..core.config import Settings
+from ..core.deadlines import Deadlines
 from ..core.errors import GatewayError, InvalidRequest, Overloaded, UpstreamError, UpstreamTimeout
 from ..core.metrics import BREAKER_STATES, Metrics
 from ..wire.persona import guard_message, scrub
@@ -94,6 +95,7 @@ class UpstreamClient:
         self.metrics = metrics or Metrics()
         self._guard = guard_message(settings.persona_prompt)
         self._body_cap = settings.max_upstream_body_bytes
+        self._deadlines: Deadlines | None = None
 
     async def start(self) -> None:
         await self.transport.start()
@@ -111,10 +113,10 @@ class UpstreamClient:
         ``answer`` makes another client API's answer of the upstream body and its provider's dialect
         (raising MalformedUpstream on a body it cannot read); the chat completion is the default."""
 
-        async def attempt(target: Target, deadline: float, loop: asyncio.AbstractEventLoop) -> bytes:
+        async def attempt(target: Target, deadline: float, deadlines: Deadlines) -> bytes:
             with _upstream_failures(self.transport.failure):
-                # One timer for the whole attempt: first the headers' deadline, then the total one.
-                async with asyncio.timeout_at(_first_byte_deadline(target, deadline, loop)) as window:
+                # One deadline for the whole attempt: first the headers', then the total one.
+                async with deadlines.at(_first_byte_deadline(target, deadline, deadlines.loop)) as window:
                     response = await self._send(target, request, request_id, False, attempts)
                     window.reschedule(deadline)
                     return await self._body(response)
@@ -153,12 +155,12 @@ class UpstreamClient:
                      new_rewriter: Callable[[Dialect], StreamRewriter]) -> UpstreamStream:
         """An upstream stream, opened and peeked: its first event is already rewritten."""
 
-        async def attempt(target: Target, deadline: float, loop: asyncio.AbstractEventLoop) -> UpstreamStream:
+        async def attempt(target: Target, deadline: float, deadlines: Deadlines) -> UpstreamStream:
             response = None
             opened = None
             try:
                 with _upstream_failures(self.transport.failure):
-                    async with asyncio.timeout_at(_first_byte_deadline(target, deadline, loop)):
+                    async with deadlines.at(_first_byte_deadline(target, deadline, deadlines.loop)):
                         response = await self._send(target, request, request_id, True, attempts)
                         rewriter = new_rewriter(PROVIDERS[target.provider].dialect)
                         while True:
@@ -171,7 +173,7 @@ class UpstreamClient:
                             if first or rewriter.done:
                                 opened = UpstreamStream(
                                     response, rewriter, first, target.timeouts.idle, deadline, self.transport.failure,
-                                    loop,
+                                    deadlines.loop,
                                 )
                                 return opened
             except MalformedUpstream:
@@ -195,6 +197,9 @@ class UpstreamClient:
     async def _dispatch(self, model: PublicModel, attempt, attempts: Attempts):
         """Try the model's targets in order, then again with jittered backoff, within the deadline."""
         loop = asyncio.get_running_loop()
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = Deadlines(loop)
         targets = [t for t in model.targets if t.enabled]
         if not targets:
             raise Overloaded("This model has no backend available right now.")
@@ -212,7 +217,7 @@ class UpstreamClient:
                 tried = True
                 budget -= 1
                 try:
-                    result = await attempt(target, deadline, loop)
+                    result = await attempt(target, deadline, deadlines)
                 except _Retryable as failure:
                     self._outcome(target.name, failure.kind, attempts.account)
                     attempts.failures.append(f"{target.name}:{failure.kind}")
