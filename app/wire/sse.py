@@ -23,7 +23,7 @@ class EventFramer:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes; return the events completed by them, in order."""
         buffer = self._buffer + chunk if self._buffer else chunk
-        if b"\r" not in buffer:
+        if buffer.find(b"\r") < 0:
             *events, rest = buffer.split(b"\n\n")
             self._buffer = rest
             return [event + b"\n\n" for event in events if event] if events else events
@@ -54,7 +54,7 @@ class EventFramer:
 
 def event_data(event: bytes) -> bytes | None:
     """The ``data`` field of one event (lines joined by ``\\n``), or None if it has none."""
-    if event.startswith(b"data: ") and event.count(b"\n") <= 2 and b"\r" not in event:
+    if event.startswith(b"data: ") and event.count(b"\n") <= 2 and event.find(b"\r") < 0:
         return event[6:].rstrip(b"\n")
     parts = []
     for line in _LINE.split(event):
