@@ -34,12 +34,44 @@ class GatewayHttp(Http):
         super().head_response_ignored(data, end_stream)
 
 
+class _Arrival:
+    """What Sanic's protocol waits on for more bytes (an ``asyncio.Event`` there, with one waiter:
+    the connection's task), bound to the connection's loop: an Event looks the running loop up on
+    every wait, a system call on CPython 3.11 (its check of the process id)."""
+
+    __slots__ = ("_loop", "_set", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._set = False
+        self._waiter: asyncio.Future | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if not self._set:
+            waiter = self._waiter = self._loop.create_future()
+            await waiter
+        return True
+
+
 class GatewayProtocol(HttpProtocol):
     __slots__ = ("_head_timer", "_head_count", "_body_timer", "_direct", "_taken")
     HTTP_CLASS = GatewayHttp
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self._data_received = _Arrival(self.loop)
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._arm(0)

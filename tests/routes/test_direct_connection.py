@@ -313,3 +313,22 @@ async def test_a_caller_who_hangs_up_mid_stream_ends_the_request(served):
     assert served.server.services.inflight == before
     assert not [c for c in served.server.connections if c.transport is not None and not c.transport.is_closing()]
     assert served.through_sanic == []
+
+
+async def test_the_connection_s_wait_for_more_bytes_is_woken_by_them():
+    from app.http.connection import _Arrival
+
+    arrival = _Arrival(asyncio.get_running_loop())
+    waiting = asyncio.create_task(arrival.wait())
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and not arrival.is_set()
+    arrival.set()
+    assert await asyncio.wait_for(waiting, 1) is True
+    assert await asyncio.wait_for(arrival.wait(), 1) is True  # still set: no wait
+    arrival.clear()
+    waiting = asyncio.create_task(arrival.wait())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    waiting.cancel()
+    arrival.set()  # a cancelled waiter is not woken twice
+    assert arrival.is_set()
