@@ -366,11 +366,20 @@ class StreamRewriter:
         before = span.rfind(separator, 0, done - len(separator))
         start = before + len(separator) if before >= 0 else 0
         cut = start if span.find(_USAGE, start, done) >= 0 else done
-        out = self._whole(span[:cut]) if cut else b""
+        # When the last event reports usage, the front's text is counted (for an estimate) only if
+        # it turns out not to.
+        reported = cut < done and span.find(_USAGE_OBJECT, cut, done) >= 0
+        events = self.events
+        out = self._whole(span[:cut], not reported) if cut else b""
         if out is None:
             return None
         if cut < done:
-            out += self._one(span[cut:done]) or b""
+            front = self.events - events
+            try:
+                out += self._one(span[cut:done]) or b""
+            finally:
+                if reported and front and self.usage is None:
+                    self._count_text(span[:cut], front)
         if self.done or self.error is not None:
             return out
         return out + self._end(span[done:])
@@ -398,9 +407,10 @@ class StreamRewriter:
             end = span.find(separator, start)
         return b"".join(out)
 
-    def _whole(self, span: bytes) -> bytes | None:
+    def _whole(self, span: bytes, counted: bool = True) -> bytes | None:
         """The span with the learned head swapped, when every event in it is plain content that
-        carries the head once; None when one of them needs more."""
+        carries the head once; None when one of them needs more. ``counted``: its text counts
+        towards an estimate now (else the caller counts it, if it must)."""
         count = span.count
         parts = span.split(self._head)
         n = len(parts) - 1
@@ -416,13 +426,11 @@ class StreamRewriter:
         # OpenAI's chunks carry "usage":null once each when usage is asked for, as we do.
         if count(_NULL_USAGE) != n and not _null_usage(span):
             return None
-        # About a token per content event with a delta (a finish chunk's is empty): never more than
-        # the text relayed.
-        empty = count(_EMPTY_DELTA)
-        if empty < n:
-            self.text_tokens += n - empty
+        if counted:
+            self._count_text(span, n)
         if not self._finished:
-            if find(_FINISH) >= 0:
+            # A finish is the last content event's: looked for from the end.
+            if span.rfind(_FINISH) >= 0:
                 self._finished = True
             else:
                 keys = count(_FINISH_KEY)
@@ -432,6 +440,13 @@ class StreamRewriter:
         if n == 1 and self._around is None and not self._finished:
             self._learn_around(span)
         return self._new_head.join(parts)
+
+    def _count_text(self, span: bytes, n: int) -> None:
+        """About a token per content event of the ``n`` in ``span`` with a delta (a finish chunk's is
+        empty): never more than the text relayed."""
+        empty = span.count(_EMPTY_DELTA)
+        if empty < n:
+            self.text_tokens += n - empty
 
     def _varied(self, span: bytes, around: tuple[bytes, bytes, bytes, bytes]) -> bytes | None:
         """An event with the learned bytes around its text but for the value that ends it (OpenAI's

@@ -241,6 +241,26 @@ def test_the_estimate_does_not_depend_on_how_the_stream_was_read(splits):
     assert rewriter.done and rewriter.estimated_completion_tokens() == len(words)
 
 
+@pytest.mark.parametrize("usage", [b'{"prompt_tokens":11,"completion_tokens":3,"total_tokens":14}',
+                                   b'{"tokens":"unknown"}'], ids=["reported", "unreadable"])
+def test_a_stream_read_whole_counts_its_text_only_when_its_usage_chunk_does_not_report(usage):
+    """Read whole, the content before a usage chunk is counted for an estimate only when that chunk
+    reports no usage; the estimate is then the one of the same stream read event by event."""
+    base = b'"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026"'
+    events = [b'data: {' + base + b',"choices":[{"index":0,"delta":{"content":"w%d "},"finish_reason":null}],"usage":null}\n\n' % i
+              for i in range(6)]
+    events.append(b'data: {' + base + b',"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}\n\n')
+    events.append(b'data: {' + base + b',"choices":[],"usage":' + usage + b'}\n\n')
+    events.append(b"data: [DONE]\n\n")
+    whole, by_event = StreamRewriter(PUBLIC, OURS, True), StreamRewriter(PUBLIC, OURS, True)
+    sent = whole.feed(b"".join(events)) + whole.finish()
+    assert sent == b"".join(by_event.feed(event) for event in events) + by_event.finish()
+    assert whole.usage == by_event.usage  # reported, or the estimate billed and shown in the usage chunk
+    if b"prompt_tokens" in usage:
+        assert not whole.usage.estimated and whole.usage.completion_tokens == 3
+    else:
+        assert whole.usage.estimated and whole.usage.completion_tokens >= 6  # the text, not nothing
+
 def test_plain_content_reads_are_not_parsed(monkeypatch):
     """After the first event, a read of ordinary content events costs byte searches and swaps only."""
     import app.wire.rewrite
