@@ -183,6 +183,86 @@ def top_level_token(data: bytes, key: str, value: Any) -> bytes | None:
     return data[start:found[0].end() + len(wanted)]
 
 
+class _HeadShape:
+    """A learned head as OpenAI writes it, ``"id":"<id>",...,"created":<n>`` then the rest (model,
+    service tier, fingerprint), but for its id and created value: the next stream of the same
+    provider most likely carries the same, so that its first event's identity is taken by comparing
+    bytes, with what ``StreamRewriter._learn`` would have found, instead of being searched for."""
+
+    __slots__ = ("after_id", "rest", "model", "model_token", "fingerprint", "fingerprint_token",
+                 "fingerprint_key", "forbidden")
+
+    def __init__(self, after_id: bytes, rest: bytes, doc: dict, rewriter: "StreamRewriter") -> None:
+        self.after_id = after_id
+        self.rest = rest
+        self.model = doc["model"]
+        self.model_token = rewriter._model_token
+        self.fingerprint = doc.get("system_fingerprint")
+        self.fingerprint_token = rewriter._fingerprint_token
+        self.fingerprint_key = "system_fingerprint" in doc
+        self.forbidden = rewriter._forbidden
+
+    @classmethod
+    def of(cls, rewriter: "StreamRewriter", doc: dict, data: bytes) -> "_HeadShape | None":
+        """The shape of the head ``rewriter`` just learned from ``data``, when it has this form."""
+        head, id_token = rewriter._head, rewriter._id_token
+        if not data.startswith(b"{" + head) or not head.startswith(id_token) or not id_token.startswith(_ID_OPEN):
+            return None
+        created = head.find(_CREATED, len(id_token))
+        if created < 0 or type(doc.get("created")) is not int:
+            return None
+        digits = created + len(_CREATED)
+        end = head.find(b",", digits)
+        if end < 0 or head[digits:end] != b"%d" % doc["created"]:
+            return None
+        after_id, rest = head[len(id_token):digits], head[end:]
+        tokens = [rewriter._model_token] + ([rewriter._fingerprint_token] if rewriter._fingerprint_token else [])
+        if any(after_id.find(token) >= 0 or rest.count(token) != 1 for token in tokens):
+            return None
+        return cls(after_id, rest, doc, rewriter)
+
+    def fits(self, rewriter: "StreamRewriter", doc: dict, data: bytes) -> bool:
+        """Teach ``rewriter`` its identity from the first event ``data`` (parsed as ``doc``) when
+        its head has this shape; False, teaching nothing, when it has not."""
+        if not data.startswith(_FIRST):
+            return False
+        close = data.find(b'"', len(_FIRST))
+        if close < 0 or data.find(b"\\", len(_FIRST), close) >= 0 or not data.startswith(self.after_id, close + 1):
+            return False
+        digits = close + 1 + len(self.after_id)
+        end = data.find(b",", digits)
+        if end < 0 or not data.startswith(self.rest, end):
+            return False
+        created = data[digits:end]
+        if (not created.isdigit() or doc.get("created") != int(created) or type(doc["created"]) is not int
+                or doc.get("id") != data[len(_FIRST):close].decode() or doc.get("model") != self.model
+                or doc.get("system_fingerprint") != self.fingerprint
+                or ("system_fingerprint" in doc) != self.fingerprint_key or len(orjson.dumps(doc)) != len(data)):
+            return False
+        head = data[1:end + len(self.rest)]
+        if data.count(head) != 1:
+            return False
+        id_token = data[1:close + 1]
+        swaps = [(id_token, b'"id":' + orjson.dumps(rewriter._completion_id)),
+                 (self.model_token, b'"model":' + rewriter._new_model)]
+        if self.fingerprint_token is not None:
+            swaps.append((self.fingerprint_token, _NULL_FINGERPRINT))
+        new_head = head
+        for old, new in swaps:
+            new_head = new_head.replace(old, new)
+        rewriter._id_token, rewriter._model_token, rewriter._fingerprint_token = id_token, self.model_token, self.fingerprint_token
+        rewriter._swaps = swaps
+        rewriter._head, rewriter._new_head, rewriter._forbidden = head, new_head, self.forbidden
+        return True
+
+
+# The last head shape learned of each provider's streams, in this process.
+_SHAPES: dict[Dialect, _HeadShape] = {}
+_ID_OPEN = b'"id":"'
+_FIRST = b"{" + _ID_OPEN
+_CREATED = b'"created":'
+
+
 class StreamRewriter:
     """Turns upstream SSE bytes into the bytes a caller receives, one read at a time."""
 
@@ -603,6 +683,9 @@ class StreamRewriter:
             self.created = doc["created"]
         if self._head and data.find(self._head) >= 0:
             return  # the identity this stream already taught (Gemini's chunks are all parsed)
+        shape = _SHAPES.get(self.dialect)
+        if shape is not None and shape.fits(self, doc, data):
+            return
         id_token = top_level_token(data, "id", doc.get("id"))
         model_token = top_level_token(data, "model", doc.get("model"))
         if id_token is None or model_token is None:
@@ -642,6 +725,9 @@ class StreamRewriter:
         if "system_fingerprint" not in doc:
             forbidden.append(_FINGERPRINT)
         self._head, self._new_head, self._forbidden = head, new_head, tuple(forbidden)
+        shape = _HeadShape.of(self, doc, data)
+        if shape is not None:
+            _SHAPES[self.dialect] = shape
 
     def _identity(self, doc: dict) -> bytes:
         doc["id"] = self._completion_id

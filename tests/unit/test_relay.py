@@ -550,3 +550,74 @@ def test_an_early_usage_chunk_still_goes_last():
 ])
 def test_top_level_token_finds_the_key_written_once_with_its_value(data, key, value, token):
     assert top_level_token(data, key, value) == token
+
+
+def recorded_stream(stream_id: bytes, created: int, model: bytes = b"gpt-5.4-mini-2026") -> list[bytes]:
+    """A stream as OpenAI writes it today: the id first, a service tier, an obfuscation value."""
+    head = (b'"id":"' + stream_id + b'","object":"chat.completion.chunk","created":%d,"model":"' % created
+            + model + b'","service_tier":"default","system_fingerprint":"fp_abc"')
+    events = [b'data: {' + head + b',"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},'
+              b'"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"x1"}\n\n']
+    events += [b'data: {' + head + b',"choices":[{"index":0,"delta":{"content":"w%d "},"logprobs":null,'
+               b'"finish_reason":null}],"usage":null,"obfuscation":"abc%d"}\n\n' % (i, i) for i in range(4)]
+    events.append(b'data: {' + head + b',"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],'
+                  b'"usage":null,"obfuscation":"q"}\n\n')
+    events.append(b'data: {' + head + b',"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":4,'
+                  b'"total_tokens":13},"obfuscation":"zz"}\n\n')
+    return events + [b"data: [DONE]\n\n"]
+
+
+LEARNED = ("_id_token", "_model_token", "_fingerprint_token", "_swaps", "_head", "_new_head", "_forbidden", "created")
+
+
+def test_a_stream_whose_head_has_the_last_one_s_shape_learns_it_by_comparing_bytes(monkeypatch):
+    """The next stream of a provider, whose head differs from the last one's only in its id and
+    created value, learns its identity without searching for it: the same bytes out and the same
+    learned state as a stream that searched."""
+    import app.wire.rewrite as rewrite
+
+    rewrite._SHAPES.clear()
+    run(recorded_stream(b"chatcmpl-FIRST1", 100), True)
+    assert rewrite._SHAPES, "the first stream's head shape is kept"
+    second = recorded_stream(b"chatcmpl-SECOND22", 123456)
+    searched = StreamRewriter(PUBLIC, OURS, True)
+    rewrite._SHAPES.clear()
+    expected = searched.feed(b"".join(second)) + searched.finish()
+
+    run(recorded_stream(b"chatcmpl-FIRST1", 100), True)
+
+    def no_search(*args):
+        raise AssertionError("searched for the identity")
+
+    monkeypatch.setattr(rewrite, "top_level_token", no_search)
+    compared = StreamRewriter(PUBLIC, OURS, True)
+    assert compared.feed(b"".join(second)) + compared.finish() == expected
+    assert expected == b"".join(second).replace(b'"id":"chatcmpl-SECOND22"', f'"id":"{OURS}"'.encode()) \
+        .replace(b'"model":"gpt-5.4-mini-2026"', f'"model":"{PUBLIC}"'.encode()) \
+        .replace(b'"system_fingerprint":"fp_abc"', b'"system_fingerprint":null')
+    for name in LEARNED:
+        assert getattr(compared, name) == getattr(searched, name), name
+    assert compared.usage == searched.usage and compared.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("other", [
+    b'{"id":"chatcmpl-B","object":"chat.completion.chunk","created":5,"model":"gpt-other","service_tier":"default","system_fingerprint":"fp_abc","choices":[],"usage":null}',
+    b'{"id":"chatcmpl-B","object":"chat.completion.chunk","created":5,"model":"gpt-5.4-mini-2026","service_tier":"default","system_fingerprint":"fp_new","choices":[],"usage":null}',
+    b'{"id":"chatcmpl-B","object":"chat.completion.chunk","created":5,"model":"gpt-5.4-mini-2026","service_tier":"default","system_fingerprint":"fp_abc","choices":[],"usage":null,"id":"chatcmpl-C"}',
+    b'{"id":"chatcmpl-\\u0042","object":"chat.completion.chunk","created":5,"model":"gpt-5.4-mini-2026","service_tier":"default","system_fingerprint":"fp_abc","choices":[],"usage":null}',
+    b'{"id":"chatcmpl-B","object":"chat.completion.chunk", "created":5,"model":"gpt-5.4-mini-2026","service_tier":"default","system_fingerprint":"fp_abc","choices":[],"usage":null}',
+], ids=["another-model", "another-fingerprint", "a-second-id", "an-escaped-id", "spaced"])
+def test_a_first_event_of_another_shape_is_learned_as_ever(other):
+    import app.wire.rewrite as rewrite
+
+    rewrite._SHAPES.clear()
+    run(recorded_stream(b"chatcmpl-FIRST1", 100), True)
+    event = b"data: " + other + b"\n\n"
+    fresh = StreamRewriter(PUBLIC, OURS, False)
+    rewrite._SHAPES.clear()
+    expected = fresh.feed(event)
+    run(recorded_stream(b"chatcmpl-FIRST1", 100), True)
+    shaped = StreamRewriter(PUBLIC, OURS, False)
+    assert shaped.feed(event) == expected
+    for name in LEARNED:
+        assert getattr(shaped, name) == getattr(fresh, name), name
