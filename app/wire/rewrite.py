@@ -242,17 +242,8 @@ class _HeadShape:
         head = data[1:end + len(self.rest)]
         if data.count(head) != 1:
             return False
-        id_token = data[1:close + 1]
-        swaps = [(id_token, b'"id":' + orjson.dumps(rewriter._completion_id)),
-                 (self.model_token, b'"model":' + rewriter._new_model)]
-        if self.fingerprint_token is not None:
-            swaps.append((self.fingerprint_token, _NULL_FINGERPRINT))
-        new_head = head
-        for old, new in swaps:
-            new_head = new_head.replace(old, new)
-        rewriter._id_token, rewriter._model_token, rewriter._fingerprint_token = id_token, self.model_token, self.fingerprint_token
-        rewriter._swaps = swaps
-        rewriter._head, rewriter._new_head, rewriter._forbidden = head, new_head, self.forbidden
+        rewriter._take_tokens(data[1:close + 1], self.model_token, self.fingerprint_token)
+        rewriter._take_head(head, self.forbidden)
         return True
 
 
@@ -450,16 +441,17 @@ class StreamRewriter:
         # it turns out not to.
         reported = cut < done and span.find(_USAGE_OBJECT, cut, done) >= 0
         events = self.events
-        out = self._whole(span[:cut], not reported) if cut else b""
+        front = span[:cut]
+        out = self._whole(front, not reported) if cut else b""
         if out is None:
             return None
         if cut < done:
-            front = self.events - events
+            swapped = self.events - events
             try:
                 out += self._one(span[cut:done]) or b""
             finally:
-                if reported and front and self.usage is None:
-                    self._count_text(span[:cut], front)
+                if reported and swapped and self.usage is None:
+                    self._count_text(front, swapped)
         if self.done or self.error is not None:
             return out
         return out + self._end(span[done:])
@@ -694,12 +686,23 @@ class StreamRewriter:
         fingerprint_token = top_level_token(data, "system_fingerprint", fingerprint)
         if fingerprint is not None and fingerprint_token is None:
             return
+        self._take_tokens(id_token, model_token, fingerprint_token)
+        if len(orjson.dumps(doc)) == len(data):
+            self._learn_head(doc, data)
+
+    def _take_tokens(self, id_token: bytes, model_token: bytes, fingerprint_token: bytes | None) -> None:
+        """The stream's identity tokens as sent, and the swaps that make them ours."""
         self._id_token, self._model_token, self._fingerprint_token = id_token, model_token, fingerprint_token
         self._swaps = [(id_token, b'"id":' + orjson.dumps(self._completion_id)), (model_token, b'"model":' + self._new_model)]
         if fingerprint_token is not None:
             self._swaps.append((fingerprint_token, _NULL_FINGERPRINT))
-        if len(orjson.dumps(doc)) == len(data):
-            self._learn_head(doc, data)
+
+    def _take_head(self, head: bytes, forbidden: tuple[bytes, ...]) -> None:
+        """The stream's head as sent, as swapped, and the bytes a span swapped whole may not hold."""
+        new_head = head
+        for old, new in self._swaps:
+            new_head = new_head.replace(old, new)
+        self._head, self._new_head, self._forbidden = head, new_head, forbidden
 
     def _learn_head(self, doc: dict, data: bytes) -> None:
         """For compact JSON, as both providers write it: the bytes from the first identity field to the
@@ -718,13 +721,10 @@ class StreamRewriter:
         head = data[start:end]
         if data.count(head) != 1:
             return
-        new_head = head
-        for old, new in self._swaps:
-            new_head = new_head.replace(old, new)
         forbidden = [b'"error"', *self._markers]
         if "system_fingerprint" not in doc:
             forbidden.append(_FINGERPRINT)
-        self._head, self._new_head, self._forbidden = head, new_head, tuple(forbidden)
+        self._take_head(head, tuple(forbidden))
         shape = _HeadShape.of(self, doc, data)
         if shape is not None:
             _SHAPES[self.dialect] = shape

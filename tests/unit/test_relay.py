@@ -275,11 +275,20 @@ def test_plain_content_reads_are_not_parsed(monkeypatch):
     assert parsed == [] and out.count(OURS.encode()) == 50
 
 
+def spans_tested(monkeypatch) -> list[bytes]:
+    """The spans the rewriter tests whole (``StreamRewriter._whole``), in order, from now on."""
+    import app.wire.rewrite
+
+    tested: list[bytes] = []
+    real = app.wire.rewrite.StreamRewriter._whole
+    monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole",
+                        lambda self, span, *rest: tested.append(span) or real(self, span, *rest))
+    return tested
+
+
 def test_an_event_read_alone_like_the_last_plain_one_goes_out_without_a_test(monkeypatch):
     """Streams read an event at a time: once a plain content event has gone whole, an event with the
     same bytes around a text without quotes is swapped as that one was; any other is tested again."""
-    import app.wire.rewrite
-
     base = '"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026","system_fingerprint":"fp_abc"'
 
     def content(text: str) -> bytes:
@@ -287,9 +296,7 @@ def test_an_event_read_alone_like_the_last_plain_one_goes_out_without_a_test(mon
 
     texts = ["Hel", "lo ", "wor", 'a "quote"', "back\\slash", "tab\t", "ld", "\u00e9t\u00e9"]
     events = [openai_stream()[0]] + [content(t) for t in texts] + openai_stream()[3:]
-    tested = []
-    real = app.wire.rewrite.StreamRewriter._whole
-    monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole", lambda self, span: tested.append(span) or real(self, span))
+    tested = spans_tested(monkeypatch)
     rewriter = StreamRewriter(PUBLIC, OURS, True)
     out = b"".join(rewriter.feed(event) for event in events) + rewriter.finish()
     assert out == swapped(b"".join(events))
@@ -305,8 +312,6 @@ def test_openai_obfuscated_events_read_alone_go_out_without_a_test(monkeypatch):
     bytes around its text of the last plain one but for that value is swapped as that one was, while
     its text holds no line end and does not end in a backslash and the value holds no quote, escape
     or line end; any other is tested again."""
-    import app.wire.rewrite
-
     base = ('"id":"chatcmpl-UP42","object":"chat.completion.chunk","created":7,"model":"gpt-5.4-mini-2026",'
             '"service_tier":"default","system_fingerprint":"fp_abc"')
 
@@ -322,9 +327,7 @@ def test_openai_obfuscated_events_read_alone_go_out_without_a_test(monkeypatch):
               + [content(text, value) for text, value in words]
               + [event('{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}', "XxMhsMje0"),
                  event("", "J3eKDOHW", '{"prompt_tokens":11,"completion_tokens":8,"total_tokens":19}'), b"data: [DONE]\n\n"])
-    tested = []
-    real = app.wire.rewrite.StreamRewriter._whole
-    monkeypatch.setattr(app.wire.rewrite.StreamRewriter, "_whole", lambda self, span: tested.append(span) or real(self, span))
+    tested = spans_tested(monkeypatch)
     rewriter = StreamRewriter(PUBLIC, OURS, True)
     out = b"".join(rewriter.feed(e) for e in events) + rewriter.finish()
     assert out == swapped(b"".join(events))
