@@ -133,7 +133,12 @@ class ResponsesApi:
 
         return reader
 
-    async def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    def events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The translated chunks themselves, relayed as chat's are, unless the response is stored:
+        then its terminal event follows its storing."""
+        return self._terminal_after_store(chunks) if self._frame.store else chunks
+
+    async def _terminal_after_store(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
             yield chunk
         reader = self._reader

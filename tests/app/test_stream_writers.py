@@ -92,3 +92,29 @@ async def test_a_stream_s_last_piece_goes_out_with_the_body_s_end(tmp_path, monk
                 assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
                 assert writes[-1].endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
                 assert b"".join(writes).count(b"\r\n0\r\n\r\n") == 1 and b"0\r\n\r\n" not in writes
+
+
+async def test_a_responses_stream_not_stored_ends_as_chat_s_does(tmp_path, monkeypatch):
+    """Not stored, a Responses stream is relayed as chat's is: its terminal event and the body's end
+    are one write. Stored, the terminal event waits for the store and still ends the body."""
+    monkeypatch.setattr(Sanic, "test_mode", True)
+    writes: list[bytes] = []
+    made = GatewayProtocol.connection_made
+    monkeypatch.setattr(GatewayProtocol, "connection_made", lambda self, transport: made(self, _Recorded(transport, writes)))
+    async with served_on_socket(tmp_path, "responses-ending", 100, 1000) as (_, port, key):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for text, store in (("many [[fake:chunks=40]]", False), ("one [[fake:chunks=1]]", False),
+                                ("stored [[fake:chunks=5]]", True)):
+                writes.clear()
+                body = {"model": "zowy-1", "input": text, "stream": True, "store": store}
+                r = await client.post("/v1/responses", content=orjson.dumps(body),
+                                      headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+                assert r.status_code == 200
+                last = r.text.rstrip("\n").rpartition("\n\n")[2]
+                assert last.startswith("event: response.completed\n")
+                assert orjson.loads(last.partition("data: ")[2])["response"]["store"] is store
+                assert b"".join(writes).count(b"\r\n0\r\n\r\n") == 1
+                if store:
+                    assert writes[-1] == b"0\r\n\r\n"
+                else:
+                    assert writes[-1].endswith(b"}\n\n\r\n0\r\n\r\n") and b"response.completed" in writes[-1]
