@@ -165,12 +165,29 @@ def test_text_deltas_like_the_last_plain_one_are_not_parsed(monkeypatch):
     response = check_invariants(events)
     assert response["output"][0]["content"][0]["text"] == "".join(words)
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == list(words)
-    # Parsed: the role chunk, "Hel" (which opens the message), "lo" (the first delta to the open
-    # message, which teaches the bytes around a text), the quote, the tab, the finish and the usage
-    # chunk; "th\u00e9re", the CJK text and "end" were not.
+    # Parsed: the role chunk, "Hel" (which opens the message and teaches the bytes around a text),
+    # the quote, the tab, the finish and the usage chunk; "lo", "th\u00e9re", the CJK text and "end"
+    # were not.
     texts = [json.loads(data)["choices"][0]["delta"].get("content") for data in parsed if b'"choices":[{' in data]
-    assert texts == ["", "Hel", "lo", 'a "quote"', "tab\t", None] and len(parsed) == 7
+    assert texts == ["", "Hel", 'a "quote"', "tab\t", None] and len(parsed) == 6
     assert stream.text_chars == len("".join(words)) and stream.events == len(words) + 3
+
+
+def test_a_text_that_comes_with_its_role_does_not_teach_the_bytes_around_a_text(monkeypatch):
+    """A first chunk that carries the role and the text together has other bytes around its text
+    than the deltas after it: the first delta of a text alone teaches them instead."""
+    import app.wire.responses.stream
+
+    words = ("Hel", "lo", " there", "end")
+    parsed = []
+    real = app.wire.responses.stream.read_chunk
+    monkeypatch.setattr(app.wire.responses.stream, "read_chunk", lambda data: parsed.append(data) or real(data))
+    events, stream = run([chunk({"role": "assistant", "content": words[0]})] + text_stream(words[1:])[1:])
+    response = check_invariants(events)
+    assert response["output"][0]["content"][0]["text"] == "".join(words)
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == list(words)
+    texts = [json.loads(data)["choices"][0]["delta"].get("content") for data in parsed if b'"choices":[{' in data]
+    assert texts == ["Hel", "lo", None] and len(parsed) == 4
 
 
 def test_obfuscated_text_deltas_like_the_last_plain_one_are_not_parsed(monkeypatch):
@@ -197,10 +214,10 @@ def test_obfuscated_text_deltas_like_the_last_plain_one_are_not_parsed(monkeypat
     response = check_invariants(events)
     assert response["output"][0]["content"][0]["text"] == "".join(words)
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == list(words)
-    # Parsed: the role chunk, "Hel", "lo" (which teaches the bytes around a text), "x" (an escape in
-    # its obfuscation), the finish and the usage chunk; " there" and "end" were not.
+    # Parsed: the role chunk, "Hel" (which teaches the bytes around a text), "x" (an escape in its
+    # obfuscation), the finish and the usage chunk; "lo", " there" and "end" were not.
     texts = [json.loads(data)["choices"][0]["delta"].get("content") for data in parsed if b'"choices":[{' in data]
-    assert texts == ["", "Hel", "lo", "x", None] and len(parsed) == 6
+    assert texts == ["", "Hel", "x", None] and len(parsed) == 5
     assert stream.events == len(words) + 3
 
 

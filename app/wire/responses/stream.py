@@ -21,8 +21,8 @@ from .output import INCOMPLETE, Frame, call_item, custom_input, message_item, re
 from .translate import Tool
 
 _HEADS: dict[str, bytes] = {}
-# Bytes a JSON string holds only escaped.
-_CONTROL = re.compile(rb"[\x00-\x1f]")
+# A JSON string's text that holds nothing escaped: no quote, backslash or control byte.
+_PLAIN = re.compile(rb'[^"\\\x00-\x1f]*')
 
 
 def _head(kind: str) -> bytes:
@@ -36,7 +36,7 @@ class _Item:
     """One output item while it streams: added (``n`` set) or waiting its turn."""
 
     __slots__ = ("kind", "n", "id", "tool", "call_id", "name", "args", "extra", "parts", "logprobs", "done",
-                 "delta")
+                 "delta", "plain")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind  # "message" | "call"
@@ -52,6 +52,7 @@ class _Item:
         self.logprobs: list = []
         self.done = False
         self.delta = b""  # the open message's text-delta template
+        self.plain = b""  # the same for a text of no escapes, no logprobs: only the sequence number and text vary
 
 
 class ResponsesStream:
@@ -156,89 +157,120 @@ class ResponsesStream:
         return b"".join(out)
 
     def _read(self, events: list[bytes], out: list[bytes]) -> None:
-        for event in events:
+        i, n = 0, len(events)
+        while i < n:
             if self.done or self.error is not None:
                 break
             around = self._around
-            text = None
-            if around is not None and event.startswith(around[0]):
-                start = len(around[0])
-                if self._value_end:
-                    end = text_end(event, start, around[1], self._value_end)
-                elif event.endswith(around[1]) and len(event) >= start + len(around[1]):
-                    end = len(event) - len(around[1])
-                else:
-                    end = -1
-                raw = event[start:end]
-                message = self._message
-                if (
-                    end >= 0 and raw.find(b'"') < 0 and raw.find(b"\\") < 0
-                    and _CONTROL.search(raw) is None and message is not None and message is self._open
-                    and message.parts and message.parts[-1][0] == "output_text"
-                ):
-                    try:
-                        text = raw.decode()
-                    except UnicodeDecodeError:
-                        text = None  # not JSON: the parse below says so
-                if text is not None:
-                    self.events += 1
-                    if text:
-                        message.parts[-1][1].append(text)
-                        self.text_chars += len(text)
-                        out.append(message.delta % (self._seq, b'"' + raw + b'"', b"[]"))
-                        self._seq += 1
-                    continue
-            if event.startswith(b"data: ") and event.find(b"\n") < 0:
-                data = event[6:]
-            else:
-                data = event_data(event + b"\n\n")
-                if data is None:
-                    continue
-            if data == DONE:
-                out.append(self._complete())
-                continue
-            doc, error = read_chunk(data)
-            if error is not None:
-                self.error = error
+            if around is not None and events[i].startswith(around[0]):
+                i = self._plain(events, i, out)
+                if i == n:
+                    break
+            self._parse(events[i], out)
+            i += 1
+
+    def _plain(self, events: list[bytes], i: int, out: list[bytes]) -> int:
+        """Plain text deltas to the open message from ``events[i]`` on, each written from its
+        template without a parse: the bytes around its text are the learned ones, and the text holds
+        no quote, escape or control byte. The index of the first event that is not one."""
+        message = self._message
+        if message is None or message is not self._open or not message.parts or message.parts[-1][0] != "output_text":
+            return i
+        texts = message.parts[-1][1]
+        template = message.plain
+        before, after = self._around
+        start, cut, value_end = len(before), len(after), self._value_end
+        seq, chars, first, n = self._seq, 0, i, len(events)
+        while i < n:
+            event = events[i]
+            if not event.startswith(before):
                 break
+            if value_end:
+                end = text_end(event, start, after, value_end)
+                if end < 0:
+                    break
+            elif event.endswith(after) and len(event) >= start + cut:
+                end = len(event) - cut
+            else:
+                break
+            raw = event[start:end]
+            if _PLAIN.fullmatch(raw) is None:
+                break
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                break  # not JSON: the parse says so
+            if text:
+                texts.append(text)
+                chars += len(text)
+                out.append(template % (seq, raw))
+                seq += 1
+            i += 1
+        self._seq = seq
+        self.text_chars += chars
+        self.events += i - first
+        return i
+
+    def _parse(self, event: bytes, out: list[bytes]) -> None:
+        """One upstream event read through its parse."""
+        if event.startswith(b"data: ") and event.find(b"\n") < 0:
+            data = event[6:]
+        else:
+            data = event_data(event + b"\n\n")
+            if data is None:
+                return
+        if data == DONE:
+            out.append(self._complete())
+            return
+        doc, error = read_chunk(data)
+        if error is not None:
+            self.error = error
+            return
+        choices = doc.get("choices")
+        self.events += 1
+        if not self._started:
+            out.append(self._start(doc))
+        if self._normalise is not None:
+            self._normalise(doc, self)
             choices = doc.get("choices")
-            self.events += 1
-            if not self._started:
-                out.append(self._start(doc))
-            if self._normalise is not None:
-                self._normalise(doc, self)
-                choices = doc.get("choices")
-            usage = doc.get("usage")
-            if usage is not None:
-                reported = Usage.from_upstream(usage)
-                if reported is not None:
-                    self.usage = reported
-            if type(choices) is not list or not choices:
-                continue
-            choice = choices[0]
-            if type(choice) is not dict:
-                continue
-            delta = choice.get("delta")
-            message = self._message
-            if (
-                message is not None and message is self._open and type(delta) is dict and not self._logprobs
-                and message.parts and message.parts[-1][0] == "output_text"
-                and delta.get("tool_calls") is None and not delta.get("refusal")
-            ):
-                text = delta.get("content")
-                if type(text) is str:
-                    if text:
-                        message.parts[-1][1].append(text)
-                        self.text_chars += len(text)
-                        out.append(message.delta % (self._seq, orjson.dumps(text), b"[]"))
-                        self._seq += 1
-                    finish = choice.get("finish_reason")
-                    if finish:
-                        self._finish = finish
-                    elif self._around is None and self._normalise is None and usage is None:
-                        self._learn_around(event)
-                    continue
-            self._choice(choice, out)
+        usage = doc.get("usage")
+        if usage is not None:
+            reported = Usage.from_upstream(usage)
+            if reported is not None:
+                self.usage = reported
+        if type(choices) is not list or not choices:
+            return
+        choice = choices[0]
+        if type(choice) is not dict:
+            return
+        delta = choice.get("delta")
+        message = self._message
+        if (
+            message is not None and message is self._open and type(delta) is dict and not self._logprobs
+            and message.parts and message.parts[-1][0] == "output_text"
+            and delta.get("tool_calls") is None and not delta.get("refusal")
+        ):
+            text = delta.get("content")
+            if type(text) is str:
+                if text:
+                    message.parts[-1][1].append(text)
+                    self.text_chars += len(text)
+                    out.append(message.delta % (self._seq, orjson.dumps(text), b"[]"))
+                    self._seq += 1
+                finish = choice.get("finish_reason")
+                if finish:
+                    self._finish = finish
+                elif self._around is None and self._normalise is None and usage is None:
+                    self._learn_around(event)
+                return
+        opened = message is None
+        self._choice(choice, out)
+        if (
+            opened and self._around is None and self._normalise is None and usage is None and not self._logprobs
+            and type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str
+            and not choice.get("finish_reason") and self._message is not None and self._message is self._open
+        ):
+            self._learn_around(event)  # a text alone that opened the message: its neighbours are read alike
 
     def _learn_around(self, event: bytes) -> None:
         around = text_around(event)
@@ -400,6 +432,7 @@ class ResponsesStream:
                 + b'","output_index":' + str(item.n).encode() + b',"content_index":' + str(i).encode()
                 + b',"delta":%b,"logprobs":%b}\n\n'
             )
+            item.plain = item.delta.replace(b'"delta":%b,"logprobs":%b', b'"delta":"%b","logprobs":[]')
         else:
             part = {"type": "refusal", "refusal": ""}
         return self._event("response.content_part.added", item_id=item.id, output_index=item.n, content_index=i,
