@@ -112,9 +112,12 @@ class LedgerWriter:
             log.exception("ledger upkeep failed")
 
     async def flush(self) -> None:
-        """Write everything queued; on failure put it in the spool. Replays the spool when possible."""
-        while self._queue:
-            batch, self._queue = self._queue[: self.batch], self._queue[self.batch:]
+        """Write everything queued when called; on failure put it in the spool. Replays the spool
+        when possible. What requests hand over meanwhile waits for the next flush: written as it
+        came, a steady trickle would make one store write every few requests."""
+        queued, self._queue = self._queue, []
+        for start in range(0, len(queued), self.batch):
+            batch = queued[start:start + self.batch]
             if self._spooled:
                 self._to_spool(batch)
                 continue
@@ -131,6 +134,7 @@ class LedgerWriter:
                 continue
             except asyncio.CancelledError:
                 self._to_spool(batch)  # written or not, it is safe in the spool: replays are idempotent
+                self._queue[:0] = queued[start + self.batch:]  # the rest goes first in the next flush
                 raise
             except Exception:
                 log.exception("ledger write failed: spooling %d entries", len(batch))

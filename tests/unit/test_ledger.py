@@ -86,6 +86,66 @@ async def test_an_outage_spools_then_replays_exactly_once(store, tmp_path):
     await meter.close()
 
 
+class Slow(Flaky):
+    """The real store, each write held until ``go`` is set; counts the writes."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__(store)
+        import asyncio
+
+        self.go = asyncio.Event()
+        self.writing = asyncio.Event()
+        self.writes = 0
+
+    async def record(self, entries):
+        self.writes += 1
+        self.writing.set()
+        await self.go.wait()
+        return await self.store.record(entries)
+
+
+async def test_entries_handed_over_during_a_write_wait_for_the_next_flush(store, tmp_path):
+    """A steady trickle of requests makes one store write per flush, not one every few requests."""
+    import asyncio
+
+    slow = Slow(store)
+    meter = LedgerWriter(slow, tmp_path / "spool", batch=100, interval=10)
+    meter.record(entry(0))
+    flushing = asyncio.create_task(meter.flush())
+    await slow.writing.wait()
+    for n in range(1, 4):
+        meter.record(entry(n))
+    slow.go.set()
+    await flushing
+    assert slow.writes == 1 and await store.ledger_count() == 1 and meter.depth == 3
+    await meter.flush()
+    assert slow.writes == 2 and await store.ledger_count() == 4 and await used(store) == 40
+    await meter.close()
+
+
+async def test_a_flush_cancelled_mid_write_loses_nothing(store, tmp_path):
+    """The batch in the store when the flush is cancelled goes to the spool; the batches after it
+    stay queued, first in line: every entry is billed once."""
+    import asyncio
+
+    slow = Slow(store)
+    meter = LedgerWriter(slow, tmp_path / "spool", batch=2, interval=10)
+    for n in range(5):
+        meter.record(entry(n))
+    flushing = asyncio.create_task(meter.flush())
+    await slow.writing.wait()
+    meter.record(entry(5))
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert meter.spool.size() > 0 and meter.depth == 4
+    slow.go.set()
+    await meter.spool.replay(store, 100)
+    await meter.flush()
+    assert await store.ledger_count() == 6 and await used(store) == 60
+    await meter.close()
+
+
 async def test_the_next_process_replays_what_a_stopped_one_spooled(store, tmp_path):
     spool = Spool(tmp_path / "spool", "gone-1")
     spool.append([entry(1), entry(2)])
