@@ -43,6 +43,7 @@ CLIENT_APIS = {
     "messages": ("/messages", {"x-api-key": "{key}"}, ("non_stream", "stream")),
 }
 BODIES = {"non_stream": "plain", "non_stream_stored": "plain_stored", "stream": "stream"}
+CHAT_LOADS = ("non_stream", "stream")  # the loads of a client API that chat has too
 MESSAGES_MAX_TOKENS = 1024
 OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
 HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
@@ -363,16 +364,22 @@ class Bench:
 
     def client_api(self, system: System, api: str) -> dict:
         """A client API on the same gateway, right after its chat phases: the same loads through its
-        route, for CPU per request and per relayed event against chat in the same run."""
+        route, for CPU per request and per relayed event against chat in the same run. Each load
+        chat also has is measured through chat right before (``chat_paired``): the API is divided by
+        chat in the same state of the worker and its store, not by chat minutes and phases earlier."""
         a = self.args
         path, headers, loads = CLIENT_APIS[api]
         token = system.headers.get("Authorization", "").removeprefix("Bearer ")
         other = dataclasses.replace(system, key=f"{system.key}-{api}", url=system.url.replace("/chat/completions", path),
                                     headers={k: v.format(key=token) for k, v in headers.items()} or system.headers,
                                     owned=False)
-        out: dict = {"throughput": {}}
+        out: dict = {"throughput": {}, "chat_paired": {}}
         for name in loads:
             body = f"{api}_{BODIES[name]}"
+            if name in CHAT_LOADS:
+                log(f"{system.key}: throughput c={CONCURRENCY} {name} (chat, paired with {api}), {a.duration}s")
+                out["chat_paired"][name] = self.accounted(
+                    system, lambda name=name: self.throughput(system, BODIES[name], a.duration))
             log(f"{other.key}: throughput c={CONCURRENCY} {name}, {a.duration}s")
             if a.warmup >= 1 or not self.wrk:
                 self.throughput(other, body, a.warmup)

@@ -54,6 +54,8 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         for kind in kinds:
             assert phase["throughput"][kind]["rps"] > 0, (api, kind, phase["throughput"][kind])
         assert phase["long_streams"]["events"] >= 4 * 20 and phase["long_streams"]["failed"] == 0, (api, phase["long_streams"])
+        assert {kind: phase["chat_paired"][kind]["rps"] > 0 for kind in ("non_stream", "stream")} == {
+            "non_stream": True, "stream": True}, phase["chat_paired"]
     for name, rows in (("Responses API", 8), ("Messages API", 6)):  # gateway and gateway@HEAD
         measured = {t["target"]: t["value"] for t in result["targets"] if t["target"].startswith(name)}
         assert len(measured) == rows and all(v is not None for v in measured.values()), measured
@@ -188,6 +190,23 @@ def test_targets_compare_with_bare_litellm_and_one_worker_and_name_what_was_not_
     assert rows["every conformance recording passes (tests/conformance/test_recordings.py)"]["met"] is False
     table = "\n".join(report.targets_markdown(out))
     assert table.count("**not met**") == 5 and "| 2 workers: CPU per non-stream request" in table
+
+
+def test_a_client_api_is_divided_by_chat_measured_right_before_it():
+    def load(cpu_us: float) -> dict:
+        return {"rps": 1000, "cpu": {"per_1000_requests_s": cpu_us / 1000}}
+
+    gateway = {"throughput": {"non_stream": load(100), "stream": load(150)},
+               "responses": {"throughput": {"non_stream": load(140), "stream": load(210)},
+                             "chat_paired": {"non_stream": load(120), "stream": load(170)}},
+               "messages": {"throughput": {"non_stream": load(125), "stream": load(180)}}}
+    rows = {t["target"]: t for t in report.api_targets(gateway)}
+    responses = rows["Responses API CPU per 10-event stream request <= 1.3x chat"]
+    assert round(responses["value"], 3) == round(210 / 170, 3) and responses["met"] is True
+    assert "chat measured right before" in responses["note"]
+    assert round(rows["Responses API CPU per non-stream request <= 1.3x chat"]["value"], 3) == round(140 / 120, 3)
+    messages = rows["Messages API CPU per non-stream request <= 1.3x chat"]  # a run without the pairing
+    assert messages["value"] == 1.25 and "chat its own phase" in messages["note"]
 
 
 def test_a_second_worker_is_also_measured_against_the_bare_proxys_second_worker():
