@@ -30,6 +30,7 @@ PHASES = {
     "refused": ("plain", "/chat/completions"),
     "responses": ("responses_plain", "/responses"),
     "responses-stream": ("responses_stream", "/responses"),
+    "responses-stored": ("responses_plain_stored", "/responses"),
     "long": ("long", "/chat/completions"),
 }
 LONG_CHUNKS, LONG_SPACING = 200, 0.01
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--systems", default="gateway,gateway@HEAD", type=lambda s: s.split(","))
     p.add_argument("--phases", default="stream,plain", type=lambda s: s.split(","),
                    help="plain (non-stream), stream (10 events), refused (429s of a full window), "
-                        "responses, responses-stream (the same through the Responses API), "
+                        "responses, responses-stream (the same through the Responses API), responses-stored "
+                        "(non-stream with store: true, one store write each), "
                         "long (--long-streams streams of 200 events 10 ms apart: CPU per relayed event)")
     p.add_argument("--long-streams", type=int, default=400)
     p.add_argument("--rounds", type=int, default=6)
