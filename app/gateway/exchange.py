@@ -48,7 +48,9 @@ class Exchange:
         "response_bytes", "outcome", "status", "code", "reservation", "task", "api",
     )
 
-    def __init__(self, services: Services, prompt_bytes: int, client_id: str | None, api: str = "chat") -> None:
+    def __init__(self, services: Services, prompt_bytes: int, client_id: str | None, api: str = "chat",
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """``loop``: the running loop, when the caller has it (looking it up is a system call)."""
         self.services = services
         self.api = api
         self.started = time.perf_counter()
@@ -71,7 +73,7 @@ class Exchange:
         self.status = 200
         self.code: str | None = None
         self.reservation: Reservation | None = None
-        self.task = asyncio.current_task()
+        self.task = asyncio.current_task(loop)
 
     def __enter__(self) -> "Exchange":
         self.services.exchanges.add(self)
@@ -82,7 +84,7 @@ class Exchange:
         if isinstance(exc, asyncio.CancelledError):
             if self.was_cut and self.upstream is None:
                 # The drain deadline, not the caller, ended it before any answer began: a 503.
-                asyncio.current_task().uncancel()
+                self.task.uncancel()
                 cut = StreamCut()
             else:
                 self.fail("client_disconnected", 499)

@@ -22,7 +22,8 @@ async def create(request: Request, name: str, api_for: Callable[[Exchange], Any]
     services: Services = request.app.ctx.services
     await io.receive(request, services.settings)
     headers = request.headers
-    with Exchange(services, len(request.body), headers.get("x-request-id"), name) as exchange:
+    loop = getattr(getattr(request.stream, "protocol", None), "loop", None)  # None under an ASGI server
+    with Exchange(services, len(request.body), headers.get("x-request-id"), name, loop) as exchange:
         if id_header is not None:
             exchange.headers[id_header] = exchange.request_id
         request.ctx.headers = exchange.headers

@@ -118,3 +118,29 @@ async def test_a_responses_stream_not_stored_ends_as_chat_s_does(tmp_path, monke
                     assert writes[-1] == b"0\r\n\r\n"
                 else:
                     assert writes[-1].endswith(b"}\n\n\r\n0\r\n\r\n") and b"response.completed" in writes[-1]
+
+
+async def test_an_exchange_on_sanic_s_connection_holds_its_request_s_task(tmp_path, monkeypatch):
+    """The exchange is told the connection's loop (no lookup) and still holds the task serving it,
+    which a hang-up during admission cancels."""
+    import asyncio
+
+    from app.gateway.exchange import Exchange
+
+    monkeypatch.setattr(Sanic, "test_mode", True)
+    seen = []
+    made = Exchange.__init__
+
+    def init(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        loop = args[4] if len(args) > 4 else kwargs.get("loop")
+        seen.append((self.task, asyncio.current_task(), loop is asyncio.get_running_loop()))
+
+    monkeypatch.setattr(Exchange, "__init__", init)
+    async with served_on_socket(tmp_path, "exchange-task", 100, 1000) as (_, port, key):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            r = await client.post("/v1/chat/completions", content=orjson.dumps(user("hi", "zowy-1")),
+                                  headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+    assert r.status_code == 200
+    [(task, current, told)] = seen
+    assert told and task is current and task is not None
