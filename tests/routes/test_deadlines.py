@@ -219,5 +219,6 @@ def test_an_upstream_body_that_never_ends_is_a_502_in_bounded_memory(gateway, up
     assert grown < 32 * 1024 * 1024, f"the worker grew by {grown / 2**20:.1f} MiB"
     ids = support.upstream_request_ids(upstreams["openai"], marker)
     entries = support.wait_until(
-        lambda: [e for e in (support.run_store(gateway, lambda s, i=i: s.ledger_entry(i)) for i in ids) if e], timeout=10)
+        lambda: (e := [e for e in (support.run_store(gateway, lambda s, i=i: s.ledger_entry(i)) for i in ids) if e])
+        and len(e) == len(ids) and e, timeout=10)
     assert len(ids) == 8 and len(entries) == 8 and {e.outcome for e in entries} == {"upstream_error"}
