@@ -260,19 +260,23 @@ class ResponsesStream:
                 finish = choice.get("finish_reason")
                 if finish:
                     self._finish = finish
-                elif self._around is None and self._normalise is None and usage is None:
-                    self._learn_around(event)
+                else:
+                    self._learn_around(event, delta, usage)
                 return
-        opened = message is None
         self._choice(choice, out)
-        if (
-            opened and self._around is None and self._normalise is None and usage is None and not self._logprobs
-            and type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str
-            and not choice.get("finish_reason") and self._message is not None and self._message is self._open
-        ):
-            self._learn_around(event)  # a text alone that opened the message: its neighbours are read alike
+        if not choice.get("finish_reason"):
+            self._learn_around(event, delta, usage)
 
-    def _learn_around(self, event: bytes) -> None:
+    def _learn_around(self, event: bytes, delta: Any, usage: Any) -> None:
+        """Once, from a chunk that is a text alone to the open message (as OpenAI's are): the bytes
+        around its text, so that its neighbours are read without a parse."""
+        message = self._message
+        if (
+            self._around is not None or self._normalise is not None or usage is not None or self._logprobs
+            or type(delta) is not dict or len(delta) != 1 or type(delta.get("content")) is not str
+            or message is None or message is not self._open
+        ):
+            return
         around = text_around(event)
         if around is None:
             return
