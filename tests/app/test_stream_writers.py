@@ -76,13 +76,19 @@ class _Recorded:
         return getattr(self._transport, name)
 
 
-async def test_a_stream_s_last_piece_goes_out_with_the_body_s_end(tmp_path, monkeypatch):
+@pytest.fixture
+def writes(monkeypatch) -> list[bytes]:
+    """What each write of the connections of a server started in the test sent, in order."""
+    monkeypatch.setattr(Sanic, "test_mode", True)
+    sent: list[bytes] = []
+    made = GatewayProtocol.connection_made
+    monkeypatch.setattr(GatewayProtocol, "connection_made", lambda self, transport: made(self, _Recorded(transport, sent)))
+    return sent
+
+
+async def test_a_stream_s_last_piece_goes_out_with_the_body_s_end(tmp_path, writes):
     """The piece that carries [DONE] and the chunked body's end are one write, for a stream that
     comes in many reads and for one whose first read holds it all."""
-    monkeypatch.setattr(Sanic, "test_mode", True)
-    writes: list[bytes] = []
-    made = GatewayProtocol.connection_made
-    monkeypatch.setattr(GatewayProtocol, "connection_made", lambda self, transport: made(self, _Recorded(transport, writes)))
     async with served_on_socket(tmp_path, "ending", 100, 1000) as (_, port, key):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             for body in (BODY, user("one piece [[fake:chunks=1]]", "zowy-1", stream=True)):
@@ -94,13 +100,9 @@ async def test_a_stream_s_last_piece_goes_out_with_the_body_s_end(tmp_path, monk
                 assert b"".join(writes).count(b"\r\n0\r\n\r\n") == 1 and b"0\r\n\r\n" not in writes
 
 
-async def test_a_responses_stream_not_stored_ends_as_chat_s_does(tmp_path, monkeypatch):
+async def test_a_responses_stream_not_stored_ends_as_chat_s_does(tmp_path, writes):
     """Not stored, a Responses stream is relayed as chat's is: its terminal event and the body's end
     are one write. Stored, the terminal event waits for the store and still ends the body."""
-    monkeypatch.setattr(Sanic, "test_mode", True)
-    writes: list[bytes] = []
-    made = GatewayProtocol.connection_made
-    monkeypatch.setattr(GatewayProtocol, "connection_made", lambda self, transport: made(self, _Recorded(transport, writes)))
     async with served_on_socket(tmp_path, "responses-ending", 100, 1000) as (_, port, key):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             for text, store in (("many [[fake:chunks=40]]", False), ("one [[fake:chunks=1]]", False),
