@@ -4,6 +4,7 @@ over minutes falls on every system alike. Finer than one run of bench.run for di
 per cent; it measures nothing else.
 
 ``python -m bench.ab --systems gateway,gateway@HEAD --rounds 6 --seconds 5 --phases stream,plain,refused``
+(``gateway-2w``, ``bare-2w``: the same in two worker processes)
 (``--syscalls``: the reads, writes and context switches, waits and preemptions, each system made per
 request or event too; ``--upstream-on generators``: the fake upstream off the systems' core)
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import syscalls, systems, wrk
 from .procs import cpu_plan, cpu_seconds, free_port
-from .run import bodies, loadgen
+from .loads import bodies, loadgen
 from .variants import Trees, is_gateway
 
 
@@ -37,20 +38,27 @@ LONG_CHUNKS, LONG_SPACING = 200, 0.01
 
 
 def _headers(system: systems.System, phase: str) -> dict[str, str]:
-    if phase != "refused":
-        return system.headers
-    if not system.limited_headers:
-        raise SystemExit(f"{system.key} has no limited key: the refused phase is for gateways")
-    return system.limited_headers
+    return system.limited_headers if phase == "refused" else system.headers
+
+
+def applies(key: str, phase: str, only: dict[str, list[str]] | None = None) -> bool:
+    """Whether ``phase`` is measured on the system ``key``: the refused phase needs a gateway's limited
+    key; ``only`` may name the phases of some systems."""
+    if only and key in only and phase not in only[key]:
+        return False
+    return phase != "refused" or key.startswith("gateway")
 
 
 def _start(key: str, ctx: systems.Context, trees: Trees) -> systems.System:
-    if key == "bare":
-        return systems.bare(ctx)
-    if not is_gateway(key):
-        raise SystemExit(f"bench.ab compares gateway, gateway@<rev> and bare, not {key!r}")
-    tree, info = trees.tree(key)
-    return systems.gateway(ctx, free_port(), key=key, tree=tree, tree_info=info)
+    """``key``: bare, gateway or gateway@<rev>, with ``-<n>w`` for n worker processes."""
+    match = re.fullmatch(r"(.+?)(?:-(\d+)w)?", key)
+    name, workers = match.group(1), int(match.group(2) or 1)
+    if name == "bare":
+        return systems.bare(ctx, key=key, workers=workers)
+    if not is_gateway(name):
+        raise SystemExit(f"bench.ab compares gateway, gateway@<rev> and bare (each with -<n>w for n workers), not {key!r}")
+    tree, info = trees.tree(name)
+    return systems.gateway(ctx, free_port(), key=key, tree=tree, tree_info=info, workers=workers)
 
 
 def _long(url: str, body: Path, headers: dict[str, str], args: argparse.Namespace, gen_cpus) -> dict:
@@ -68,8 +76,10 @@ Counted = dict[tuple[str, str], list[dict[str, float]]]
 
 def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
     """(system, phase) -> [(CPU µs per request, requests per second)] for every round, and with
-    ``args.syscalls`` -> [{reads, writes, waits, preempted} per request] for every round."""
+    ``args.syscalls`` -> [{reads, writes, waits, preempted} per request] for every round;
+    ``args.only`` (optional): system -> the phases it is measured in, where not all."""
     gen_cpus, sut_cpus = cpu_plan(True)
+    only = getattr(args, "only", None)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
         work = Path(tmp)
         ctx = systems.Context(work, sut_cpus, install=False)
@@ -86,13 +96,15 @@ def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
             scripts = {(key, phase): wrk.script(work / re.sub(r"[^A-Za-z0-9._-]", "_", f"{key}-{phase}.lua"),
                                                 files[PHASES[phase][0]].read_bytes(),
                                                 {**_headers(started[key], phase), "Content-Type": "application/json"})
-                       for key in started for phase in args.phases}
+                       for key in started for phase in args.phases if applies(key, phase, only)}
             results: Rounds = {k: [] for k in scripts}
             counted: Counted = {k: [] for k in scripts}
             for round_ in range(args.rounds):
                 order = args.systems if round_ % 2 == 0 else args.systems[::-1]
                 for phase in args.phases:
                     for key in order:
+                        if not applies(key, phase, only):
+                            continue
                         system = started[key]
                         pids = system.pids()
                         url = system.url.replace("/chat/completions", PHASES[phase][1])
@@ -132,11 +144,13 @@ def report(results: Rounds, systems_: list[str], phases: list[str]) -> str:
     lines = ["| phase | system | CPU µs / request or event (median) | rps (median) | CPU ratio to " + systems_[0] + " |",
              "|---|---|---:|---:|---:|"]
     for phase in phases:
-        first = statistics.median(cpu for cpu, _ in results[(systems_[0], phase)])
+        first = statistics.median(cpu for cpu, _ in results[(systems_[0], phase)]) if (systems_[0], phase) in results else None
         for key in systems_:
+            if (key, phase) not in results:
+                continue
             cpu = statistics.median(c for c, _ in results[(key, phase)])
             rps = statistics.median(r for _, r in results[(key, phase)])
-            lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {cpu / first:.3f} |")
+            lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {f'{cpu / first:.3f}' if first else '–'} |")
     return "\n".join(lines)
 
 
@@ -147,6 +161,8 @@ def syscall_report(counted: Counted, systems_: list[str], phases: list[str]) -> 
              "|---|---|" + "---:|" * len(syscalls.NAMES)]
     for phase in phases:
         for key in systems_:
+            if (key, phase) not in counted:
+                continue
             rounds = counted[(key, phase)]
             cells = [f"{statistics.median(r[name] for r in rounds):.3f}" if all(name in r for r in rounds) else "–"
                      for name in syscalls.NAMES]

@@ -132,7 +132,26 @@ def targets(out: dict) -> list[dict]:
     return rows
 
 
+def interleaved(out: dict, phase: str, key: str, field: str = "cpu_us"):
+    """``key``'s median of the run's interleaved rounds (bench/ab.py) in ``phase``, or None."""
+    return _get(out, "interleaved", "phases", phase, key, field)
+
+
+def _medians(out: dict, phase: str, a: str, b: str, field: str = "cpu_us") -> tuple | None:
+    """(a's, b's) medians of the interleaved rounds in ``phase``, when the run has both."""
+    pair = interleaved(out, phase, a, field), interleaved(out, phase, b, field)
+    return pair if None not in pair else None
+
+
+def _rounds_note(out: dict, pair: tuple, single: tuple, unit: str, digits: int = 1) -> str:
+    """A target's note: the medians it reads, and what the systems' own phases measured."""
+    n = _get(out, "interleaved", "rounds")
+    return (f"{_f(pair[0], digits)} / {_f(pair[1], digits)} {unit}, medians of {n} interleaved rounds; "
+            f"in each system's own phase {_f(single[0], digits)} / {_f(single[1], digits)}")
+
+
 # Chat Completions against the bare proxy; the Responses API's rows against chat on the same gateway.
+# The gateway's ratios to the bare proxy read from the interleaved rounds when the run has them.
 def gateway_targets(out: dict, key: str) -> list[dict]:
     s = out["systems"]
     g, b, lite = s[key], s.get("bare"), s.get("litellm")
@@ -140,6 +159,13 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     ev_g, ev_b = cpu_per_event(g), cpu_per_event(b)
     ns_g, ns_b = cpu_per_request_us(g), cpu_per_request_us(b)
     refused = _get(g, "refusal", "cpu_per_refused_us")
+    rounds = key == "gateway" and bool(_get(out, "interleaved", "phases"))
+    ev_pair = _medians(out, "long", key, "bare") if rounds else None
+    ns_pair = _medians(out, "plain", key, "bare") if rounds else None
+    st_pair = _medians(out, "stream", key, "bare", "rps") if rounds else None
+    refused_pair = _medians(out, "refused", key, key) if rounds else None
+    if refused_pair:
+        refused_pair = (refused_pair[0], interleaved(out, "plain", key))
     os_ = g.get("open_streams") or {}
     rss_note = (f"largest process grew {_f(os_.get('rss_largest_growth_mb'), 1)} MB with {os_.get('open')} streams open "
                 f"(absolute {_f(os_.get('rss_largest_process_mb'), 1)} MB)")
@@ -151,14 +177,18 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     pv_g, pv_b = cpu_per_event(g, "paced_streams"), cpu_per_event(b, "paced_streams")
     paced = out.get("config", {}).get("paced_streams") or {}
     rows = [
-        _target(f"CPU per relayed event (long streams) <= 0.9x bare{tag}", _div(ev_g, ev_b), 0.9, False, "x",
-                f"{_f(ev_g, 1)} / {_f(ev_b, 1)} µs per event"),
+        _target(f"CPU per relayed event (long streams) <= 0.9x bare{tag}", _div(*(ev_pair or (ev_g, ev_b))), 0.9, False,
+                "x", _rounds_note(out, ev_pair, (ev_g, ev_b), "µs per event") if ev_pair
+                else f"{_f(ev_g, 1)} / {_f(ev_b, 1)} µs per event"),
         _target(f"CPU per relayed event, paced ({paced.get('streams')} long streams, events on time) <= 0.9x bare{tag}",
                 _div(pv_g, pv_b), 0.9, False, "x", f"{_f(pv_g, 1)} / {_f(pv_b, 1)} µs per event"),
-        _target(f"CPU per non-stream request <= 1.6x bare{tag}", _div(ns_g, ns_b), 1.6, False, "x",
-                f"{_f(ns_g, 0)} / {_f(ns_b, 0)} µs per request (c=32)"),
-        _target(f"10-event stream throughput >= 0.8x bare (c=32){tag}", _div(rps(g, "stream"), rps(b, "stream")),
-                0.8, True, "x", f"{_f(rps(g, 'stream'), 0)} / {_f(rps(b, 'stream'), 0)} rps"),
+        _target(f"CPU per non-stream request <= 1.6x bare{tag}", _div(*(ns_pair or (ns_g, ns_b))), 1.6, False, "x",
+                _rounds_note(out, ns_pair, (ns_g, ns_b), "µs per request (c=32)", 0) if ns_pair
+                else f"{_f(ns_g, 0)} / {_f(ns_b, 0)} µs per request (c=32)"),
+        _target(f"10-event stream throughput >= 0.8x bare (c=32){tag}",
+                _div(*(st_pair or (rps(g, "stream"), rps(b, "stream")))), 0.8, True, "x",
+                _rounds_note(out, st_pair, (rps(g, "stream"), rps(b, "stream")), "rps", 0) if st_pair
+                else f"{_f(rps(g, 'stream'), 0)} / {_f(rps(b, 'stream'), 0)} rps"),
         _target(f"added p50 at c=1 over bare <= 0.1 ms{tag}", _sub(p50_c1(g), p50_c1(b)), 0.1, False, " ms",
                 "gateway p50 - bare p50" + (f"; each minus its direct reference: {_f(paired, 3)} ms" if paired is not None else "")),
     ]
@@ -166,8 +196,10 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
         rows.append(_target(f"throughput >= 40x LiteLLM, {name} (c=32){tag}", _div(rps(g, kind), rps(lite, kind)), 40, True,
                             "x", f"{_f(rps(g, kind), 0)} / {_f(rps(lite, kind), 1)} rps" if lite else "LiteLLM not in this run"))
     rows += [
-        _target(f"refused (429) request CPU <= 0.4x admitted non-stream request{tag}", _div(refused, ns_g), 0.4, False, "x",
-                f"{_f(refused, 0)} / {_f(ns_g, 0)} µs per request; refused from memory (no store operation)"),
+        _target(f"refused (429) request CPU <= 0.4x admitted non-stream request{tag}",
+                _div(*(refused_pair or (refused, ns_g))), 0.4, False, "x",
+                (_rounds_note(out, refused_pair, (refused, ns_g), "µs per request", 0) if refused_pair
+                 else f"{_f(refused, 0)} / {_f(ns_g, 0)} µs per request") + "; refused from memory (no store operation)"),
         _target(f"RSS <= 60 MB per 1,000 open streams in a worker{tag}", os_.get("rss_per_1000_streams_mb"), 60, False,
                 " MB", rss_note),
         {"target": f"stream bytes out == bytes in except id, model, system_fingerprint{tag}",
@@ -176,7 +208,7 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
          "note": "" if fid.get("met") or not fid else str(fid.get("first_difference") or fid.get("error"))[:200]},
     ]
     if key == "gateway" and s.get(TWO_WORKERS):
-        rows += two_worker_targets(g, s[TWO_WORKERS], b, s.get(BARE_TWO_WORKERS))
+        rows += two_worker_targets(out, g, s[TWO_WORKERS], b, s.get(BARE_TWO_WORKERS))
     rows.append({"target": f"capacity (streams held at added gap p99 <= 50 ms): gateway / bare{tag}", "value": _div(cap_g, cap_b),
                  "threshold": "reported", "met": "reported", "note": f"{_f(cap_g)} / {_f(cap_b)} streams"})
     rss_row = next(r for r in rows if r["target"].startswith("RSS"))
@@ -186,25 +218,35 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     return rows
 
 
-def two_worker_targets(g: dict, two: dict, b: dict, bare_two: dict | None) -> list[dict]:
+def two_worker_targets(out: dict, g: dict, two: dict, b: dict, bare_two: dict | None) -> list[dict]:
     """A second worker's cost per request under the same load: as measured, and beside the bare
     proxy's own second worker (two event loops time-sliced on the one core the bench gives the
-    system) when the run has it, so what is left is what the gateway's workers add by sharing."""
+    system) when the run has it, so what is left is what the gateway's workers add by sharing. From
+    the interleaved rounds when the run has them: one phase's ratio swings with how the load's
+    connections happen to split between the two workers."""
     rows = []
+    phase = {"non_stream": "plain", "stream": "stream"}
     for kind, name in (("non_stream", "non-stream"), ("stream", "stream")):
-        one_cpu, two_cpu = cpu_per_request_us(g, kind), cpu_per_request_us(two, kind)
+        single = cpu_per_request_us(two, kind), cpu_per_request_us(g, kind)
+        pair = _medians(out, phase[kind], TWO_WORKERS, "gateway")
         rows.append(_target(f"2 workers: CPU per {name} request within 10 % of 1 worker's (same load, c=32)",
-                            _div(two_cpu, one_cpu), 1.1, False, "x",
-                            f"{_f(two_cpu, 0)} / {_f(one_cpu, 0)} µs per request; {_f(rps(two, kind), 0)} / "
+                            _div(*(pair or single)), 1.1, False, "x",
+                            _rounds_note(out, pair, single, "µs per request", 0) if pair else
+                            f"{_f(single[0], 0)} / {_f(single[1], 0)} µs per request; {_f(rps(two, kind), 0)} / "
                             f"{_f(rps(g, kind), 0)} rps"))
     if not bare_two:
         return rows
     for kind, name in (("non_stream", "non-stream"), ("stream", "stream")):
         gateway = _div(cpu_per_request_us(two, kind), cpu_per_request_us(g, kind))
         bare = _div(cpu_per_request_us(bare_two, kind), cpu_per_request_us(b, kind))
+        pairs = _medians(out, phase[kind], TWO_WORKERS, "gateway"), _medians(out, phase[kind], BARE_TWO_WORKERS, "bare")
+        note = f"gateway {_f(gateway, 3)}, bare proxy {_f(bare, 3)}"
+        if None not in pairs:
+            note = (f"gateway {_f(_div(*pairs[0]), 3)}, bare proxy {_f(_div(*pairs[1]), 3)}, medians of "
+                    f"{_get(out, 'interleaved', 'rounds')} interleaved rounds; in each system's own phase {note}")
+            gateway, bare = _div(*pairs[0]), _div(*pairs[1])
         rows.append(_target(f"2 workers: the gateway's 2-worker / 1-worker CPU per {name} request within 10 % of "
-                            "the bare proxy's (same load, c=32)", _div(gateway, bare), 1.1, False, "x",
-                            f"gateway {_f(gateway, 3)}, bare proxy {_f(bare, 3)}"))
+                            "the bare proxy's (same load, c=32)", _div(gateway, bare), 1.1, False, "x", note))
     return rows
 
 
@@ -387,6 +429,7 @@ def markdown(out: dict) -> str:
     lines += streams_markdown(out)
     if out.get("variants"):
         lines += variants_markdown(out["variants"])
+    lines += interleaved_markdown(out.get("interleaved"))
     lines += ["", "## Targets", "", *targets_markdown(out)]
     cc = out.get("client_comparison") or {}
     if cc:
@@ -422,6 +465,29 @@ def markdown(out: dict) -> str:
     if out.get("skipped"):
         lines += ["", "Skipped / failed: " + "; ".join(f"{k}: {v.splitlines()[0][:300]}" for k, v in out["skipped"].items())]
     return "\n".join(lines) + "\n"
+
+
+ROUND_PHASES = {"plain": "non-stream, c=32", "stream": "10-event stream, c=32", "refused": "refused (429), c=32",
+                "long": "long streams, per relayed event"}
+
+
+def interleaved_markdown(il: dict | None) -> list[str]:
+    """The interleaved rounds: each system's median, and every round, per phase."""
+    if not il:
+        return []
+    lines = ["", "## Interleaved rounds", ""]
+    if il.get("error"):
+        return lines + [f"Failed: {il['error'][:300]}"]
+    lines += [f"The systems started afresh and measured again, {il['rounds']} rounds of {il['seconds']} s a phase, "
+              "each round in the order opposite the last (bench/ab.py); the targets between systems read from "
+              "these medians.", "",
+              "| phase | system | CPU µs (median) | rps (median) | CPU µs, each round |", "|---|---|---:|---:|---|"]
+    for phase, by_system in il["phases"].items():
+        for key, m in by_system.items():
+            rounds = ", ".join(_f(c, 1) for c in m["cpu_rounds_us"])
+            lines.append(f"| {ROUND_PHASES.get(phase, phase)} | {label_of(key)} | {_f(m['cpu_us'], 1)} "
+                         f"| {_f(m['rps'], 0)} | {rounds} |")
+    return lines
 
 
 def streams_markdown(out: dict) -> list[str]:

@@ -18,6 +18,7 @@ import re
 import resource
 import shutil
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,8 @@ import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import bakeoff, capacity, fidelity, machine, procs, report, systems, variants, wrk
+from . import ab, bakeoff, capacity, fidelity, machine, procs, report, systems, variants, wrk
+from .loads import CAPACITY_CHUNKS, CAPACITY_DELAY, STREAM_CHUNKS, bodies, loadgen
 from .procs import ROOT, cmdline, cpu_plan, cpu_seconds, free_port, raise_nofile, rss_bytes
 from .systems import Context, System, Unavailable
 
@@ -44,76 +46,13 @@ CLIENT_APIS = {
 }
 BODIES = {"non_stream": "plain", "non_stream_stored": "plain_stored", "stream": "stream"}
 CHAT_LOADS = ("non_stream", "stream")  # the loads of a client API that chat has too
-MESSAGES_MAX_TOKENS = 1024
 OTHER_CLIENTS = ("httpx", "httpx-aiohttp")
 HIDDEN = (systems.UPSTREAM_MODEL, "fp_fake123")
-PROMPT = "You are a helpful assistant. Answer briefly."
-STREAM_CHUNKS = 10  # tokens of the stream throughput phase's answers
-CAPACITY_CHUNKS, CAPACITY_DELAY = 500, 0.02  # 50 events/s per stream
 CAPACITY_BOUND_MS = 50.0  # added inter-event gap p99 a held stream may see
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def loadgen(mode: str, url: str, body: Path, headers: dict[str, str], opts, cpus, timeout: float = 600) -> dict:
-    """``python -m bench.loadgen MODE`` on the generators' CPUs: what it measured (its RESULT line)."""
-    args = [sys.executable, "-m", "bench.loadgen", mode, "--url", url, "--body-file", str(body)]
-    for name, value in headers.items():
-        args += ["--header", f"{name}: {value}"]
-    out = subprocess.run([*args, *opts], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                         preexec_fn=procs.preexec(cpus))
-    for line in out.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise RuntimeError(f"load generator failed ({out.returncode}): {out.stderr[-2000:]}")
-
-
-def bodies(work: Path, hold_chunks: int, hold_delay: float, long_chunks: int, long_delay: float) -> dict[str, Path]:
-    def body(stream: bool, text: str) -> bytes:
-        doc = {"model": systems.PUBLIC_MODEL,
-               "messages": [{"role": "system", "content": PROMPT}, {"role": "user", "content": text}]}
-        if stream:
-            doc["stream"] = True
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-    def responses(stream: bool, text: str, store: bool = False) -> bytes:
-        doc = {"model": systems.PUBLIC_MODEL, "instructions": PROMPT, "input": text, "store": store}
-        if stream:
-            doc["stream"] = True
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-    def messages(stream: bool, text: str) -> bytes:
-        doc = {"model": systems.PUBLIC_MODEL, "max_tokens": MESSAGES_MAX_TOKENS, "system": PROMPT,
-               "messages": [{"role": "user", "content": text}]}
-        if stream:
-            doc["stream"] = True
-        return json.dumps(doc, separators=(",", ":")).encode()
-
-    files = {
-        "plain": body(False, "Say hello to the benchmark, please."),
-        "stream": body(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
-        "hold": body(True, f"Keep this stream open. [[fake:chunks={hold_chunks},delay={hold_delay}]]"),
-        "long": body(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
-        "capacity": body(True, f"Write a long answer. [[fake:chunks={CAPACITY_CHUNKS},delay={CAPACITY_DELAY}]]"),
-        # The same conversations through the Responses API (store: false, as Codex sends it; and the
-        # default, stored, for the non-stream request).
-        "responses_plain": responses(False, "Say hello to the benchmark, please."),
-        "responses_plain_stored": responses(False, "Say hello to the benchmark, please.", store=True),
-        "responses_stream": responses(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
-        "responses_long": responses(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
-        # And through the Messages API (max_tokens is required there).
-        "messages_plain": messages(False, "Say hello to the benchmark, please."),
-        "messages_stream": messages(True, f"Say hello to the benchmark, please. [[fake:chunks={STREAM_CHUNKS}]]"),
-        "messages_long": messages(True, f"Write a long answer. [[fake:chunks={long_chunks},delay={long_delay}]]"),
-    }
-    out = {}
-    for name, data in files.items():
-        path = work / f"body-{name}.json"
-        path.write_bytes(data)
-        out[name] = path
-    return out
 
 
 def per_thousand(before: dict[int, int], peak: dict[int, int], streams: int) -> dict:
@@ -491,6 +430,8 @@ class Bench:
                 if upstream is not None:
                     upstream.stop()
             self.trees.close()
+        if a.rounds:
+            out["interleaved"] = self.interleaved()
         if a.micro:
             out["micro"] = self.micro()
         if a.conformance:
@@ -588,6 +529,33 @@ class Bench:
             _pin(upstream, self.sut_cpus)
         return results
 
+    def interleaved(self) -> dict | None:
+        """The gateway and the bare proxy (and their 2-worker runs, when this run has them), started
+        afresh and measured in rounds that alternate their order (bench/ab.py): non-stream, 10-event
+        streams, long streams, and the gateway's refusals. One phase per system, minutes apart, moves
+        by a fifth between runs; the ratios between systems read from these rounds' medians."""
+        a = self.args
+        keys = [k for k in ("gateway", "bare", report.TWO_WORKERS, report.BARE_TWO_WORKERS) if k in a.systems]
+        if "gateway" not in keys or "bare" not in keys:
+            return None
+        phases = ["plain", "stream", "refused"] + (["long"] if a.long_streams else [])
+        log(f"interleaved: {', '.join(keys)}; {', '.join(phases)}; {a.rounds} rounds, {a.round_seconds} s each")
+        only = {k: ["plain", "stream"] for k in (report.TWO_WORKERS, report.BARE_TWO_WORKERS)}
+        try:
+            rounds, _ = ab.measure(argparse.Namespace(
+                systems=keys, phases=phases, rounds=a.rounds, seconds=a.round_seconds, long_streams=a.long_streams,
+                upstream_on=a.upstream_on, syscalls=False, only=only))
+        except (Exception, SystemExit) as exc:
+            log(f"interleaved: FAILED: {exc}")
+            return {"error": str(exc)[-2000:]}
+        out: dict = {"rounds": a.rounds, "seconds": a.round_seconds, "long_streams": a.long_streams, "phases": {}}
+        for (key, phase), values in rounds.items():
+            cpu, rps = [c for c, _ in values], [r for _, r in values]
+            out["phases"].setdefault(phase, {})[key] = {
+                "cpu_us": round(statistics.median(cpu), 1), "rps": round(statistics.median(rps), 1),
+                "cpu_rounds_us": [round(c, 1) for c in cpu], "rps_rounds": [round(r, 1) for r in rps]}
+        return out
+
     def conformance(self) -> dict:
         """The recorded upstream traffic replayed through this checkout's gateway to the OpenAI SDK
         (tests/conformance/test_recordings.py): how many recordings pass."""
@@ -676,6 +644,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also load the gateway through the Messages API (default: yes)")
     p.add_argument("--lean", action="store_true",
                    help="per system only the throughput and long-stream phases (the transport bake-off, bench/bakeoff.py)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds at the end: the gateway and the bare proxy (and their 2-worker runs) "
+                        "measured again in alternating order; the targets between them read from the medians "
+                        "(default 3; --quick and --lean 0; 0 skips them)")
+    p.add_argument("--round-seconds", type=int, default=6, help="seconds of each phase of an interleaved round")
     p.add_argument("--nice", type=int, default=None,
                    help="niceness of every bench process (default -5 as root, else 0): on a shared "
                         "machine, other work then disturbs the measurements less")
@@ -709,6 +682,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.clients = []
     else:
         args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    if args.rounds is None:
+        args.rounds = 0 if args.quick or args.lean else 3
     if args.micro is None:
         args.micro = not args.quick
     if args.conformance is None:

@@ -24,7 +24,8 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         [sys.executable, "-m", "bench.run", "--quick", "--duration", "0.5", "--generator", "aiohttp",
          "--systems", "direct,bare,gateway,gateway@HEAD",
          "--streams", "10", "--long-streams", "4", "--paced-streams", "2", "--long-chunks", "20", "--capacity-start", "4", "--capacity-max", "4",
-         "--capacity-window", "0.5", "--capacity-budget", "10", "--no-install", "--out", str(out)],
+         "--capacity-window", "0.5", "--capacity-budget", "10", "--rounds", "1", "--round-seconds", "1",
+         "--no-install", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=200,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -62,11 +63,19 @@ def test_harness_runs_and_writes_its_files(tmp_path):
     for key in ("gateway", "gateway@HEAD"):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal
+    rounds = result["interleaved"]
+    assert {phase: sorted(by) for phase, by in rounds["phases"].items()} == {
+        "plain": ["bare", "gateway"], "stream": ["bare", "gateway"], "refused": ["gateway"],
+        "long": ["bare", "gateway"]}, rounds
+    assert all(m["cpu_us"] > 0 and len(m["cpu_rounds_us"]) == 1 for by in rounds["phases"].values() for m in by.values())
+    per_event = next(t for t in result["targets"] if t["target"] == "CPU per relayed event (long streams) <= 0.9x bare")
+    assert "medians of 1 interleaved rounds" in per_event["note"], per_event
     assert result["systems"]["gateway@HEAD"]["info"]["commit"], result["systems"]["gateway@HEAD"]["info"]
     assert {t["target"] for t in result["targets"]} and result["ratios"]["gateway_over_bare"]["non_stream"] > 0
     assert result["variants"]["base"] == "gateway" and result["variants"]["others"] == ["gateway@HEAD"]
     text = md_file.read_text()
-    for heading in ("## Targets", "## Long streams", "## Capacity", "## Refused requests", "## Gateway variants"):
+    for heading in ("## Targets", "## Long streams", "## Capacity", "## Refused requests", "## Gateway variants",
+                    "## Interleaved rounds"):
         assert heading in text, heading
     assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
@@ -223,6 +232,41 @@ def test_a_second_worker_is_also_measured_against_the_bare_proxys_second_worker(
     # 1.2 / 1.15 non-stream, 1.2 / 1.0 stream
     assert [(round(t["value"], 3), t["met"]) for t in against_bare] == [(1.043, True), (1.2, False)]
     assert "bare proxy 1.150" in against_bare[0]["note"]
+
+
+def test_the_ratios_between_systems_read_from_the_interleaved_rounds_when_the_run_has_them():
+    def system(cpu_us: float, cpu_stream_us: float, event_us: float | None = None) -> dict:
+        out = {"throughput": {"non_stream": {"rps": 1000, "cpu": {"per_1000_requests_s": cpu_us / 1000}},
+                              "stream": {"rps": 800, "cpu": {"per_1000_requests_s": cpu_stream_us / 1000}}}}
+        if event_us is not None:
+            out["long_streams"] = {"cpu_per_event_us": event_us}
+        return out
+
+    def medians(**by_system) -> dict:
+        return {key: {"cpu_us": cpu, "rps": rps, "cpu_rounds_us": [cpu], "rps_rounds": [rps]}
+                for key, (cpu, rps) in by_system.items()}
+
+    gateway = {**system(120, 200, 19.0), "refusal": {"cpu_per_refused_us": 50.0}}
+    out = {"systems": {"bare": system(100, 150, 18.0), "bare-2w": system(150, 180), "gateway": gateway,
+                       "gateway-2w": system(190, 260)},
+           "interleaved": {"rounds": 3, "seconds": 6, "phases": {
+               "plain": medians(gateway=(110.0, 5000), bare=(100.0, 5500), **{"gateway-2w": (130.0, 4500),
+                                                                             "bare-2w": (120.0, 4800)}),
+               "stream": medians(gateway=(170.0, 3000), bare=(150.0, 3400), **{"gateway-2w": (190.0, 2800),
+                                                                              "bare-2w": (165.0, 3200)}),
+               "refused": medians(gateway=(42.0, 18000)),
+               "long": medians(gateway=(15.0, 40000), bare=(17.5, 40000))}}}
+    rows = {t["target"]: t for t in report.targets(out)}
+    per_event = rows["CPU per relayed event (long streams) <= 0.9x bare"]
+    assert per_event["value"] == round(15.0 / 17.5, 3) and per_event["met"] is True  # 19.0 / 18.0 in the own phases
+    assert "19.0 / 18.0" in per_event["note"] and "medians of 3 interleaved rounds" in per_event["note"]
+    assert rows["CPU per non-stream request <= 1.6x bare"]["value"] == 1.1
+    assert rows["10-event stream throughput >= 0.8x bare (c=32)"]["value"] == round(3000 / 3400, 3)
+    assert rows["refused (429) request CPU <= 0.4x admitted non-stream request"]["value"] == round(42 / 110, 3)
+    two = {t["target"]: t["value"] for t in rows.values() if t["target"].startswith("2 workers")}
+    assert list(two.values()) == [round(130 / 110, 3), round(190 / 170, 3),
+                                  round(round(130 / 110, 3) / round(120 / 100, 3), 3),
+                                  round(round(190 / 170, 3) / round(165 / 150, 3), 3)]
 
 
 @pytest.mark.processes
