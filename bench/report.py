@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from collections import Counter
 from pathlib import Path
 
@@ -137,17 +138,39 @@ def interleaved(out: dict, phase: str, key: str, field: str = "cpu_us"):
     return _get(out, "interleaved", "phases", phase, key, field)
 
 
-def _medians(out: dict, phase: str, a: str, b: str, field: str = "cpu_us") -> tuple | None:
-    """(a's, b's) medians of the interleaved rounds in ``phase``, when the run has both."""
-    pair = interleaved(out, phase, a, field), interleaved(out, phase, b, field)
-    return pair if None not in pair else None
+def by_round(out: dict, refs: list[tuple[str, str]], combine, field: str = "cpu_us") -> float | None:
+    """The median over the interleaved rounds of ``combine`` of each round's figures of ``refs``
+    ((phase, system) each, measured minutes apart at most): the systems of a round compared with each
+    other, not with another round's. None when the run lacks any of them."""
+    series = [_get(out, "interleaved", "phases", phase, key, "cpu_rounds_us" if field == "cpu_us" else "rps_rounds")
+              for phase, key in refs]
+    if not all(series) or len({len(one) for one in series}) != 1:
+        return None
+    values = [combine(*figures) for figures in zip(*series) if all(figures)]
+    return round(statistics.median(values), 3) if values else None
 
 
-def _rounds_note(out: dict, pair: tuple, single: tuple, unit: str, digits: int = 1) -> str:
-    """A target's note: the medians it reads, and what the systems' own phases measured."""
+def _ratio(a: float, b: float) -> float:
+    return a / b
+
+
+def _rounds_note(out: dict, medians: tuple, single: tuple, unit: str, digits: int = 1) -> str:
+    """A target's note: the medians of the rounds it reads, and what the systems' own phases measured."""
     n = _get(out, "interleaved", "rounds")
-    return (f"{_f(pair[0], digits)} / {_f(pair[1], digits)} {unit}, medians of {n} interleaved rounds; "
-            f"in each system's own phase {_f(single[0], digits)} / {_f(single[1], digits)}")
+    return (f"{_f(medians[0], digits)} / {_f(medians[1], digits)} {unit}, medians of {n} interleaved rounds "
+            f"(the value: the median of each round's ratio); in each system's own phase "
+            f"{_f(single[0], digits)} / {_f(single[1], digits)}")
+
+
+def _between(out: dict, a: tuple[str, str], b: tuple[str, str], single: tuple, unit: str, digits: int = 1,
+             field: str = "cpu_us") -> tuple:
+    """(value, note) of a ratio between two figures: from the interleaved rounds when the run has
+    them, else from the systems' own phases."""
+    value = by_round(out, [a, b], _ratio, field)
+    if value is None:
+        return _div(*single), f"{_f(single[0], digits)} / {_f(single[1], digits)} {unit}"
+    medians = interleaved(out, *a, field), interleaved(out, *b, field)
+    return value, _rounds_note(out, medians, single, unit, digits)
 
 
 # Chat Completions against the bare proxy; the Responses API's rows against chat on the same gateway.
@@ -159,13 +182,12 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     ev_g, ev_b = cpu_per_event(g), cpu_per_event(b)
     ns_g, ns_b = cpu_per_request_us(g), cpu_per_request_us(b)
     refused = _get(g, "refusal", "cpu_per_refused_us")
-    rounds = key == "gateway" and bool(_get(out, "interleaved", "phases"))
-    ev_pair = _medians(out, "long", key, "bare") if rounds else None
-    ns_pair = _medians(out, "plain", key, "bare") if rounds else None
-    st_pair = _medians(out, "stream", key, "bare", "rps") if rounds else None
-    refused_pair = _medians(out, "refused", key, key) if rounds else None
-    if refused_pair:
-        refused_pair = (refused_pair[0], interleaved(out, "plain", key))
+    rounds = out if key == "gateway" else {}  # the interleaved rounds measure the gateway of the working tree
+    per_event = _between(rounds, ("long", key), ("long", "bare"), (ev_g, ev_b), "µs per event")
+    non_stream = _between(rounds, ("plain", key), ("plain", "bare"), (ns_g, ns_b), "µs per request (c=32)", 0)
+    stream = _between(rounds, ("stream", key), ("stream", "bare"), (rps(g, "stream"), rps(b, "stream")), "rps", 0,
+                      field="rps")
+    refusal = _between(rounds, ("refused", key), ("plain", key), (refused, ns_g), "µs per request", 0)
     os_ = g.get("open_streams") or {}
     rss_note = (f"largest process grew {_f(os_.get('rss_largest_growth_mb'), 1)} MB with {os_.get('open')} streams open "
                 f"(absolute {_f(os_.get('rss_largest_process_mb'), 1)} MB)")
@@ -177,18 +199,11 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
     pv_g, pv_b = cpu_per_event(g, "paced_streams"), cpu_per_event(b, "paced_streams")
     paced = out.get("config", {}).get("paced_streams") or {}
     rows = [
-        _target(f"CPU per relayed event (long streams) <= 0.9x bare{tag}", _div(*(ev_pair or (ev_g, ev_b))), 0.9, False,
-                "x", _rounds_note(out, ev_pair, (ev_g, ev_b), "µs per event") if ev_pair
-                else f"{_f(ev_g, 1)} / {_f(ev_b, 1)} µs per event"),
+        _target(f"CPU per relayed event (long streams) <= 0.9x bare{tag}", per_event[0], 0.9, False, "x", per_event[1]),
         _target(f"CPU per relayed event, paced ({paced.get('streams')} long streams, events on time) <= 0.9x bare{tag}",
                 _div(pv_g, pv_b), 0.9, False, "x", f"{_f(pv_g, 1)} / {_f(pv_b, 1)} µs per event"),
-        _target(f"CPU per non-stream request <= 1.6x bare{tag}", _div(*(ns_pair or (ns_g, ns_b))), 1.6, False, "x",
-                _rounds_note(out, ns_pair, (ns_g, ns_b), "µs per request (c=32)", 0) if ns_pair
-                else f"{_f(ns_g, 0)} / {_f(ns_b, 0)} µs per request (c=32)"),
-        _target(f"10-event stream throughput >= 0.8x bare (c=32){tag}",
-                _div(*(st_pair or (rps(g, "stream"), rps(b, "stream")))), 0.8, True, "x",
-                _rounds_note(out, st_pair, (rps(g, "stream"), rps(b, "stream")), "rps", 0) if st_pair
-                else f"{_f(rps(g, 'stream'), 0)} / {_f(rps(b, 'stream'), 0)} rps"),
+        _target(f"CPU per non-stream request <= 1.6x bare{tag}", non_stream[0], 1.6, False, "x", non_stream[1]),
+        _target(f"10-event stream throughput >= 0.8x bare (c=32){tag}", stream[0], 0.8, True, "x", stream[1]),
         _target(f"added p50 at c=1 over bare <= 0.1 ms{tag}", _sub(p50_c1(g), p50_c1(b)), 0.1, False, " ms",
                 "gateway p50 - bare p50" + (f"; each minus its direct reference: {_f(paired, 3)} ms" if paired is not None else "")),
     ]
@@ -196,10 +211,8 @@ def gateway_targets(out: dict, key: str) -> list[dict]:
         rows.append(_target(f"throughput >= 40x LiteLLM, {name} (c=32){tag}", _div(rps(g, kind), rps(lite, kind)), 40, True,
                             "x", f"{_f(rps(g, kind), 0)} / {_f(rps(lite, kind), 1)} rps" if lite else "LiteLLM not in this run"))
     rows += [
-        _target(f"refused (429) request CPU <= 0.4x admitted non-stream request{tag}",
-                _div(*(refused_pair or (refused, ns_g))), 0.4, False, "x",
-                (_rounds_note(out, refused_pair, (refused, ns_g), "µs per request", 0) if refused_pair
-                 else f"{_f(refused, 0)} / {_f(ns_g, 0)} µs per request") + "; refused from memory (no store operation)"),
+        _target(f"refused (429) request CPU <= 0.4x admitted non-stream request{tag}", refusal[0], 0.4, False, "x",
+                refusal[1] + "; refused from memory (no store operation)"),
         _target(f"RSS <= 60 MB per 1,000 open streams in a worker{tag}", os_.get("rss_per_1000_streams_mb"), 60, False,
                 " MB", rss_note),
         {"target": f"stream bytes out == bytes in except id, model, system_fingerprint{tag}",
@@ -228,25 +241,23 @@ def two_worker_targets(out: dict, g: dict, two: dict, b: dict, bare_two: dict | 
     phase = {"non_stream": "plain", "stream": "stream"}
     for kind, name in (("non_stream", "non-stream"), ("stream", "stream")):
         single = cpu_per_request_us(two, kind), cpu_per_request_us(g, kind)
-        pair = _medians(out, phase[kind], TWO_WORKERS, "gateway")
+        value, note = _between(out, (phase[kind], TWO_WORKERS), (phase[kind], "gateway"), single, "µs per request", 0)
         rows.append(_target(f"2 workers: CPU per {name} request within 10 % of 1 worker's (same load, c=32)",
-                            _div(*(pair or single)), 1.1, False, "x",
-                            _rounds_note(out, pair, single, "µs per request", 0) if pair else
-                            f"{_f(single[0], 0)} / {_f(single[1], 0)} µs per request; {_f(rps(two, kind), 0)} / "
-                            f"{_f(rps(g, kind), 0)} rps"))
+                            value, 1.1, False, "x", note))
     if not bare_two:
         return rows
     for kind, name in (("non_stream", "non-stream"), ("stream", "stream")):
         gateway = _div(cpu_per_request_us(two, kind), cpu_per_request_us(g, kind))
         bare = _div(cpu_per_request_us(bare_two, kind), cpu_per_request_us(b, kind))
-        pairs = _medians(out, phase[kind], TWO_WORKERS, "gateway"), _medians(out, phase[kind], BARE_TWO_WORKERS, "bare")
-        note = f"gateway {_f(gateway, 3)}, bare proxy {_f(bare, 3)}"
-        if None not in pairs:
-            note = (f"gateway {_f(_div(*pairs[0]), 3)}, bare proxy {_f(_div(*pairs[1]), 3)}, medians of "
+        value, note = _div(gateway, bare), f"gateway {_f(gateway, 3)}, bare proxy {_f(bare, 3)}"
+        refs = [(phase[kind], TWO_WORKERS), (phase[kind], "gateway"), (phase[kind], BARE_TWO_WORKERS), (phase[kind], "bare")]
+        rounds = by_round(out, refs, lambda g2, g1, b2, b1: g2 / g1 / (b2 / b1))
+        if rounds is not None:
+            note = (f"the median of each round's (gateway 2 / 1 workers) / (bare proxy 2 / 1 workers) over "
                     f"{_get(out, 'interleaved', 'rounds')} interleaved rounds; in each system's own phase {note}")
-            gateway, bare = _div(*pairs[0]), _div(*pairs[1])
+            value = rounds
         rows.append(_target(f"2 workers: the gateway's 2-worker / 1-worker CPU per {name} request within 10 % of "
-                            "the bare proxy's (same load, c=32)", _div(gateway, bare), 1.1, False, "x", note))
+                            "the bare proxy's (same load, c=32)", value, 1.1, False, "x", note))
     return rows
 
 
@@ -261,7 +272,8 @@ def api_targets(g: dict, tag: str = "") -> list[dict]:
         r = g.get(api)
         if not r:
             continue
-        paired = {"throughput": r.get("chat_paired") or {}}
+        chat_paired = r.get("chat_paired") or {}
+        paired = {"throughput": chat_paired}
         for kind, label in (("non_stream", "non-stream request"), ("stream", "10-event stream request")):
             ours, chat = cpu_per_request_us(r, kind), cpu_per_request_us(paired, kind)
             when = "measured right before"
@@ -274,9 +286,12 @@ def api_targets(g: dict, tag: str = "") -> list[dict]:
             rows.append({"target": f"{name} CPU per stored non-stream request / chat{tag}",
                          "value": _div(stored, cpu_per_request_us(g, "non_stream")), "threshold": "reported", "met": "reported",
                          "note": f"{_f(stored, 0)} µs per request with store: true (one store write each)"})
-        ev, ev_chat = cpu_per_event(r), cpu_per_event(g)
+        ev, ev_chat = cpu_per_event(r), cpu_per_event(chat_paired)
+        when = "measured right before"
+        if ev_chat is None:  # a run from before chat's long streams were paired with each client API
+            ev_chat, when = cpu_per_event(g), "its own phase"
         rows.append(_target(f"{name} CPU per relayed event (long streams) <= 1.3x chat{tag}", _div(ev, ev_chat), 1.3,
-                            False, "x", f"{_f(ev, 1)} / {_f(ev_chat, 1)} µs per event"))
+                            False, "x", f"{_f(ev, 1)} / {_f(ev_chat, 1)} µs per event (chat {when})"))
     return rows
 
 

@@ -305,7 +305,8 @@ class Bench:
         """A client API on the same gateway, right after its chat phases: the same loads through its
         route, for CPU per request and per relayed event against chat in the same run. Each load
         chat also has is measured through chat right before (``chat_paired``): the API is divided by
-        chat in the same state of the worker and its store, not by chat minutes and phases earlier."""
+        chat in the same state of the worker and its store, not by chat minutes and phases earlier
+        (the long streams too)."""
         a = self.args
         path, headers, loads = CLIENT_APIS[api]
         token = system.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -324,6 +325,9 @@ class Bench:
                 self.throughput(other, body, a.warmup)
             out["throughput"][name] = self.accounted(other, lambda body=body: self.throughput(other, body, a.duration))
         if a.long_streams:
+            log(f"{system.key}: {a.long_streams} long streams (chat, paired with {api}), started for {a.duration}s")
+            out["chat_paired"]["long_streams"] = self.long_streams(system, a.long_streams)
+            out["chat_paired"]["long_streams"]["settle"] = self.settle()
             log(f"{other.key}: {a.long_streams} long streams, started for {a.duration}s")
 
             def run() -> dict:
@@ -647,7 +651,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None,
                    help="interleaved rounds at the end: the gateway and the bare proxy (and their 2-worker runs) "
                         "measured again in alternating order; the targets between them read from the medians "
-                        "(default 3; --quick and --lean 0; 0 skips them)")
+                        "(default 5; --quick and --lean 0; 0 skips them)")
     p.add_argument("--round-seconds", type=int, default=6, help="seconds of each phase of an interleaved round")
     p.add_argument("--nice", type=int, default=None,
                    help="niceness of every bench process (default -5 as root, else 0): on a shared "
@@ -683,7 +687,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     else:
         args.clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     if args.rounds is None:
-        args.rounds = 0 if args.quick or args.lean else 3
+        args.rounds = 0 if args.quick or args.lean else 5
     if args.micro is None:
         args.micro = not args.quick
     if args.conformance is None:
