@@ -140,17 +140,22 @@ def _unit(phase: str) -> str:
 
 
 def report(results: Rounds, systems_: list[str], phases: list[str]) -> str:
-    """Medians per system and phase, and each system's ratio to the first."""
-    lines = ["| phase | system | CPU µs / request or event (median) | rps (median) | CPU ratio to " + systems_[0] + " |",
-             "|---|---|---:|---:|---:|"]
+    """Medians per system and phase, and each system's ratio to the first: of the medians, and the
+    median of each round's ratio (the systems of a round measured minutes apart at most)."""
+    lines = ["| phase | system | CPU µs / request or event (median) | rps (median) | CPU ratio to " + systems_[0] +
+             " | the same, median of each round's |", "|---|---|---:|---:|---:|---:|"]
     for phase in phases:
-        first = statistics.median(cpu for cpu, _ in results[(systems_[0], phase)]) if (systems_[0], phase) in results else None
+        firsts = [cpu for cpu, _ in results.get((systems_[0], phase), [])]
+        first = statistics.median(firsts) if firsts else None
         for key in systems_:
             if (key, phase) not in results:
                 continue
-            cpu = statistics.median(c for c, _ in results[(key, phase)])
+            cpus = [c for c, _ in results[(key, phase)]]
+            cpu = statistics.median(cpus)
             rps = statistics.median(r for _, r in results[(key, phase)])
-            lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {f'{cpu / first:.3f}' if first else '–'} |")
+            by_round = statistics.median(c / f for c, f in zip(cpus, firsts)) if first and len(cpus) == len(firsts) else None
+            lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {f'{cpu / first:.3f}' if first else '–'} "
+                         f"| {f'{by_round:.3f}' if by_round else '–'} |")
     return "\n".join(lines)
 
 

@@ -40,5 +40,6 @@ def test_interleaved_comparison_reports_medians_and_ratios_to_the_first_system()
         ("gateway@HEAD", "stream"): [(420.0, 1480.0), (440.0, 1450.0), (430.0, 1470.0)],
     }
     lines = report(results, ["gateway", "gateway@HEAD"], ["stream"]).splitlines()
-    assert lines[2] == "| stream | gateway | 400.0 | 1,500 | 1.000 |"  # the median drops the outlier round
-    assert lines[3] == "| stream | gateway@HEAD | 430.0 | 1,470 | 1.075 |"
+    assert lines[2] == "| stream | gateway | 400.0 | 1,500 | 1.000 | 1.000 |"  # the median drops the outlier round
+    # 430 / 400; each round's: 1.05, 1.128, 0.478
+    assert lines[3] == "| stream | gateway@HEAD | 430.0 | 1,470 | 1.075 | 1.050 |"
