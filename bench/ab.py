@@ -77,7 +77,8 @@ Counted = dict[tuple[str, str], list[dict[str, float]]]
 def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
     """(system, phase) -> [(CPU µs per request, requests per second)] for every round, and with
     ``args.syscalls`` -> [{reads, writes, waits, preempted} per request] for every round;
-    ``args.only`` (optional): system -> the phases it is measured in, where not all."""
+    ``args.only`` (optional): system -> the phases it is measured in, where not all; ``args.wrk_binary``
+    (optional): the wrk to run, else one found or installed."""
     gen_cpus, sut_cpus = cpu_plan(True)
     only = getattr(args, "only", None)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp:
@@ -90,7 +91,7 @@ def measure(args: argparse.Namespace) -> tuple[Rounds, Counted]:
         try:
             for key in args.systems:
                 started[key] = _start(key, ctx, trees)
-            binary = wrk.ensure(install=True, log=print)
+            binary = getattr(args, "wrk_binary", None) or wrk.ensure(install=True, log=print)
             if binary is None:
                 raise SystemExit("wrk is not installed: make bench installs it")
             scripts = {(key, phase): wrk.script(work / re.sub(r"[^A-Za-z0-9._-]", "_", f"{key}-{phase}.lua"),

@@ -492,7 +492,7 @@ def interleaved_markdown(il: dict | None) -> list[str]:
         return []
     lines = ["", "## Interleaved rounds", ""]
     if il.get("error"):
-        return lines + [f"Failed: {il['error'][:300]}"]
+        return lines + [il["error"][:300]]
     lines += [f"The systems started afresh and measured again, {il['rounds']} rounds of {il['seconds']} s a phase, "
               "each round in the order opposite the last (bench/ab.py); the targets between systems read from "
               "these medians.", "",

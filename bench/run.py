@@ -542,16 +542,20 @@ class Bench:
         keys = [k for k in ("gateway", "bare", report.TWO_WORKERS, report.BARE_TWO_WORKERS) if k in a.systems]
         if "gateway" not in keys or "bare" not in keys:
             return None
+        binary = self.wrk or wrk.ensure(install=not a.no_install, log=log)
+        if binary is None:
+            log("interleaved: skipped, the rounds run wrk and it is not installed")
+            return {"error": "skipped: the rounds run wrk, which is not installed (make bench installs it)"}
         phases = ["plain", "stream", "refused"] + (["long"] if a.long_streams else [])
         log(f"interleaved: {', '.join(keys)}; {', '.join(phases)}; {a.rounds} rounds, {a.round_seconds} s each")
         only = {k: ["plain", "stream"] for k in (report.TWO_WORKERS, report.BARE_TWO_WORKERS)}
         try:
             rounds, _ = ab.measure(argparse.Namespace(
                 systems=keys, phases=phases, rounds=a.rounds, seconds=a.round_seconds, long_streams=a.long_streams,
-                upstream_on=a.upstream_on, syscalls=False, only=only))
+                upstream_on=a.upstream_on, syscalls=False, only=only, wrk_binary=binary))
         except (Exception, SystemExit) as exc:
             log(f"interleaved: FAILED: {exc}")
-            return {"error": str(exc)[-2000:]}
+            return {"error": f"failed: {str(exc)[-2000:]}"}
         out: dict = {"rounds": a.rounds, "seconds": a.round_seconds, "long_streams": a.long_streams, "phases": {}}
         for (key, phase), values in rounds.items():
             cpu, rps = [c for c, _ in values], [r for _, r in values]

@@ -42,11 +42,11 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert system["open_streams"]["open"] == 10, system["open_streams"]
         assert system["open_streams"]["rss_total_mb"] > 0
         assert system["open_streams"]["rss_per_1000_streams_mb"] is not None
+        # A few streams for half a second may use less CPU than /proc's clock tick (10 ms) shows.
         long = system["long_streams"]
         assert long["events"] >= 4 * 20 and long["failed"] == 0, (key, long)
-        assert long["cpu_per_event_us"] > 0 and long["gaps"]["p50_ms"] >= 10, (key, long)
+        assert long["cpu_per_event_us"] >= 0 and long["gaps"]["p50_ms"] >= 10, (key, long)
         paced = system["paced_streams"]
-        # Two streams for half a second may use less CPU than /proc's clock tick shows.
         assert paced["events"] >= 2 * 20 and paced["failed"] == 0 and paced["cpu_per_event_us"] >= 0, (key, paced)
         assert system["capacity"]["probes"][0]["streams"] == 4, (key, system["capacity"])
     assert result["systems"]["gateway"]["throughput"]["non_stream"]["cpu"]["per_1000_requests_s"] > 0
@@ -66,18 +66,21 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal
     rounds = result["interleaved"]
-    assert {phase: sorted(by) for phase, by in rounds["phases"].items()} == {
-        "plain": ["bare", "gateway"], "stream": ["bare", "gateway"], "refused": ["gateway"],
-        "long": ["bare", "gateway"]}, rounds
-    assert all(m["cpu_us"] > 0 and len(m["cpu_rounds_us"]) == 1 for by in rounds["phases"].values() for m in by.values())
     per_event = next(t for t in result["targets"] if t["target"] == "CPU per relayed event (long streams) <= 0.9x bare")
-    assert "medians of 1 interleaved rounds" in per_event["note"], per_event
+    if wrk.find() is None:  # the rounds run wrk; --no-install leaves it out
+        assert "wrk" in rounds["error"] and "interleaved" not in per_event["note"], (rounds, per_event)
+    else:
+        assert {phase: sorted(by) for phase, by in rounds["phases"].items()} == {
+            "plain": ["bare", "gateway"], "stream": ["bare", "gateway"], "refused": ["gateway"],
+            "long": ["bare", "gateway"]}, rounds
+        assert all(m["rps"] > 0 and len(m["cpu_rounds_us"]) == 1 for by in rounds["phases"].values() for m in by.values())
+        assert "medians of 1 interleaved rounds" in per_event["note"], per_event
     assert result["systems"]["gateway@HEAD"]["info"]["commit"], result["systems"]["gateway@HEAD"]["info"]
     assert {t["target"] for t in result["targets"]} and result["ratios"]["gateway_over_bare"]["non_stream"] > 0
     assert result["variants"]["base"] == "gateway" and result["variants"]["others"] == ["gateway@HEAD"]
     text = md_file.read_text()
     for heading in ("## Targets", "## Long streams", "## Capacity", "## Refused requests", "## Gateway variants",
-                    "## Interleaved rounds"):
+                    "## Interleaved rounds"):  # with what the rounds measured, or why they were skipped
         assert heading in text, heading
     assert "| Zowy gateway |" in text and "| Zowy gateway@HEAD |" in text
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
