@@ -20,6 +20,7 @@ from pathlib import Path
 from . import syscalls, systems, wrk
 from .procs import cpu_plan, cpu_seconds, free_port
 from .loads import bodies, loadgen
+from .report import per_round, ratio
 from .variants import Trees, is_gateway
 
 
@@ -154,7 +155,7 @@ def report(results: Rounds, systems_: list[str], phases: list[str]) -> str:
             cpus = [c for c, _ in results[(key, phase)]]
             cpu = statistics.median(cpus)
             rps = statistics.median(r for _, r in results[(key, phase)])
-            by_round = statistics.median(c / f for c, f in zip(cpus, firsts)) if first and len(cpus) == len(firsts) else None
+            by_round = per_round([cpus, firsts], ratio)
             lines.append(f"| {phase} | {key} | {cpu:.1f} | {rps:,.0f} | {f'{cpu / first:.3f}' if first else '–'} "
                          f"| {f'{by_round:.3f}' if by_round else '–'} |")
     return "\n".join(lines)

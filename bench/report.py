@@ -138,20 +138,25 @@ def interleaved(out: dict, phase: str, key: str, field: str = "cpu_us"):
     return _get(out, "interleaved", "phases", phase, key, field)
 
 
-def by_round(out: dict, refs: list[tuple[str, str]], combine, field: str = "cpu_us") -> float | None:
-    """The median over the interleaved rounds of ``combine`` of each round's figures of ``refs``
-    ((phase, system) each, measured minutes apart at most): the systems of a round compared with each
-    other, not with another round's. None when the run lacks any of them."""
-    series = [_get(out, "interleaved", "phases", phase, key, "cpu_rounds_us" if field == "cpu_us" else "rps_rounds")
-              for phase, key in refs]
-    if not all(series) or len({len(one) for one in series}) != 1:
+def per_round(series: list, combine) -> float | None:
+    """The median over rounds of ``combine`` of each round's figures, one list of figures per
+    series in round order: the systems of a round compared with each other (measured minutes apart
+    at most), not with another round's. None when a series is missing or they do not line up."""
+    if not series or not all(series) or len({len(one) for one in series}) != 1:
         return None
     values = [combine(*figures) for figures in zip(*series) if all(figures)]
     return round(statistics.median(values), 3) if values else None
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
     return a / b
+
+
+def by_round(out: dict, refs: list[tuple[str, str]], combine, field: str = "cpu_us") -> float | None:
+    """``per_round`` over the run's interleaved rounds of ``refs``, (phase, system) each; None when
+    the run lacks any of them."""
+    return per_round([_get(out, "interleaved", "phases", phase, key, "cpu_rounds_us" if field == "cpu_us" else "rps_rounds")
+                      for phase, key in refs], combine)
 
 
 def _rounds_note(out: dict, medians: tuple, single: tuple, unit: str, digits: int = 1) -> str:
@@ -166,7 +171,7 @@ def _between(out: dict, a: tuple[str, str], b: tuple[str, str], single: tuple, u
              field: str = "cpu_us") -> tuple:
     """(value, note) of a ratio between two figures: from the interleaved rounds when the run has
     them, else from the systems' own phases."""
-    value = by_round(out, [a, b], _ratio, field)
+    value = by_round(out, [a, b], ratio, field)
     if value is None:
         return _div(*single), f"{_f(single[0], digits)} / {_f(single[1], digits)} {unit}"
     medians = interleaved(out, *a, field), interleaved(out, *b, field)
@@ -265,6 +270,12 @@ def two_worker_targets(out: dict, g: dict, two: dict, b: dict, bare_two: dict | 
 APIS = {"responses": "Responses API", "messages": "Messages API"}
 
 
+def _chat_of(paired, own) -> tuple:
+    """Chat's figure measured right before a client API's load, or its own phase's in a run from
+    before that pairing; and which it is."""
+    return (paired, "measured right before") if paired is not None else (own, "its own phase")
+
+
 def api_targets(g: dict, tag: str = "") -> list[dict]:
     """Each other client API against chat completions on the same gateway in the same run."""
     rows = []
@@ -272,13 +283,10 @@ def api_targets(g: dict, tag: str = "") -> list[dict]:
         r = g.get(api)
         if not r:
             continue
-        chat_paired = r.get("chat_paired") or {}
-        paired = {"throughput": chat_paired}
+        paired = {"throughput": r.get("chat_paired") or {}}
         for kind, label in (("non_stream", "non-stream request"), ("stream", "10-event stream request")):
-            ours, chat = cpu_per_request_us(r, kind), cpu_per_request_us(paired, kind)
-            when = "measured right before"
-            if chat is None:  # a run from before chat was paired with each client API
-                chat, when = cpu_per_request_us(g, kind), "its own phase"
+            ours = cpu_per_request_us(r, kind)
+            chat, when = _chat_of(cpu_per_request_us(paired, kind), cpu_per_request_us(g, kind))
             rows.append(_target(f"{name} CPU per {label} <= 1.3x chat{tag}", _div(ours, chat), 1.3, False, "x",
                                 f"{_f(ours, 0)} / {_f(chat, 0)} µs per request (c=32; chat {when})"))
         if "non_stream_stored" in r["throughput"]:
@@ -286,10 +294,8 @@ def api_targets(g: dict, tag: str = "") -> list[dict]:
             rows.append({"target": f"{name} CPU per stored non-stream request / chat{tag}",
                          "value": _div(stored, cpu_per_request_us(g, "non_stream")), "threshold": "reported", "met": "reported",
                          "note": f"{_f(stored, 0)} µs per request with store: true (one store write each)"})
-        ev, ev_chat = cpu_per_event(r), cpu_per_event(chat_paired)
-        when = "measured right before"
-        if ev_chat is None:  # a run from before chat's long streams were paired with each client API
-            ev_chat, when = cpu_per_event(g), "its own phase"
+        ev = cpu_per_event(r)
+        ev_chat, when = _chat_of(cpu_per_event(paired["throughput"]), cpu_per_event(g))
         rows.append(_target(f"{name} CPU per relayed event (long streams) <= 1.3x chat{tag}", _div(ev, ev_chat), 1.3,
                             False, "x", f"{_f(ev, 1)} / {_f(ev_chat, 1)} µs per event (chat {when})"))
     return rows
