@@ -61,7 +61,9 @@ def test_harness_runs_and_writes_its_files(tmp_path):
         assert phase["chat_paired"]["long_streams"]["events"] >= 4 * 20, phase["chat_paired"]
     for name, rows in (("Responses API", 8), ("Messages API", 6)):  # gateway and gateway@HEAD
         measured = {t["target"]: t["value"] for t in result["targets"] if t["target"].startswith(name)}
-        assert len(measured) == rows and all(v is not None for v in measured.values()), measured
+        # Chat's 80 paired long-stream events may read 0 CPU (below /proc's clock tick): no ratio then.
+        assert len(measured) == rows and all(v is not None for k, v in measured.items() if "relayed event" not in k), measured
+        assert all(v is None or v >= 0 for v in measured.values()), measured
     for key in ("gateway", "gateway@HEAD"):
         refusal = result["systems"][key]["refusal"]
         assert refusal["status_after"] == 429 and refusal["refused"] > 0 and refusal["cpu_per_refused_us"] > 0, refusal
@@ -74,7 +76,8 @@ def test_harness_runs_and_writes_its_files(tmp_path):
             "plain": ["bare", "gateway"], "stream": ["bare", "gateway"], "refused": ["gateway"],
             "long": ["bare", "gateway"]}, rounds
         assert all(m["rps"] > 0 and len(m["cpu_rounds_us"]) == 1 for by in rounds["phases"].values() for m in by.values())
-        assert "medians of 1 interleaved rounds" in per_event["note"], per_event
+        if all(m["cpu_rounds_us"][0] > 0 for m in rounds["phases"]["long"].values()):  # else below a clock tick
+            assert "medians of 1 interleaved rounds" in per_event["note"], per_event
     assert result["systems"]["gateway@HEAD"]["info"]["commit"], result["systems"]["gateway@HEAD"]["info"]
     assert {t["target"] for t in result["targets"]} and result["ratios"]["gateway_over_bare"]["non_stream"] > 0
     assert result["variants"]["base"] == "gateway" and result["variants"]["others"] == ["gateway@HEAD"]
